@@ -1,0 +1,56 @@
+"""The model's product-facing output: what a person crop becomes once KPR has seen it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class ReIDEmbeddings:
+    """KPR embeddings of N person crops, as numpy arrays ready for storage and search.
+
+    global_emb: [N, D] float32, L2-normalised holistic embedding (the BN-foreground embedding of
+        the official test config); the ANN vector of the store.
+    parts: [N, K, D] float32, L2-normalised part embeddings.
+    visibility: [N, K] float32 in [0, 1]; 0 means the part won no pixel of the part attention
+        maps (the spec's binary visibility is ``visibility > 0``), otherwise the part's peak
+        probability over the pixels it wins.
+    """
+
+    global_emb: np.ndarray
+    parts: np.ndarray
+    visibility: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.global_emb.shape[0])
+
+    @property
+    def num_parts(self) -> int:
+        return int(self.parts.shape[1])
+
+    @property
+    def dim(self) -> int:
+        return int(self.global_emb.shape[1])
+
+    def test_stack(self) -> tuple[np.ndarray, np.ndarray]:
+        """Holistic + part embeddings stacked as the spec's test embeddings: [N, K+1, D], [N, K+1].
+
+        The holistic entry is visible when any part is (foreground visibility = max over parts).
+        """
+        feats = np.concatenate([self.global_emb[:, None, :], self.parts], axis=1)
+        fg_vis = self.visibility.max(axis=1, keepdims=True) if self.num_parts else np.ones((len(self), 1), np.float32)
+        vis = np.concatenate([fg_vis, self.visibility], axis=1).astype(np.float32)
+        return feats.astype(np.float32), vis
+
+    def select(self, index) -> "ReIDEmbeddings":
+        """Rows at ``index`` (int array, slice or boolean mask) as a new ReIDEmbeddings."""
+        return ReIDEmbeddings(self.global_emb[index], self.parts[index], self.visibility[index])
+
+    @staticmethod
+    def concat(items: list["ReIDEmbeddings"]) -> "ReIDEmbeddings":
+        return ReIDEmbeddings(
+            np.concatenate([e.global_emb for e in items]),
+            np.concatenate([e.parts for e in items]),
+            np.concatenate([e.visibility for e in items]),
+        )

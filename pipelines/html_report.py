@@ -1,0 +1,65 @@
+"""Self-contained HTML pages of search results: thumbnails inlined, no external files."""
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+from storage import SearchHit
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}
+h1{font-size:1.4em} h2{font-size:1.05em;margin:1.2em 0 .4em}
+.row{display:flex;gap:8px;align-items:flex-start;flex-wrap:wrap}
+figure{margin:0;padding:4px;background:#fff;border:3px solid #ddd;border-radius:4px;text-align:center;font-size:11px}
+figure.query{border-color:#36c} figure.hit{border-color:#2a2} figure.miss{border-color:#d33}
+figure img{height:128px;display:block;margin:0 auto 3px}
+table{border-collapse:collapse;margin:.5em 0} td,th{border:1px solid #ccc;padding:2px 8px;font-size:13px}
+"""
+
+
+@dataclass
+class ResultSection:
+    """One query and its ranked hits; ``correct`` (optional, same length as hits) colours hits green/red."""
+
+    title: str
+    query_thumbnail: bytes | None
+    hits: Sequence[SearchHit]
+    correct: Sequence[bool] | None = None
+    query_caption: str = "query"
+    hit_captions: Sequence[str] = field(default_factory=list)
+
+
+def _img(data: bytes | None) -> str:
+    if not data:
+        return "<div style='height:128px;width:64px;background:#eee'></div>"
+    return f"<img alt='' src='data:image/jpeg;base64,{base64.b64encode(data).decode()}'>"
+
+
+def _time(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _section(section: ResultSection) -> str:
+    figures = [f"<figure class='query'>{_img(section.query_thumbnail)}{html.escape(section.query_caption)}</figure>"]
+    for i, hit in enumerate(section.hits):
+        css = "" if section.correct is None else ("hit" if section.correct[i] else "miss")
+        extra = section.hit_captions[i] if i < len(section.hit_captions) else ""
+        caption = (f"#{i + 1} {html.escape(hit.camera_id)}<br>d={hit.distance:.3f}<br>{_time(hit.timestamp)}"
+                   f"{'<br>' + html.escape(extra) if extra else ''}")
+        figures.append(f"<figure class='{css}' title='{html.escape(hit.detection_id)}'>{_img(hit.thumbnail)}{caption}</figure>")
+    return f"<h2>{html.escape(section.title)}</h2><div class='row'>{''.join(figures)}</div>"
+
+
+def write_results_html(path: str | Path, title: str, sections: Sequence[ResultSection], summary: dict | None = None) -> Path:
+    """Write a page with a summary table (optional) and one row of thumbnails per query."""
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in (summary or {}).items())
+    body = f"<h1>{html.escape(title)}</h1>" + (f"<table>{rows}</table>" if rows else "") + "".join(map(_section, sections))
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>{body}</body></html>"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page)
+    return path

@@ -1,0 +1,67 @@
+"""Finding the videos of an archive and naming each by its content hash."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from workers.errors import ArchiveError
+
+VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts"})
+
+
+@dataclass(frozen=True)
+class VideoTask:
+    """A video to ingest: content-hash id, location, and the camera it came from (its folder by default)."""
+
+    video_id: str
+    uri: str
+    camera_id: str
+
+
+def content_hash(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of the file's bytes (first 32 hex digits): the same video keeps its id wherever it is moved."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()[:32]
+
+
+def list_video_files(archive: str | Path) -> tuple[Path, list[Path]]:
+    """The archive's root folder and every video file under it (recursively, by extension), sorted.
+
+    Cheap (no file is read), so callers can check an archive before starting any work.
+    """
+    root = Path(archive).expanduser()
+    if not root.exists():
+        raise ArchiveError(f"archive not found: {root}")
+    if root.is_file():
+        files = [root] if root.suffix.lower() in VIDEO_EXTENSIONS else []
+        root = root.parent
+    else:
+        try:
+            files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+        except OSError as exc:
+            raise ArchiveError(f"cannot read archive {root}: {exc.strerror}") from None
+    if not files:
+        raise ArchiveError(f"no video files ({', '.join(sorted(VIDEO_EXTENSIONS))}) found in {Path(archive)}")
+    return root, files
+
+
+def discover_videos(archive: str | Path) -> list[VideoTask]:
+    """Every video of ``archive`` as a task named by its content hash.
+
+    The camera id is the video's folder relative to the archive ("root" for files at its top).
+    """
+    root, files = list_video_files(archive)
+    tasks = []
+    for path in files:
+        relative = path.parent.relative_to(root)
+        camera = relative.as_posix() if relative.parts else "root"
+        try:
+            video_id = content_hash(path)
+        except OSError as exc:
+            raise ArchiveError(f"cannot read {path}: {exc.strerror}") from None
+        tasks.append(VideoTask(video_id, str(path.resolve()), camera))
+    return tasks
