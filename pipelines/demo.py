@@ -81,11 +81,11 @@ def _step(n: int, text: str) -> float:
 def _queries(store: Store, truth: dict) -> dict[str, tuple]:
     """One query per tracklet: its middle target detection. Returns {detection_id: truth record}."""
     by_track = defaultdict(list)
-    for row in store.detection_rows(columns=["detection_id", "video_id", "frame_index"]):
-        key = _truth_key(row["detection_id"])
+    for det_id in store.query_detections(None, columns=["detection_id"])["detection_id"].to_pylist():
+        key = _truth_key(det_id)
         record = truth.get(key)
         if record is not None and record.target:
-            by_track[record.track].append((record.frame_index, row["detection_id"], record))
+            by_track[record.track].append((record.frame_index, det_id, record))
     picks = {}
     for items in by_track.values():
         items.sort()

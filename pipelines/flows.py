@@ -9,8 +9,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from tqdm import tqdm
 
-from storage import Store, detections_table
+from storage import Store, detection_row, detections_table
 from workers.discover import VideoTask, discover_videos
+from workers.embed import EmbeddedVideo
 from workers.ray_stages import ensure_ray, run_videos
 
 
@@ -57,6 +58,16 @@ def _video_row(task: VideoTask, model_id: str, run_id: str, **facts) -> dict:
             "model_id": model_id, "run_id": run_id, **facts}
 
 
+def _detections(video: dict, result: EmbeddedVideo):
+    """The store's rows for one embedded video (empty when nobody was detected)."""
+    if result.embeddings is None:
+        return []
+    rows = [detection_row(r.detection_id, video["video_id"], video["camera_id"], r.frame_index, r.timestamp, r.bbox,
+                          video["model_id"], r.det_score, r.keypoints, r.track_id, r.thumbnail, video["run_id"])
+            for r in result.records]
+    return detections_table(rows, result.embeddings)
+
+
 @task(name="discover-videos")
 def discover(archive: str) -> list[VideoTask]:
     """Hash every video of the archive (content hash = video_id)."""
@@ -80,8 +91,7 @@ def ingest_videos(tasks: list[VideoTask], db: str, model: str, model_id: str, ta
             crops = outcome.result.crops
             video = _video_row(outcome.task, model_id, summary.run_id, camera_id=crops.camera_id,
                                start_time=crops.start_time, duration=crops.duration, num_frames=crops.num_frames)
-            table = detections_table(video, outcome.result.records, outcome.result.embeddings)
-            summary.detections_written += store.write_video(video, table)
+            summary.detections_written += store.write_video(video, _detections(video, outcome.result))
             summary.videos_done += 1
             summary.frames_sampled += crops.frames_sampled
             logger.info("done %s (%s): %d detections", outcome.task.uri, crops.camera_id, len(crops.records))

@@ -1,0 +1,143 @@
+"""KPR model configuration (a JSON-safe dataclass) and the package's base error.
+
+The defaults follow the spec (docs in /work/shared/design/KPR_SPEC.md): a ResNet-50 backbone at
+256x128, K = 8 target parts ("eight" grouping), cck8 keypoint prompts, 512-d embeddings and the
+GiLt + body-part attention loss weights. ``KPRConfig.tiny()`` and ``KPRConfig.demo()`` are small
+variants for unit tests and the CPU demo.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from kpr_model.keypoints import PART_GROUPINGS, PROMPT_GROUPINGS
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class KPRModelError(Exception):
+    """Base class of every error raised on purpose by ``kpr_model``."""
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights and hyper-parameters of the GiLt and body-part attention losses (spec section 4)."""
+
+    id_global: float = 1.0
+    id_foreground: float = 1.0
+    id_concat_parts: float = 1.0
+    id_background: float = 0.0
+    id_parts: float = 0.0
+    triplet_parts: float = 1.0
+    triplet_margin: float = 0.3
+    triplet_use_visibility: bool = False
+    part_attention: float = 0.35
+    label_smoothing: float = 0.1
+    part_attention_label_smoothing: float = 0.1
+
+    def id_weights(self) -> dict[str, float]:
+        """Identity (cross-entropy) loss weight per embedding type, keyed like ``KPROutput.id_logits``."""
+        return {
+            "global": self.id_global,
+            "foreground": self.id_foreground,
+            "concat_parts": self.id_concat_parts,
+            "background": self.id_background,
+            "parts": self.id_parts,
+        }
+
+
+@dataclass(frozen=True)
+class KPRConfig:
+    """Everything needed to rebuild a KPR network and its preprocessing, serialisable to JSON.
+
+    image_size is (H, W). fusion_stages lists the backbone stages (1-based) fused by the multi-stage
+    fusion; a single stage means no fusion (that stage's features are used as they are).
+    gaussian_scale sets the keypoint heatmap radius: int(W / gaussian_scale) pixels.
+    """
+
+    backbone: str = "resnet50"
+    image_size: tuple[int, int] = (256, 128)
+    num_parts: int = 8
+    part_grouping: str = "eight"
+    prompt_grouping: str = "cck8"
+    embed_dim: int = 512
+    num_classes: int = 0
+    vis_thresh: float = 0.3
+    gaussian_scale: float = 11.0
+    norm_mean: tuple[float, float, float] = IMAGENET_MEAN
+    norm_std: tuple[float, float, float] = IMAGENET_STD
+    last_stride: int = 1
+    fusion_stages: tuple[int, ...] = (1, 2, 3, 4)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
+        object.__setattr__(self, "norm_mean", tuple(float(v) for v in self.norm_mean))
+        object.__setattr__(self, "norm_std", tuple(float(v) for v in self.norm_std))
+        object.__setattr__(self, "fusion_stages", tuple(sorted(int(v) for v in self.fusion_stages)))
+        self._validate()
+
+    def _validate(self) -> None:
+        if len(self.image_size) != 2 or min(self.image_size) < 16:
+            raise ValueError(f"image_size must be (H, W) with both >= 16, got {self.image_size}")
+        if self.part_grouping not in PART_GROUPINGS:
+            raise ValueError(f"unknown part_grouping {self.part_grouping!r}; known: {sorted(PART_GROUPINGS)}")
+        if self.num_parts != len(PART_GROUPINGS[self.part_grouping]):
+            raise ValueError(
+                f"num_parts={self.num_parts} does not match part_grouping {self.part_grouping!r} "
+                f"({len(PART_GROUPINGS[self.part_grouping])} parts)"
+            )
+        if self.prompt_grouping not in PROMPT_GROUPINGS:
+            raise ValueError(f"unknown prompt_grouping {self.prompt_grouping!r}; known: {sorted(PROMPT_GROUPINGS)}")
+        if len(self.norm_mean) != 3 or len(self.norm_std) != 3 or min(self.norm_std) <= 0:
+            raise ValueError("norm_mean and norm_std must have 3 values, std > 0")
+        if not self.fusion_stages or not set(self.fusion_stages) <= {1, 2, 3, 4}:
+            raise ValueError(f"fusion_stages must be a non-empty subset of (1, 2, 3, 4), got {self.fusion_stages}")
+        if self.last_stride not in (1, 2):
+            raise ValueError(f"last_stride must be 1 or 2, got {self.last_stride}")
+        if self.embed_dim <= 0 or self.num_classes < 0 or self.gaussian_scale <= 0:
+            raise ValueError("embed_dim and gaussian_scale must be > 0 and num_classes >= 0")
+
+    @property
+    def num_prompt_channels(self) -> int:
+        """Prompt tensor depth: background + one channel per prompt group + negative."""
+        return len(PROMPT_GROUPINGS[self.prompt_grouping]) + 2
+
+    def with_updates(self, **changes: Any) -> "KPRConfig":
+        """A copy with some fields changed (validated like a new config)."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (tuples become lists) that ``from_dict`` turns back into an equal config."""
+        data = asdict(self)
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in data.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "KPRConfig":
+        """Config from ``to_dict`` output; unknown keys raise ValueError (catches typos and version skew)."""
+        _reject_unknown(cls, data, "KPRConfig")
+        values = dict(data)
+        if "loss" in values and isinstance(values["loss"], dict):
+            _reject_unknown(LossConfig, values["loss"], "KPRConfig.loss")
+            values["loss"] = LossConfig(**values["loss"])
+        return cls(**values)
+
+    @classmethod
+    def tiny(cls, **changes: Any) -> "KPRConfig":
+        """Very small, fast model for unit tests (resnet10t at 64x32, 32-d embeddings)."""
+        base = cls(backbone="resnet10t", image_size=(64, 32), embed_dim=32, fusion_stages=(2, 3, 4))
+        return base.with_updates(**changes)
+
+    @classmethod
+    def demo(cls, **changes: Any) -> "KPRConfig":
+        """Model that the demo trains from scratch on CPU in a few minutes (resnet10t at 128x64, 128-d)."""
+        base = cls(backbone="resnet10t", image_size=(128, 64), embed_dim=128, fusion_stages=(2, 3, 4))
+        return base.with_updates(**changes)
+
+
+def _reject_unknown(cls: type, data: dict[str, Any], name: str) -> None:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {name} keys {unknown}; known keys: {sorted(known)}")

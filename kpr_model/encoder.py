@@ -1,0 +1,134 @@
+"""Product-facing KPR encoder: RGB person crops (+ optional keypoint prompts) -> ``ReIDEmbeddings``.
+
+Used by ingestion workers and search. Crops of any size are resized to ``config.image_size``
+(keypoints rescaled with them), normalised, prompted and embedded in eval mode. Outputs follow the
+official test embeddings (spec section 5): L2-normalised BN-foreground embedding as the holistic
+vector, L2-normalised part embeddings, and the part visibility.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kpr_model.checkpoint import load_checkpoint
+from kpr_model.config import KPRConfig
+from kpr_model.embeddings import ReIDEmbeddings
+from kpr_model.model import KPR
+from kpr_model.prompts import keypoints_to_prompt
+
+
+def prepare_crops(
+    crops: Sequence[np.ndarray],
+    keypoints: Sequence[np.ndarray | None] | None,
+    negative_keypoints: Sequence[np.ndarray | None] | None,
+    config: KPRConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised images [N, 3, H, W] and prompts [N, P + 2, H, W] from HxWx3 uint8 RGB crops.
+
+    Keypoints ([17, 3] per crop) and negatives ([M, 17, 3] per crop) are in each crop's pixels.
+    """
+    n = len(crops)
+    _check_lengths(n, keypoints, negative_keypoints)
+    size = config.image_size
+    images, scales = [], []
+    for crop in crops:
+        _check_crop(crop)
+        pixels = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float()
+        images.append(F.interpolate(pixels, size=size, mode="bilinear", align_corners=False, antialias=True)[0])
+        scales.append(np.array([size[1] / crop.shape[1], size[0] / crop.shape[0], 1.0], dtype=np.float32))
+    batch = torch.stack(images) / 255.0 if images else torch.zeros(0, 3, *size)
+    mean = torch.tensor(config.norm_mean).view(1, 3, 1, 1)
+    std = torch.tensor(config.norm_std).view(1, 3, 1, 1)
+    positive = None if keypoints is None else [_rescale(k, s) for k, s in zip(keypoints, scales)]
+    negative = None if negative_keypoints is None else [_rescale(k, s) for k, s in zip(negative_keypoints, scales)]
+    prompts = keypoints_to_prompt([None] * n if positive is None else positive, negative, size, config)
+    return (batch - mean) / std, prompts
+
+
+def _check_lengths(n: int, keypoints: Sequence | None, negative_keypoints: Sequence | None) -> None:
+    for name, items in (("keypoints", keypoints), ("negative_keypoints", negative_keypoints)):
+        if items is not None and len(items) != n:
+            raise ValueError(f"{name} must have one entry per crop ({n}), got {len(items)}")
+
+
+def _check_crop(crop: np.ndarray) -> None:
+    if not isinstance(crop, np.ndarray) or crop.dtype != np.uint8 or crop.ndim != 3 or crop.shape[2] != 3:
+        raise ValueError(
+            "crops must be HxWx3 uint8 RGB numpy arrays, got "
+            f"{type(crop).__name__} {getattr(crop, 'shape', None)} {getattr(crop, 'dtype', None)}"
+        )
+    if crop.shape[0] == 0 or crop.shape[1] == 0:
+        raise ValueError(f"empty crop of shape {crop.shape}")
+
+
+def _rescale(kps: np.ndarray | None, scale: np.ndarray) -> np.ndarray | None:
+    return None if kps is None else np.asarray(kps, dtype=np.float32) * scale
+
+
+class KPREncoder:
+    """Embeds person crops with a KPR model; the single entry point of the product into the network."""
+
+    def __init__(self, model: KPR, config: KPRConfig, device: str | torch.device = "cpu",
+                 model_id: str | None = None) -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.model_id = model_id
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "KPREncoder":
+        """Encoder for a project checkpoint directory (raises CheckpointError when missing/incomplete)."""
+        model, config, model_id = load_checkpoint(path, device=device)
+        return cls(model, config, device=device, model_id=model_id)
+
+    @property
+    def dim(self) -> int:
+        """Embedding size D."""
+        return self.config.embed_dim
+
+    @property
+    def num_parts(self) -> int:
+        """Number of body parts K."""
+        return self.config.num_parts
+
+    def embed(
+        self,
+        crops: Sequence[np.ndarray],
+        keypoints: Sequence[np.ndarray | None] | None = None,
+        negative_keypoints: Sequence[np.ndarray | None] | None = None,
+        batch_size: int = 64,
+    ) -> ReIDEmbeddings:
+        """Embeddings of HxWx3 uint8 RGB crops, optionally prompted by per-crop target and negative keypoints."""
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        _check_lengths(len(crops), keypoints, negative_keypoints)
+        chunks = []
+        for start in range(0, len(crops), batch_size):
+            stop = start + batch_size
+            chunks.append(self._embed_batch(
+                crops[start:stop],
+                None if keypoints is None else keypoints[start:stop],
+                None if negative_keypoints is None else negative_keypoints[start:stop],
+            ))
+        if not chunks:
+            k, d = self.num_parts, self.dim
+            return ReIDEmbeddings(np.zeros((0, d), np.float32), np.zeros((0, k, d), np.float32),
+                                  np.zeros((0, k), np.float32))
+        return ReIDEmbeddings.concat(chunks)
+
+    @torch.inference_mode()
+    def _embed_batch(self, crops: Sequence[np.ndarray], keypoints: Sequence[np.ndarray | None] | None,
+                     negative_keypoints: Sequence[np.ndarray | None] | None) -> ReIDEmbeddings:
+        images, prompts = prepare_crops(crops, keypoints, negative_keypoints, self.config)
+        out = self.model(images.to(self.device), prompts.to(self.device))
+        holistic = F.normalize(out.embeddings["bn_foreground"], dim=-1)
+        parts = F.normalize(out.embeddings["parts"], dim=-1)
+        return ReIDEmbeddings(
+            holistic.float().cpu().numpy(),
+            parts.float().cpu().numpy(),
+            out.visibility.float().cpu().numpy(),
+        )

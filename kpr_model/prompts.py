@@ -1,0 +1,159 @@
+"""Keypoint prompts: COCO-17 keypoints -> dense prompt tensor [N, P + 2, H, W] (spec section 1).
+
+Channel order: [background, group_1 .. group_P, negative]. Each kept keypoint (confidence >
+vis_thresh, inside the image) becomes a Gaussian heatmap with peak 1 at its pixel, truncated to a
+square of radius r = int(W / gaussian_scale) with sigma = (2r + 1) / 4 (official ``gkern``); a
+group takes the max of its keypoints' heatmaps, the negative channel the max over all keypoints of
+all negative skeletons, and the background is clamp(1 - sum of the other channels, 0, 1), so it is
+1 wherever there is no prompt. An absent prompt is all zeros with the background channel at 1.
+
+Keypoints are (x, y, confidence) in the pixel coordinates of the image of size ``image_size``.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Union
+
+import numpy as np
+import torch
+
+from kpr_model.config import KPRConfig
+from kpr_model.keypoints import NUM_KEYPOINTS, group_keypoint_indices
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+Skeletons = Union[ArrayLike, Sequence[Union[ArrayLike, None]]]
+
+
+def keypoints_to_prompt(
+    positive: Skeletons | None,
+    negative: Sequence[ArrayLike | None] | None,
+    image_size: tuple[int, int],
+    config: KPRConfig,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Prompt tensor [N, P + 2, H, W] from target keypoints [N, 17, 3] and per-sample negatives [M, 17, 3].
+
+    ``positive`` may be an array [N, 17, 3] or a list of [17, 3] arrays / None (no target prompt);
+    ``negative`` is None or a list (one entry per sample) of [M, 17, 3] arrays / None.
+    """
+    n = _batch_size(positive, negative)
+    height, width = image_size
+    target = _stack_skeletons(positive, n, device)
+    groups = group_keypoint_indices(config.prompt_grouping)
+    channels = [_max_heatmap(target[:, list(idx)], image_size, config) for idx in groups]
+    neg = torch.zeros(n, height, width, device=device)
+    if negative is not None:
+        skeletons, owners = _flatten_negatives(negative, n, device)
+        if len(skeletons):
+            per_skeleton = _max_heatmap(skeletons, image_size, config)
+            neg = neg.index_reduce(0, owners, per_skeleton, "amax", include_self=True)
+    channels.append(neg)
+    prompt = torch.stack(channels, dim=1)
+    background = (1.0 - prompt.sum(dim=1, keepdim=True)).clamp(0.0, 1.0)
+    return torch.cat([background, prompt], dim=1)
+
+
+def empty_prompt(
+    batch: int, image_size: tuple[int, int], config: KPRConfig, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """The "no prompt" tensor [N, P + 2, H, W]: zeros with the background channel at 1."""
+    prompt = torch.zeros(batch, config.num_prompt_channels, *image_size, device=device)
+    prompt[:, 0] = 1.0
+    return prompt
+
+
+def keypoints_to_part_labels(
+    keypoints: Skeletons,
+    image_size: tuple[int, int],
+    config: KPRConfig,
+    threshold: float = 0.05,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Integer part-label map [N, H, W] (0 = background, 1..K = parts) from target keypoints.
+
+    A training target for the body-part attention loss when no human-parsing masks exist: part
+    heatmaps grouped by ``config.part_grouping``, background where no part reaches ``threshold``
+    (official keypoint target masks), else the argmax part.
+    """
+    skeletons = _stack_skeletons(keypoints, _batch_size(keypoints, None), device)
+    groups = group_keypoint_indices(config.part_grouping)
+    parts = torch.stack([_max_heatmap(skeletons[:, list(idx)], image_size, config) for idx in groups], dim=1)
+    best, label = parts.max(dim=1)
+    return torch.where(best >= threshold, label + 1, torch.zeros_like(label))
+
+
+def gaussian_radius_sigma(width: int, config: KPRConfig) -> tuple[int, float]:
+    """Heatmap truncation radius (pixels) and sigma for images of the given width."""
+    radius = int(width / config.gaussian_scale)
+    return radius, (2 * radius + 1) / 4.0
+
+
+def _max_heatmap(kps: torch.Tensor, image_size: tuple[int, int], config: KPRConfig) -> torch.Tensor:
+    """Max over the G keypoints of [S, G, 3] of their truncated Gaussian heatmaps -> [S, H, W]."""
+    height, width = image_size
+    radius, sigma = gaussian_radius_sigma(width, config)
+    x, y, conf = kps[..., 0], kps[..., 1], kps[..., 2]
+    keep = (conf > config.vis_thresh) & (x >= 0) & (x < width) & (y >= 0) & (y < height)
+    cx = torch.where(keep, x, torch.zeros_like(x)).floor()
+    cy = torch.where(keep, y, torch.zeros_like(y)).floor()
+    gx = _gaussian_1d(torch.arange(width, device=kps.device), cx, radius, sigma) * keep[..., None]
+    gy = _gaussian_1d(torch.arange(height, device=kps.device), cy, radius, sigma)
+    out = torch.zeros(kps.shape[0], height, width, device=kps.device)
+    for g in range(kps.shape[1]):
+        out = torch.maximum(out, gy[:, g, :, None] * gx[:, g, None, :])
+    return out
+
+
+def _gaussian_1d(coords: torch.Tensor, centres: torch.Tensor, radius: int, sigma: float) -> torch.Tensor:
+    """exp(-d^2 / 2 sigma^2) for |d| <= radius else 0, d = coords - centre -> [S, G, len(coords)]."""
+    d = coords.to(centres.dtype) - centres[..., None]
+    return torch.exp(-0.5 * (d / sigma) ** 2) * (d.abs() <= radius)
+
+
+def _as_skeletons(array: ArrayLike, device: torch.device | str) -> torch.Tensor:
+    """Float32 tensor [..., 17, 3] on ``device``, rejecting other shapes."""
+    tensor = array if torch.is_tensor(array) else torch.from_numpy(np.asarray(array, dtype=np.float32))
+    tensor = tensor.to(device=device, dtype=torch.float32)
+    if tensor.shape[-2:] != (NUM_KEYPOINTS, 3):
+        raise ValueError(f"keypoints must have shape [..., {NUM_KEYPOINTS}, 3], got {tuple(tensor.shape)}")
+    return tensor
+
+
+def _batch_size(positive: Skeletons | None, negative: Sequence[ArrayLike | None] | None) -> int:
+    if positive is not None:
+        return len(positive)
+    if negative is not None:
+        return len(negative)
+    raise ValueError("at least one of positive or negative keypoints must be given to know the batch size")
+
+
+def _stack_skeletons(items: Skeletons | None, n: int, device: torch.device | str) -> torch.Tensor:
+    """[N, 17, 3] tensor from an array or a list of [17, 3] arrays / None (None = no keypoints)."""
+    if items is None or len(items) == 0:
+        stacked = torch.zeros(n if items is None else 0, NUM_KEYPOINTS, 3, device=device)
+    elif isinstance(items, (np.ndarray, torch.Tensor)):
+        stacked = _as_skeletons(items, device)
+    else:
+        zeros = torch.zeros(NUM_KEYPOINTS, 3, device=device)
+        stacked = torch.stack([zeros if k is None else _as_skeletons(k, device) for k in items])
+    if stacked.ndim != 3 or stacked.shape[0] != n:
+        raise ValueError(f"expected {n} target skeletons of shape [17, 3], got {tuple(stacked.shape)}")
+    return stacked
+
+
+def _flatten_negatives(
+    negative: Sequence[ArrayLike | None], n: int, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All negative skeletons [M_total, 17, 3] and the sample index owning each one."""
+    if len(negative) != n:
+        raise ValueError(f"negative keypoints must have one entry per sample ({n}), got {len(negative)}")
+    skeletons, owners = [], []
+    for i, item in enumerate(negative):
+        if item is None:
+            continue
+        sk = _as_skeletons(item, device).reshape(-1, NUM_KEYPOINTS, 3)
+        skeletons.append(sk)
+        owners.append(torch.full((sk.shape[0],), i, dtype=torch.long, device=device))
+    if not skeletons:
+        return torch.zeros(0, NUM_KEYPOINTS, 3, device=device), torch.zeros(0, dtype=torch.long, device=device)
+    return torch.cat(skeletons), torch.cat(owners)

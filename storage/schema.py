@@ -1,0 +1,198 @@
+"""Arrow schemas of the store's LanceDB tables and builders that turn model output into rows.
+
+Tables: ``detections`` (one row per person detection, keyed on detection_id) and ``videos`` (one
+row per ingested video, keyed on video_id). A ``tracklets`` table (per-track aggregated
+embeddings) is planned; its schema function will sit next to these two.
+Every table carries ``SCHEMA_VERSION`` in its schema metadata; ``detections`` also records the
+embedding dim D and the number of parts K it was created with.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from kpr_model.embeddings import ReIDEmbeddings
+
+SCHEMA_VERSION = 1
+DETECTIONS = "detections"
+VIDEOS = "videos"
+NUM_KEYPOINTS = 17
+
+VERSION_KEY = b"kpr_schema_version"
+DIM_KEY = b"kpr_embedding_dim"
+PARTS_KEY = b"kpr_num_parts"
+
+DETECTION_META_COLUMNS = (
+    "detection_id", "video_id", "camera_id", "frame_index", "timestamp", "bbox", "det_score",
+    "keypoints", "track_id", "thumbnail", "model_id", "run_id",
+)
+
+
+class StoreError(RuntimeError):
+    """Anything the store refuses or cannot do: bad location, schema mismatch, malformed rows."""
+
+
+def _floats(size: int) -> pa.DataType:
+    """A fixed-size float32 list type."""
+    return pa.list_(pa.float32(), size)
+
+
+def detections_schema(dim: int, num_parts: int) -> pa.Schema:
+    """Schema of the detections table for embeddings of dim ``dim`` with ``num_parts`` parts."""
+    if dim < 1 or num_parts < 1:
+        raise StoreError(f"embedding dim and number of parts must be >= 1, got D={dim}, K={num_parts}")
+    fields = [
+        pa.field("detection_id", pa.string(), nullable=False),
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("camera_id", pa.string(), nullable=False),
+        pa.field("frame_index", pa.int32(), nullable=False),
+        pa.field("timestamp", pa.float64(), nullable=False),
+        pa.field("bbox", _floats(4), nullable=False),
+        pa.field("det_score", pa.float32()),
+        pa.field("keypoints", _floats(NUM_KEYPOINTS * 3), nullable=False),
+        pa.field("track_id", pa.string()),
+        pa.field("vector", _floats(dim), nullable=False),
+        pa.field("parts", _floats(num_parts * dim), nullable=False),
+        pa.field("visibility", _floats(num_parts), nullable=False),
+        pa.field("thumbnail", pa.binary()),
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("run_id", pa.string()),
+    ]
+    metadata = {VERSION_KEY: str(SCHEMA_VERSION), DIM_KEY: str(dim), PARTS_KEY: str(num_parts)}
+    return pa.schema(fields, metadata=metadata)
+
+
+def videos_schema() -> pa.Schema:
+    """Schema of the videos table (ingestion status per video)."""
+    fields = [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("camera_id", pa.string(), nullable=False),
+        pa.field("start_time", pa.float64()),
+        pa.field("duration", pa.float64()),
+        pa.field("num_frames", pa.int32()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("n_detections", pa.int32()),
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("run_id", pa.string()),
+        pa.field("ingested_at", pa.float64()),
+    ]
+    return pa.schema(fields, metadata={VERSION_KEY: str(SCHEMA_VERSION)})
+
+
+def check_version(schema: pa.Schema, table: str, uri: str) -> None:
+    """Raise StoreError unless ``schema`` carries this code's SCHEMA_VERSION."""
+    found = (schema.metadata or {}).get(VERSION_KEY, b"<none>").decode()
+    if found != str(SCHEMA_VERSION):
+        raise StoreError(
+            f"store at {uri}: table '{table}' has schema version {found}, this code reads version "
+            f"{SCHEMA_VERSION}; migrate the store or use a new store location"
+        )
+
+
+def embedding_shape(schema: pa.Schema) -> tuple[int, int]:
+    """(D, K) recorded in a detections table's schema metadata."""
+    metadata = schema.metadata or {}
+    return int(metadata[DIM_KEY]), int(metadata[PARTS_KEY])
+
+
+def detection_row(
+    detection_id: str,
+    video_id: str,
+    camera_id: str,
+    frame_index: int,
+    timestamp: float,
+    bbox: Sequence[float],
+    model_id: str,
+    det_score: float | None = None,
+    keypoints: np.ndarray | Sequence[float] | None = None,
+    track_id: str | None = None,
+    thumbnail: bytes | None = None,
+    run_id: str | None = None,
+) -> dict:
+    """Per-detection metadata (everything but embeddings) as a checked dict for detections_table.
+
+    Missing keypoints are stored as zeros (confidence 0 = not detected): LanceDB refuses null
+    entries in fixed-size float list columns.
+    """
+    box = np.asarray(bbox, dtype=np.float32).reshape(-1)
+    if box.shape != (4,):
+        raise StoreError(f"detection {detection_id}: bbox must be 4 numbers (x, y, w, h), got {box.size}")
+    kps = np.zeros(NUM_KEYPOINTS * 3, np.float32) if keypoints is None else np.asarray(keypoints, np.float32).reshape(-1)
+    if kps.shape != (NUM_KEYPOINTS * 3,):
+        raise StoreError(f"detection {detection_id}: keypoints must be 17 x (x, y, conf), got {kps.size} numbers")
+    return {
+        "detection_id": detection_id,
+        "video_id": video_id,
+        "camera_id": camera_id,
+        "frame_index": int(frame_index),
+        "timestamp": float(timestamp),
+        "bbox": box,
+        "det_score": None if det_score is None else float(det_score),
+        "keypoints": kps,
+        "track_id": track_id,
+        "thumbnail": thumbnail,
+        "model_id": model_id,
+        "run_id": run_id,
+    }
+
+
+def _fixed_list(values: np.ndarray, size: int) -> pa.FixedSizeListArray:
+    """[N, size] float32 values as a FixedSizeListArray without per-row Python work."""
+    flat = pa.array(np.ascontiguousarray(values, dtype=np.float32).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, size)
+
+
+def _stacked_fixed_list(values: list, size: int, column: str) -> pa.FixedSizeListArray:
+    """Per-row float vectors of length ``size`` (none missing) as a fixed-size list array."""
+    try:
+        return _fixed_list(np.array([np.asarray(v, np.float32).reshape(size) for v in values], np.float32).reshape(-1, size), size)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"every detection needs {column} of {size} numbers: {exc}") from exc
+
+
+def detections_table(rows: Sequence[dict], embeddings: ReIDEmbeddings) -> pa.Table:
+    """Detections Arrow table from per-detection metadata (see detection_row) + one embedding batch."""
+    if len(rows) != len(embeddings):
+        raise StoreError(f"{len(rows)} detection rows but {len(embeddings)} embeddings")
+    dim, num_parts = embeddings.dim, embeddings.num_parts
+    schema = detections_schema(dim, num_parts)
+    n = len(rows)
+    columns = {name: [row.get(name) for row in rows] for name in DETECTION_META_COLUMNS}
+    try:
+        arrays = {
+            name: pa.array(values, type=schema.field(name).type)
+            for name, values in columns.items()
+            if name not in ("bbox", "keypoints")
+        }
+        arrays["bbox"] = _stacked_fixed_list(columns["bbox"], 4, "bbox")
+        arrays["keypoints"] = _stacked_fixed_list(columns["keypoints"], NUM_KEYPOINTS * 3, "keypoints")
+        arrays["vector"] = _fixed_list(embeddings.global_emb.reshape(n, dim), dim)
+        arrays["parts"] = _fixed_list(embeddings.parts.reshape(n, num_parts * dim), num_parts * dim)
+        arrays["visibility"] = _fixed_list(embeddings.visibility.reshape(n, num_parts), num_parts)
+        return pa.Table.from_arrays([arrays[f.name] for f in schema], schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as exc:
+        raise StoreError(f"cannot build detections table: {exc}") from exc
+
+
+def _fixed_list_column(table: pa.Table, name: str) -> np.ndarray:
+    """A fixed-size float list column as a float32 [N, size] array."""
+    column = table[name].combine_chunks()
+    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return values.reshape(len(column), column.type.list_size)
+
+
+def embeddings_of(rows: pa.Table | Sequence[dict]) -> ReIDEmbeddings:
+    """Detection rows (Arrow table or dicts with vector [D], parts [K*D] or [K, D], visibility [K]) as ReIDEmbeddings."""
+    if isinstance(rows, pa.Table):
+        global_emb = _fixed_list_column(rows, "vector")
+        visibility = _fixed_list_column(rows, "visibility")
+        parts = _fixed_list_column(rows, "parts")
+    else:
+        global_emb = np.stack([np.asarray(r["vector"], np.float32) for r in rows])
+        visibility = np.stack([np.asarray(r["visibility"], np.float32) for r in rows])
+        parts = np.stack([np.asarray(r["parts"], np.float32) for r in rows])
+    return ReIDEmbeddings(global_emb, parts.reshape(len(global_emb), visibility.shape[1], global_emb.shape[1]), visibility)

@@ -1,0 +1,223 @@
+"""Store (idempotent per-video writes, schema checks) and PersonSearch (ANN + KPR re-rank) on real LanceDB."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from kpr_model.embeddings import ReIDEmbeddings
+from storage import PersonSearch, Store, StoreError, detection_row, detections_table, embeddings_of
+from storage.schema import VIDEOS, VERSION_KEY, videos_schema
+
+DIM, PARTS = 32, 6
+MODEL = "kpr-test"
+
+
+def _unit(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    """Random L2-normalised float32 vectors."""
+    x = rng.standard_normal(shape).astype(np.float32)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _random_embeddings(rng: np.random.Generator, n: int) -> ReIDEmbeddings:
+    """n random people with all parts visible."""
+    return ReIDEmbeddings(_unit(rng, n, DIM), _unit(rng, n, PARTS, DIM), np.ones((n, PARTS), np.float32))
+
+
+def _video(video_id: str, camera_id: str, start_time: float = 1_000.0) -> dict:
+    """A video dict as ingestion would pass it."""
+    return {"video_id": video_id, "uri": f"file:///archive/{video_id}.mp4", "camera_id": camera_id,
+            "start_time": start_time, "duration": 60.0, "num_frames": 1500, "model_id": MODEL, "run_id": "run-1"}
+
+
+def _detections(video: dict, embeddings: ReIDEmbeddings) -> pa.Table:
+    """One detection per embedding, a frame apart, with ids that need escaping in SQL."""
+    rows = [
+        detection_row(
+            detection_id=f"{video['video_id']}:f{i}-p0'", video_id=video["video_id"], camera_id=video["camera_id"],
+            frame_index=i, timestamp=video["start_time"] + i, bbox=(10.0, 20.0, 50.0, 120.0), model_id=MODEL,
+            det_score=0.9, keypoints=np.ones((17, 3)), track_id=f"{video['video_id']}:t{i % 3}",
+            thumbnail=b"\xff\xd8jpeg" + bytes([i % 256]), run_id="run-1",
+        )
+        for i in range(len(embeddings))
+    ]
+    return detections_table(rows, embeddings)
+
+
+def _sorted_rows(store: Store) -> list[dict]:
+    """All detection rows, sorted by id, for exact comparisons."""
+    return sorted(store.query_detections(None).to_pylist(), key=lambda r: r["detection_id"])
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store.open(str(tmp_path / "store"))
+
+
+def test_writing_a_video_twice_leaves_the_same_rows(store: Store) -> None:
+    video = _video("v1", "cam-1")
+    table = _detections(video, _random_embeddings(np.random.default_rng(0), 12))
+    assert not store.is_done("v1", MODEL)
+    assert store.write_video(video, table) == 12
+    first = _sorted_rows(store)
+    assert store.write_video(video, table) == 0
+    assert _sorted_rows(store) == first
+    assert store.count_detections() == 12 and store.count_videos() == 1
+    assert store.is_done("v1", MODEL) and not store.is_done("v1", "other-model")
+    assert store.done_video_ids(MODEL) == {"v1"}
+    assert store.video_rows()[0]["n_detections"] == 12
+
+
+def test_crash_between_detections_and_video_row_recovers_without_duplicates(store: Store) -> None:
+    video = _video("v1", "cam-1")
+    table = _detections(video, _random_embeddings(np.random.default_rng(1), 9))
+    assert store._merge_detections(video, table) == 9
+    assert not store.is_done("v1", MODEL) and store.count_detections() == 9
+    assert store.write_video(video, table) == 0
+    assert store.count_detections() == 9 and store.is_done("v1", MODEL)
+    assert len({r["detection_id"] for r in _sorted_rows(store)}) == 9
+
+
+def test_rewrite_replaces_only_that_videos_rows(store: Store) -> None:
+    rng = np.random.default_rng(2)
+    v1, v2 = _video("v1", "cam-1"), _video("v2", "cam-2")
+    store.write_video(v1, _detections(v1, _random_embeddings(rng, 5)))
+    store.write_video(v2, _detections(v2, _random_embeddings(rng, 4)))
+    shorter = _detections(v1, _random_embeddings(rng, 3))
+    assert store.write_video(v1, shorter) == 0
+    assert store.count_detections("v1") == 3 and store.count_detections("v2") == 4
+    assert store.write_video(v1, []) == 0
+    assert store.count_detections("v1") == 0 and store.count_detections("v2") == 4
+
+
+def test_dict_rows_and_lookups_by_escaped_ids(store: Store) -> None:
+    video = _video("cam:7/2024-01-01'x", "cam-7")
+    embeddings = _random_embeddings(np.random.default_rng(3), 4)
+    rows = _detections(video, embeddings).to_pylist()
+    assert store.write_video(video, rows) == 4
+    wanted = [rows[2]["detection_id"], "missing", rows[0]["detection_id"], rows[2]["detection_id"]]
+    assert store.detections_by_ids(wanted)["detection_id"].to_pylist() == [wanted[0], wanted[2]]
+    row = store.get_detection(rows[1]["detection_id"])
+    assert row is not None and row["thumbnail"] == rows[1]["thumbnail"] and row["frame_index"] == 1
+    back = embeddings_of([row])
+    np.testing.assert_array_equal(back.parts[0], embeddings.parts[1])
+    assert store.get_detection("x' OR '1'='1") is None
+
+
+def test_record_failure_then_success(store: Store) -> None:
+    video = _video("v9", "cam-1")
+    store.record_failure(video, "decode error: moov atom not found")
+    assert not store.is_done("v9", MODEL) and store.count_videos("failed") == 1
+    assert store.video_rows("failed")[0]["error"] == "decode error: moov atom not found"
+    store.write_video(video, _detections(video, _random_embeddings(np.random.default_rng(4), 2)))
+    assert store.is_done("v9", MODEL) and store.count_videos("failed") == 0 and store.count_videos("done") == 1
+
+
+def test_bad_batches_are_refused(store: Store) -> None:
+    rng = np.random.default_rng(5)
+    video = _video("v1", "cam-1")
+    store.write_video(video, _detections(video, _random_embeddings(rng, 2)))
+    other_shape = ReIDEmbeddings(_unit(rng, 2, 16), _unit(rng, 2, PARTS, 16), np.ones((2, PARTS), np.float32))
+    with pytest.raises(StoreError, match="D=32, K=6; refusing a batch with D=16"):
+        store.write_video(video, _detections(video, other_shape))
+    with pytest.raises(StoreError, match="another video_id"):
+        store.write_video(_video("v2", "cam-1"), _detections(video, _random_embeddings(rng, 2)))
+    table = _detections(video, _random_embeddings(rng, 2))
+    with pytest.raises(StoreError, match="duplicate detection_id"):
+        store.write_video(video, pa.concat_tables([table, table]))
+    assert store.count_detections() == 2
+
+
+def test_reopen_sees_data_and_missing_store_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no store at"):
+        Store.open(str(tmp_path / "absent"), create=False)
+    store = Store.open(str(tmp_path / "s"))
+    video = _video("v1", "cam-1")
+    store.write_video(video, _detections(video, _random_embeddings(np.random.default_rng(6), 3)))
+    again = Store.open(str(tmp_path / "s"), create=False)
+    assert again.count_detections() == 3 and again.embedding_shape == (DIM, PARTS)
+
+
+def test_unwritable_path_is_refused(tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StoreError, match="cannot create store at .*a_file/store"):
+        Store.open(str(blocker / "store"))
+
+
+def test_schema_version_mismatch_is_refused(tmp_path: Path) -> None:
+    db = lancedb.connect(str(tmp_path / "old"))
+    db.create_table(VIDEOS, schema=videos_schema().with_metadata({VERSION_KEY: b"999"}))
+    with pytest.raises(StoreError, match="schema version 999, this code reads version 1"):
+        Store.open(str(tmp_path / "old"))
+
+
+@pytest.fixture
+def planted(store: Store) -> dict:
+    """A gallery over three cameras with a query, its true match (same visible parts) and a global-only decoy."""
+    rng = np.random.default_rng(7)
+    query = _random_embeddings(rng, 1)
+    query.visibility[0, 4:] = 0.0
+    target_parts = query.parts.copy()
+    target_parts[0, 4:] = _unit(rng, 2, DIM)
+    near_global = _unit(rng, 1, DIM)
+    target_global = query.global_emb + 0.6 * near_global
+    decoy_global = query.global_emb + 0.05 * _unit(rng, 1, DIM)
+    target = ReIDEmbeddings(target_global / np.linalg.norm(target_global), target_parts, np.ones((1, PARTS), np.float32))
+    decoy = ReIDEmbeddings(decoy_global / np.linalg.norm(decoy_global), _unit(rng, 1, PARTS, DIM), np.ones((1, PARTS), np.float32))
+    videos = {"va": _video("va", "cam-a", 1_000.0), "vb": _video("vb", "cam-b", 2_000.0), "vc": _video("vc", "cam-c", 3_000.0)}
+    store.write_video(videos["va"], _detections(videos["va"], ReIDEmbeddings.concat([query, _random_embeddings(rng, 99)])))
+    store.write_video(videos["vb"], _detections(videos["vb"], ReIDEmbeddings.concat([_random_embeddings(rng, 50), target, _random_embeddings(rng, 49)])))
+    store.write_video(videos["vc"], _detections(videos["vc"], ReIDEmbeddings.concat([_random_embeddings(rng, 20), decoy, _random_embeddings(rng, 79)])))
+    return {
+        "store": store, "query": query, "query_id": "va:f0-p0'",
+        "target_id": "vb:f50-p0'", "decoy_id": "vc:f20-p0'",
+    }
+
+
+def test_search_by_detection_finds_the_planted_match_thanks_to_rerank(planted: dict) -> None:
+    hits = PersonSearch(planted["store"]).by_detection(planted["query_id"], k=5)
+    assert [h.detection_id for h in hits][:2] == [planted["target_id"], planted["decoy_id"]]
+    target, decoy = hits[0], hits[1]
+    assert decoy.ann_distance < target.ann_distance
+    assert target.distance < 0.2 < 1.0 < decoy.distance
+    assert target.camera_id == "cam-b" and target.frame_index == 50 and target.timestamp == 2_050.0
+    assert target.track_id == "vb:t2" and target.bbox == (10.0, 20.0, 50.0, 120.0)
+    assert target.thumbnail == b"\xff\xd8jpeg" + bytes([50]) and target.visibility.shape == (PARTS,)
+    assert [h.distance for h in hits] == sorted(h.distance for h in hits)
+    assert all(h.camera_id != "cam-a" for h in hits)
+
+
+def test_search_filters_exclude_what_they_must(planted: dict) -> None:
+    search = PersonSearch(planted["store"])
+    same_camera = search.by_detection(planted["query_id"], k=200, other_cameras_only=False)
+    assert planted["query_id"] not in {h.detection_id for h in same_camera}
+    assert {h.camera_id for h in same_camera} == {"cam-a", "cam-b", "cam-c"}
+    only_c = search.search(planted["query"], k=50, cameras=["cam-c"])
+    assert {h.camera_id for h in only_c} == {"cam-c"} and only_c[0].detection_id == planted["decoy_id"]
+    no_b = search.search(planted["query"], k=300, exclude_cameras=["cam-b"])
+    assert len(no_b) == 200 and "cam-b" not in {h.camera_id for h in no_b}
+    no_vb = search.search(planted["query"], k=300, exclude_video_ids=["vb", "va"])
+    assert {h.video_id for h in no_vb} == {"vc"}
+    window = search.search(planted["query"], k=300, t_min=2_010.0, t_max=2_050.0)
+    assert {h.timestamp for h in window} == {2_000.0 + i for i in range(10, 51)}
+    assert window[0].detection_id == planted["target_id"]
+    before = search.search(planted["query"], k=300, t_max=2_049.5)
+    assert planted["target_id"] not in {h.detection_id for h in before}
+    assert search.search(planted["query"], cameras=[]) == []
+
+
+def test_unknown_detection_and_wrong_query_shape(planted: dict) -> None:
+    search = PersonSearch(planted["store"])
+    with pytest.raises(StoreError, match="unknown detection id 'nope:1'"):
+        search.by_detection("nope:1")
+    wrong = ReIDEmbeddings(np.ones((1, 8), np.float32), np.ones((1, PARTS, 8), np.float32), np.ones((1, PARTS), np.float32))
+    with pytest.raises(StoreError, match="query has D=8"):
+        search.search(wrong)
+
+
+def test_search_on_an_empty_store(store: Store) -> None:
+    assert PersonSearch(store).search(_random_embeddings(np.random.default_rng(8), 1)) == []

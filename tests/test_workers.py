@@ -1,0 +1,128 @@
+"""Workers without Ray: decoding, sidecar parsing, crops and prompts, discovery, prompt files."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from workers.annotations import AnnotationsBackend, load_sidecar
+from workers.crops import cut_person_crops, thumbnail_jpeg
+from workers.decode import DecodedFrame, iter_frames, probe_video, sample_indices
+from workers.detections import PersonDetection
+from workers.discover import discover_videos, list_video_files
+from workers.errors import AnnotationError, ArchiveError, DecodeError
+from workers.keypoint_files import read_prompt_file
+
+
+def _write_video(path, frames: int = 30, fps: float = 10.0, size=(96, 64)) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    for i in range(frames):
+        image = np.full((size[1], size[0], 3), (i * 8) % 256, np.uint8)
+        writer.write(image)
+    writer.release()
+
+
+def _skeleton(x: float, y: float, conf: float = 2.0) -> list:
+    return [[x + i, y + i, conf] for i in range(17)]
+
+
+def test_sample_indices_follow_target_fps():
+    assert sample_indices(30, 30.0, 10.0).tolist() == list(range(0, 30, 3))
+    assert sample_indices(5, 10.0, None).tolist() == [0, 1, 2, 3, 4]
+    assert sample_indices(5, 10.0, 50.0).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_decode_samples_frames_with_container_timestamps(tmp_path):
+    video = tmp_path / "cam" / "v.mp4"
+    video.parent.mkdir()
+    _write_video(video, frames=30, fps=10.0)
+    info = probe_video(video)
+    assert (info.num_frames, info.width, info.height) == (30, 96, 64)
+    frames = list(iter_frames(video, target_fps=5.0, batch_size=4))
+    assert [f.frame_index for f in frames] == list(range(0, 30, 2))
+    assert frames[3].time_s == pytest.approx(0.6, abs=0.02)
+    assert frames[1].image.shape == (64, 96, 3)
+    assert abs(int(frames[1].image.mean()) - 16) <= 4
+
+
+@pytest.mark.parametrize("content", [b"", b"not a video at all" * 100])
+def test_unreadable_video_gives_decode_error(tmp_path, content):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(content)
+    with pytest.raises(DecodeError, match="bad.mp4"):
+        probe_video(bad)
+
+
+def test_sidecar_parsing_and_errors(tmp_path):
+    sidecar = {"format": "kpr-sidecar-v1", "camera_id": "c1", "start_time": 100.0, "fps": 10.0,
+               "tracks": {"3": {"identity": "id0001"}},
+               "frames": [{"frame_index": 2, "detections": [
+                   {"track_id": 3, "bbox": [1, 2, 30, 60], "keypoints": _skeleton(5, 5, 2)}]}]}
+    path = tmp_path / "v.json"
+    path.write_text(json.dumps(sidecar))
+    parsed = load_sidecar(path)
+    assert parsed.camera_id == "c1" and parsed.identities == {"3": "id0001"}
+    det = parsed.frames[2][0]
+    assert det.track_id == "3" and det.keypoints[:, 2].tolist() == [1.0] * 17
+    frames = [DecodedFrame(i, 0.0, np.zeros((4, 4, 3), np.uint8)) for i in (1, 2)]
+    assert [len(d) for d in AnnotationsBackend(parsed).detect(frames)] == [0, 1]
+
+    sidecar["frames"][0]["detections"][0]["keypoints"] = [[1, 2]] * 17
+    path.write_text(json.dumps(sidecar))
+    with pytest.raises(AnnotationError, match="keypoints"):
+        load_sidecar(path)
+    path.write_text("{broken")
+    with pytest.raises(AnnotationError, match="not a readable JSON"):
+        load_sidecar(path)
+    with pytest.raises(AnnotationError, match="no sidecar"):
+        load_sidecar(tmp_path / "missing.json")
+
+
+def test_crops_carry_other_people_as_negative_prompts():
+    frame = np.zeros((100, 100, 3), np.uint8)
+    frame[10:60, 10:40] = 200
+    target_kps = np.array(_skeleton(15, 15, 1.0), np.float32)
+    intruder_kps = np.array(_skeleton(25, 30, 1.0), np.float32)
+    far_kps = np.array(_skeleton(80, 70, 1.0), np.float32)
+    detections = [PersonDetection(np.array([10, 10, 30, 50], np.float32), 1.0, target_kps),
+                  PersonDetection(np.array([20, 25, 30, 50], np.float32), 1.0, intruder_kps),
+                  PersonDetection(np.array([75, 60, 20, 30], np.float32), 1.0, far_kps)]
+    crop = cut_person_crops(frame, detections)[0]
+    assert crop.image.shape == (50, 30, 3) and crop.image.min() == 200
+    assert crop.keypoints[0, :2].tolist() == [5.0, 5.0]
+    assert crop.negative_keypoints.shape == (1, 17, 3)
+    inside = crop.negative_keypoints[0, :, 2] > 0
+    assert inside.any() and not inside.all()
+    jpeg = thumbnail_jpeg(crop.image)
+    assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape[0] == 128
+
+
+def test_discovery_names_videos_by_content_and_camera_folder(tmp_path):
+    for cam in ("north", "south"):
+        (tmp_path / cam).mkdir()
+        _write_video(tmp_path / cam / "a.mp4", frames=5)
+    (tmp_path / "notes.txt").write_text("not a video")
+    tasks = discover_videos(tmp_path)
+    assert [t.camera_id for t in tasks] == ["north", "south"]
+    assert tasks[0].video_id == tasks[1].video_id
+    with pytest.raises(ArchiveError, match="archive not found"):
+        list_video_files(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ArchiveError, match="no video files"):
+        list_video_files(tmp_path / "empty")
+
+
+def test_prompt_file_forms(tmp_path):
+    path = tmp_path / "kp.json"
+    path.write_text(json.dumps(_skeleton(1, 1, 0.9)))
+    pos, neg = read_prompt_file(path)
+    assert pos.shape == (17, 3) and neg.shape == (0, 17, 3)
+    path.write_text(json.dumps([{"keypoints": _skeleton(1, 1), "is_target": False},
+                                {"keypoints": _skeleton(2, 2), "is_target": True}]))
+    pos, neg = read_prompt_file(path)
+    assert pos[0, 0] == 2 and neg.shape == (1, 17, 3)
+    path.write_text(json.dumps({"keypoints": _skeleton(1, 1)[:5]}))
+    with pytest.raises(AnnotationError, match="17 COCO keypoints"):
+        read_prompt_file(path)
