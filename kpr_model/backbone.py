@@ -56,7 +56,7 @@ class TimmResNetAdapter(BackboneAdapter):
         super().__init__()
         self.model = model
         info = {f["module"]: f for f in model.feature_info}
-        self.stem_channels = int(info["layer1"]["num_chs"])
+        self.stem_channels = int(model.bn1.num_features)
         self.stem_stride = int(info["layer1"]["reduction"])
         self.stage_channels = tuple(int(info[f"layer{i}"]["num_chs"]) for i in range(1, 5))
         if last_stride == 1:

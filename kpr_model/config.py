@@ -51,8 +51,8 @@ class LossConfig:
 class KPRConfig:
     """Everything needed to rebuild a KPR network and its preprocessing, serialisable to JSON.
 
-    image_size is (H, W). fusion_stages lists the backbone stages (1-based) fused by the multi-stage
-    fusion; a single stage means no fusion (that stage's features are used as they are).
+    image_size is (H, W), both multiples of 32. fusion_stages lists the backbone stages (1-based)
+    fused by the multi-stage fusion; a single stage means no fusion (its features are used as is).
     gaussian_scale sets the keypoint heatmap radius: int(W / gaussian_scale) pixels.
     """
 
@@ -79,8 +79,8 @@ class KPRConfig:
         self._validate()
 
     def _validate(self) -> None:
-        if len(self.image_size) != 2 or min(self.image_size) < 16:
-            raise ValueError(f"image_size must be (H, W) with both >= 16, got {self.image_size}")
+        if len(self.image_size) != 2 or min(self.image_size) < 32 or any(v % 32 for v in self.image_size):
+            raise ValueError(f"image_size must be (H, W), both positive multiples of 32, got {self.image_size}")
         if self.part_grouping not in PART_GROUPINGS:
             raise ValueError(f"unknown part_grouping {self.part_grouping!r}; known: {sorted(PART_GROUPINGS)}")
         if self.num_parts != len(PART_GROUPINGS[self.part_grouping]):

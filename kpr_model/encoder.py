@@ -102,18 +102,26 @@ class KPREncoder:
         negative_keypoints: Sequence[np.ndarray | None] | None = None,
         batch_size: int = 64,
     ) -> ReIDEmbeddings:
-        """Embeddings of HxWx3 uint8 RGB crops, optionally prompted by per-crop target and negative keypoints."""
+        """Embeddings of HxWx3 uint8 RGB crops, optionally prompted by per-crop target and negative keypoints.
+
+        The model runs in eval mode (its previous mode is restored), so a training loop can validate with it.
+        """
         if batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
         _check_lengths(len(crops), keypoints, negative_keypoints)
-        chunks = []
-        for start in range(0, len(crops), batch_size):
-            stop = start + batch_size
-            chunks.append(self._embed_batch(
-                crops[start:stop],
-                None if keypoints is None else keypoints[start:stop],
-                None if negative_keypoints is None else negative_keypoints[start:stop],
-            ))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            chunks = [
+                self._embed_batch(
+                    crops[start:start + batch_size],
+                    None if keypoints is None else keypoints[start:start + batch_size],
+                    None if negative_keypoints is None else negative_keypoints[start:start + batch_size],
+                )
+                for start in range(0, len(crops), batch_size)
+            ]
+        finally:
+            self.model.train(was_training)
         if not chunks:
             k, d = self.num_parts, self.dim
             return ReIDEmbeddings(np.zeros((0, d), np.float32), np.zeros((0, k, d), np.float32),

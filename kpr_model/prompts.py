@@ -37,20 +37,13 @@ def keypoints_to_prompt(
     ``negative`` is None or a list (one entry per sample) of [M, 17, 3] arrays / None.
     """
     n = _batch_size(positive, negative)
-    height, width = image_size
-    target = _stack_skeletons(positive, n, device)
-    groups = group_keypoint_indices(config.prompt_grouping)
-    channels = [_max_heatmap(target[:, list(idx)], image_size, config) for idx in groups]
-    neg = torch.zeros(n, height, width, device=device)
-    if negative is not None:
-        skeletons, owners = _flatten_negatives(negative, n, device)
-        if len(skeletons):
-            per_skeleton = _max_heatmap(skeletons, image_size, config)
-            neg = neg.index_reduce(0, owners, per_skeleton, "amax", include_self=True)
-    channels.append(neg)
-    prompt = torch.stack(channels, dim=1)
-    background = (1.0 - prompt.sum(dim=1, keepdim=True)).clamp(0.0, 1.0)
-    return torch.cat([background, prompt], dim=1)
+    depth = config.num_prompt_channels
+    prompt = torch.zeros(n, depth, *image_size, device=device)
+    _splat_groups(prompt, _stack_skeletons(positive, n, device), config.prompt_grouping, 1, config)
+    skeletons, owners = _flatten_negatives(negative, n, device)
+    _splat_into(prompt, skeletons, (owners * depth + depth - 1)[:, None].expand(-1, NUM_KEYPOINTS), config)
+    prompt[:, 0] = (1.0 - prompt[:, 1:].sum(dim=1)).clamp(0.0, 1.0)
+    return prompt
 
 
 def empty_prompt(
@@ -75,9 +68,9 @@ def keypoints_to_part_labels(
     heatmaps grouped by ``config.part_grouping``, background where no part reaches ``threshold``
     (official keypoint target masks), else the argmax part.
     """
-    skeletons = _stack_skeletons(keypoints, _batch_size(keypoints, None), device)
-    groups = group_keypoint_indices(config.part_grouping)
-    parts = torch.stack([_max_heatmap(skeletons[:, list(idx)], image_size, config) for idx in groups], dim=1)
+    n = _batch_size(keypoints, None)
+    parts = torch.zeros(n, len(group_keypoint_indices(config.part_grouping)), *image_size, device=device)
+    _splat_groups(parts, _stack_skeletons(keypoints, n, device), config.part_grouping, 0, config)
     best, label = parts.max(dim=1)
     return torch.where(best >= threshold, label + 1, torch.zeros_like(label))
 
@@ -88,26 +81,37 @@ def gaussian_radius_sigma(width: int, config: KPRConfig) -> tuple[int, float]:
     return radius, (2 * radius + 1) / 4.0
 
 
-def _max_heatmap(kps: torch.Tensor, image_size: tuple[int, int], config: KPRConfig) -> torch.Tensor:
-    """Max over the G keypoints of [S, G, 3] of their truncated Gaussian heatmaps -> [S, H, W]."""
-    height, width = image_size
+def _splat_groups(
+    maps: torch.Tensor, skeletons: torch.Tensor, grouping: str, first_channel: int, config: KPRConfig
+) -> None:
+    """Max-splat skeletons [N, 17, 3] into maps[n, first_channel + group]; a keypoint may feed two groups."""
+    members = [(k, g) for g, idx in enumerate(group_keypoint_indices(grouping)) for k in idx]
+    kp_index = torch.tensor([k for k, _ in members], device=maps.device)
+    group_index = torch.tensor([g for _, g in members], device=maps.device)
+    dest = torch.arange(len(skeletons), device=maps.device)[:, None] * maps.shape[1] + first_channel + group_index
+    _splat_into(maps, skeletons[:, kp_index], dest, config)
+
+
+def _splat_into(maps: torch.Tensor, kps: torch.Tensor, dest: torch.Tensor, config: KPRConfig) -> None:
+    """Max-splat in place the truncated Gaussian of each keypoint of [S, G, 3] into ``maps`` [A, B, H, W].
+
+    ``dest[s, g]`` is the flat index (a * B + b) of the map that receives keypoint (s, g). Only the
+    (2r + 1)^2 pixels around each kept keypoint are touched, so this stays cheap per crop.
+    """
+    height, width = maps.shape[-2:]
     radius, sigma = gaussian_radius_sigma(width, config)
     x, y, conf = kps[..., 0], kps[..., 1], kps[..., 2]
     keep = (conf > config.vis_thresh) & (x >= 0) & (x < width) & (y >= 0) & (y < height)
-    cx = torch.where(keep, x, torch.zeros_like(x)).floor()
-    cy = torch.where(keep, y, torch.zeros_like(y)).floor()
-    gx = _gaussian_1d(torch.arange(width, device=kps.device), cx, radius, sigma) * keep[..., None]
-    gy = _gaussian_1d(torch.arange(height, device=kps.device), cy, radius, sigma)
-    out = torch.zeros(kps.shape[0], height, width, device=kps.device)
-    for g in range(kps.shape[1]):
-        out = torch.maximum(out, gy[:, g, :, None] * gx[:, g, None, :])
-    return out
-
-
-def _gaussian_1d(coords: torch.Tensor, centres: torch.Tensor, radius: int, sigma: float) -> torch.Tensor:
-    """exp(-d^2 / 2 sigma^2) for |d| <= radius else 0, d = coords - centre -> [S, G, len(coords)]."""
-    d = coords.to(centres.dtype) - centres[..., None]
-    return torch.exp(-0.5 * (d / sigma) ** 2) * (d.abs() <= radius)
+    offsets = torch.arange(-radius, radius + 1, device=maps.device)
+    kernel = torch.exp(-0.5 * (offsets.float() / sigma) ** 2)
+    cols = torch.nan_to_num(x).floor().long()[..., None] + offsets  # [S, G, L]
+    rows = torch.nan_to_num(y).floor().long()[..., None] + offsets
+    col_ok = (cols >= 0) & (cols < width) & keep[..., None]
+    row_ok = (rows >= 0) & (rows < height)
+    values = (kernel[:, None] * kernel[None, :]) * (row_ok[..., :, None] & col_ok[..., None, :])  # [S, G, L, L]
+    pixel = rows.clamp(0, height - 1)[..., :, None] * width + cols.clamp(0, width - 1)[..., None, :]
+    index = dest[..., None, None] * (height * width) + pixel
+    maps.view(-1).scatter_reduce_(0, index.reshape(-1), values.reshape(-1), "amax")
 
 
 def _as_skeletons(array: ArrayLike, device: torch.device | str) -> torch.Tensor:
@@ -142,9 +146,11 @@ def _stack_skeletons(items: Skeletons | None, n: int, device: torch.device | str
 
 
 def _flatten_negatives(
-    negative: Sequence[ArrayLike | None], n: int, device: torch.device | str
+    negative: Sequence[ArrayLike | None] | None, n: int, device: torch.device | str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """All negative skeletons [M_total, 17, 3] and the sample index owning each one."""
+    if negative is None:
+        negative = [None] * n
     if len(negative) != n:
         raise ValueError(f"negative keypoints must have one entry per sample ({n}), got {len(negative)}")
     skeletons, owners = [], []

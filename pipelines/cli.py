@@ -6,7 +6,6 @@ end in one line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from datetime import datetime, timezone
@@ -48,8 +47,9 @@ def _parse_time(text: str | None) -> float | None:
 
 
 def _quiet_prefect() -> None:
-    """Keep Prefect's console output to warnings unless the user asked for more."""
+    """Keep Prefect's console output to warnings, and its telemetry off (it races the ephemeral server's SQLite)."""
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -153,7 +153,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(data_root=str(args.data), out=str(args.out), preset=args.preset, epochs=args.epochs,
                          max_minutes=args.max_minutes, seed=args.seed)
     result = train(config)
-    print(json.dumps(result, indent=2))
+    print(f"checkpoint {result['checkpoint']} (model_id {result['model_id']}): held-out mAP {result['heldout']['map']:.3f}, "
+          f"rank-1 {result['heldout']['rank1']:.3f} after {result['steps']} steps in {result['train_s']:.0f} s")
     return 0
 
 

@@ -110,8 +110,8 @@ def run_demo(config: DemoConfig) -> dict:
     export_reid_crops(out / "train_crops", config.train_world())
     timings["render_train_s"] = time.perf_counter() - t
 
-    t = _step(2, f"training KPR (budget {config.train_minutes:g} min)")
     minutes = min(config.train_minutes, 0.5) if config.quick else config.train_minutes
+    t = _step(2, f"training KPR (budget {minutes:g} min)")
     training = train(TrainConfig(data_root=str(out / "train_crops"), out=str(out / "model"),
                                  preset="tiny" if config.quick else "demo", epochs=200, max_minutes=minutes))
     timings["train_s"] = time.perf_counter() - t

@@ -146,12 +146,9 @@ def _fixed_list(values: np.ndarray, size: int) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(flat, size)
 
 
-def _stacked_fixed_list(values: list, size: int, column: str) -> pa.FixedSizeListArray:
+def _stacked_fixed_list(values: list, size: int) -> pa.FixedSizeListArray:
     """Per-row float vectors of length ``size`` (none missing) as a fixed-size list array."""
-    try:
-        return _fixed_list(np.array([np.asarray(v, np.float32).reshape(size) for v in values], np.float32).reshape(-1, size), size)
-    except (TypeError, ValueError) as exc:
-        raise StoreError(f"every detection needs {column} of {size} numbers: {exc}") from exc
+    return _fixed_list(np.array([np.asarray(v, np.float32).reshape(size) for v in values], np.float32).reshape(-1, size), size)
 
 
 def detections_table(rows: Sequence[dict], embeddings: ReIDEmbeddings) -> pa.Table:
@@ -168,14 +165,14 @@ def detections_table(rows: Sequence[dict], embeddings: ReIDEmbeddings) -> pa.Tab
             for name, values in columns.items()
             if name not in ("bbox", "keypoints")
         }
-        arrays["bbox"] = _stacked_fixed_list(columns["bbox"], 4, "bbox")
-        arrays["keypoints"] = _stacked_fixed_list(columns["keypoints"], NUM_KEYPOINTS * 3, "keypoints")
+        arrays["bbox"] = _stacked_fixed_list(columns["bbox"], 4)
+        arrays["keypoints"] = _stacked_fixed_list(columns["keypoints"], NUM_KEYPOINTS * 3)
         arrays["vector"] = _fixed_list(embeddings.global_emb.reshape(n, dim), dim)
         arrays["parts"] = _fixed_list(embeddings.parts.reshape(n, num_parts * dim), num_parts * dim)
         arrays["visibility"] = _fixed_list(embeddings.visibility.reshape(n, num_parts), num_parts)
         return pa.Table.from_arrays([arrays[f.name] for f in schema], schema=schema)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as exc:
-        raise StoreError(f"cannot build detections table: {exc}") from exc
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+        raise StoreError(f"cannot build detections table (bbox needs 4 numbers, keypoints 51, ids strings): {exc}") from exc
 
 
 def _fixed_list_column(table: pa.Table, name: str) -> np.ndarray:

@@ -15,10 +15,8 @@ from storage.store import Store
 
 __all__ = ["PersonSearch", "SearchHit", "embeddings_of", "search_filter"]
 
-_HIT_COLUMNS = (
-    "detection_id", "video_id", "camera_id", "frame_index", "timestamp", "track_id", "bbox",
-    "thumbnail", "vector", "parts", "visibility",
-)
+_META_COLUMNS = ("detection_id", "video_id", "camera_id", "frame_index", "timestamp", "track_id", "bbox", "thumbnail")
+_HIT_COLUMNS = (*_META_COLUMNS, "vector", "parts", "visibility")
 
 
 @dataclass
@@ -124,8 +122,7 @@ class PersonSearch:
         distances = kpr_distance(query, gallery)[0]
         ann = np.sqrt(np.maximum(found["_distance"].to_numpy(zero_copy_only=False), 0.0))
         order = np.argsort(distances, kind="stable")[:k]
-        meta = found.select(["detection_id", "video_id", "camera_id", "frame_index", "timestamp", "track_id", "bbox", "thumbnail"])
-        rows = meta.take(pa.array(order)).to_pylist()
+        rows = found.select(list(_META_COLUMNS)).take(pa.array(order)).to_pylist()
         return [
             SearchHit(
                 detection_id=row["detection_id"],

@@ -221,3 +221,21 @@ def test_unknown_detection_and_wrong_query_shape(planted: dict) -> None:
 
 def test_search_on_an_empty_store(store: Store) -> None:
     assert PersonSearch(store).search(_random_embeddings(np.random.default_rng(8), 1)) == []
+
+
+def test_indexed_and_compacted_store_gives_the_same_answer(planted: dict) -> None:
+    store, search = planted["store"], PersonSearch(planted["store"])
+    before = [h.detection_id for h in search.by_detection(planted["query_id"], k=3)]
+    assert "detections.vector" in store.create_indexes(vector_index_min_rows=0)
+    store.optimize()
+    after = search.by_detection(planted["query_id"], k=3)
+    assert [h.detection_id for h in after] == before and after[0].detection_id == planted["target_id"]
+    assert store.get_detection(planted["target_id"])["frame_index"] == 50 and store.count_detections() == 300
+
+
+def test_missing_keypoints_are_stored_as_zero_confidence(store: Store) -> None:
+    video = _video("v1", "cam-1")
+    row = detection_row("v1:0", "v1", "cam-1", 0, 1_000.0, (0, 0, 5, 9), MODEL)
+    store.write_video(video, detections_table([row], _random_embeddings(np.random.default_rng(9), 1)))
+    stored = store.get_detection("v1:0")
+    assert stored["keypoints"] == [0.0] * 51 and stored["thumbnail"] is None and stored["track_id"] is None

@@ -6,6 +6,7 @@ Videos flow through a bounded window so memory stays flat however large the arch
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -30,6 +31,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to ``address`` / ``RAY_ADDRESS`` if given, else start a quiet local Ray once per process."""
     if ray.is_initialized():
         return
+    # Ray starts its processes with fork+exec; the exec makes LanceDB's fork warning moot.
+    warnings.filterwarnings("ignore", message="lancedb fork support is experimental", category=RuntimeWarning)
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs = {} if address else {"num_cpus": num_cpus, "include_dashboard": False}
     ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, configure_logging=False, **kwargs)
