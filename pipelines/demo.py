@@ -42,7 +42,8 @@ class DemoConfig:
     archive_seed: int = 7
     train_seed: int = 1001
     identities: int = 16
-    train_identities: int = 48
+    train_identities: int = 60
+    train_fraction: float = 0.8
     cameras: int = 4
     duration_s: float = 40.0
     fps: float = 5.0
@@ -56,7 +57,7 @@ class DemoConfig:
         if self.quick:
             return WorldConfig.small(seed=self.train_seed)
         return WorldConfig(seed=self.train_seed, n_identities=self.train_identities, n_cameras=self.cameras,
-                           duration_s=self.duration_s * 1.5)
+                           duration_s=90.0)
 
 
 def _prepare_out(out: Path) -> None:
@@ -107,7 +108,7 @@ def run_demo(config: DemoConfig) -> dict:
     timings = {}
 
     t = _step(1, "rendering the training world (identities disjoint from the archive's) and exporting ReID crops")
-    export_reid_crops(out / "train_crops", config.train_world())
+    export_reid_crops(out / "train_crops", config.train_world(), train_fraction=config.train_fraction)
     timings["render_train_s"] = time.perf_counter() - t
 
     minutes = min(config.train_minutes, 0.5) if config.quick else config.train_minutes

@@ -98,6 +98,8 @@ def ingest_videos(tasks: list[VideoTask], db: str, model: str, model_id: str, ta
         bar.update(1)
         bar.set_postfix(detections=summary.detections_written, failed=summary.videos_failed)
     bar.close()
+    if summary.videos_done:
+        store.optimize()
     return summary
 
 

@@ -126,8 +126,11 @@ def test_prompt_groups_take_max_and_cck6() -> None:
 def test_part_labels_from_keypoints(tiny: KPRConfig) -> None:
     labels = keypoints_to_part_labels([skeleton(), None], tiny.image_size, tiny)
     assert labels.shape == (2, 64, 32) and labels.dtype == torch.long
-    head = 1 + group_names("eight").index("head")
-    assert labels[0, 6, 16] == head
+    names = group_names("eight")
+    assert labels[0, 6, 16] == 1 + names.index("head")
+    assert labels[0, 48, 20] == 1 + names.index("left_leg")  # left knee
+    assert labels[0, 60, 20] == 1 + names.index("left_foot")  # left ankle is in leg and foot: foot wins
+    assert labels[0, 16, 10] == 1 + names.index("torso")  # right shoulder is in right arm and torso
     assert labels[0, 0, 0] == 0 and labels[1].max() == 0
 
 

@@ -54,6 +54,7 @@ def _sorted_rows(store: Store) -> list[dict]:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
+    """A fresh store in a temporary folder."""
     return Store.open(str(tmp_path / "store"))
 
 

@@ -26,6 +26,7 @@ from training.pk_sampler import PKSampler
 from training.reid_layout import DatasetError, ReIDSample, read_reid_layout
 from training.samples import LoadedSample, load_samples, make_batch
 
+REPORT_EVERY_S = 15.0
 PRESETS = {"tiny": KPRConfig.tiny, "demo": KPRConfig.demo, "default": KPRConfig}
 
 
@@ -90,7 +91,7 @@ def train(cfg: TrainConfig) -> dict:
     total_steps = max(1, cfg.epochs * steps_per_epoch)
     budget_s = cfg.max_minutes * 60 if cfg.max_minutes else None
     started = time.perf_counter()
-    step, log, history = 0, {}, []
+    step, log, history, last_report = 0, {}, [], started
     print(f"training {config.backbone} at {config.image_size[0]}x{config.image_size[1]} on {len(train_samples)} crops "
           f"of {len(pid_map)} identities, {steps_per_epoch} steps/epoch", file=sys.stderr)
     model.train()
@@ -115,8 +116,10 @@ def train(cfg: TrainConfig) -> dict:
         if out_of_time:
             break
         history.append({"epoch": epoch + 1, **{k: round(v, 4) for k, v in log.items()}})
-        print(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in log.items() if not k.startswith("acc")),
-              file=sys.stderr)
+        if time.perf_counter() - last_report >= REPORT_EVERY_S or epoch + 1 == cfg.epochs:
+            last_report = time.perf_counter()
+            print(f"epoch {epoch + 1} ({last_report - started:.0f} s): "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in log.items() if not k.startswith("acc")), file=sys.stderr)
     train_s = time.perf_counter() - started
     model.eval()
     metrics = evaluate(model, config, load_samples(read_reid_layout(cfg.data_root, "query")),

@@ -64,8 +64,9 @@ def crop_keypoints(keypoints: np.ndarray, box: tuple[int, int, int, int]) -> lis
     return result
 
 
-def _boxes_overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
-    return a[0] < b[0] + b[2] and b[0] < a[2] and a[1] < b[1] + b[3] and b[1] < a[3]
+def _crop_meets_bbox(box: tuple[int, int, int, int], bbox: tuple[int, int, int, int]) -> bool:
+    """Whether a crop (x0, y0, x1, y1) and a person box (x, y, w, h) overlap."""
+    return box[0] < bbox[0] + bbox[2] and bbox[0] < box[2] and box[1] < bbox[1] + bbox[3] and bbox[1] < box[3]
 
 
 def _write_sample(root: Path, split: str, name: str, frame: RenderedFrame, person: PersonInFrame, margin: float,
@@ -77,7 +78,7 @@ def _write_sample(root: Path, split: str, name: str, frame: RenderedFrame, perso
     cv2.imwrite(str(image_path), frame.image[y0:y1, x0:x1], [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
     skeletons = [{"keypoints": crop_keypoints(person.keypoints, box), "is_target": True}]
     for other in frame.persons:
-        if other is not person and _boxes_overlap(box, other.bbox):
+        if other is not person and _crop_meets_bbox(box, other.bbox):
             keypoints = crop_keypoints(other.keypoints, box)
             if any(c > 0 for _, _, c in keypoints):
                 skeletons.append({"keypoints": keypoints, "is_target": False})

@@ -2,7 +2,8 @@
 
 Every identity walks through a random subset of at least two cameras, one visit at a time with a
 gap between visits (it cannot be in two places at once), so each identity has cross-camera
-matches. Gaps are sized so that on average ``walkers_per_frame`` people are in each camera.
+matches. Gaps are sized so that on average ``walkers_per_frame`` people are in each camera, as far
+as the number of identities allows (each one spends at most 90% of the time on camera).
 """
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ class World:
         """The world.json content: config, identities (with their visits and shared colours), cameras."""
         identities = []
         for index, identity in enumerate(self.identities):
-            own = [v for v in self.visits if v.identity == index]
+            own = sorted((v for v in self.visits if v.identity == index), key=lambda v: v.t_start)
             entry = identity.to_dict()
             entry["cameras"] = sorted({self.cameras[v.camera].camera_id for v in own})
             entry["visits"] = [{**v.to_dict(), "camera": self.cameras[v.camera].camera_id} for v in own]
