@@ -11,17 +11,15 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from pipelines.errors import UserError
+
 EXIT_ERROR = 2
 EXIT_PARTIAL = 1
 
 
-class UserError(Exception):
-    """A mistake in what the user asked for; printed as one line."""
-
-
 def _user_error_types() -> tuple[type[BaseException], ...]:
     """Every project error type whose message is meant for the user."""
-    from kpr_model.checkpoint import KPRModelError
+    from kpr_model.config import KPRModelError
     from storage import StoreError
     from training.reid_layout import DatasetError
     from workers.errors import WorkerError

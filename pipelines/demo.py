@@ -14,6 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.errors import UserError
 from pipelines.flows import ingest_archive
 from pipelines.html_report import ResultSection, write_results_html
 from storage import PersonSearch, Store
@@ -26,10 +27,6 @@ from workers.video_job import detection_id
 
 MARKER = ".kpr-demo"
 OWNED = ("train_crops", "model", "archive", "store", "demo_report.json", "demo_report.html")
-
-
-class DemoError(ValueError):
-    """The demo cannot run with what it was given (e.g. --out is someone else's folder)."""
 
 
 @dataclass
@@ -63,7 +60,7 @@ class DemoConfig:
 def _prepare_out(out: Path) -> None:
     """Use ``out`` only if it is new, empty or an earlier demo's folder; clear what an earlier demo left."""
     if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
-        raise DemoError(f"{out} exists and was not made by `kpr demo`; choose another --out")
+        raise UserError(f"{out} exists and was not made by `kpr demo`; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("made by kpr demo; its contents are replaced by the next demo run\n")
     for name in OWNED:

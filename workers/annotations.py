@@ -7,7 +7,6 @@ Sidecar format ``kpr-sidecar-v1`` (what the synthetic world writes; see README):
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,6 +16,7 @@ import numpy as np
 from workers.decode import DecodedFrame
 from workers.detections import PersonDetection
 from workers.errors import AnnotationError
+from workers.json_input import float_array, read_json
 
 SIDECAR_FORMAT = "kpr-sidecar-v1"
 
@@ -38,23 +38,13 @@ def sidecar_path(video_path: str | Path) -> Path:
     return Path(video_path).with_suffix(".json")
 
 
-def _number_array(value: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
-    try:
-        array = np.asarray(value, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise AnnotationError(f"{what} is not numeric") from None
-    if array.shape != shape or not np.all(np.isfinite(array)):
-        raise AnnotationError(f"{what} must be {len(shape)}-d of shape {list(shape)} with finite numbers, got {list(array.shape)}")
-    return array
-
-
 def _parse_detection(raw: Any, where: str) -> PersonDetection:
     if not isinstance(raw, dict):
         raise AnnotationError(f"{where}: detection is not an object")
-    bbox = _number_array(raw.get("bbox"), (4,), f"{where}: bbox")
+    bbox = float_array(raw.get("bbox"), (4,), f"{where}: bbox")
     if bbox[2] <= 0 or bbox[3] <= 0:
         raise AnnotationError(f"{where}: bbox width and height must be positive")
-    keypoints = _number_array(raw.get("keypoints"), (17, 3), f"{where}: keypoints")
+    keypoints = float_array(raw.get("keypoints"), (17, 3), f"{where}: keypoints")
     keypoints[:, 2] = (keypoints[:, 2] >= 2).astype(np.float32)
     track = raw.get("track_id")
     return PersonDetection(bbox, float(raw.get("score", 1.0)), keypoints, None if track is None else str(track))
@@ -63,12 +53,7 @@ def _parse_detection(raw: Any, where: str) -> PersonDetection:
 def load_sidecar(path: str | Path) -> Sidecar:
     """Parse and validate a sidecar file; AnnotationError names the file and the first problem."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise AnnotationError(f"{path}: no sidecar annotation file (the annotations backend needs one per video)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AnnotationError(f"{path}: not a readable JSON file ({exc})") from None
+    data = read_json(path, f"{path}: no sidecar annotation file (the annotations backend needs one per video)")
     if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
         raise AnnotationError(f"{path}: not a {SIDECAR_FORMAT} sidecar")
     frames: dict[int, list[PersonDetection]] = {}
@@ -81,9 +66,7 @@ def load_sidecar(path: str | Path) -> Sidecar:
         fps = data.get("fps")
         return Sidecar(path, data.get("camera_id"), None if start is None else float(start),
                        None if fps is None else float(fps), frames, tracks)
-    except AnnotationError as exc:
-        raise AnnotationError(str(exc)) from None
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise AnnotationError(f"{path}: malformed sidecar ({type(exc).__name__}: {exc})") from None
 
 

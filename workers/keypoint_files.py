@@ -1,23 +1,17 @@
 """Reading a user's keypoint prompt file for an image query."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from workers.errors import AnnotationError
+from workers.json_input import float_array, read_json
 
 
 def _skeleton(value: Any, what: str) -> np.ndarray:
-    try:
-        array = np.asarray(value, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise AnnotationError(f"{what}: keypoints must be numbers") from None
-    if array.shape != (17, 3) or not np.all(np.isfinite(array)):
-        raise AnnotationError(f"{what}: expected 17 COCO keypoints as [x, y, confidence], got shape {list(array.shape)}")
-    return array
+    return float_array(value, (17, 3), f"{what}: 17 COCO keypoints as [x, y, confidence]")
 
 
 def read_prompt_file(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -28,12 +22,7 @@ def read_prompt_file(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     "is_target": bool}, ...]`` with exactly one target.
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise AnnotationError(f"keypoints file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AnnotationError(f"{path}: not a readable JSON file ({exc})") from None
+    data = read_json(path, f"keypoints file not found: {path}")
     negatives: list = []
     if isinstance(data, dict):
         positive = _skeleton(data.get("keypoints"), f"{path}")
