@@ -1,9 +1,15 @@
 """Shared fixtures: small synthetic archives, tiny checkpoints, and the path to ../shared/data."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# As the CLI does: Prefect quiet at INFO (its shutdown line would hit pytest's closed capture stream)
+# and without telemetry (which races the ephemeral server's SQLite).
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
