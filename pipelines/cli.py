@@ -44,6 +44,19 @@ def _parse_time(text: str | None) -> float | None:
     return moment.timestamp()
 
 
+def _positive(kind: type):
+    """An argparse type that accepts only numbers > 0 of ``kind``."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return parse
+
+
 def _quiet_prefect() -> None:
     """Keep Prefect's console output to warnings, and its telemetry off (it races the ephemeral server's SQLite)."""
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -90,11 +103,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     store = Store.open(args.db, create=False)
     search = PersonSearch(store)
     filters = dict(cameras=args.camera or None, t_min=_parse_time(args.since), t_max=_parse_time(args.until))
+    if args.keypoints and not args.image:
+        raise UserError("--keypoints goes with --image (a stored detection already has its keypoints)")
     if args.detection:
         hits = search.by_detection(args.detection, k=args.k, other_cameras_only=not args.same_camera, **filters)
         query_thumb, title = store.get_detection(args.detection)["thumbnail"], f"detection {args.detection}"
     else:
-        query, query_thumb = _embed_query_image(args)
+        query, query_thumb = _embed_query_image(args, store)
         hits = search.search(query, k=args.k, **filters)
         title = f"image {args.image}"
     _print_hits(hits)
@@ -104,7 +119,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _embed_query_image(args: argparse.Namespace):
+def _embed_query_image(args: argparse.Namespace, store):
     import cv2
 
     from kpr_model.encoder import KPREncoder
@@ -113,6 +128,11 @@ def _embed_query_image(args: argparse.Namespace):
 
     if not args.model:
         raise UserError("--image needs --model CHECKPOINT (the model the store was built with)")
+    from kpr_model.checkpoint import read_model_id
+
+    model_id, store_models = read_model_id(args.model), {v["model_id"] for v in store.video_rows("done")}
+    if store_models and model_id not in store_models:
+        raise UserError(f"--model {args.model} is model {model_id}, but the store holds embeddings of {', '.join(sorted(store_models))}")
     pixels = cv2.imread(str(args.image), cv2.IMREAD_COLOR)
     if pixels is None:
         raise UserError(f"cannot read query image {args.image} (missing, or not an image OpenCV can decode)")
@@ -174,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("archive", type=Path, help="folder of videos (one sub-folder per camera) or a single video")
     p.add_argument("--db", required=True, help="LanceDB store: a local folder (created if missing) or an object-store URI")
     p.add_argument("--model", required=True, help="KPR checkpoint folder (from `kpr train` or `kpr demo`)")
-    p.add_argument("--fps", type=float, default=5.0, help="frames sampled per second of video (default 5)")
+    p.add_argument("--fps", type=_positive(float), default=5.0, help="frames sampled per second of video (default 5)")
     p.add_argument("--backend", default="annotations", choices=["annotations"],
                    help="where people and keypoints come from (default: sidecar annotation files)")
     p.add_argument("--ray-address", default=None, help="existing Ray cluster (default: RAY_ADDRESS or a local Ray)")
@@ -191,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "optional negative_keypoints for occluding people)")
     p.add_argument("--model", help="KPR checkpoint folder, needed with --image")
     p.add_argument("--db", required=True, help="LanceDB store written by `kpr ingest`")
-    p.add_argument("-k", "--k", type=int, default=10, help="number of results (default 10)")
+    p.add_argument("-k", "--k", type=_positive(int), default=10, help="number of results (default 10)")
     p.add_argument("--camera", action="append", help="only these cameras (repeatable)")
     p.add_argument("--since", help="only detections at or after this time (ISO 8601 or epoch seconds, UTC)")
     p.add_argument("--until", help="only detections at or before this time")
@@ -212,8 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="dataset root (bounding_box_train/, query/, bounding_box_test/, ...)")
     p.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
     p.add_argument("--preset", default="demo", choices=["tiny", "demo"], help="model size preset (default demo)")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes of training")
+    p.add_argument("--epochs", type=_positive(int), default=30)
+    p.add_argument("--max-minutes", type=_positive(float), default=None, help="stop after this many minutes of training")
     p.add_argument("--seed", type=int, default=1)
     p.set_defaults(func=cmd_train)
 
@@ -222,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "synthetic identities, ingests the archive and queries every identity across cameras. "
                                    "Writes demo_report.json and demo_report.html into --out.")
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
-    p.add_argument("--train-minutes", type=float, default=4.0, help="training time budget (default 4)")
+    p.add_argument("--train-minutes", type=_positive(float), default=4.0, help="training time budget (default 4)")
     p.add_argument("--quick", action="store_true", help="a much smaller world and training, for smoke tests")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -134,3 +134,20 @@ def test_user_mistakes_give_one_line_and_exit_2(ingested, tiny_checkpoint, tmp_p
     _one_error_line(capsys, "no store")
     assert main(["search", "--db", str(db), "--detection", "x", "--since", "yesterday"]) == 2
     _one_error_line(capsys, "not a time")
+
+
+def test_query_model_must_match_the_store(ingested, tmp_path, capsys):
+    import torch
+
+    from kpr_model.checkpoint import save_checkpoint
+    from kpr_model.config import KPRConfig
+    from kpr_model.model import KPR
+
+    _, db, _ = ingested
+    torch.manual_seed(1)
+    other = tmp_path / "other"
+    save_checkpoint(KPR(KPRConfig.tiny(embed_dim=16)).eval(), KPRConfig.tiny(embed_dim=16), other)
+    crop = tmp_path / "q.png"
+    cv2.imwrite(str(crop), np.full((64, 32, 3), 90, np.uint8))
+    assert main(["search", "--db", str(db), "--image", str(crop), "--model", str(other)]) == 2
+    _one_error_line(capsys, "the store holds embeddings of")
