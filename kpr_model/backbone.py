@@ -10,10 +10,27 @@ Shapes (ResNet, input [N, 3, H, W], prompt [N, P + 2, H, W], last_stride 1):
 stem tokens [N, C0, H/4, W/4]; stage s output [N, C_s, H/2^(s+1), W/2^(s+1)] except stage 4 at
 H/16 x W/16; spatial features F [N, C_last, Hf, Wf] with (Hf, Wf) the first selected stage's size.
 
-Backbone families plug in through ``BackboneAdapter`` (stem + stages); only timm ResNets exist now.
+Backbone families plug in through ``BackboneAdapter`` (stem + stages + prompt tokenizer):
+
+- timm ResNets: tokens NCHW; prompt tokenizer = a bare zero-initialised conv (``masks_patch_embed``).
+- timm Swin / Swin-v2 (built at the config's image size): stem = ``patch_embed`` (conv + LayerNorm,
+  NHWC tokens [N, H/4, W/4, C]); stages = ``layers.0..3`` (raw outputs, as the official
+  ``promptable_timm_swin.py``).
+- timm ViT (built at the config's image size): stem = ``patch_embed`` reshaped to NHWC [N, H/16,
+  W/16, C]; a single "stage" = position embedding (+ class token), blocks, final norm, patch
+  tokens back to [N, C, H/16, W/16] (official ``promptable_timm_vit.py``).
+- SOLIDER Swin (``kpr_model.solider_swin``, mmcv names): stem = ``patch_embed``; stage i output =
+  ``norm_i`` of the tokens before patch merging (official ``promptable_solider.py``).
+
+For the transformer families the prompt tokenizer ("embed_heatmaps_patches") is a second patch
+embedding with the image one's patch size, embed dim and norm (``masks_patch_embed.projection`` +
+``masks_patch_embed.norm``), its projection initialised to zero, its NHWC output added to the image
+patch tokens right after the image patch embedding. Prompts of another size than the image are
+resized bilinearly with align_corners=True (as the official ``_mask_embed``).
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import timm
@@ -23,6 +40,7 @@ from timm.models.resnet import ResNet
 from torch import nn
 
 from kpr_model.config import KPRConfig, KPRModelError
+from kpr_model.solider_swin import SOLIDER_ARCHS, PatchEmbed, build_solider_swin, convert_original_swin
 
 
 class BackboneWeightsNotFoundError(KPRModelError, FileNotFoundError):
@@ -37,15 +55,19 @@ class BackboneAdapter(nn.Module):
     stage_channels: tuple[int, ...]
 
     def stem(self, images: torch.Tensor) -> torch.Tensor:
-        """Image tokens [N, stem_channels, H / stem_stride, W / stem_stride]."""
+        """Image tokens at 1 / stem_stride of the input: [N, C, h, w] (ResNet) or [N, h, w, C] (transformers)."""
         raise NotImplementedError
 
     def stages(self, tokens: torch.Tensor, upto: int) -> list[torch.Tensor]:
         """Outputs [N, C_s, H_s, W_s] of stages 1..upto applied in turn to the tokens."""
         raise NotImplementedError
 
+    def prompt_tokenizer(self, in_channels: int) -> nn.Module:
+        """Zero-initialised module mapping prompts [N, in_channels, H, W] to tokens laid out like ``stem``'s."""
+        raise NotImplementedError
+
     def load_timm_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Load a state dict of the plain timm model (classifier keys are ignored)."""
+        """Load a state dict of the plain backbone (timm, or SOLIDER for SOLIDER Swin; classifier keys ignored)."""
         raise NotImplementedError
 
 
@@ -74,14 +96,158 @@ class TimmResNetAdapter(BackboneAdapter):
             outputs.append(x)
         return outputs
 
+    def prompt_tokenizer(self, in_channels: int) -> nn.Module:
+        conv = nn.Conv2d(in_channels, self.stem_channels, kernel_size=self.stem_stride, stride=self.stem_stride)
+        nn.init.zeros_(conv.weight)
+        nn.init.zeros_(conv.bias)
+        return conv
+
     def load_timm_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         wanted = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        result = self.model.load_state_dict(wanted, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise KPRModelError(
-                f"backbone weights do not fit {type(self.model).__name__}: missing {result.missing_keys[:5]}, "
-                f"unexpected {result.unexpected_keys[:5]}"
-            )
+        _load_exact(self.model, wanted)
+
+
+def _load_exact(model: nn.Module, state: dict[str, torch.Tensor], optional: tuple[str, ...] = ()) -> None:
+    """load_state_dict that raises KPRModelError on missing / unexpected keys (bar names ending in ``optional``)."""
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatch
+        raise KPRModelError(f"backbone weights do not fit {type(model).__name__}: {exc}".splitlines()[0]) from exc
+    missing = [k for k in result.missing_keys if not k.endswith(optional)]
+    unexpected = [k for k in result.unexpected_keys if not k.endswith(optional)]
+    if missing or unexpected:
+        raise KPRModelError(
+            f"backbone weights do not fit {type(model).__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        for prefix in prefixes:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def _new_patch_embed_like(
+    in_channels: int, embed_dim: int, patch: int, norm: bool, bias: bool = True
+) -> PatchEmbed:
+    tokenizer = PatchEmbed(in_channels, embed_dim, patch, norm=norm, bias=bias)
+    tokenizer.zero_init()
+    return tokenizer
+
+
+class TimmSwinAdapter(BackboneAdapter):
+    """timm Swin / Swin-v2 built at the KPR image size: stem = patch_embed (NHWC), stages = layers.0..3."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        pe = model.patch_embed
+        self.stem_channels = int(model.embed_dim)
+        self.stem_stride = int(pe.patch_size[0])
+        if tuple(pe.patch_size) != (self.stem_stride, self.stem_stride):
+            raise KPRModelError(f"non-square patches {pe.patch_size} are not supported")
+        self.stage_channels = tuple(int(f["num_chs"]) for f in model.feature_info)
+        self._patch_norm = not isinstance(pe.norm, nn.Identity)
+
+    def stem(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.patch_embed(images)
+
+    def stages(self, tokens: torch.Tensor, upto: int) -> list[torch.Tensor]:
+        outputs = []
+        x = tokens
+        for layer in self.model.layers[:upto]:
+            x = layer(x)
+            outputs.append(x.permute(0, 3, 1, 2).contiguous())
+        return outputs
+
+    def prompt_tokenizer(self, in_channels: int) -> nn.Module:
+        return _new_patch_embed_like(in_channels, self.stem_channels, self.stem_stride, self._patch_norm)
+
+    def load_timm_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        state = {k: v for k, v in _strip_prefixes(state, ("module.",)).items() if not k.startswith("head.")}
+        module = __import__(type(self.model).__module__, fromlist=["checkpoint_filter_fn"])
+        if hasattr(module, "checkpoint_filter_fn"):  # original-format keys, resized tables / masks
+            state = module.checkpoint_filter_fn(state, self.model)
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        _load_exact(self.model, state, optional=("attn_mask", "relative_position_index", "relative_coords_table"))
+
+
+class TimmViTAdapter(BackboneAdapter):
+    """timm ViT built at the KPR image size: one stage at 1/patch resolution (pos embed, blocks, final norm)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        pe = model.patch_embed
+        self.stem_channels = int(model.embed_dim)
+        self.stem_stride = int(pe.patch_size[0])
+        if tuple(pe.patch_size) != (self.stem_stride, self.stem_stride):
+            raise KPRModelError(f"non-square patches {pe.patch_size} are not supported")
+        self.stage_channels = (int(model.embed_dim),)
+        self._patch_norm = not isinstance(pe.norm, nn.Identity)
+        self._patch_bias = pe.proj.bias is not None
+
+    def stem(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.model.patch_embed(images)  # [N, h*w, C]
+        h, w = images.shape[-2] // self.stem_stride, images.shape[-1] // self.stem_stride
+        return tokens.view(tokens.shape[0], h, w, -1)
+
+    def stages(self, tokens: torch.Tensor, upto: int) -> list[torch.Tensor]:
+        m = self.model
+        n, h, w, c = tokens.shape
+        x = m._pos_embed(tokens.reshape(n, h * w, c))
+        x = m.norm(m.blocks(m.norm_pre(m.patch_drop(x))))
+        x = x[:, m.num_prefix_tokens :]
+        return [x.transpose(1, 2).reshape(n, c, h, w)]
+
+    def prompt_tokenizer(self, in_channels: int) -> nn.Module:
+        return _new_patch_embed_like(
+            in_channels, self.stem_channels, self.stem_stride, self._patch_norm, bias=self._patch_bias
+        )
+
+    def load_timm_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        state = {k: v for k, v in _strip_prefixes(state, ("module.",)).items() if not k.startswith("head.")}
+        from timm.models.vision_transformer import checkpoint_filter_fn
+
+        state = checkpoint_filter_fn(state, self.model)  # resizes the position embedding to our grid
+        _load_exact(self.model, {k: v for k, v in state.items() if not k.startswith("head.")})
+
+
+class SoliderSwinAdapter(BackboneAdapter):
+    """SOLIDER Swin (``kpr_model.solider_swin``): stage outputs are norm_i of the tokens before merging."""
+
+    def __init__(self, name: str, args: dict) -> None:
+        super().__init__()
+        try:
+            self.model = build_solider_swin(name, **args)
+        except TypeError as exc:
+            raise KPRModelError(f"bad backbone_args for {name}: {exc}") from exc
+        self.stem_channels = int(self.model.num_features[0])
+        self.stem_stride = int(self.model.patch_size)
+        self.stage_channels = tuple(int(c) for c in self.model.num_features)
+
+    def stem(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.patch_embed(images)
+
+    def stages(self, tokens: torch.Tensor, upto: int) -> list[torch.Tensor]:
+        return self.model.forward_stages(tokens, upto)
+
+    def prompt_tokenizer(self, in_channels: int) -> nn.Module:
+        return _new_patch_embed_like(in_channels, self.stem_channels, self.stem_stride, norm=True)
+
+    def load_timm_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """SOLIDER / mmcv Swin weights (``backbone.`` / ``module.`` prefixes stripped), or original Swin names."""
+        state = _strip_prefixes(state, ("module.", "backbone."))
+        if any(k.startswith("layers.") for k in state):
+            state = convert_original_swin(state)
+        state = {k: v for k, v in state.items() if not k.startswith(("head.", "fc.", "classifier."))}
+        if self.model.semantic_weight < 0:  # SOLIDER reid weights carry semantic layers; unused without them
+            state = {k: v for k, v in state.items() if not k.startswith(("semantic_embed_w.", "semantic_embed_b."))}
+        _load_exact(self.model, state, optional=("relative_position_index",))
 
 
 def _remove_downsampling(block: nn.Module) -> None:
@@ -97,14 +263,28 @@ def _remove_downsampling(block: nn.Module) -> None:
 
 def build_adapter(config: KPRConfig) -> BackboneAdapter:
     """Backbone adapter for ``config.backbone`` built with random weights (never downloads)."""
+    args = dict(config.backbone_args)
+    if config.backbone in SOLIDER_ARCHS:
+        return SoliderSwinAdapter(config.backbone, args)
     try:
-        model = timm.create_model(config.backbone, pretrained=False, num_classes=0, global_pool="")
+        family = timm.models.model_entrypoint(config.backbone).__module__.rsplit(".", 1)[-1]
     except RuntimeError as exc:
-        raise KPRModelError(f"unknown timm backbone {config.backbone!r}: {exc}") from exc
+        raise KPRModelError(f"unknown backbone {config.backbone!r}: {exc}") from exc
+    if family in ("swin_transformer", "swin_transformer_v2", "vision_transformer"):
+        args["img_size"] = tuple(config.image_size)
+    try:
+        model = timm.create_model(config.backbone, pretrained=False, num_classes=0, global_pool="", **args)
+    except (RuntimeError, TypeError, ValueError, AssertionError) as exc:
+        raise KPRModelError(f"cannot build timm backbone {config.backbone!r} with {args}: {exc}") from exc
     if isinstance(model, ResNet):
         return TimmResNetAdapter(model, config.last_stride)
+    if family in ("swin_transformer", "swin_transformer_v2"):
+        return TimmSwinAdapter(model)
+    if family == "vision_transformer":
+        return TimmViTAdapter(model)
     raise KPRModelError(
-        f"backbone {config.backbone!r} ({type(model).__name__}) is not supported yet; use a timm ResNet"
+        f"backbone {config.backbone!r} ({type(model).__name__}) is not supported; use a timm ResNet, Swin or ViT, "
+        f"or one of {sorted(SOLIDER_ARCHS)}"
     )
 
 
@@ -136,12 +316,12 @@ class PromptableBackbone(nn.Module):
         super().__init__()
         self.features = build_adapter(config)
         self.stages_used = config.fusion_stages
-        stride = self.features.stem_stride
-        self.masks_patch_embed = nn.Conv2d(
-            config.num_prompt_channels, self.features.stem_channels, kernel_size=stride, stride=stride
-        )
-        nn.init.zeros_(self.masks_patch_embed.weight)
-        nn.init.zeros_(self.masks_patch_embed.bias)
+        if self.stages_used[-1] > len(self.features.stage_channels):
+            raise KPRModelError(
+                f"fusion_stages {self.stages_used} asks for stages that {config.backbone!r} does not have "
+                f"({len(self.features.stage_channels)} stage(s))"
+            )
+        self.masks_patch_embed = self.features.prompt_tokenizer(config.num_prompt_channels)
         depths = [self.features.stage_channels[s - 1] for s in self.stages_used]
         self.out_channels = depths[-1]
         self.msf = MultiStageFusion(sum(depths), depths[-1]) if len(depths) > 1 else None
@@ -149,14 +329,18 @@ class PromptableBackbone(nn.Module):
     def forward(self, images: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
         tokens = self.features.stem(images)
         if prompts.shape[-2:] != images.shape[-2:]:
-            prompts = F.interpolate(prompts, size=images.shape[-2:], mode="bilinear", align_corners=False)
+            prompts = F.interpolate(prompts, size=images.shape[-2:], mode="bilinear", align_corners=True)
         tokens = tokens + self.masks_patch_embed(prompts.to(tokens.dtype))
         outputs = self.features.stages(tokens, upto=self.stages_used[-1])
         selected = [outputs[s - 1] for s in self.stages_used]
         return self.msf(selected) if self.msf is not None else selected[0]
 
     def load_backbone_weights(self, path: str | Path) -> None:
-        """Load local timm weights (.safetensors, or a torch file read with weights_only=True) into the backbone."""
+        """Load local backbone weights (.safetensors, or a torch file read with weights_only=True).
+
+        timm weights for timm backbones; SOLIDER (mmcv names) or original Swin weights for SOLIDER Swin.
+        A missing file raises BackboneWeightsNotFoundError; weights that do not fit raise KPRModelError.
+        """
         self.features.load_timm_state_dict(read_state_dict(path))
 
 
@@ -169,7 +353,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path), device="cpu")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise KPRModelError(
+            f"{path} holds more than tensors (pickled objects); it is not loaded, since unpickling can run code. "
+            f"In a trusted environment, re-save just its state dict (torch.save(state_dict, ...)) and load that"
+        ) from exc
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -4,9 +4,19 @@ The defaults follow the spec (docs in /work/shared/design/KPR_SPEC.md): a ResNet
 256x128, K = 8 target parts ("eight" grouping), cck8 keypoint prompts, 512-d embeddings and the
 GiLt + body-part attention loss weights. ``KPRConfig.tiny()`` and ``KPRConfig.demo()`` are small
 variants for unit tests and the CPU demo.
+
+Backbones (``backbone``): a timm ResNet name ("resnet50", "resnet10t", ...), a timm Swin / Swin-v2
+name ("swin_base_patch4_window7_224", built at ``image_size``), a timm ViT name
+("vit_base_patch16_224", built at ``image_size``), or a SOLIDER Swin ("solider_swin_tiny",
+"solider_swin_small", "solider_swin_base"; mmcv layout, see ``kpr_model.solider_swin``).
+``backbone_args`` are extra constructor keywords (e.g. ``{"embed_dim": 16, "depths": [1, 1, 1, 1]}``
+for a tiny test Swin, ``{"semantic_weight": 0.2}`` for SOLIDER). Presets with the official settings:
+``solider_swin_base()`` (Occluded-Duke SOLIDER test config), ``timm_swin_base()``, ``vit_base()``;
+tiny variants ``tiny_swin()``, ``tiny_solider()``, ``tiny_vit()`` for tests.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -14,6 +24,7 @@ from kpr_model.keypoints import PART_GROUPINGS, PROMPT_GROUPINGS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+SOLIDER_MEAN_STD = (0.5, 0.5, 0.5)
 
 
 class KPRModelError(Exception):
@@ -70,12 +81,14 @@ class KPRConfig:
     last_stride: int = 1
     fusion_stages: tuple[int, ...] = (1, 2, 3, 4)
     loss: LossConfig = field(default_factory=LossConfig)
+    backbone_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
         object.__setattr__(self, "norm_mean", tuple(float(v) for v in self.norm_mean))
         object.__setattr__(self, "norm_std", tuple(float(v) for v in self.norm_std))
         object.__setattr__(self, "fusion_stages", tuple(sorted(int(v) for v in self.fusion_stages)))
+        object.__setattr__(self, "backbone_args", _json_safe_args(self.backbone_args))
         self._validate()
 
     def _validate(self) -> None:
@@ -104,6 +117,9 @@ class KPRConfig:
         """Prompt tensor depth: background + one channel per prompt group + negative."""
         return len(PROMPT_GROUPINGS[self.prompt_grouping]) + 2
 
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.to_dict(), sort_keys=True))
+
     def with_updates(self, **changes: Any) -> "KPRConfig":
         """A copy with some fields changed (validated like a new config)."""
         return replace(self, **changes)
@@ -111,6 +127,11 @@ class KPRConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (tuples become lists) that ``from_dict`` turns back into an equal config."""
         data = asdict(self)
+        # Left out when empty, so configs (and model ids) of checkpoints saved before the field existed are unchanged.
+        if self.backbone_args:
+            data["backbone_args"] = json.loads(json.dumps(self.backbone_args))
+        else:
+            del data["backbone_args"]
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in data.items()}
 
     @classmethod
@@ -140,6 +161,84 @@ class KPRConfig:
             backbone="resnet10t", image_size=(128, 64), embed_dim=128, fusion_stages=(2, 3, 4), last_stride=2
         )
         return base.with_updates(**changes)
+
+    @classmethod
+    def solider_swin_base(cls, **changes: Any) -> "KPRConfig":
+        """Official Occluded-Duke SOLIDER test config (spec sections 8-9): SOLIDER Swin-B at 384x128,
+        mean = std = 0.5, cck8 prompts (10 channels), K = 8 "eight" parts, 512-d, 702 training ids,
+        fusion of the 4 stages -> features [N, 1024, 96, 32], semantic_weight -1 (unused)."""
+        base = cls(
+            backbone="solider_swin_base",
+            image_size=(384, 128),
+            num_parts=8,
+            part_grouping="eight",
+            prompt_grouping="cck8",
+            embed_dim=512,
+            num_classes=702,
+            norm_mean=SOLIDER_MEAN_STD,
+            norm_std=SOLIDER_MEAN_STD,
+            fusion_stages=(1, 2, 3, 4),
+            backbone_args={"semantic_weight": -1.0},
+        )
+        return base.with_updates(**changes)
+
+    @classmethod
+    def timm_swin_base(cls, **changes: Any) -> "KPRConfig":
+        """ImageNet Swin-B (timm ``swin_base_patch4_window7_224`` built at 384x128), 4-stage fusion."""
+        base = cls(backbone="swin_base_patch4_window7_224", image_size=(384, 128), fusion_stages=(1, 2, 3, 4))
+        return base.with_updates(**changes)
+
+    @classmethod
+    def vit_base(cls, **changes: Any) -> "KPRConfig":
+        """ViT-B/16 (timm ``vit_base_patch16_224`` built at 384x128): one stage, features [N, 768, 24, 8]."""
+        base = cls(backbone="vit_base_patch16_224", image_size=(384, 128), fusion_stages=(1,))
+        return base.with_updates(**changes)
+
+    @classmethod
+    def tiny_swin(cls, **changes: Any) -> "KPRConfig":
+        """Tiny timm Swin for tests (64x32, embed 16, 1-2 blocks per stage, 32-d embeddings)."""
+        base = cls(
+            backbone="swin_tiny_patch4_window7_224",
+            image_size=(64, 32),
+            embed_dim=32,
+            backbone_args={"embed_dim": 16, "depths": [1, 2, 1, 1], "num_heads": [1, 2, 2, 4]},
+        )
+        return base.with_updates(**changes)
+
+    @classmethod
+    def tiny_solider(cls, **changes: Any) -> "KPRConfig":
+        """Tiny SOLIDER-layout Swin for tests (64x32, embed 16, 32-d embeddings, SOLIDER normalisation)."""
+        base = cls(
+            backbone="solider_swin_base",
+            image_size=(64, 32),
+            embed_dim=32,
+            norm_mean=SOLIDER_MEAN_STD,
+            norm_std=SOLIDER_MEAN_STD,
+            backbone_args={"embed_dim": 16, "depths": [1, 2, 1, 1], "num_heads": [1, 2, 2, 4], "semantic_weight": -1.0},
+        )
+        return base.with_updates(**changes)
+
+    @classmethod
+    def tiny_vit(cls, **changes: Any) -> "KPRConfig":
+        """Tiny timm ViT/16 for tests (64x32 -> 4x2 tokens, embed 32, depth 2, 32-d embeddings)."""
+        base = cls(
+            backbone="vit_tiny_patch16_224",
+            image_size=(64, 32),
+            embed_dim=32,
+            fusion_stages=(1,),
+            backbone_args={"embed_dim": 32, "depth": 2, "num_heads": 2},
+        )
+        return base.with_updates(**changes)
+
+
+def _json_safe_args(args: Any) -> dict[str, Any]:
+    """A private copy of backbone_args with tuples turned into lists (so to_dict/from_dict round-trips)."""
+    if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
+        raise ValueError(f"backbone_args must be a dict with str keys, got {args!r}")
+    try:
+        return json.loads(json.dumps(args))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"backbone_args must be JSON-serialisable: {exc}") from exc
 
 
 def _reject_unknown(cls: type, data: dict[str, Any], name: str) -> None:

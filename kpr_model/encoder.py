@@ -7,7 +7,7 @@ vector, L2-normalised part embeddings, and the part visibility.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from kpr_model.checkpoint import load_checkpoint
 from kpr_model.config import KPRConfig
 from kpr_model.embeddings import ReIDEmbeddings
-from kpr_model.model import KPR
+from kpr_model.model import KPR, KPROutput
 from kpr_model.prompts import keypoints_to_prompt
 
 
@@ -69,6 +69,45 @@ def _rescale(kps: np.ndarray | None, scale: np.ndarray) -> np.ndarray | None:
     return None if kps is None else np.asarray(kps, dtype=np.float32) * scale
 
 
+def reid_outputs(output: KPROutput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Test-time outputs of a KPR pass: L2-normalised bn-foreground [N, D] and parts [N, K, D], visibility [N, K]."""
+    holistic = F.normalize(output.embeddings["bn_foreground"], dim=-1)
+    parts = F.normalize(output.embeddings["parts"], dim=-1)
+    return holistic, parts, output.visibility
+
+
+BatchEmbedder = Callable[
+    [Sequence[np.ndarray], Sequence[np.ndarray | None] | None, Sequence[np.ndarray | None] | None], ReIDEmbeddings
+]
+
+
+def embed_in_batches(
+    crops: Sequence[np.ndarray],
+    keypoints: Sequence[np.ndarray | None] | None,
+    negative_keypoints: Sequence[np.ndarray | None] | None,
+    batch_size: int,
+    embed_batch: BatchEmbedder,
+    num_parts: int,
+    dim: int,
+) -> ReIDEmbeddings:
+    """Apply ``embed_batch`` to consecutive chunks of at most ``batch_size`` crops (and keypoints); concatenate."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be > 0, got {batch_size}")
+    _check_lengths(len(crops), keypoints, negative_keypoints)
+    chunks = [
+        embed_batch(
+            crops[start:start + batch_size],
+            None if keypoints is None else keypoints[start:start + batch_size],
+            None if negative_keypoints is None else negative_keypoints[start:start + batch_size],
+        )
+        for start in range(0, len(crops), batch_size)
+    ]
+    if not chunks:
+        return ReIDEmbeddings(np.zeros((0, dim), np.float32), np.zeros((0, num_parts, dim), np.float32),
+                              np.zeros((0, num_parts), np.float32))
+    return ReIDEmbeddings.concat(chunks)
+
+
 class KPREncoder:
     """Embeds person crops with a KPR model; the single entry point of the product into the network."""
 
@@ -106,37 +145,19 @@ class KPREncoder:
 
         The model runs in eval mode (its previous mode is restored), so a training loop can validate with it.
         """
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be > 0, got {batch_size}")
-        _check_lengths(len(crops), keypoints, negative_keypoints)
         was_training = self.model.training
         self.model.eval()
         try:
-            chunks = [
-                self._embed_batch(
-                    crops[start:start + batch_size],
-                    None if keypoints is None else keypoints[start:start + batch_size],
-                    None if negative_keypoints is None else negative_keypoints[start:start + batch_size],
-                )
-                for start in range(0, len(crops), batch_size)
-            ]
+            return embed_in_batches(crops, keypoints, negative_keypoints, batch_size, self._embed_batch,
+                                    self.num_parts, self.dim)
         finally:
             self.model.train(was_training)
-        if not chunks:
-            k, d = self.num_parts, self.dim
-            return ReIDEmbeddings(np.zeros((0, d), np.float32), np.zeros((0, k, d), np.float32),
-                                  np.zeros((0, k), np.float32))
-        return ReIDEmbeddings.concat(chunks)
 
     @torch.inference_mode()
     def _embed_batch(self, crops: Sequence[np.ndarray], keypoints: Sequence[np.ndarray | None] | None,
                      negative_keypoints: Sequence[np.ndarray | None] | None) -> ReIDEmbeddings:
         images, prompts = prepare_crops(crops, keypoints, negative_keypoints, self.config)
         out = self.model(images.to(self.device), prompts.to(self.device))
-        holistic = F.normalize(out.embeddings["bn_foreground"], dim=-1)
-        parts = F.normalize(out.embeddings["parts"], dim=-1)
-        return ReIDEmbeddings(
-            holistic.float().cpu().numpy(),
-            parts.float().cpu().numpy(),
-            out.visibility.float().cpu().numpy(),
-        )
+        holistic, parts, visibility = reid_outputs(out)
+        return ReIDEmbeddings(holistic.float().cpu().numpy(), parts.float().cpu().numpy(),
+                              visibility.float().cpu().numpy())

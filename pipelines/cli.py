@@ -242,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "synthetic identities, ingests the archive and queries every identity across cameras. "
                                    "Writes demo_report.json and demo_report.html into --out.")
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
-    p.add_argument("--train-minutes", type=_positive(float), default=4.0, help="training time budget (default 4)")
+    p.add_argument("--train-minutes", type=_positive(float), default=8.0,
+                   help="cap on training time; training stops early if it is reached (default 8)")
     p.add_argument("--quick", action="store_true", help="a much smaller world and training, for smoke tests")
     p.set_defaults(func=cmd_demo)
     return parser
