@@ -54,12 +54,18 @@ def parse_image_size(text: str) -> tuple[int, int]:
     return height, width
 
 
-def timm_model_of(model: KPR) -> nn.Module:
-    """The timm model inside KPR's backbone adapter (the module that has ``forward_features``)."""
-    for module in model.backbone.features.modules():
+def bare_backbone(model: KPR) -> tuple[str, nn.Module, Callable[[torch.Tensor], object]]:
+    """(description, module, forward) of KPR's backbone alone: no prompt tokenizer, fusion or heads.
+
+    For timm backbones this is ``forward_features`` of the very timm model inside KPR; backbones that
+    are not timm models (SOLIDER Swin) run their adapter's stem and all stages instead.
+    """
+    adapter = model.backbone.features
+    for module in adapter.modules():
         if callable(getattr(module, "forward_features", None)):
-            return module
-    raise KPRModelError(f"no timm model with forward_features found in the {model.config.backbone!r} backbone")
+            return "timm forward_features", module, module.forward_features
+    return ("adapter stem + all stages", adapter,
+            lambda images: adapter.stages(adapter.stem(images), upto=len(adapter.stage_channels)))
 
 
 def sample_inputs(config: KPRConfig, batch: int, device: torch.device,
@@ -116,14 +122,14 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, object]:
     model = KPR(config).eval().to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    backbone = timm_model_of(model)
+    baseline, backbone, backbone_forward = bare_backbone(model)
     graph = KPRInferenceGraph(model).eval()
     kpr_forward = torch.compile(graph) if args.compile else graph
     images, prompts = sample_inputs(config, args.batch, device, args.channels_last)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.dtype == "bf16" else nullcontext())
 
     with torch.inference_mode(), autocast:
-        backbone_s, backbone_mem = measure(lambda: backbone.forward_features(images), device, args.warmup, args.iters)
+        backbone_s, backbone_mem = measure(lambda: backbone_forward(images), device, args.warmup, args.iters)
         kpr_s, kpr_mem = measure(lambda: kpr_forward(images, prompts), device, args.warmup, args.iters)
 
     def gib(value: float | None) -> float | None:
@@ -144,6 +150,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, object]:
         "iters": args.iters,
         "kpr_crops_per_s": round(kpr_rate, 1),
         "backbone_eager_crops_per_s": round(backbone_rate, 1),
+        "backbone_baseline": baseline,
         "ratio": round(kpr_rate / backbone_rate, 3),
         "kpr_ms_per_batch": round(kpr_s * 1000, 2),
         "backbone_eager_ms_per_batch": round(backbone_s * 1000, 2),

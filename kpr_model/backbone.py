@@ -318,8 +318,8 @@ class PromptableBackbone(nn.Module):
         self.stages_used = config.fusion_stages
         if self.stages_used[-1] > len(self.features.stage_channels):
             raise KPRModelError(
-                f"fusion_stages {self.stages_used} asks for stages that {config.backbone!r} does not have "
-                f"({len(self.features.stage_channels)} stage(s))"
+                f"fusion_stages {self.stages_used} are not supported by {config.backbone!r}: it has "
+                f"{len(self.features.stage_channels)} stage(s) (ViT: use fusion_stages=(1,))"
             )
         self.masks_patch_embed = self.features.prompt_tokenizer(config.num_prompt_channels)
         depths = [self.features.stage_channels[s - 1] for s in self.stages_used]

@@ -132,7 +132,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("output", type=Path, help="ONNX file to write")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     args = parser.parse_args(argv)
-    model_id = export_checkpoint_onnx(args.checkpoint, args.output, opset=args.opset)
+    try:
+        model_id = export_checkpoint_onnx(args.checkpoint, args.output, opset=args.opset)
+    except KPRModelError as exc:
+        raise SystemExit(f"error: {exc}") from exc
     print(f"wrote {args.output} (model_id {model_id})")
 
 

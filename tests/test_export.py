@@ -56,7 +56,8 @@ def randomise_(model: KPR) -> KPR:
             if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
                 module.running_mean.copy_(torch.randn(module.num_features, generator=gen) * 0.1)
                 module.running_var.copy_(torch.rand(module.num_features, generator=gen) + 0.5)
-        model.backbone.masks_patch_embed.weight.normal_(0.0, 0.3, generator=gen)
+        for param in model.backbone.masks_patch_embed.parameters():
+            param.normal_(0.0, 0.3, generator=gen)
         model.pixel_classifier.classifier.weight.normal_(0.0, 0.5, generator=gen)
     return model
 
@@ -128,6 +129,21 @@ def test_parity_with_pytorch_encoder(prompting: str, tiny: KPRConfig, tiny_model
     vis = actual.visibility > 0
     assert vis.any() and not vis.all(), "visibility should be informative for the test to mean anything"
     np.testing.assert_allclose(np.linalg.norm(actual.parts, axis=2), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["tiny_swin", "tiny_solider", "tiny_vit"])
+def test_parity_for_transformer_backbones(preset: str, tmp_path: Path, inputs) -> None:
+    if not hasattr(KPRConfig, preset):
+        pytest.skip(f"KPRConfig.{preset} does not exist in this checkout")
+    config = getattr(KPRConfig, preset)()
+    torch.manual_seed(0)
+    model = randomise_(KPR(config)).eval()
+    crops, keypoints, negatives = inputs
+    images, prompts = prepare_crops(crops, keypoints, negatives, config)
+    assert argmax_margin(model, images, prompts) > ARGMAX_MARGIN
+    export_onnx(model, config, tmp_path / f"{preset}.onnx")
+    actual = OnnxKPREncoder(tmp_path / f"{preset}.onnx", device="cpu").embed(crops, keypoints, negatives)
+    assert_parity(KPREncoder(model, config).embed(crops, keypoints, negatives), actual, preset)
 
 
 def test_prompts_change_the_onnx_output(onnx_encoder: OnnxKPREncoder, inputs) -> None:
