@@ -139,19 +139,23 @@ def _new_patch_embed_like(
     return tokenizer
 
 
+def _timm_patch_embed_geometry(model: nn.Module) -> tuple[int, int, bool]:
+    """(embed dim, patch stride, has patch norm) of a timm transformer's square patch embedding."""
+    pe = model.patch_embed
+    stride = int(pe.patch_size[0])
+    if tuple(pe.patch_size) != (stride, stride):
+        raise KPRModelError(f"non-square patches {pe.patch_size} are not supported")
+    return int(model.embed_dim), stride, not isinstance(pe.norm, nn.Identity)
+
+
 class TimmSwinAdapter(BackboneAdapter):
     """timm Swin / Swin-v2 built at the KPR image size: stem = patch_embed (NHWC), stages = layers.0..3."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        pe = model.patch_embed
-        self.stem_channels = int(model.embed_dim)
-        self.stem_stride = int(pe.patch_size[0])
-        if tuple(pe.patch_size) != (self.stem_stride, self.stem_stride):
-            raise KPRModelError(f"non-square patches {pe.patch_size} are not supported")
+        self.stem_channels, self.stem_stride, self._patch_norm = _timm_patch_embed_geometry(model)
         self.stage_channels = tuple(int(f["num_chs"]) for f in model.feature_info)
-        self._patch_norm = not isinstance(pe.norm, nn.Identity)
 
     def stem(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.patch_embed(images)
@@ -182,14 +186,9 @@ class TimmViTAdapter(BackboneAdapter):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        pe = model.patch_embed
-        self.stem_channels = int(model.embed_dim)
-        self.stem_stride = int(pe.patch_size[0])
-        if tuple(pe.patch_size) != (self.stem_stride, self.stem_stride):
-            raise KPRModelError(f"non-square patches {pe.patch_size} are not supported")
+        self.stem_channels, self.stem_stride, self._patch_norm = _timm_patch_embed_geometry(model)
         self.stage_channels = (int(model.embed_dim),)
-        self._patch_norm = not isinstance(pe.norm, nn.Identity)
-        self._patch_bias = pe.proj.bias is not None
+        self._patch_bias = model.patch_embed.proj.bias is not None
 
     def stem(self, images: torch.Tensor) -> torch.Tensor:
         tokens = self.model.patch_embed(images)  # [N, h*w, C]

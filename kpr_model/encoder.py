@@ -108,7 +108,23 @@ def embed_in_batches(
     return ReIDEmbeddings.concat(chunks)
 
 
-class KPREncoder:
+class EncoderShape:
+    """Embedding size and part count of an encoder, read from its ``config``."""
+
+    config: KPRConfig
+
+    @property
+    def dim(self) -> int:
+        """Embedding size D."""
+        return self.config.embed_dim
+
+    @property
+    def num_parts(self) -> int:
+        """Number of body parts K."""
+        return self.config.num_parts
+
+
+class KPREncoder(EncoderShape):
     """Embeds person crops with a KPR model; the single entry point of the product into the network."""
 
     def __init__(self, model: KPR, config: KPRConfig, device: str | torch.device = "cpu",
@@ -123,16 +139,6 @@ class KPREncoder:
         """Encoder for a project checkpoint directory (raises CheckpointError when missing/incomplete)."""
         model, config, model_id = load_checkpoint(path, device=device)
         return cls(model, config, device=device, model_id=model_id)
-
-    @property
-    def dim(self) -> int:
-        """Embedding size D."""
-        return self.config.embed_dim
-
-    @property
-    def num_parts(self) -> int:
-        """Number of body parts K."""
-        return self.config.num_parts
 
     def embed(
         self,

@@ -14,7 +14,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from kpr_model.config import KPRModelError
 from kpr_model.embeddings import ReIDEmbeddings
-from kpr_model.encoder import embed_in_batches, prepare_crops
+from kpr_model.encoder import EncoderShape, embed_in_batches, prepare_crops
 from kpr_model.export import INPUT_NAMES, OUTPUT_NAMES, OnnxModelError, parse_onnx_metadata
 
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -45,7 +45,7 @@ def session_providers(device: str) -> list[str | tuple[str, dict[str, str]]]:
     return [(CUDA_PROVIDER, {"device_id": index or "0"}), CPU_PROVIDER]
 
 
-class OnnxKPREncoder:
+class OnnxKPREncoder(EncoderShape):
     """Embeds person crops with an exported KPR ONNX model through onnxruntime (drop-in for ``KPREncoder``)."""
 
     def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None) -> None:
@@ -67,16 +67,6 @@ class OnnxKPREncoder:
             raise OnnxModelError(
                 f"{self.path}: graph maps {inputs} -> {outputs}, expected {INPUT_NAMES} -> {OUTPUT_NAMES}"
             )
-
-    @property
-    def dim(self) -> int:
-        """Embedding size D."""
-        return self.config.embed_dim
-
-    @property
-    def num_parts(self) -> int:
-        """Number of body parts K."""
-        return self.config.num_parts
 
     @property
     def providers(self) -> list[str]:
