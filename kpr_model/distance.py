@@ -40,7 +40,8 @@ def part_distance(
     the euclidean distance is sqrt(relu(|q|^2 - 2 q.g + |g|^2)); parts are combined by the mean
     weighted by w_k = sqrt(v_q,k * v_g,k), i.e. over mutually visible parts. Pairs without any
     mutually visible part get the largest finite distance of the whole matrix + 1 (1.0 when no
-    pair has one). Peak memory is O(Q * chunk_size) besides the result; the result is on the CPU.
+    pair has one). Peak memory is O(Q * chunk_size) besides the result (bench/part_distance_memory.py);
+    the result is on the CPU.
     ``device`` defaults to the query tensor's device (CPU for numpy input).
     """
     if chunk_size < 1:
@@ -63,26 +64,29 @@ def part_distance(
     q_sq = qf.pow(2).sum(dim=-1)
     q_mask = qv.to(torch.float32)
     max_finite = torch.tensor(float("-inf"))
+    missing = False
     for start in range(0, num_g, chunk_size):
         g_feats = gf[start : start + chunk_size].to(device=device, dtype=torch.float32)
         g_mask = gv[start : start + chunk_size].to(device=device, dtype=torch.float32)
         g_sq = g_feats.pow(2).sum(dim=-1)
-        weighted_sum = torch.zeros((num_q, g_feats.shape[0]), dtype=torch.float32, device=device)
-        weight_total = torch.zeros_like(weighted_sum)
+        # Binary masks: w_k = sqrt(v_q,k * v_g,k) = v_q,k * v_g,k, so the weight total is a mask product.
+        weight_total = q_mask @ g_mask.T
+        weighted_sum = torch.zeros_like(weight_total)
         for k in range(num_parts):
-            squared = q_sq[:, k, None] - 2.0 * (qf[:, k] @ g_feats[:, k].T) + g_sq[None, :, k]
-            dist_k = torch.sqrt(torch.relu(squared))
-            weight_k = torch.sqrt(q_mask[:, k, None] * g_mask[None, :, k])
-            weighted_sum += weight_k * dist_k
-            weight_total += weight_k
+            dist_k = torch.addmm(g_sq[None, :, k], qf[:, k], g_feats[:, k].T, alpha=-2.0).add_(q_sq[:, k, None])
+            weighted_sum.add_(dist_k.clamp_min_(0.0).sqrt_().mul_(q_mask[:, k, None]).mul_(g_mask[None, :, k]))
         has_part = weight_total > 0
-        chunk = torch.where(has_part, weighted_sum / weight_total.clamp_min(1e-12), torch.inf)
+        chunk = weighted_sum.div_(weight_total.clamp_min_(1e-12)).masked_fill_(~has_part, torch.inf)
         if bool(has_part.any()):
             max_finite = torch.maximum(max_finite, chunk[has_part].max().cpu())
+        missing = missing or not bool(has_part.all())
         result[:, start : start + chunk.shape[1]] = chunk.cpu()
-    fill = max_finite + 1.0 if torch.isfinite(max_finite) else torch.tensor(1.0)
-    return result.masked_fill_(torch.isinf(result), float(fill))
-
+    if missing:
+        fill = float(max_finite) + 1.0 if torch.isfinite(max_finite) else 1.0
+        for start in range(0, num_g, chunk_size):
+            block = result[:, start : start + chunk_size]
+            block.masked_fill_(torch.isinf(block), fill)
+    return result
 
 def kpr_distance(
     query: ReIDEmbeddings,

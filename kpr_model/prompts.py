@@ -1,11 +1,26 @@
 """Keypoint prompts: COCO-17 keypoints -> dense prompt tensor [N, P + 2, H, W] (spec section 1).
 
-Channel order: [background, group_1 .. group_P, negative]. Each kept keypoint (confidence >
-vis_thresh, inside the image) becomes a Gaussian heatmap with peak 1 at its pixel, truncated to a
-square of radius r = int(W / gaussian_scale) with sigma = (2r + 1) / 4 (official ``gkern``); a
-group takes the max of its keypoints' heatmaps, the negative channel the max over all keypoints of
-all negative skeletons, and the background is clamp(1 - sum of the other channels, 0, 1), so it is
-1 wherever there is no prompt. An absent prompt is all zeros with the background channel at 1.
+Channel order: [background, group_1 .. group_P, negative]. The official code builds
+[background, negative, group_1 .. group_P] (``official_import`` permutes the tokenizer weights);
+the values of each channel are the official ones (``embed_heatmaps_patches`` strategy):
+
+- Heatmaps are drawn at the network input size (``dataset.py`` getitem: ``prompt_mask_size =
+  img_size``), from keypoints already rescaled to that size; no later resize is needed.
+- Each keypoint with confidence > vis_thresh (0.3) inside the image becomes a Gaussian with peak
+  1 at pixel (int(x), int(y)), truncated to a square of radius r = int(W / g_scale), g_scale = 11
+  (``KeypointsToMasks.get_gaussian_kernel``), with the window of ``gkern(2r + 1)``: sigma =
+  (2r + 1) / 4, value exp(-0.5 * (d / sigma)^2) per axis; the square is clipped at the borders
+  (``_compute_keypoints_gaussian_heatmaps``, "keypoints_gaussian" mode, vis_continous False).
+- A group channel is the max of its keypoints' heatmaps, clamped to [0, 1]
+  (``MaskGroupingTransform``, combine_mode "max"; cck8 = ``CocoToEightBodyMasks``).
+- The negative channel is the max over all 17 keypoint heatmaps of all other skeletons (not
+  grouped); zeros when there is none.
+- Background = clamp(1 - sum of all other channels (groups + negative), 0, 1), and no
+  normalisation across channels (``AddBackgroundMask('sum', softmax_weight=-1)`` in
+  ``build_transforms``). An absent prompt is all zeros with the background channel at 1.
+
+The official maps are float64 (numpy) cast to float32 by the backbone; the kernel and the
+background sum are computed in float64 here too, then stored in float32.
 
 Keypoints are (x, y, confidence) in the pixel coordinates of the image of size ``image_size``.
 """
@@ -42,7 +57,7 @@ def keypoints_to_prompt(
     _splat_groups(prompt, _stack_skeletons(positive, n, device), config.prompt_grouping, 1, config)
     skeletons, owners = _flatten_negatives(negative, n, device)
     _splat_into(prompt, skeletons, (owners * depth + depth - 1)[:, None].expand(-1, NUM_KEYPOINTS), config)
-    prompt[:, 0] = (1.0 - prompt[:, 1:].sum(dim=1)).clamp(0.0, 1.0)
+    prompt[:, 0] = (1.0 - prompt[:, 1:].double().sum(dim=1)).clamp(0.0, 1.0).to(prompt.dtype)
     return prompt
 
 
@@ -105,12 +120,13 @@ def _splat_into(maps: torch.Tensor, kps: torch.Tensor, dest: torch.Tensor, confi
     x, y, conf = kps[..., 0], kps[..., 1], kps[..., 2]
     keep = (conf > config.vis_thresh) & (x >= 0) & (x < width) & (y >= 0) & (y < height)
     offsets = torch.arange(-radius, radius + 1, device=maps.device)
-    kernel = torch.exp(-0.5 * (offsets.float() / sigma) ** 2)
+    kernel = torch.exp(-0.5 * (offsets.double() / sigma) ** 2)  # official window, in float64 like scipy
     cols = torch.nan_to_num(x).floor().long()[..., None] + offsets  # [S, G, L]
     rows = torch.nan_to_num(y).floor().long()[..., None] + offsets
     col_ok = (cols >= 0) & (cols < width) & keep[..., None]
     row_ok = (rows >= 0) & (rows < height)
-    values = (kernel[:, None] * kernel[None, :]) * (row_ok[..., :, None] & col_ok[..., None, :])  # [S, G, L, L]
+    window = (kernel[:, None] * kernel[None, :]).to(maps.dtype)  # outer product rounded once, as the cast official map
+    values = window * (row_ok[..., :, None] & col_ok[..., None, :])  # [S, G, L, L]
     pixel = rows.clamp(0, height - 1)[..., :, None] * width + cols.clamp(0, width - 1)[..., None, :]
     index = dest[..., None, None] * (height * width) + pixel
     maps.view(-1).scatter_reduce_(0, index.reshape(-1), values.reshape(-1), "amax")
