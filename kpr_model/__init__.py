@@ -34,6 +34,8 @@ _EXPORTS: dict[str, str] = {
     "KPR": "model",
     "KPROutput": "model",
     "OnnxKPREncoder": "onnx_encoder",
+    "model_id_of": "model_files",
+    "open_encoder": "model_files",
     "empty_prompt": "prompts",
     "keypoints_to_part_labels": "prompts",
     "keypoints_to_prompt": "prompts",

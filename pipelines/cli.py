@@ -79,9 +79,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _check_checkpoint(path: str) -> None:
-    from kpr_model.checkpoint import read_model_id
+    from kpr_model.model_files import model_id_of
 
-    read_model_id(path)
+    model_id_of(path)
 
 
 def _print_ingest_summary(summary: dict) -> None:
@@ -122,15 +122,14 @@ def cmd_search(args: argparse.Namespace) -> int:
 def _embed_query_image(args: argparse.Namespace, store):
     import cv2
 
-    from kpr_model.encoder import KPREncoder
     from workers.crops import thumbnail_jpeg
     from workers.keypoint_files import read_prompt_file
 
     if not args.model:
         raise UserError("--image needs --model CHECKPOINT (the model the store was built with)")
-    from kpr_model.checkpoint import read_model_id
+    from kpr_model.model_files import model_id_of, open_encoder
 
-    model_id, store_models = read_model_id(args.model), {v["model_id"] for v in store.video_rows("done")}
+    model_id, store_models = model_id_of(args.model), {v["model_id"] for v in store.video_rows("done")}
     if store_models and model_id not in store_models:
         raise UserError(f"--model {args.model} is model {model_id}, but the store holds embeddings of {', '.join(sorted(store_models))}")
     pixels = cv2.imread(str(args.image), cv2.IMREAD_COLOR)
@@ -138,7 +137,7 @@ def _embed_query_image(args: argparse.Namespace, store):
         raise UserError(f"cannot read query image {args.image} (missing, or not an image OpenCV can decode)")
     image = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
     positive, negative = read_prompt_file(args.keypoints) if args.keypoints else (None, None)
-    encoder = KPREncoder.from_checkpoint(args.model)
+    encoder = open_encoder(args.model)
     embeddings = encoder.embed([image], [positive], [negative])
     return embeddings, thumbnail_jpeg(image)
 
@@ -193,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(local unless --ray-address / RAY_ADDRESS). Re-runs skip videos already done.")
     p.add_argument("archive", type=Path, help="folder of videos (one sub-folder per camera) or a single video")
     p.add_argument("--db", required=True, help="LanceDB store: a local folder (created if missing) or an object-store URI")
-    p.add_argument("--model", required=True, help="KPR checkpoint folder (from `kpr train` or `kpr demo`)")
+    p.add_argument("--model", required=True, help="KPR model: a checkpoint folder (from `kpr train` or `kpr demo`) or an exported .onnx file")
     p.add_argument("--fps", type=_positive(float), default=5.0, help="frames sampled per second of video (default 5)")
     p.add_argument("--backend", default="annotations", choices=["annotations"],
                    help="where people and keypoints come from (default: sidecar annotation files)")
@@ -209,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--image", type=Path, help="query with an image crop of the person")
     p.add_argument("--keypoints", type=Path, help="JSON keypoint prompt for --image (17 COCO [x, y, conf] in crop pixels; "
                                                   "optional negative_keypoints for occluding people)")
-    p.add_argument("--model", help="KPR checkpoint folder, needed with --image")
+    p.add_argument("--model", help="KPR checkpoint folder or .onnx file, needed with --image")
     p.add_argument("--db", required=True, help="LanceDB store written by `kpr ingest`")
     p.add_argument("-k", "--k", type=_positive(int), default=10, help="number of results (default 10)")
     p.add_argument("--camera", action="append", help="only these cameras (repeatable)")

@@ -110,11 +110,11 @@ def ingest_archive(archive: str, db: str, model: str, target_fps: float = 5.0, b
 
     Videos already done with the same model are skipped, so re-runs and grown archives only do new work.
     """
-    from kpr_model.checkpoint import read_model_id
+    from kpr_model.model_files import model_id_of
 
     started = time.perf_counter()
     summary = IngestSummary(run_id=uuid.uuid4().hex[:12])
-    model_id = read_model_id(model)
+    model_id = model_id_of(model)
     tasks = discover(archive)
     done = Store.open(db).done_video_ids(model_id)
     todo = [t for t in tasks if t.video_id not in done]

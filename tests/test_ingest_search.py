@@ -151,3 +151,21 @@ def test_query_model_must_match_the_store(ingested, tmp_path, capsys):
     cv2.imwrite(str(crop), np.full((64, 32, 3), 90, np.uint8))
     assert main(["search", "--db", str(db), "--image", str(crop), "--model", str(other)]) == 2
     _one_error_line(capsys, "the store holds embeddings of")
+
+
+def test_ingest_with_an_exported_onnx_model_matches_pytorch(ingested, tiny_checkpoint, tmp_path):
+    from kpr_model.export import export_checkpoint_onnx
+
+    archive, db, _ = ingested
+    onnx_path = tmp_path / "tiny.onnx"
+    model_id = export_checkpoint_onnx(tiny_checkpoint, onnx_path)
+    onnx_db = tmp_path / "onnx_db"
+    assert main(["ingest", str(archive), "--db", str(onnx_db), "--model", str(onnx_path), "--no-progress"]) == 0
+    torch_rows = Store.open(str(db)).query_detections(None, columns=["detection_id", "vector", "model_id"])
+    onnx_rows = Store.open(str(onnx_db)).query_detections(None, columns=["detection_id", "vector", "model_id"])
+    assert set(onnx_rows["model_id"].to_pylist()) == {model_id} == set(torch_rows["model_id"].to_pylist())
+    by_id = dict(zip(torch_rows["detection_id"].to_pylist(), torch_rows["vector"].to_pylist()))
+    onnx_vectors = dict(zip(onnx_rows["detection_id"].to_pylist(), onnx_rows["vector"].to_pylist()))
+    assert onnx_vectors.keys() == by_id.keys()
+    worst = max(np.abs(np.subtract(onnx_vectors[i], by_id[i])).max() for i in by_id)
+    assert worst < 1e-4

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kpr_model.embeddings import ReIDEmbeddings
-from kpr_model.encoder import KPREncoder
+from kpr_model.model_files import open_encoder
 from workers.video_job import DetectionRecord, VideoCrops
 
 
@@ -21,10 +21,10 @@ class EmbeddedVideo:
 
 
 class Embedder:
-    """Holds one KPR encoder and embeds the crops of whole videos with their keypoint prompts."""
+    """Holds one KPR encoder (checkpoint folder or ONNX file) and embeds whole videos' crops with their prompts."""
 
-    def __init__(self, checkpoint: str, device: str = "cpu", batch_size: int = 64):
-        self.encoder = KPREncoder.from_checkpoint(checkpoint, device=device)
+    def __init__(self, model: str, device: str = "cpu", batch_size: int = 64):
+        self.encoder = open_encoder(model, device=device)
         self.batch_size = batch_size
 
     def embed_video(self, video: VideoCrops) -> EmbeddedVideo:

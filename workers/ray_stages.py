@@ -47,11 +47,11 @@ def _extract(task: VideoTask, target_fps: float | None, backend: str):
 class EmbedActor:
     """A Ray actor holding one Embedder, so the model loads once per actor, not once per video."""
 
-    def __init__(self, checkpoint: str, device: str, torch_threads: int):
+    def __init__(self, model: str, device: str, torch_threads: int):
         import torch
 
         torch.set_num_threads(torch_threads)
-        self.embedder = Embedder(checkpoint, device=device)
+        self.embedder = Embedder(model, device=device)
 
     def embed_video(self, video) -> EmbeddedVideo:
         return self.embedder.embed_video(video)
@@ -67,12 +67,12 @@ def _reason(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
 
 
-def run_videos(tasks: Sequence[VideoTask], checkpoint: str, target_fps: float | None = 5.0,
+def run_videos(tasks: Sequence[VideoTask], model: str, target_fps: float | None = 5.0,
                backend: str = "annotations", num_embedders: int = 1, device: str = "cpu",
                torch_threads: int = 2, max_in_flight: int = 4) -> Iterator[VideoOutcome]:
     """Process ``tasks`` on Ray and yield one outcome per video as soon as it is done (any order)."""
     gpus = 1 if device.startswith("cuda") else 0
-    actors = [EmbedActor.options(num_gpus=gpus).remote(checkpoint, device, torch_threads) for _ in range(num_embedders)]
+    actors = [EmbedActor.options(num_gpus=gpus).remote(model, device, torch_threads) for _ in range(num_embedders)]
     waiting = list(tasks)
     in_flight: dict = {}
     submitted = 0
