@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import cv2
 import numpy as np
@@ -100,13 +101,14 @@ def test_crops_carry_other_people_as_negative_prompts():
 
 
 def test_discovery_names_videos_by_content_and_camera_folder(tmp_path):
-    for cam in ("north", "south"):
+    for cam, frames in (("north", 5), ("south", 6)):
         (tmp_path / cam).mkdir()
-        _write_video(tmp_path / cam / "a.mp4", frames=5)
+        _write_video(tmp_path / cam / "a.mp4", frames=frames)
+    shutil.copy(tmp_path / "north" / "a.mp4", tmp_path / "south" / "copy_of_north.mp4")
     (tmp_path / "notes.txt").write_text("not a video")
     tasks = discover_videos(tmp_path)
-    assert [t.camera_id for t in tasks] == ["north", "south"]
-    assert tasks[0].video_id == tasks[1].video_id
+    assert [(t.camera_id, t.uri.rsplit("/", 1)[-1]) for t in tasks] == [("north", "a.mp4"), ("south", "a.mp4")]
+    assert tasks[0].video_id != tasks[1].video_id
     with pytest.raises(ArchiveError, match="archive not found"):
         list_video_files(tmp_path / "nope")
     (tmp_path / "empty").mkdir()

@@ -50,12 +50,13 @@ def list_video_files(archive: str | Path) -> tuple[Path, list[Path]]:
 
 
 def discover_videos(archive: str | Path) -> list[VideoTask]:
-    """Every video of ``archive`` as a task named by its content hash.
+    """Every distinct video of ``archive`` as a task named by its content hash.
 
-    The camera id is the video's folder relative to the archive ("root" for files at its top).
+    The camera id is the video's folder relative to the archive ("root" for files at its top). A file
+    whose bytes equal an earlier one's (a copy) is the same video and is listed once, under its first path.
     """
     root, files = list_video_files(archive)
-    tasks = []
+    tasks: dict[str, VideoTask] = {}
     for path in files:
         relative = path.parent.relative_to(root)
         camera = relative.as_posix() if relative.parts else "root"
@@ -63,5 +64,5 @@ def discover_videos(archive: str | Path) -> list[VideoTask]:
             video_id = content_hash(path)
         except OSError as exc:
             raise ArchiveError(f"cannot read {path}: {exc.strerror}") from None
-        tasks.append(VideoTask(video_id, str(path.resolve()), camera))
-    return tasks
+        tasks.setdefault(video_id, VideoTask(video_id, str(path.resolve()), camera))
+    return list(tasks.values())
