@@ -98,19 +98,19 @@ def _print_ingest_summary(summary: dict) -> None:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from pipelines.html_report import ResultSection, write_results_html
-    from storage import PersonSearch, Store
+    from storage import PersonSearch, SearchFilters, Store
 
     store = Store.open(args.db, create=False)
     search = PersonSearch(store)
-    filters = dict(cameras=args.camera or None, t_min=_parse_time(args.since), t_max=_parse_time(args.until))
+    filters = SearchFilters(cameras=args.camera or None, t_min=_parse_time(args.since), t_max=_parse_time(args.until))
     if args.keypoints and not args.image:
         raise UserError("--keypoints goes with --image (a stored detection already has its keypoints)")
     if args.detection:
-        hits = search.by_detection(args.detection, k=args.k, other_cameras_only=not args.same_camera, **filters)
+        hits = search.by_detection(args.detection, k=args.k, other_cameras_only=not args.same_camera, filters=filters)
         query_thumb, title = store.get_detection(args.detection)["thumbnail"], f"detection {args.detection}"
     else:
         query, query_thumb = _embed_query_image(args, store)
-        hits = search.search(query, k=args.k, **filters)
+        hits = search.search(query, k=args.k, filters=filters)
         title = f"image {args.image}"
     _print_hits(hits)
     if args.html:

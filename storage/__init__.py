@@ -1,11 +1,12 @@
 """LanceDB storage of detections and videos, and person search over them (ANN + exact KPR re-rank)."""
 from storage.schema import SCHEMA_VERSION, StoreError, detection_row, detections_table, embeddings_of
-from storage.search import PersonSearch, SearchHit
+from storage.search import PersonSearch, SearchFilters, SearchHit
 from storage.store import Store
 
 __all__ = [
     "SCHEMA_VERSION",
     "PersonSearch",
+    "SearchFilters",
     "SearchHit",
     "Store",
     "StoreError",

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -13,7 +13,7 @@ from storage import sql
 from storage.schema import StoreError, embeddings_of
 from storage.store import Store
 
-__all__ = ["PersonSearch", "SearchHit", "embeddings_of", "search_filter"]
+__all__ = ["PersonSearch", "SearchFilters", "SearchHit", "embeddings_of"]
 
 _META_COLUMNS = ("detection_id", "video_id", "camera_id", "frame_index", "timestamp", "track_id", "bbox", "thumbnail")
 _HIT_COLUMNS = (*_META_COLUMNS, "vector", "parts", "visibility")
@@ -40,23 +40,31 @@ class SearchHit:
     visibility: np.ndarray
 
 
-def search_filter(
-    cameras: Sequence[str] | None = None,
-    exclude_cameras: Sequence[str] | None = None,
-    exclude_video_ids: Sequence[str] | None = None,
-    t_min: float | None = None,
-    t_max: float | None = None,
-    exclude_detection_ids: Sequence[str] | None = None,
-) -> str | None:
-    """The escaped `where` clause for the search filters (None when nothing is filtered)."""
-    return sql.all_of([
-        None if cameras is None else sql.is_in("camera_id", cameras),
-        sql.is_in("camera_id", exclude_cameras, negate=True) if exclude_cameras else None,
-        sql.is_in("video_id", exclude_video_ids, negate=True) if exclude_video_ids else None,
-        sql.is_in("detection_id", exclude_detection_ids, negate=True) if exclude_detection_ids else None,
-        None if t_min is None else f"timestamp >= {sql.number(t_min)}",
-        None if t_max is None else f"timestamp <= {sql.number(t_max)}",
-    ])
+@dataclass(frozen=True)
+class SearchFilters:
+    """Which detections a search may return: camera allow/deny lists, excluded videos/detections, time window.
+
+    ``cameras`` keeps only those cameras (None: all); ``t_min``/``t_max`` bound the frame timestamp
+    (inclusive, epoch seconds); excluded cameras, videos and detections never appear.
+    """
+
+    cameras: Sequence[str] | None = None
+    exclude_cameras: Sequence[str] = ()
+    exclude_video_ids: Sequence[str] = ()
+    exclude_detection_ids: Sequence[str] = ()
+    t_min: float | None = None
+    t_max: float | None = None
+
+    def where(self) -> str | None:
+        """The escaped `where` clause (None when nothing is filtered)."""
+        return sql.all_of([
+            None if self.cameras is None else sql.is_in("camera_id", self.cameras),
+            sql.is_in("camera_id", self.exclude_cameras, negate=True) if self.exclude_cameras else None,
+            sql.is_in("video_id", self.exclude_video_ids, negate=True) if self.exclude_video_ids else None,
+            sql.is_in("detection_id", self.exclude_detection_ids, negate=True) if self.exclude_detection_ids else None,
+            None if self.t_min is None else f"timestamp >= {sql.number(self.t_min)}",
+            None if self.t_max is None else f"timestamp <= {sql.number(self.t_max)}",
+        ])
 
 
 class PersonSearch:
@@ -65,44 +73,21 @@ class PersonSearch:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def search(
-        self,
-        query: ReIDEmbeddings,
-        k: int = 10,
-        cameras: Sequence[str] | None = None,
-        exclude_cameras: Sequence[str] | None = None,
-        exclude_video_ids: Sequence[str] | None = None,
-        t_min: float | None = None,
-        t_max: float | None = None,
-        candidates: int = 200,
-    ) -> list[SearchHit]:
-        """Top-``k`` detections for one query embedding: ANN top-``candidates`` then KPR part re-rank.
+    def search(self, query: ReIDEmbeddings, k: int = 10, filters: SearchFilters = SearchFilters(),
+               candidates: int = 200) -> list[SearchHit]:
+        """Top-``k`` detections for one query embedding: ANN top-``candidates`` under ``filters``, then KPR part re-rank."""
+        return self._ranked(query, k, candidates, filters.where())
 
-        ``cameras`` keeps only those cameras; ``t_min``/``t_max`` bound the frame timestamp
-        (inclusive, epoch seconds); excluded cameras and videos never appear.
-        """
-        where = search_filter(cameras, exclude_cameras, exclude_video_ids, t_min, t_max)
-        return self._ranked(query, k, candidates, where)
-
-    def by_detection(
-        self,
-        detection_id: str,
-        k: int = 10,
-        other_cameras_only: bool = True,
-        cameras: Sequence[str] | None = None,
-        exclude_cameras: Sequence[str] | None = None,
-        exclude_video_ids: Sequence[str] | None = None,
-        t_min: float | None = None,
-        t_max: float | None = None,
-        candidates: int = 200,
-    ) -> list[SearchHit]:
+    def by_detection(self, detection_id: str, k: int = 10, other_cameras_only: bool = True,
+                     filters: SearchFilters = SearchFilters(), candidates: int = 200) -> list[SearchHit]:
         """Search with a stored detection as the query (itself excluded; its camera too by default)."""
         row = self.store.get_detection(detection_id)
         if row is None:
             raise StoreError(f"unknown detection id {detection_id!r}")
-        excluded = [*(exclude_cameras or []), *([row["camera_id"]] if other_cameras_only else [])]
-        where = search_filter(cameras, excluded, exclude_video_ids, t_min, t_max, exclude_detection_ids=[detection_id])
-        return self._ranked(embeddings_of([row]), k, candidates, where)
+        own_camera = [row["camera_id"]] if other_cameras_only else []
+        filters = replace(filters, exclude_cameras=[*filters.exclude_cameras, *own_camera],
+                          exclude_detection_ids=[*filters.exclude_detection_ids, detection_id])
+        return self._ranked(embeddings_of([row]), k, candidates, filters.where())
 
     def _ranked(self, query: ReIDEmbeddings, k: int, candidates: int, where: str | None) -> list[SearchHit]:
         """ANN candidates under ``where``, re-ranked by exact KPR distance, best ``k`` first."""

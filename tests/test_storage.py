@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from kpr_model.embeddings import ReIDEmbeddings
-from storage import PersonSearch, Store, StoreError, detection_row, detections_table, embeddings_of
+from storage import PersonSearch, SearchFilters, Store, StoreError, detection_row, detections_table, embeddings_of
 from storage.schema import VIDEOS, VERSION_KEY, videos_schema
 
 DIM, PARTS = 32, 6
@@ -197,18 +197,18 @@ def test_search_filters_exclude_what_they_must(planted: dict) -> None:
     same_camera = search.by_detection(planted["query_id"], k=200, other_cameras_only=False)
     assert planted["query_id"] not in {h.detection_id for h in same_camera}
     assert {h.camera_id for h in same_camera} == {"cam-a", "cam-b", "cam-c"}
-    only_c = search.search(planted["query"], k=50, cameras=["cam-c"])
+    only_c = search.search(planted["query"], k=50, filters=SearchFilters(cameras=["cam-c"]))
     assert {h.camera_id for h in only_c} == {"cam-c"} and only_c[0].detection_id == planted["decoy_id"]
-    no_b = search.search(planted["query"], k=300, exclude_cameras=["cam-b"])
+    no_b = search.search(planted["query"], k=300, filters=SearchFilters(exclude_cameras=["cam-b"]))
     assert len(no_b) == 200 and "cam-b" not in {h.camera_id for h in no_b}
-    no_vb = search.search(planted["query"], k=300, exclude_video_ids=["vb", "va"])
+    no_vb = search.search(planted["query"], k=300, filters=SearchFilters(exclude_video_ids=["vb", "va"]))
     assert {h.video_id for h in no_vb} == {"vc"}
-    window = search.search(planted["query"], k=300, t_min=2_010.0, t_max=2_050.0)
+    window = search.search(planted["query"], k=300, filters=SearchFilters(t_min=2_010.0, t_max=2_050.0))
     assert {h.timestamp for h in window} == {2_000.0 + i for i in range(10, 51)}
     assert window[0].detection_id == planted["target_id"]
-    before = search.search(planted["query"], k=300, t_max=2_049.5)
+    before = search.search(planted["query"], k=300, filters=SearchFilters(t_max=2_049.5))
     assert planted["target_id"] not in {h.detection_id for h in before}
-    assert search.search(planted["query"], cameras=[]) == []
+    assert search.search(planted["query"], filters=SearchFilters(cameras=[])) == []
 
 
 def test_unknown_detection_and_wrong_query_shape(planted: dict) -> None:
