@@ -10,7 +10,7 @@ import pytest
 
 from workers.annotations import AnnotationsBackend, load_sidecar
 from workers.crops import cut_person_crops, thumbnail_jpeg
-from workers.decode import DecodedFrame, iter_frames, probe_video, sample_indices
+from workers.decode import DecodedFrame, iter_frame_batches, probe_video, sample_indices
 from workers.detections import PersonDetection
 from workers.discover import discover_videos, list_video_files
 from workers.errors import AnnotationError, ArchiveError, DecodeError
@@ -41,7 +41,9 @@ def test_decode_samples_frames_with_container_timestamps(tmp_path):
     _write_video(video, frames=30, fps=10.0)
     info = probe_video(video)
     assert (info.num_frames, info.width, info.height) == (30, 96, 64)
-    frames = list(iter_frames(video, target_fps=5.0, batch_size=4))
+    batches = list(iter_frame_batches(video, target_fps=5.0, batch_size=4))
+    assert [len(b) for b in batches] == [4, 4, 4, 3]
+    frames = [f for batch in batches for f in batch]
     assert [f.frame_index for f in frames] == list(range(0, 30, 2))
     assert frames[3].time_s == pytest.approx(0.6, abs=0.02)
     assert frames[1].image.shape == (64, 96, 3)

@@ -66,8 +66,9 @@ def sample_indices(num_frames: int, native_fps: float, target_fps: float | None)
     return np.unique(np.floor(np.arange(0, num_frames, step)).astype(np.int64))
 
 
-def iter_frames(path: str | Path, target_fps: float | None = None, batch_size: int = 16) -> Iterator[DecodedFrame]:
-    """Decode the sampled frames of a video in batches so memory stays bounded whatever its length."""
+def iter_frame_batches(path: str | Path, target_fps: float | None = None,
+                       batch_size: int = 16) -> Iterator[list[DecodedFrame]]:
+    """The sampled frames of a video, decoded ``batch_size`` at a time so memory stays bounded whatever its length."""
     reader = _open(path)
     indices = sample_indices(len(reader), float(reader.get_avg_fps()), target_fps)
     for start in range(0, len(indices), batch_size):
@@ -77,5 +78,4 @@ def iter_frames(path: str | Path, target_fps: float | None = None, batch_size: i
             times = reader.get_frame_timestamp(chunk.tolist())[:, 0]
         except Exception as exc:
             raise DecodeError(f"{path}: decoding failed at frame {int(chunk[0])} ({str(exc).splitlines()[0][:200]})") from None
-        for index, time_s, image in zip(chunk, times, pixels):
-            yield DecodedFrame(int(index), float(time_s), image)
+        yield [DecodedFrame(int(index), float(time_s), image) for index, time_s, image in zip(chunk, times, pixels)]

@@ -8,7 +8,7 @@ import numpy as np
 
 from workers.annotations import AnnotationsBackend
 from workers.crops import PersonCrop, cut_person_crops, thumbnail_jpeg
-from workers.decode import iter_frames, probe_video
+from workers.decode import iter_frame_batches, probe_video
 from workers.detections import DetectionBackend
 from workers.discover import VideoTask
 from workers.errors import WorkerError
@@ -65,15 +65,8 @@ def extract_video_crops(task: VideoTask, target_fps: float | None, backend_name:
     camera = (sidecar.camera_id if sidecar and sidecar.camera_id else None) or task.camera_id
     start = sidecar.start_time if sidecar and sidecar.start_time is not None else os.path.getmtime(task.uri) - info.duration
     out = VideoCrops(task, camera, float(start), info.duration, info.num_frames)
-    batch = []
-    frames = iter_frames(task.uri, target_fps, batch_frames)
-    for frame in frames:
-        out.frames_sampled += 1
-        batch.append(frame)
-        if len(batch) == batch_frames:
-            _add_batch(out, backend, batch)
-            batch = []
-    if batch:
+    for batch in iter_frame_batches(task.uri, target_fps, batch_frames):
+        out.frames_sampled += len(batch)
         _add_batch(out, backend, batch)
     return out
 
