@@ -9,6 +9,9 @@ import torch
 
 from kpr_model.embeddings import ReIDEmbeddings
 
+# storage/ may import this module only (ARCHITECTURE.md), so the embedding type it takes comes with it.
+__all__ = ["ReIDEmbeddings", "kpr_distance", "part_distance"]
+
 ArrayLike = np.ndarray | torch.Tensor
 
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
-from kpr_model.embeddings import ReIDEmbeddings
+from kpr_model.distance import ReIDEmbeddings
 
 SCHEMA_VERSION = 1
 DETECTIONS = "detections"

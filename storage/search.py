@@ -7,8 +7,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pyarrow as pa
 
-from kpr_model.distance import kpr_distance
-from kpr_model.embeddings import ReIDEmbeddings
+from kpr_model.distance import ReIDEmbeddings, kpr_distance
 from storage import sql
 from storage.schema import StoreError, embeddings_of
 from storage.store import Store
