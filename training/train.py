@@ -1,64 +1,173 @@
-"""Single-process KPR training on a ReID crops folder (Market-1501 layout), with a final held-out evaluation.
+"""KPR training entry point: config, data, the loop in this process or on Ray Train workers, held-out evaluation.
 
-The step function is plain PyTorch so that a Ray Train loop can call it per worker; this module
-runs it in one process with an identity-balanced (PK) sampler and a time budget.
+``TrainConfig`` holds every setting (loadable from YAML); ``train`` runs training/loop.py either in
+this process (workers=0, what the demo uses) or as a Ray Train TorchTrainer with ``workers`` DDP
+workers (training/ray_train.py), then evaluates the final model and saves the project checkpoint.
 """
 from __future__ import annotations
 
-import math
 import sys
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
 
-import cv2
 import numpy as np
 import torch
+import yaml
 
 from kpr_model.checkpoint import save_checkpoint
 from kpr_model.config import KPRConfig
 from kpr_model.distance import kpr_distance
 from kpr_model.encoder import KPREncoder
-from kpr_model.losses import KPRLoss
 from kpr_model.model import KPR
-from training.augment import AugmentConfig, augment
+from training.augment import AugmentConfig
 from training.evaluation import evaluate_rankings
-from training.pk_sampler import PKSampler
-from training.reid_layout import DatasetError, ReIDSample, read_reid_layout
-from training.samples import LoadedSample, load_samples, make_batch
+from training.loop import LoopResult, LoopSettings, run_loop
+from training.datasets import DatasetError, dataset_spec, load_dataset
+from training.samples import LoadedSample, load_samples
 
-REPORT_EVERY_S = 15.0
 PRESETS = {"tiny": KPRConfig.tiny, "demo": KPRConfig.demo, "default": KPRConfig}
+
+
+class TrainConfigError(ValueError):
+    """A training config that cannot be used: unknown keys, wrong types, impossible values."""
 
 
 @dataclass
 class TrainConfig:
-    """What to train on, how long, and the optimiser; defaults suit the CPU demo."""
+    """What to train on, for how long, how, and where; defaults suit a CPU laptop.
+
+    Schedule (spec section 7): linear warm-up for ``warmup_epochs`` then cosine decay; the
+    pretrained backbone is frozen for the first ``fixbase_epochs``. ``workers`` = number of Ray
+    Train DDP workers (0 = train in this process, without Ray). Checkpoints of a Ray run go to
+    ``storage_path``/``run_name``; re-running the same run resumes from its latest checkpoint.
+    """
 
     data_root: str
     out: str
+    dataset: str = "synthetic"
     preset: str = "demo"
+    backbone_weights: str | None = None
     epochs: int = 30
     max_minutes: float | None = None
     identities_per_batch: int = 8
     instances_per_identity: int = 4
+    optimizer: str = "adam"
     lr: float = 1e-3
     weight_decay: float = 5e-4
-    warmup_fraction: float = 0.05
+    warmup_epochs: float = 5.0
+    fixbase_epochs: int = 0
     seed: int = 1
     threads: int | None = None
+    workers: int = 0
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+    storage_path: str | None = None
+    run_name: str = "kpr-train"
+    max_failures: int = 2
+    checkpoint_every: int = 1
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
-    def model_config(self, num_classes: int) -> KPRConfig:
+    def __post_init__(self) -> None:
+        positive = ("epochs", "identities_per_batch", "instances_per_identity", "cpus_per_worker", "checkpoint_every")
+        for name in positive:
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise TrainConfigError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        try:
+            dataset_spec(self.dataset)
+        except DatasetError as exc:
+            raise TrainConfigError(str(exc)) from exc
         if self.preset not in PRESETS:
-            raise DatasetError(f"unknown preset {self.preset!r} (known: {', '.join(PRESETS)})")
+            raise TrainConfigError(f"unknown preset {self.preset!r} (known: {', '.join(PRESETS)})")
+        if self.optimizer not in ("adam", "sgd"):
+            raise TrainConfigError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if not (self.lr > 0 and self.weight_decay >= 0 and self.warmup_epochs >= 0 and self.fixbase_epochs >= 0):
+            raise TrainConfigError("lr must be > 0; weight_decay, warmup_epochs and fixbase_epochs >= 0")
+        if self.workers < 0 or self.max_failures < -1:
+            raise TrainConfigError("workers must be >= 0 (0 = no Ray) and max_failures >= -1 (-1 = no limit)")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise TrainConfigError(f"max_minutes must be > 0, got {self.max_minutes!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """A config from plain values (YAML), refusing unknown keys and wrong types with one clear line."""
+        if not isinstance(values, dict):
+            raise TrainConfigError(f"a training config is a mapping of settings, got {type(values).__name__}")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise TrainConfigError(f"unknown training setting(s) {', '.join(map(str, unknown))}; known: {', '.join(known)}")
+        for name in ("data_root", "out"):
+            if name not in values:
+                raise TrainConfigError(f"the training config needs {name}")
+        for name, value in values.items():
+            _check_type(name, value, known[name].type)
+        values = dict(values)
+        try:
+            if "augment" in values:
+                values["augment"] = AugmentConfig(**(values["augment"] or {}))
+            return cls(**values)
+        except TypeError as exc:
+            raise TrainConfigError(f"bad training config: {exc}") from exc
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "TrainConfig":
+        """A config from a YAML file, with ``overrides`` (e.g. from the command line) applied on top."""
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as exc:
+            raise TrainConfigError(f"cannot read training config {path}: {exc.strerror or exc}") from exc
+        except yaml.YAMLError as exc:
+            raise TrainConfigError(f"training config {path} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise TrainConfigError(f"training config {path} must be a mapping of settings")
+        return cls.from_dict({**loaded, **(overrides or {})})
+
+    def model_config(self, num_classes: int) -> KPRConfig:
         return PRESETS[self.preset](num_classes=num_classes)
 
+    def loop_settings(self) -> LoopSettings:
+        return LoopSettings(**{f: getattr(self, f) for f in LoopSettings.__dataclass_fields__})
 
-def _lr_factor(progress: float, warmup: float) -> float:
-    """Linear warm-up then cosine decay to 1% over training progress in [0, 1]."""
-    if progress < warmup:
-        return max(progress / warmup, 0.01)
-    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / (1 - warmup))))
+
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def _check_type(name: str, value: Any, annotation: str) -> None:
+    """Refuse a setting whose value does not fit its annotation ("int", "float | None", ...)."""
+    options = [part.strip() for part in annotation.split("|")]
+    if value is None and "None" in options:
+        return
+    allowed = tuple(t for option in options for t in _TYPES.get(option, ()))
+    if not allowed:
+        return
+    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+        raise TrainConfigError(f"{name} must be {' or '.join(options)}, got {value!r}")
+
+
+def training_data(cfg: TrainConfig) -> tuple[list[LoadedSample], list[int]]:
+    """The training crops in memory and their 0-based identity labels."""
+    samples = load_samples(load_dataset(cfg.dataset, cfg.data_root, "train"))
+    pid_map = {pid: i for i, pid in enumerate(sorted({s.pid for s in samples}))}
+    return samples, [pid_map[s.pid] for s in samples]
+
+
+class LocalContext:
+    """The loop's context when it runs alone in this process: rank 0 of 1, no Ray, no checkpoints."""
+
+    rank, world_size, device = 0, 1, torch.device("cpu")
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    def stop_now(self, wants_to_stop: bool) -> bool:
+        return wants_to_stop
+
+    def report(self, metrics: dict, state: dict | None) -> None:
+        return None
+
+    def restored_state(self) -> dict | None:
+        return None
 
 
 def evaluate(model: KPR, config: KPRConfig, query: list[LoadedSample], gallery: list[LoadedSample]) -> dict:
@@ -75,59 +184,30 @@ def evaluate(model: KPR, config: KPRConfig, query: list[LoadedSample], gallery: 
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Train, evaluate on the held-out query/gallery split, save a checkpoint; returns the metrics."""
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    """Train (here or on Ray Train workers), evaluate on the held-out query/gallery split, save the checkpoint."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    train_samples = load_samples(read_reid_layout(cfg.data_root, "train"))
-    pid_map = {pid: i for i, pid in enumerate(sorted({s.pid for s in train_samples}))}
-    config = cfg.model_config(num_classes=len(pid_map))
-    model = KPR(config)
-    criterion = KPRLoss(config.loss)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sampler = PKSampler([pid_map[s.pid] for s in train_samples], cfg.identities_per_batch, cfg.instances_per_identity, seed=cfg.seed)
-    steps_per_epoch = len(sampler)
-    total_steps = max(1, cfg.epochs * steps_per_epoch)
-    budget_s = cfg.max_minutes * 60 if cfg.max_minutes else None
-    started = time.perf_counter()
-    step, log, history, last_report = 0, {}, [], started
-    print(f"training {config.backbone} at {config.image_size[0]}x{config.image_size[1]} on {len(train_samples)} crops "
-          f"of {len(pid_map)} identities, {steps_per_epoch} steps/epoch", file=sys.stderr)
-    model.train()
-    for epoch in range(cfg.epochs):
-        out_of_time = False
-        for batch_indices in sampler.epoch(epoch):
-            elapsed = time.perf_counter() - started
-            if budget_s is not None and elapsed >= budget_s:
-                out_of_time = True
-                break
-            progress = max(step / total_steps, elapsed / budget_s if budget_s else 0.0)
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * _lr_factor(progress, cfg.warmup_fraction)
-            items = [augment(*train_samples[i].arrays(), rng, cfg.augment) for i in batch_indices]
-            images, prompts, labels = make_batch(items, config)
-            output = model(images, prompts)
-            loss, log = criterion(output, torch.tensor([pid_map[train_samples[i].pid] for i in batch_indices]), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-        if out_of_time:
-            break
-        history.append({"epoch": epoch + 1, **{k: round(v, 4) for k, v in log.items()}})
-        if time.perf_counter() - last_report >= REPORT_EVERY_S or epoch + 1 == cfg.epochs:
-            last_report = time.perf_counter()
-            print(f"epoch {epoch + 1} ({last_report - started:.0f} s): "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in log.items() if not k.startswith("acc")), file=sys.stderr)
-    train_s = time.perf_counter() - started
-    model.eval()
-    metrics = evaluate(model, config, load_samples(read_reid_layout(cfg.data_root, "query")),
-                       load_samples(read_reid_layout(cfg.data_root, "gallery")))
-    result = {"steps": step, "epochs_completed": len(history), "train_s": round(train_s, 1),
-              "samples_per_s": round(step * sampler.batch_size / max(train_s, 1e-9), 1),
-              "heldout": metrics, "last_losses": log, "train_config": {k: v for k, v in asdict(cfg).items() if k != "augment"}}
-    result["model_id"] = save_checkpoint(model, config, cfg.out, metadata={"training": result})
-    result["checkpoint"] = cfg.out
+    if cfg.workers:
+        from training.ray_train import train_on_ray
+
+        result = train_on_ray(cfg)
+    else:
+        samples, labels = training_data(cfg)
+        config = cfg.model_config(num_classes=len(set(labels)))
+        result = run_loop(cfg.loop_settings(), config, samples, labels, LocalContext(), cfg.augment, cfg.backbone_weights)
+    return finish(cfg, result)
+
+
+def finish(cfg: TrainConfig, result: LoopResult) -> dict:
+    """Evaluate the trained model on the held-out split and save it as the project checkpoint at ``cfg.out``."""
+    model = result.model.eval()
+    metrics = evaluate(model, model.config, load_samples(load_dataset(cfg.dataset, cfg.data_root, "query")),
+                       load_samples(load_dataset(cfg.dataset, cfg.data_root, "gallery")))
+    summary = {"steps": result.steps, "epochs_completed": result.epochs_completed, "train_s": result.train_s,
+               "samples_per_s": result.samples_per_s, "workers": cfg.workers, "heldout": metrics,
+               "last_losses": result.last_losses, "history": result.history,
+               "train_config": {k: v for k, v in asdict(cfg).items() if k != "augment"}}
+    summary["model_id"] = save_checkpoint(model, model.config, cfg.out, metadata={"training": summary})
+    summary["checkpoint"] = cfg.out
     print(f"held-out mAP {metrics['map']:.3f}, rank-1 {metrics['rank1']:.3f}; checkpoint {cfg.out}", file=sys.stderr)
-    return result
+    return summary
