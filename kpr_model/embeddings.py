@@ -54,3 +54,29 @@ class ReIDEmbeddings:
             np.concatenate([e.parts for e in items]),
             np.concatenate([e.visibility for e in items]),
         )
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` scaled to unit L2 norm along the last axis (all-zero rows stay zero)."""
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def aggregate(embeddings: ReIDEmbeddings) -> ReIDEmbeddings:
+    """One embedding standing for N views of a person (a tracklet): what a tracklet query searches with.
+
+    Per part, the visibility-weighted mean of the N part embeddings (plain mean where no view shows
+    the part), re-normalised; the global vector is the re-normalised mean; visibility is the max.
+    """
+    if len(embeddings) == 0:
+        raise ValueError("cannot aggregate zero embeddings")
+    visibility = embeddings.visibility.astype(np.float64)
+    total = visibility.sum(axis=0)
+    weights = np.where(total > 0, visibility / np.maximum(total, 1e-12), 1.0 / len(embeddings))
+    parts = np.einsum("nk,nkd->kd", weights, embeddings.parts.astype(np.float64))
+    global_emb = embeddings.global_emb.astype(np.float64).mean(axis=0)
+    return ReIDEmbeddings(
+        _unit_rows(global_emb[None]),
+        _unit_rows(parts[None]),
+        embeddings.visibility.max(axis=0, keepdims=True).astype(np.float32),
+    )

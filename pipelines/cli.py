@@ -1,4 +1,4 @@
-"""The `kpr` command line: ingest an archive, search it, train and run the demo.
+"""The `kpr` command line: ingest an archive, search it, serve and maintain it, train and run the demo.
 
 Each subcommand parses its arguments and hands over to a flow or a library call; user mistakes
 end in one line on stderr and a non-zero exit, never a traceback.
@@ -6,9 +6,10 @@ end in one line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from pipelines.errors import UserError
@@ -32,29 +33,49 @@ def _parse_time(text: str | None) -> float | None:
     if text is None:
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise UserError(f"not a time: {text!r} (use ISO 8601 such as 2026-01-01T08:00:00, or epoch seconds)") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise UserError(f"not a time: {text!r} (use ISO 8601 such as 2026-01-01T08:00:00, or epoch seconds)") from None
+        value = (moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment).timestamp()
+    if not math.isfinite(value):
+        raise UserError(f"not a time: {text!r}")
+    return value
 
 
-def _positive(kind: type):
-    """An argparse type that accepts only numbers > 0 of ``kind``."""
+def _bounded(kind: type, low: float, high: float, low_inclusive: bool, what: str):
+    """An argparse type that accepts numbers of ``kind`` in ``[low, high]`` (``(low, high]`` unless ``low_inclusive``)."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        if not (value >= low if low_inclusive else value > low) or not value <= high:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
         return value
     return parse
+
+
+def _positive(kind: type):
+    """An argparse type that accepts only numbers > 0 of ``kind``."""
+    return _bounded(kind, 0, math.inf, False, "> 0")
+
+
+def _non_negative(kind: type):
+    """An argparse type that accepts only numbers >= 0 of ``kind``."""
+    return _bounded(kind, 0, math.inf, True, ">= 0")
+
+
+_fraction = _bounded(float, 0.0, 1.0, True, "between 0 and 1")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr and exit 2, like every other kpr error."""
+
+    def error(self, message: str):
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _quiet_prefect() -> None:
@@ -97,59 +118,147 @@ def _print_ingest_summary(summary: dict) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from pipelines.html_report import ResultSection, write_results_html
+    from pipelines.query_image import parse_parts, part_names
     from storage import PersonSearch, SearchFilters, Store
 
-    store = Store.open(args.db, create=False)
-    search = PersonSearch(store)
-    filters = SearchFilters(cameras=args.camera or None, t_min=_parse_time(args.since), t_max=_parse_time(args.until))
     if args.keypoints and not args.image:
         raise UserError("--keypoints goes with --image (a stored detection already has its keypoints)")
+    store = Store.open(args.db, create=False)
+    shape = store.embedding_shape
+    if shape is None:
+        raise UserError(f"the store at {args.db} holds no detections yet (run `kpr ingest` first)")
+    parts = parse_parts(args.part, shape[1]) if args.part else None
+    filters = SearchFilters(cameras=args.camera or None, t_min=_parse_time(args.since), t_max=_parse_time(args.until),
+                            min_visibility=args.min_visibility)
+    options = {"k": args.k, "filters": filters, "parts": parts, "rerank": args.rerank}
+    search = PersonSearch(store)
     if args.detection:
-        hits = search.by_detection(args.detection, k=args.k, other_cameras_only=not args.same_camera, filters=filters)
+        hits = search.by_detection(args.detection, other_cameras_only=not args.same_camera, **options)
         query_thumb, title = store.get_detection(args.detection)["thumbnail"], f"detection {args.detection}"
+    elif args.tracklet:
+        hits = search.by_tracklet(args.tracklet, other_cameras_only=not args.same_camera, **options)
+        query_thumb, title = _tracklet_thumbnail(store, args.tracklet), f"tracklet {args.tracklet}"
     else:
         query, query_thumb = _embed_query_image(args, store)
-        hits = search.search(query, k=args.k, filters=filters)
+        hits = search.search(query, **options)
         title = f"image {args.image}"
-    _print_hits(hits)
+    names = part_names(shape[1])
+    if parts:
+        title += " (parts: " + ", ".join(names[p] for p in parts) + ")"
+    if args.group:
+        _print_groups(hits, parts)
+    else:
+        _print_hits(hits, parts)
     if args.html:
-        page = write_results_html(args.html, f"kpr search: {title}", [ResultSection(title, query_thumb, hits)])
+        summary = {"results": len(hits), "parts": ", ".join(names[p] for p in parts) if parts else "whole body",
+                   "minimum visibility": args.min_visibility, "k-reciprocal re-ranking": "on" if args.rerank else "off"}
+        page = _write_page(args.html, title, query_thumb, hits, parts, names, args.group, summary)
         print(f"wrote {page}", file=sys.stderr)
     return 0
 
 
-def _embed_query_image(args: argparse.Namespace, store):
-    import cv2
+def _tracklet_thumbnail(store, track_id: str) -> bytes | None:
+    """A thumbnail of the tracklet's first detection, to show the query."""
+    rows = store.tracklet_detections(track_id)
+    return rows["thumbnail"][0].as_py() if rows.num_rows else None
 
-    from workers.crops import thumbnail_jpeg
-    from workers.keypoint_files import read_prompt_file
+
+def _embed_query_image(args: argparse.Namespace, store):
+    """The query embedding and thumbnail of --image (with its --keypoints prompt), by the store's model."""
+    from pipelines.query_image import QueryEncoder, decode_image, read_prompt
 
     if not args.model:
         raise UserError("--image needs --model CHECKPOINT (the model the store was built with)")
-    from kpr_model.model_files import model_id_of, open_encoder
-
-    model_id, store_models = model_id_of(args.model), {v["model_id"] for v in store.video_rows("done")}
-    if store_models and model_id not in store_models:
-        raise UserError(f"--model {args.model} is model {model_id}, but the store holds embeddings of {', '.join(sorted(store_models))}")
-    pixels = cv2.imread(str(args.image), cv2.IMREAD_COLOR)
-    if pixels is None:
-        raise UserError(f"cannot read query image {args.image} (missing, or not an image OpenCV can decode)")
-    image = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
-    positive, negative = read_prompt_file(args.keypoints) if args.keypoints else (None, None)
-    encoder = open_encoder(args.model)
-    embeddings = encoder.embed([image], [positive], [negative])
-    return embeddings, thumbnail_jpeg(image)
+    try:
+        image = decode_image(args.image.read_bytes())
+    except (OSError, UserError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else exc
+        raise UserError(f"cannot read query image {args.image}: {reason}") from None
+    height, width = image.shape[:2]
+    positive, negative = read_prompt(args.keypoints, width, height) if args.keypoints else (None, None)
+    encoder = QueryEncoder(args.model, store)
+    return encoder.embed(image, positive, negative), encoder.thumbnail(image)
 
 
-def _print_hits(hits) -> None:
+def _when(timestamp: float) -> str:
+    """An epoch timestamp as UTC date and time."""
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _print_hits(hits, parts: list[int] | None) -> None:
+    """One line per hit: rank, distance, camera, UTC time, frame, track, visibility of the queried parts, id."""
     if not hits:
         print("no results (check the filters)")
         return
-    print(f"{'rank':>4}  {'distance':>8}  {'camera':<10} {'time (UTC)':<19}  {'frame':>6}  {'track':<18} detection")
+    cam_w = max(6, *(len(h.camera_id) for h in hits))
+    track_w = max(5, *(len(h.track_id or "-") for h in hits))
+    print(f"{'rank':>4}  {'distance':>8}  {'camera':<{cam_w}}  {'time (UTC)':<19}  {'frame':>6}  {'track':<{track_w}}  "
+          f"{'vis':>4}  detection")
     for rank, hit in enumerate(hits, 1):
-        when = datetime.fromtimestamp(hit.timestamp, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-        print(f"{rank:>4}  {hit.distance:>8.4f}  {hit.camera_id:<10} {when:<19}  {hit.frame_index:>6}  {hit.track_id:<18} {hit.detection_id}")
+        print(f"{rank:>4}  {hit.distance:>8.4f}  {hit.camera_id:<{cam_w}}  {_when(hit.timestamp):<19}  {hit.frame_index:>6}  "
+              f"{hit.track_id or '-':<{track_w}}  {hit.mean_visibility(parts):>4.2f}  {hit.detection_id}")
+
+
+def _print_groups(hits, parts: list[int] | None) -> None:
+    """The hits grouped by camera, then tracklet, best group first; ranks are those of the flat list."""
+    from storage import group_hits
+
+    if not hits:
+        print("no results (check the filters)")
+        return
+    rank = {hit.detection_id: i for i, hit in enumerate(hits, 1)}
+    for camera in group_hits(hits):
+        count = sum(len(t.hits) for t in camera.tracklets)
+        print(f"camera {camera.camera_id}: best {camera.best_distance:.4f}, {len(camera.tracklets)} tracklet(s), "
+              f"{count} detection(s)")
+        for track in camera.tracklets:
+            times = [h.timestamp for h in track.hits]
+            print(f"  track {track.track_id or '(none)'}: best {track.best_distance:.4f}, {len(track.hits)} detection(s), "
+                  f"{_when(min(times))} .. {_when(max(times))}")
+            for hit in track.hits:
+                print(f"    {rank[hit.detection_id]:>4}  {hit.distance:>8.4f}  {_when(hit.timestamp)}  frame {hit.frame_index:>6}  "
+                      f"vis {hit.mean_visibility(parts):.2f}  {hit.detection_id}")
+
+
+def _write_page(path: Path, title: str, query_thumb: bytes | None, hits, parts: list[int] | None,
+                names: list[str], grouped: bool, summary: dict) -> Path:
+    """The self-contained HTML results page: one row of hits, or one per camera with --group."""
+    from pipelines.html_report import ResultSection, write_results_html
+    from storage import group_hits
+
+    def section(heading: str, shown) -> ResultSection:
+        captions = [f"track {h.track_id}" if h.track_id else "no track" for h in shown]
+        return ResultSection(heading, query_thumb, shown, hit_captions=captions, part_names=names, visibility_parts=parts)
+
+    if grouped:
+        sections = [section(f"camera {c.camera_id}: best d={c.best_distance:.3f}, {len(c.tracklets)} tracklet(s)",
+                            [h for t in c.tracklets for h in t.hits]) for c in group_hits(hits)]
+    else:
+        sections = [section(title, hits)]
+    return write_results_html(path, f"kpr search: {title}", sections, summary)
+
+
+def cmd_maintain(args: argparse.Namespace) -> int:
+    from storage import Store
+
+    store = Store.open(args.db, create=False)
+    report = store.maintain(cleanup_older_than=timedelta(days=args.keep_days))
+    for key, value in report.items():
+        if isinstance(value, dict):
+            print(f"{key}:")
+            for name, entry in value.items():
+                detail = ", ".join(f"{k}={v}" for k, v in entry.items()) if isinstance(entry, dict) else entry
+                print(f"  {name}: {detail}")
+        else:
+            print(f"{key}: {value}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pipelines.web.app import serve
+
+    return serve(db=args.db, model=None if args.model is None else str(args.model), host=args.host, port=args.port,
+                 max_upload_mb=args.max_upload_mb)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -183,7 +292,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kpr", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="kpr", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("ingest", help="ingest the videos of an archive folder into a LanceDB store",
@@ -201,22 +310,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("search", help="find a person in the other cameras of a store",
-                       description="Top-k detections of other cameras: ANN on the global embedding, then exact "
-                                   "visibility-weighted KPR part-distance re-ranking.")
+                       description="Top-k detections of other cameras for a stored detection, a stored tracklet or\n"
+                                   "an image crop: ANN on the global embedding, then exact visibility-weighted KPR\n"
+                                   "part-distance re-ranking, optionally k-reciprocal re-ranking. With --part only\n"
+                                   "those body parts count (\"find these boots\": --part left_foot --part right_foot).",
+                       epilog="Examples:\n"
+                              "  kpr search --db store --detection VIDEO_ID:0000120:000 --html hits.html\n"
+                              "  kpr search --db store --tracklet 3f2a9c01d2e4-t7 --camera north --since 2026-01-01T08:00\n"
+                              "  kpr search --db store --image crop.png --model ckpt --keypoints kp.json "
+                              "--part left_foot --part right_foot --min-visibility 0.3 --group",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     query = p.add_mutually_exclusive_group(required=True)
-    query.add_argument("--detection", help="query with a stored detection id")
-    query.add_argument("--image", type=Path, help="query with an image crop of the person")
-    p.add_argument("--keypoints", type=Path, help="JSON keypoint prompt for --image (17 COCO [x, y, conf] in crop pixels; "
-                                                  "optional negative_keypoints for occluding people)")
-    p.add_argument("--model", help="KPR checkpoint folder or .onnx file, needed with --image")
+    query.add_argument("--detection", metavar="ID", help="query with a stored detection id")
+    query.add_argument("--tracklet", metavar="ID", help="query with a stored tracklet id (its detections aggregated)")
+    query.add_argument("--image", type=Path, help="query with an image crop of the person (needs --model)")
+    p.add_argument("--keypoints", type=Path,
+                   help="JSON keypoint prompt for --image, in crop pixels: 17 COCO [x, y, conf] (optionally with "
+                        "negative_keypoints of occluding people), or clicked points {\"positive\": [{\"joint\": "
+                        "\"left_ankle\", \"x\": 20, \"y\": 90}], \"negative\": [{\"x\": 5, \"y\": 40}]}")
+    p.add_argument("--model", help="KPR checkpoint folder or .onnx file, needed with --image (the store's model)")
     p.add_argument("--db", required=True, help="LanceDB store written by `kpr ingest`")
     p.add_argument("-k", "--k", type=_positive(int), default=10, help="number of results (default 10)")
+    p.add_argument("--part", action="append", metavar="NAME|NUMBER",
+                   help="compare only this body part (repeatable): a name (head, left_arm, right_arm, torso, left_leg, "
+                        "right_leg, left_foot, right_foot for 8-part models) or a number from 1")
     p.add_argument("--camera", action="append", help="only these cameras (repeatable)")
     p.add_argument("--since", help="only detections at or after this time (ISO 8601 or epoch seconds, UTC)")
     p.add_argument("--until", help="only detections at or before this time")
-    p.add_argument("--same-camera", action="store_true", help="with --detection, also search the query's own camera")
+    p.add_argument("--min-visibility", type=_fraction, default=0.0, metavar="F",
+                   help="only hits whose queried parts (all parts without --part) have a mean visibility >= F, "
+                        "0..1 (default 0)")
+    p.add_argument("--same-camera", action="store_true",
+                   help="with --detection or --tracklet, also search the query's own camera")
+    p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (Zhong et al. 2017) of the candidates")
+    p.add_argument("--group", action="store_true", help="print the results grouped by camera and tracklet")
     p.add_argument("--html", type=Path, help="also write a self-contained HTML page of the results with thumbnails")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("maintain", help="compact a store, drop old versions and (re)build its indexes",
+                       description="Compacts the store's small per-video fragments, removes table versions older "
+                                   "than --keep-days, and (re)builds the scalar indexes and, once the store is large, "
+                                   "the ANN vector index. Run it between ingestion runs.")
+    p.add_argument("--db", required=True, help="LanceDB store written by `kpr ingest`")
+    p.add_argument("--keep-days", type=_non_negative(float), default=7.0,
+                   help="keep table versions newer than this many days (default 7)")
+    p.set_defaults(func=cmd_maintain)
+
+    p = sub.add_parser("serve", help="run the search web page over a store",
+                       description="Serves a web page to search the store by detection, tracklet or uploaded crop "
+                                   "(with clicked keypoints), with filters and grouped results.")
+    p.add_argument("--db", required=True, help="LanceDB store written by `kpr ingest`")
+    p.add_argument("--model", type=Path, help="the store's KPR model, needed for image queries")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_bounded(int, 1, 65535, True, "a port number 1..65535"), default=8765,
+                   help="port (default 8765)")
+    p.add_argument("--max-upload-mb", type=_positive(float), default=8.0, help="largest accepted upload (default 8)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("synth", help="render a synthetic multi-camera archive (videos + sidecar annotations)")
     p.add_argument("out", type=Path, help="output folder")
@@ -250,7 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `kpr` console script."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed as one line
+        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
     _quiet_prefect()
     try:
         return args.func(args)

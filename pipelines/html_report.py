@@ -8,6 +8,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from storage import SearchHit
 
 _STYLE = """
@@ -18,12 +20,17 @@ figure{margin:0;padding:4px;background:#fff;border:3px solid #ddd;border-radius:
 figure.query{border-color:#36c} figure.hit{border-color:#2a2} figure.miss{border-color:#d33}
 figure img{height:128px;display:block;margin:0 auto 3px}
 table{border-collapse:collapse;margin:.5em 0} td,th{border:1px solid #ccc;padding:2px 8px;font-size:13px}
+details{text-align:left;margin-top:2px} details td,details th{font-size:10px;padding:0 3px}
 """
 
 
 @dataclass
 class ResultSection:
-    """One query and its ranked hits; ``correct`` (optional, same length as hits) colours hits green/red."""
+    """One query and its ranked hits; ``correct`` (optional, same length as hits) colours hits green/red.
+
+    ``part_names`` label the per-part distances shown under each hit ("part i" when empty);
+    ``visibility_parts`` are the queried parts whose mean visibility each caption shows (all when None).
+    """
 
     title: str
     query_thumbnail: bytes | None
@@ -31,6 +38,8 @@ class ResultSection:
     correct: Sequence[bool] | None = None
     query_caption: str = "query"
     hit_captions: Sequence[str] = field(default_factory=list)
+    part_names: Sequence[str] = ()
+    visibility_parts: Sequence[int] | None = None
 
 
 def _img(data: bytes | None) -> str:
@@ -43,13 +52,26 @@ def _time(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _parts_table(hit: SearchHit, names: Sequence[str]) -> str:
+    """A collapsed table of the hit's per-part distance and visibility ("-": part not visible in both)."""
+    if hit.part_distances is None:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(names[k] if k < len(names) else f'part {k + 1}')}</td>"
+        f"<td>{'-' if np.isnan(d) else f'{d:.3f}'}</td><td>{hit.visibility[k]:.2f}</td></tr>"
+        for k, d in enumerate(hit.part_distances)
+    )
+    return f"<details><summary>parts</summary><table><tr><th>part</th><th>d</th><th>vis</th></tr>{rows}</table></details>"
+
+
 def _section(section: ResultSection) -> str:
     figures = [f"<figure class='query'>{_img(section.query_thumbnail)}{html.escape(section.query_caption)}</figure>"]
     for i, hit in enumerate(section.hits):
         css = "" if section.correct is None else ("hit" if section.correct[i] else "miss")
         extra = section.hit_captions[i] if i < len(section.hit_captions) else ""
         caption = (f"#{i + 1} {html.escape(hit.camera_id)}<br>d={hit.distance:.3f}<br>{_time(hit.timestamp)}"
-                   f"{'<br>' + html.escape(extra) if extra else ''}")
+                   f"<br>vis {hit.mean_visibility(section.visibility_parts):.2f}"
+                   f"{'<br>' + html.escape(extra) if extra else ''}{_parts_table(hit, section.part_names)}")
         figures.append(f"<figure class='{css}' title='{html.escape(hit.detection_id)}'>{_img(hit.thumbnail)}{caption}</figure>")
     return f"<h2>{html.escape(section.title)}</h2><div class='row'>{''.join(figures)}</div>"
 

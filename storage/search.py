@@ -1,29 +1,56 @@
-"""Person search: ANN on the global vector with where-prefilters, then exact KPR part-distance re-rank."""
+"""Person search: ANN on the global vector with where-prefilters, exact KPR part-distance re-rank,
+optional k-reciprocal re-ranking, and grouping of the hits by camera and tracklet.
+"""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
 
-from kpr_model.distance import ReIDEmbeddings, kpr_distance
+from kpr_model.distance import (
+    ReIDEmbeddings,
+    aggregate,
+    check_parts,
+    k_reciprocal_rerank,
+    kpr_distance,
+    per_part_distances,
+)
 from storage import sql
 from storage.schema import StoreError, embeddings_of
 from storage.store import Store
 
-__all__ = ["PersonSearch", "SearchFilters", "SearchHit", "embeddings_of"]
+__all__ = [
+    "CameraGroup",
+    "PersonSearch",
+    "SearchFilters",
+    "SearchHit",
+    "TrackletGroup",
+    "embeddings_of",
+    "group_hits",
+]
 
 _META_COLUMNS = ("detection_id", "video_id", "camera_id", "frame_index", "timestamp", "track_id", "bbox", "thumbnail")
-_HIT_COLUMNS = (*_META_COLUMNS, "vector", "parts", "visibility")
+_EMBEDDING_COLUMNS = ("vector", "parts", "visibility")
+_HIT_COLUMNS = (*_META_COLUMNS, *_EMBEDDING_COLUMNS)
+
+# A part query ("find these boots") still takes its ANN candidates by the global vector, which
+# only approximates the chosen parts: it draws this many times more candidates before the exact
+# part distance re-ranks them.
+PART_POOL_FACTOR = 5
 
 
 @dataclass
 class SearchHit:
     """One search result: where the person was seen, and how close it is to the query.
 
-    distance is the KPR part distance used for ranking; ann_distance is the euclidean distance of
-    the global vectors that selected the candidate (PQ-approximate once an ANN index exists).
+    distance is what the hits are ranked by: the KPR part distance (over the queried parts only
+    for a part query), or the k-reciprocal re-ranked distance when re-ranking was asked for;
+    ann_distance is the euclidean distance of the global vectors that selected the candidate
+    (PQ-approximate once an ANN index exists); part_distances [K] is the euclidean distance per
+    part, NaN where the part is not visible in both (for display).
     """
 
     detection_id: str
@@ -37,14 +64,22 @@ class SearchHit:
     ann_distance: float
     thumbnail: bytes | None
     visibility: np.ndarray
+    part_distances: np.ndarray | None = None
+
+    def mean_visibility(self, parts: Sequence[int] | None = None) -> float:
+        """Mean visibility over the 0-based ``parts`` (all K when None): what min_visibility bounds."""
+        values = self.visibility if parts is None else self.visibility[list(parts)]
+        return float(np.mean(values))
 
 
 @dataclass(frozen=True)
 class SearchFilters:
-    """Which detections a search may return: camera allow/deny lists, excluded videos/detections, time window.
+    """Which detections a search may return: cameras, time window, minimum visibility, exclusions.
 
     ``cameras`` keeps only those cameras (None: all); ``t_min``/``t_max`` bound the frame timestamp
-    (inclusive, epoch seconds); excluded cameras, videos and detections never appear.
+    (inclusive, epoch seconds); ``min_visibility`` keeps hits whose mean visibility over the
+    queried parts (all K when no part is chosen) is at least that; excluded cameras, videos,
+    detections and tracklets never appear.
     """
 
     cameras: Sequence[str] | None = None
@@ -53,17 +88,78 @@ class SearchFilters:
     exclude_detection_ids: Sequence[str] = ()
     t_min: float | None = None
     t_max: float | None = None
+    min_visibility: float = 0.0
+    exclude_track_ids: Sequence[str] = ()
 
-    def where(self) -> str | None:
-        """The escaped `where` clause (None when nothing is filtered)."""
+    def __post_init__(self) -> None:
+        """Refuse filters that cannot mean anything: NaN or reversed times, visibility outside [0, 1]."""
+        for name in ("t_min", "t_max"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise StoreError(f"{name} must be a finite time in epoch seconds, got {value}")
+        if self.t_min is not None and self.t_max is not None and self.t_min > self.t_max:
+            raise StoreError(f"empty time window: start {self.t_min} is after end {self.t_max}")
+        if not 0.0 <= self.min_visibility <= 1.0:
+            raise StoreError(f"minimum visibility must be between 0 and 1, got {self.min_visibility}")
+
+    def where(self, visibility_parts: Sequence[int] | None = None) -> str | None:
+        """The escaped `where` clause (None when nothing is filtered).
+
+        ``visibility_parts`` are the 0-based parts whose mean visibility ``min_visibility`` bounds
+        (PersonSearch passes the queried parts); without them that bound is left out.
+        """
         return sql.all_of([
             None if self.cameras is None else sql.is_in("camera_id", self.cameras),
             sql.is_in("camera_id", self.exclude_cameras, negate=True) if self.exclude_cameras else None,
             sql.is_in("video_id", self.exclude_video_ids, negate=True) if self.exclude_video_ids else None,
             sql.is_in("detection_id", self.exclude_detection_ids, negate=True) if self.exclude_detection_ids else None,
+            (f"track_id IS NULL OR {sql.is_in('track_id', self.exclude_track_ids, negate=True)}"
+             if self.exclude_track_ids else None),
             None if self.t_min is None else f"timestamp >= {sql.number(self.t_min)}",
             None if self.t_max is None else f"timestamp <= {sql.number(self.t_max)}",
+            self._visibility_clause(visibility_parts),
         ])
+
+    def _visibility_clause(self, parts: Sequence[int] | None) -> str | None:
+        """``mean(visibility[parts]) >= min_visibility`` in LanceDB SQL (1-based list indexing)."""
+        if not parts or self.min_visibility <= 0.0:
+            return None
+        total = " + ".join(f"visibility[{int(p) + 1}]" for p in parts)
+        return f"({total}) / {len(parts)} >= {sql.number(self.min_visibility)}"
+
+
+@dataclass
+class TrackletGroup:
+    """The hits of one tracklet (track_id None: a detection that belongs to no tracklet), best first."""
+
+    track_id: str | None
+    best_distance: float
+    hits: list[SearchHit]
+
+
+@dataclass
+class CameraGroup:
+    """The hits of one camera, as tracklet groups ordered by their best distance."""
+
+    camera_id: str
+    best_distance: float
+    tracklets: list[TrackletGroup] = field(default_factory=list)
+
+
+def group_hits(hits: Sequence[SearchHit]) -> list[CameraGroup]:
+    """Hits grouped by camera, then by tracklet; cameras and tracklets ordered by their best distance."""
+    tracks: dict[str, dict[object, list[SearchHit]]] = {}
+    for i, hit in enumerate(sorted(hits, key=lambda h: h.distance)):
+        key = hit.track_id if hit.track_id else ("untracked", i)
+        tracks.setdefault(hit.camera_id, {}).setdefault(key, []).append(hit)
+    cameras = []
+    for camera_id, by_track in tracks.items():
+        groups = [TrackletGroup(key if isinstance(key, str) else None, members[0].distance, members)
+                  for key, members in by_track.items()]
+        groups.sort(key=lambda g: g.best_distance)
+        cameras.append(CameraGroup(camera_id, groups[0].best_distance, groups))
+    cameras.sort(key=lambda c: c.best_distance)
+    return cameras
 
 
 class PersonSearch:
@@ -73,12 +169,17 @@ class PersonSearch:
         self.store = store
 
     def search(self, query: ReIDEmbeddings, k: int = 10, filters: SearchFilters = SearchFilters(),
-               candidates: int = 200) -> list[SearchHit]:
-        """Top-``k`` detections for one query embedding: ANN top-``candidates`` under ``filters``, then KPR part re-rank."""
-        return self._ranked(query, k, candidates, filters.where())
+               parts: Sequence[int] | None = None, rerank: bool = False, candidates: int = 200) -> list[SearchHit]:
+        """Top-``k`` detections for one query embedding, best first.
+
+        ANN top-``candidates`` under ``filters`` (x PART_POOL_FACTOR for a part query), exact KPR
+        re-rank (only the 0-based ``parts`` when given), then optional k-reciprocal re-ranking.
+        """
+        return self._ranked(query, k, filters, parts, rerank, candidates)
 
     def by_detection(self, detection_id: str, k: int = 10, other_cameras_only: bool = True,
-                     filters: SearchFilters = SearchFilters(), candidates: int = 200) -> list[SearchHit]:
+                     filters: SearchFilters = SearchFilters(), parts: Sequence[int] | None = None,
+                     rerank: bool = False, candidates: int = 200) -> list[SearchHit]:
         """Search with a stored detection as the query (itself excluded; its camera too by default)."""
         row = self.store.get_detection(detection_id)
         if row is None:
@@ -86,12 +187,30 @@ class PersonSearch:
         own_camera = [row["camera_id"]] if other_cameras_only else []
         filters = replace(filters, exclude_cameras=[*filters.exclude_cameras, *own_camera],
                           exclude_detection_ids=[*filters.exclude_detection_ids, detection_id])
-        return self._ranked(embeddings_of([row]), k, candidates, filters.where())
+        return self._ranked(embeddings_of([row]), k, filters, parts, rerank, candidates)
 
-    def _ranked(self, query: ReIDEmbeddings, k: int, candidates: int, where: str | None) -> list[SearchHit]:
-        """ANN candidates under ``where``, re-ranked by exact KPR distance, best ``k`` first."""
+    def by_tracklet(self, track_id: str, k: int = 10, other_cameras_only: bool = True,
+                    filters: SearchFilters = SearchFilters(), parts: Sequence[int] | None = None,
+                    rerank: bool = False, candidates: int = 200) -> list[SearchHit]:
+        """Search with a stored tracklet: its detections aggregated into one query, all of them excluded.
+
+        Its camera is excluded too by default (a tracklet lies within one video).
+        """
+        rows = self.store.tracklet_detections(track_id) if track_id else None  # "": untracked detections
+        if rows is None or not rows.num_rows:
+            raise StoreError(f"unknown tracklet id {track_id!r}")
+        own_cameras = sorted(set(rows["camera_id"].to_pylist())) if other_cameras_only else []
+        filters = replace(filters, exclude_cameras=[*filters.exclude_cameras, *own_cameras],
+                          exclude_track_ids=[*filters.exclude_track_ids, track_id])
+        return self._ranked(aggregate(embeddings_of(rows)), k, filters, parts, rerank, candidates)
+
+    def _ranked(self, query: ReIDEmbeddings, k: int, filters: SearchFilters, parts: Sequence[int] | None,
+                rerank: bool, candidates: int) -> list[SearchHit]:
+        """ANN candidates under the filters, re-ranked by exact KPR distance (then k-reciprocal), best ``k`` first."""
         if len(query) != 1:
             raise ValueError(f"search takes one query embedding, got {len(query)}")
+        if k < 1 or candidates < 1:
+            raise StoreError(f"k and candidates must be >= 1, got k={k}, candidates={candidates}")
         shape = self.store.embedding_shape
         if shape is None:
             return []
@@ -99,27 +218,52 @@ class PersonSearch:
             raise StoreError(
                 f"query has D={query.dim}, K={query.num_parts} but the store holds D={shape[0]}, K={shape[1]}"
             )
-        found = self.store.nearest(query.global_emb[0], where, max(k, candidates), _HIT_COLUMNS)
+        chosen = _checked_parts(query, parts)
+        pool = max(k, candidates * (PART_POOL_FACTOR if chosen is not None else 1))
+        where = filters.where(chosen if chosen is not None else range(query.num_parts))
+        found = self.store.nearest(query.global_emb[0], where, pool, _HIT_COLUMNS)
         if not found.num_rows:
             return []
         gallery = embeddings_of(found)
-        distances = kpr_distance(query, gallery)[0]
-        ann = np.sqrt(np.maximum(found["_distance"].to_numpy(zero_copy_only=False), 0.0))
+        distances = kpr_distance(query, gallery, parts=chosen)[0]
+        if rerank:
+            distances = k_reciprocal_rerank(distances[None], kpr_distance(query, query, parts=chosen),
+                                            kpr_distance(gallery, gallery, parts=chosen))[0]
         order = np.argsort(distances, kind="stable")[:k]
-        rows = found.select(list(_META_COLUMNS)).take(pa.array(order)).to_pylist()
-        return [
-            SearchHit(
-                detection_id=row["detection_id"],
-                video_id=row["video_id"],
-                camera_id=row["camera_id"],
-                frame_index=row["frame_index"],
-                timestamp=row["timestamp"],
-                track_id=row["track_id"],
-                bbox=tuple(row["bbox"]),
-                distance=float(distances[i]),
-                ann_distance=float(ann[i]),
-                thumbnail=row["thumbnail"],
-                visibility=gallery.visibility[i],
-            )
-            for i, row in zip(order, rows)
-        ]
+        return _hits(found.take(pa.array(order)), gallery.select(order), distances[order], query)
+
+
+def _checked_parts(query: ReIDEmbeddings, parts: Sequence[int] | None) -> list[int] | None:
+    """The query's chosen parts as sorted indices; StoreError for a bad index or parts the query does not show."""
+    if parts is None:
+        return None
+    try:
+        chosen = check_parts(parts, query.num_parts)
+    except ValueError as exc:
+        raise StoreError(str(exc)) from None
+    if not (query.visibility[0, chosen] > 0).any():
+        raise StoreError("the query does not show the chosen part(s) (visibility 0), so there is nothing to compare")
+    return chosen
+
+
+def _hits(rows: pa.Table, gallery: ReIDEmbeddings, distances: np.ndarray, query: ReIDEmbeddings) -> list[SearchHit]:
+    """SearchHits for the ranked store rows and their embeddings."""
+    ann = np.sqrt(np.maximum(rows["_distance"].to_numpy(zero_copy_only=False), 0.0))
+    per_part = per_part_distances(query, gallery)
+    return [
+        SearchHit(
+            detection_id=row["detection_id"],
+            video_id=row["video_id"],
+            camera_id=row["camera_id"],
+            frame_index=row["frame_index"],
+            timestamp=row["timestamp"],
+            track_id=row["track_id"] or None,
+            bbox=tuple(row["bbox"]),
+            distance=float(distances[i]),
+            ann_distance=float(ann[i]),
+            thumbnail=row["thumbnail"],
+            visibility=gallery.visibility[i],
+            part_distances=per_part[i],
+        )
+        for i, row in enumerate(rows.select(list(_META_COLUMNS)).to_pylist())
+    ]

@@ -1,19 +1,27 @@
-"""The `kpr synth` and `kpr train` commands and their error lines."""
+"""The `kpr` commands (synth, train, search, maintain, serve), their error lines, and the image-query helpers."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
+from test_search import BOOTS_TWIN, build_store, det_id, identity_of, track_id
 
 from kpr_model.checkpoint import read_model_id
+from kpr_model.config import KPRConfig
 from pipelines.cli import build_parser, main
+from pipelines.errors import UserError
+from pipelines.query_image import QueryEncoder, decode_image, parse_parts, parse_prompt, part_names
+from storage import Store
 
 
 def test_help_lists_every_command(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--help"])
     text = capsys.readouterr().out
-    for command in ("ingest", "search", "synth", "train", "demo"):
+    for command in ("ingest", "search", "maintain", "serve", "synth", "train", "demo"):
         assert command in text
 
 
@@ -33,3 +41,203 @@ def test_train_on_a_wrong_folder_says_what_is_missing(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "ckpt")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bounding_box_train" in err[0]
+
+
+# --- kpr search / maintain / serve on a synthetic store (tests/test_search.py builds it) ---
+
+@pytest.fixture(scope="module")
+def synthetic_db(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The synthetic search store, with the tiny checkpoint's embedding size and model_id so image queries work."""
+    path = tmp_path_factory.mktemp("cli_search") / "db"
+    build_store(path, dim=KPRConfig.tiny().embed_dim, model_id=read_model_id(tiny_checkpoint))
+    return path
+
+
+def _hit_lines(capsys) -> list[list[str]]:
+    """The result rows of a plain `kpr search` table (header dropped), split into columns."""
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split()[:3] == ["rank", "distance", "camera"]
+    return [line.split() for line in lines[1:]]
+
+
+def _error_line(capsys) -> str:
+    """The single stderr line of a failed command (and no traceback)."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "Traceback" not in err[0]
+    return err[0]
+
+
+def test_search_by_tracklet_prints_one_row_per_hit(synthetic_db, capsys):
+    assert main(["search", "--db", str(synthetic_db), "--tracklet", track_id(1, 4), "-k", "4"]) == 0
+    rows = _hit_lines(capsys)
+    assert len(rows) == 4
+    assert all(row[2] != "cam1" for row in rows)
+    assert [identity_of(row[-1]) for row in rows] == [4] * 4
+    assert all(row[6] == track_id(int(row[2][-1]), 4) for row in rows)
+    assert all(0.8 <= float(row[7]) <= 1.0 for row in rows)
+
+
+def test_feet_search_grouped_with_an_html_page(synthetic_db, tmp_path, capsys):
+    page = tmp_path / "feet.html"
+    assert main(["search", "--db", str(synthetic_db), "--detection", det_id(0, 0, 0), "--part", "left_foot",
+                 "--part", "8", "-k", "12", "--group", "--html", str(page)]) == 0
+    out = capsys.readouterr().out
+    cameras = [line for line in out.splitlines() if line.startswith("camera ")]
+    tracks = [line.split()[1].rstrip(":") for line in out.splitlines() if line.startswith("  track ")]
+    assert len(cameras) == 2 and "12" not in cameras[0].split(",")[0]
+    assert sorted(tracks) == sorted(track_id(c, p) for c in (1, 2) for p in (0, BOOTS_TWIN))
+    text = page.read_text()
+    assert text.count("<details>") == 12 and "left_foot" in text and "vis " in text
+    assert all(det_id(c, BOOTS_TWIN, n) in text for c in (1, 2) for n in range(3))
+
+
+def test_min_visibility_and_rerank_flags(synthetic_db, capsys):
+    faint = {det_id(2, 1, n) for n in range(3)}
+    assert main(["search", "--db", str(synthetic_db), "--detection", det_id(0, 1, 0), "-k", "6"]) == 0
+    assert faint <= {row[-1] for row in _hit_lines(capsys)}
+    assert main(["search", "--db", str(synthetic_db), "--detection", det_id(0, 1, 0), "-k", "6",
+                 "--min-visibility", "0.5", "--rerank"]) == 0
+    rows = _hit_lines(capsys)
+    assert not faint & {row[-1] for row in rows} and all(float(row[7]) >= 0.5 for row in rows)
+
+
+def test_image_query_with_clicked_keypoints(synthetic_db, tiny_checkpoint, tmp_path, capsys):
+    crop, prompt = tmp_path / "q.png", tmp_path / "kp.json"
+    cv2.imwrite(str(crop), np.full((64, 32, 3), 120, np.uint8))
+    prompt.write_text(json.dumps({"positive": [{"joint": "left_ankle", "x": 12, "y": 60}, {"joint": 0, "x": 16, "y": 6}],
+                                  "negative": [{"x": 30, "y": 30}]}))
+    assert main(["search", "--db", str(synthetic_db), "--image", str(crop), "--model", str(tiny_checkpoint),
+                 "--keypoints", str(prompt), "-k", "3"]) == 0
+    assert len(_hit_lines(capsys)) == 3
+
+
+BAD_SEARCHES = [
+    (["--detection", "c0-p0-0", "--part", "boots"], "unknown part 'boots'"),
+    (["--detection", "c0-p0-0", "--part", "9"], "a number 1..8"),
+    (["--detection", "c0-p0-0", "--since", "yesterday"], "not a time"),
+    (["--detection", "c0-p0-0", "--since", "2026-01-02", "--until", "2026-01-01"], "empty time window"),
+    (["--detection", "c0-p0-0", "--min-visibility", "1.5"], "between 0 and 1"),
+    (["--detection", "c0-p0-0", "-k", "0"], "must be > 0"),
+    (["--detection", "nope"], "unknown detection id 'nope'"),
+    (["--tracklet", "nope"], "unknown tracklet id 'nope'"),
+    (["--detection", "c2-p3-0", "--part", "left_foot"], "does not show"),
+    ([], "one of the arguments --detection --tracklet --image is required"),
+    (["--detection", "c0-p0-0", "--keypoints", "{kp}"], "--keypoints goes with --image"),
+    (["--image", "{image}"], "--image needs --model"),
+    (["--image", "{text}", "--model", "{model}"], "cannot read query image"),
+    (["--image", "{image}", "--model", "{model}", "--keypoints", "{broken}"], "not a readable JSON file"),
+    (["--image", "{image}", "--model", "{model}", "--keypoints", "{outside}"], "left_ankle at (40, 60) lies outside the 32x64 image"),
+    (["--image", "{image}", "--model", "{model}", "--keypoints", "{badjoint}"], "joint must be a COCO keypoint name"),
+    (["--image", "{image}", "--model", "{model}", "--keypoints", "{short}"], "17 COCO keypoints"),
+    (["--image", "{image}", "--model", "{tmp}/nomodel"], "nomodel"),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), BAD_SEARCHES, ids=[e for _, e in BAD_SEARCHES])
+def test_bad_search_input_is_one_line_and_exit_2(synthetic_db, tiny_checkpoint, tmp_path, capsys, args, expected):
+    files = {"image": tmp_path / "q.png", "text": tmp_path / "q.jpg", "kp": tmp_path / "kp.json",
+             "broken": tmp_path / "broken.json", "outside": tmp_path / "outside.json",
+             "badjoint": tmp_path / "badjoint.json", "short": tmp_path / "short.json"}
+    cv2.imwrite(str(files["image"]), np.full((64, 32, 3), 90, np.uint8))
+    files["text"].write_text("hello")
+    files["kp"].write_text(json.dumps({"positive": []}))
+    files["broken"].write_text("{not json")
+    files["outside"].write_text(json.dumps({"positive": [{"joint": "left_ankle", "x": 40, "y": 60}]}))
+    files["badjoint"].write_text(json.dumps({"positive": [{"joint": "tail", "x": 4, "y": 6}]}))
+    files["short"].write_text(json.dumps([[1, 2, 1]] * 5))
+    names = {**{k: str(v) for k, v in files.items()}, "model": str(tiny_checkpoint), "tmp": str(tmp_path)}
+    assert main(["search", "--db", str(synthetic_db), *[a.format(**names) for a in args]]) == 2
+    assert expected in _error_line(capsys)
+
+
+def test_maintain_compacts_and_reports(tmp_path, capsys):
+    db = tmp_path / "db"
+    build_store(db)
+    assert main(["maintain", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "detections: 54" in out and "fragments_after: 1" in out and "detections.detection_id:" in out
+    assert main(["maintain", "--db", str(tmp_path / "nostore")]) == 2
+    assert "no store" in _error_line(capsys)
+    assert main(["maintain", "--db", str(db), "--keep-days", "-1"]) == 2
+    assert ">= 0" in _error_line(capsys)
+
+
+def test_serve_refuses_bad_settings_in_one_line(tmp_path, capsys):
+    assert main(["serve", "--db", str(tmp_path / "db"), "--port", "70000"]) == 2
+    assert "port number" in _error_line(capsys)
+    assert main(["serve", "--db", str(tmp_path / "nostore")]) == 2
+    assert "no store" in _error_line(capsys)
+
+
+# --- pipelines/query_image.py: what `kpr search --image` and the web app share ---
+
+def _png(height: int, width: int, value: int = 90) -> bytes:
+    ok, data = cv2.imencode(".png", np.full((height, width, 3), value, np.uint8))
+    assert ok
+    return data.tobytes()
+
+
+def test_decode_image_gives_rgb_and_refuses_non_images():
+    ok, data = cv2.imencode(".png", np.dstack([np.full((8, 4), c, np.uint8) for c in (10, 20, 30)]))  # BGR
+    pixels = decode_image(data.tobytes())
+    assert pixels.shape == (8, 4, 3) and pixels.dtype == np.uint8 and pixels[0, 0].tolist() == [30, 20, 10]
+    for bad, message in ((b"", "empty"), (b"hello", "not an image"), (_png(64, 64), "too large")):
+        with pytest.raises(UserError, match=message):
+            decode_image(bad, max_pixels=1000)
+
+
+def test_parse_prompt_accepts_clicks_and_skeletons_in_the_crop():
+    positive, negative = parse_prompt({"positive": [{"joint": "right_ankle", "x": 10.5, "y": 60}],
+                                       "negative": [{"x": 1, "y": 2}, {"x": 3, "y": 4}]}, 32, 64)
+    assert positive.shape == (17, 3) and positive[16].tolist() == [10.5, 60, 1] and positive[:16, 2].sum() == 0
+    assert negative.tolist() == [[1, 2, 1], [3, 4, 1]]
+    skeleton = [[i, i, 1.0] for i in range(17)]
+    positive, negative = parse_prompt({"keypoints": skeleton, "negative_keypoints": [skeleton]}, 32, 64)
+    assert positive.tolist() == skeleton and negative.shape == (17, 3)
+    assert parse_prompt({}, 32, 64) == (None, None)
+    for bad, message in (({"positive": [{"joint": 3, "x": 1, "y": 1}, {"joint": "left_ear", "x": 2, "y": 2}]}, "twice"),
+                         ({"negative": [{"x": -1, "y": 2}]}, "negative 1 at"),
+                         ({"positive": [{"joint": 0, "x": "1", "y": 2}]}, "x must be a finite number"),
+                         ({"positive": "nose"}, "must be a list"),
+                         ({"clicks": []}, "unknown key")):
+        with pytest.raises(UserError, match=message):
+            parse_prompt(bad, 32, 64)
+
+
+def test_parse_parts_takes_names_and_numbers():
+    assert parse_parts(["left_foot", "8", "Right Foot"], 8) == [6, 7]
+    assert parse_parts(["2"], 3) == [1] and part_names(3) == ["part 1", "part 2", "part 3"]
+    with pytest.raises(UserError, match="left_foot"):
+        parse_parts(["0"], 8)
+
+
+def test_query_encoder_uses_both_prompts(tmp_path):
+    import torch
+
+    from kpr_model.checkpoint import save_checkpoint
+    from kpr_model.model import KPR
+
+    torch.manual_seed(2)
+    config = KPRConfig.tiny()
+    model = KPR(config).eval()
+    torch.nn.init.normal_(model.backbone.masks_patch_embed.weight, std=0.5)  # a trained tokenizer is not zero
+    save_checkpoint(model, config, tmp_path / "prompted")
+    encoder = QueryEncoder(tmp_path / "prompted")
+    image = decode_image(_png(64, 32))
+    positive, negative = parse_prompt({"positive": [{"joint": "nose", "x": 16, "y": 4}],
+                                       "negative": [{"x": 16, "y": 40}]}, 32, 64)
+    plain, prompted, with_negative = (encoder.embed(image), encoder.embed(image, positive),
+                                      encoder.embed(image, positive, negative))
+    assert len(plain) == 1 and encoder.part_names[-1] == "right_foot"
+    assert not np.allclose(prompted.global_emb, plain.global_emb)
+    assert not np.allclose(with_negative.global_emb, prompted.global_emb)
+    assert encoder.thumbnail(image)[:2] == b"\xff\xd8"
+
+
+def test_query_encoder_refuses_another_stores_model(tiny_checkpoint, tmp_path):
+    build_store(tmp_path / "db")
+    with pytest.raises(UserError, match="the store holds embeddings of synthetic-model"):
+        QueryEncoder(tiny_checkpoint, Store.open(str(tmp_path / "db"), create=False))
+    with pytest.raises(UserError, match="nomodel"):
+        QueryEncoder(tmp_path / "nomodel")

@@ -1,0 +1,205 @@
+"""PersonSearch on a real LanceDB store built from controlled synthetic embeddings.
+
+Six identities seen by three cameras, one tracklet of three detections per identity and camera.
+Identity 5 shares only the feet with identity 0; identity 3 shows no legs or feet in camera 2;
+identity 1 is barely visible in camera 2.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kpr_model.distance import ReIDEmbeddings
+from storage import PersonSearch, SearchFilters, Store, StoreError, detection_row, detections_table, group_hits
+from workers.crops import thumbnail_jpeg
+
+K, D = 8, 16
+FEET = [6, 7]
+IDENTITIES, CAMERAS, PER_TRACK = 6, 3, 3
+T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+BOOTS_TWIN = 5
+NO_LEGS = (3, 2)  # identity 3 in camera 2: legs and feet invisible
+FAINT = (1, 2)  # identity 1 in camera 2: visibility 0.2 everywhere
+MODEL_ID = "synthetic-model"
+_THUMBNAILS = [thumbnail_jpeg(np.full((64, 32, 3), 40 * person, np.uint8)) for person in range(IDENTITIES)]
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def identity_of(detection_id: str) -> int:
+    """Identity encoded in a synthetic detection id "c{camera}-p{identity}-{n}"."""
+    return int(detection_id.split("-")[1][1:])
+
+
+def det_id(camera: int, person: int, n: int) -> str:
+    return f"c{camera}-p{person}-{n}"
+
+
+def track_id(camera: int, person: int) -> str:
+    return f"video{camera}-t{person}"
+
+
+def camera_name(camera: int) -> str:
+    return f"cam{camera}"
+
+
+def build_store(path: Path, dim: int = D, model_id: str = MODEL_ID) -> Store:
+    """The synthetic store described in the module docstring (one video per camera, embedding size ``dim``)."""
+    rng = np.random.default_rng(0)
+    base = _unit(rng.standard_normal((IDENTITIES, K, dim)))
+    base[BOOTS_TWIN, FEET] = base[0, FEET]
+    store = Store.open(str(path))
+    for camera in range(CAMERAS):
+        rows, embeddings = [], []
+        for person in range(IDENTITIES):
+            for n in range(PER_TRACK):
+                parts = _unit(base[person] + 0.08 * rng.standard_normal((K, dim)))
+                visibility = rng.uniform(0.8, 1.0, K).astype(np.float32)
+                if (person, camera) == NO_LEGS:
+                    visibility[4:] = 0.0
+                if (person, camera) == FAINT:
+                    visibility[:] = 0.2
+                embeddings.append(ReIDEmbeddings(_unit(parts.mean(axis=0))[None], parts[None], visibility[None]))
+                rows.append(detection_row(det_id(camera, person, n), f"video{camera}", camera_name(camera),
+                                          frame_index=10 * person + n, timestamp=T0 + 1000 * camera + 10 * person + n,
+                                          bbox=[0, 0, 32, 64], model_id=model_id, track_id=track_id(camera, person),
+                                          thumbnail=_THUMBNAILS[person]))
+        video = {"video_id": f"video{camera}", "uri": f"/archive/cam{camera}.mp4", "camera_id": camera_name(camera),
+                 "model_id": model_id}
+        store.write_video(video, detections_table(rows, ReIDEmbeddings.concat(embeddings)))
+    return store
+
+
+@pytest.fixture(scope="module")
+def search(tmp_path_factory) -> PersonSearch:
+    return PersonSearch(build_store(tmp_path_factory.mktemp("search") / "db"))
+
+
+def _identities(hits) -> list[int]:
+    return [identity_of(h.detection_id) for h in hits]
+
+
+def test_by_detection_finds_the_same_person_in_other_cameras_first(search):
+    hits = search.by_detection(det_id(0, 2, 0), k=8)
+    assert _identities(hits)[:6] == [2] * 6
+    assert all(h.camera_id != "cam0" for h in hits)
+    assert [h.distance for h in hits] == sorted(h.distance for h in hits)
+    assert hits[0].part_distances.shape == (K,) and np.all(hits[0].part_distances < 0.8)
+
+
+def test_feet_query_finds_the_person_who_shares_only_the_boots(search):
+    whole = search.by_detection(det_id(0, 0, 0), k=12)
+    assert _identities(whole)[:6] == [0] * 6 and whole[6].distance > 2 * whole[5].distance
+    feet = search.by_detection(det_id(0, 0, 0), k=12, parts=FEET)
+    assert sorted(_identities(feet)) == [0] * 6 + [BOOTS_TWIN] * 6
+    assert BOOTS_TWIN in _identities(feet)[:3]
+    twin = next(h for h in feet if identity_of(h.detection_id) == BOOTS_TWIN)
+    assert twin.part_distances[FEET].max() < 0.8 and np.nanmin(twin.part_distances[:6]) > 1.0
+
+
+def test_a_part_query_ranks_hits_without_that_part_last_and_refuses_bad_parts(search):
+    legless = {det_id(2, 3, n) for n in range(PER_TRACK)}
+    feet = search.by_detection(det_id(0, 3, 0), k=100, parts=FEET, other_cameras_only=False)
+    assert len(feet) == CAMERAS * IDENTITIES * PER_TRACK - 1
+    assert {h.detection_id for h in feet[-3:]} == legless
+    assert np.isnan(feet[-1].part_distances[FEET]).all() and feet[-1].distance > feet[-4].distance
+    with pytest.raises(StoreError, match=r"valid part indices are 0\.\.7"):
+        search.by_detection(det_id(0, 0, 0), parts=[8])
+    with pytest.raises(StoreError, match="does not show"):
+        search.by_detection(det_id(2, 3, 0), parts=FEET)
+
+
+def test_min_visibility_drops_hits_of_low_visibility(search):
+    faint = {det_id(2, 1, n) for n in range(PER_TRACK)}
+    everything = search.by_detection(det_id(0, 1, 0), k=6)
+    assert faint <= {h.detection_id for h in everything}
+    kept = search.by_detection(det_id(0, 1, 0), k=6, filters=SearchFilters(min_visibility=0.5))
+    assert not faint & {h.detection_id for h in kept}
+    assert all(h.mean_visibility() >= 0.5 for h in kept) and _identities(kept)[:3] == [1, 1, 1]
+    legless = {det_id(2, 3, n) for n in range(PER_TRACK)}
+    head = search.by_detection(det_id(0, 3, 0), k=6, parts=[0], filters=SearchFilters(min_visibility=0.7))
+    assert legless <= {h.detection_id for h in head}
+    feet = search.by_detection(det_id(0, 3, 0), k=6, parts=FEET, filters=SearchFilters(min_visibility=0.7))
+    assert not legless & {h.detection_id for h in feet}
+
+
+def test_camera_and_time_filters_hold(search):
+    only = search.by_detection(det_id(0, 4, 0), k=10, filters=SearchFilters(cameras=["cam2"]))
+    assert {h.camera_id for h in only} == {"cam2"} and _identities(only)[:3] == [4, 4, 4]
+    window = SearchFilters(t_min=T0 + 1000, t_max=T0 + 1000 + 45)
+    hits = search.by_detection(det_id(0, 4, 0), k=30, filters=window)
+    assert hits and all(T0 + 1000 <= h.timestamp <= T0 + 1045 for h in hits)
+    assert {identity_of(h.detection_id) for h in hits} == {0, 1, 2, 3, 4}
+    with pytest.raises(StoreError, match="empty time window"):
+        SearchFilters(t_min=T0 + 10, t_max=T0)
+    with pytest.raises(StoreError, match="between 0 and 1"):
+        SearchFilters(min_visibility=1.5)
+
+
+def test_by_tracklet_excludes_its_own_detections_and_finds_the_person(search):
+    own = {det_id(1, 4, n) for n in range(PER_TRACK)}
+    hits = search.by_tracklet(track_id(1, 4), k=6, other_cameras_only=False)
+    assert not own & {h.detection_id for h in hits}
+    assert _identities(hits) == [4] * 6
+    assert {h.camera_id for h in search.by_tracklet(track_id(1, 4), k=6)} == {"cam0", "cam2"}
+    with pytest.raises(StoreError, match="unknown tracklet id 'nope'"):
+        search.by_tracklet("nope")
+    with pytest.raises(StoreError, match="unknown detection id 'nope'"):
+        search.by_detection("nope")
+
+
+def test_rerank_keeps_a_clean_ranking(search):
+    plain = search.by_detection(det_id(0, 2, 0), k=6)
+    reranked = search.by_detection(det_id(0, 2, 0), k=6, rerank=True)
+    assert {h.detection_id for h in reranked} == {h.detection_id for h in plain}
+    assert _identities(reranked) == [2] * 6
+
+
+def test_rerank_fixes_a_distractor_that_is_close_but_not_reciprocal(tmp_path):
+    """A distractor nearer to the query than the true matches, but whose own neighbours are a
+    dense crowd elsewhere, drops below the six true matches once k-reciprocal re-ranking runs."""
+    rng = np.random.default_rng(1)
+    angle, radius = rng.uniform(0, 2 * np.pi, 24), 0.3 * np.sqrt(rng.uniform(0, 1, 24))
+    points = np.concatenate([
+        [[0.0, 0.95]],  # the distractor
+        np.array([1.0, 0.0]) + rng.uniform(-0.05, 0.05, (6, 2)),  # the true matches
+        np.array([0.0, 1.55]) + np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1),
+    ])
+    vectors = np.zeros((len(points), D), np.float32)
+    vectors[:, :2] = points
+    gallery = ReIDEmbeddings(vectors, np.repeat(vectors[:, None], K, axis=1), np.ones((len(points), K), np.float32))
+    names = ["distractor"] + [f"match{i}" for i in range(6)] + [f"crowd{i}" for i in range(24)]
+    rows = [detection_row(name, "v", "cam", i, T0 + i, [0, 0, 1, 1], MODEL_ID) for i, name in enumerate(names)]
+    store = Store.open(str(tmp_path / "db"))
+    store.write_video({"video_id": "v", "uri": "v.mp4", "camera_id": "cam", "model_id": MODEL_ID},
+                      detections_table(rows, gallery))
+    query = ReIDEmbeddings(np.zeros((1, D), np.float32), np.zeros((1, K, D), np.float32), np.ones((1, K), np.float32))
+    plain = PersonSearch(store).search(query, k=7)
+    reranked = PersonSearch(store).search(query, k=7, rerank=True)
+    assert plain[0].detection_id == "distractor"
+    assert [h.detection_id[:5] for h in reranked[:6]] == ["match"] * 6
+    assert reranked[6].detection_id == "distractor"
+
+
+def test_group_hits_orders_cameras_and_tracklets_by_best_distance(search):
+    hits = search.by_detection(det_id(0, 2, 0), k=12)
+    groups = group_hits(hits)
+    assert [g.best_distance for g in groups] == sorted(g.best_distance for g in groups)
+    assert groups[0].camera_id == hits[0].camera_id
+    assert groups[0].tracklets[0].track_id == hits[0].track_id == track_id(int(hits[0].camera_id[-1]), 2)
+    for camera in groups:
+        assert [t.best_distance for t in camera.tracklets] == sorted(t.best_distance for t in camera.tracklets)
+        for track in camera.tracklets:
+            assert {h.track_id for h in track.hits} == {track.track_id}
+            assert track.best_distance == track.hits[0].distance
+    assert sorted(h.detection_id for g in groups for t in g.tracklets for h in t.hits) == sorted(h.detection_id for h in hits)
+
+
+def test_a_query_of_another_shape_is_refused(search):
+    query = ReIDEmbeddings(np.ones((1, D), np.float32), np.ones((1, K + 1, D), np.float32), np.ones((1, K + 1), np.float32))
+    with pytest.raises(StoreError, match="K=9"):
+        search.search(query)
