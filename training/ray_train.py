@@ -81,10 +81,8 @@ def _worker_loop(loop_config: dict) -> None:
     run_loop(cfg.loop_settings(), config, samples, labels, RayWorkerContext(), cfg.augment, cfg.backbone_weights)
 
 
-def train_on_ray(cfg: "TrainConfig") -> LoopResult:
+def train_on_ray(cfg: "TrainConfig", num_classes: int) -> LoopResult:
     """Run the TorchTrainer for ``cfg`` and return the final model and its history (from the last checkpoint)."""
-    from training.train import training_data
-
     storage = str(Path(cfg.storage_path or Path(cfg.out).resolve().parent / "kpr_runs").resolve())
     trainer = TorchTrainer(
         _worker_loop,
@@ -96,8 +94,7 @@ def train_on_ray(cfg: "TrainConfig") -> LoopResult:
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
     state = read_state(trainer.fit().checkpoint)
-    _, labels = training_data(cfg)
-    model = KPR(cfg.model_config(num_classes=len(set(labels))))
+    model = KPR(cfg.model_config(num_classes=num_classes))
     model.load_state_dict(state["model"])
     history = state["history"]
     return LoopResult(model=model.eval(), steps=state["step"], epochs_completed=state["epoch"],

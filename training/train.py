@@ -145,10 +145,22 @@ def _check_type(name: str, value: Any, annotation: str) -> None:
         raise TrainConfigError(f"{name} must be {' or '.join(options)}, got {value!r}")
 
 
+def training_identities(cfg: TrainConfig) -> dict[int, int]:
+    """Dataset pid -> 0-based label of the training split, refusing a split too small for the batches asked for."""
+    pids = sorted({sample.pid for sample in load_dataset(cfg.dataset, cfg.data_root, "train")})
+    needed = min(cfg.identities_per_batch, len(pids)) * max(1, cfg.workers)
+    if len(pids) < 2 or len(pids) < needed:
+        raise TrainConfigError(
+            f"{len(pids)} training identities cannot fill one batch of {cfg.identities_per_batch} identities on each "
+            f"of {max(1, cfg.workers)} worker(s): lower identities_per_batch or workers"
+        )
+    return {pid: i for i, pid in enumerate(pids)}
+
+
 def training_data(cfg: TrainConfig) -> tuple[list[LoadedSample], list[int]]:
     """The training crops in memory and their 0-based identity labels."""
+    pid_map = training_identities(cfg)
     samples = load_samples(load_dataset(cfg.dataset, cfg.data_root, "train"))
-    pid_map = {pid: i for i, pid in enumerate(sorted({s.pid for s in samples}))}
     return samples, [pid_map[s.pid] for s in samples]
 
 
@@ -190,7 +202,7 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.workers:
         from training.ray_train import train_on_ray
 
-        result = train_on_ray(cfg)
+        result = train_on_ray(cfg, num_classes=len(training_identities(cfg)))
     else:
         samples, labels = training_data(cfg)
         config = cfg.model_config(num_classes=len(set(labels)))

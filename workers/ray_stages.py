@@ -27,15 +27,18 @@ class VideoOutcome:
     error: str | None = None
 
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to ``address`` / ``RAY_ADDRESS`` if given, else start a quiet local Ray once per process."""
+def ensure_ray(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = False) -> None:
+    """Connect to ``address`` / ``RAY_ADDRESS`` if given, else start a quiet local Ray once per process.
+
+    ``log_to_driver`` forwards the workers' output (training progress) to this process's terminal.
+    """
     if ray.is_initialized():
         return
     # Ray starts its processes with fork+exec; the exec makes LanceDB's fork warning moot.
     warnings.filterwarnings("ignore", message="lancedb fork support is experimental", category=RuntimeWarning)
     address = address or os.environ.get("RAY_ADDRESS") or None
-    kwargs = {} if address else {"num_cpus": num_cpus, "include_dashboard": False}
-    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, configure_logging=False, **kwargs)
+    kwargs = {} if address else {"num_cpus": num_cpus, "include_dashboard": log_to_driver}
+    ray.init(address=address, ignore_reinit_error=True, log_to_driver=log_to_driver, configure_logging=False, **kwargs)
 
 
 @ray.remote(num_cpus=1, max_retries=0)
