@@ -29,23 +29,6 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     return (UserError, KPRModelError, StoreError, DatasetError, TrainConfigError, WorkerError)
 
 
-def _parse_time(text: str | None) -> float | None:
-    """Epoch seconds, or an ISO-8601 date/time (UTC unless it says otherwise)."""
-    if text is None:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            raise UserError(f"not a time: {text!r} (use ISO 8601 such as 2026-01-01T08:00:00, or epoch seconds)") from None
-        value = (moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment).timestamp()
-    if not math.isfinite(value):
-        raise UserError(f"not a time: {text!r}")
-    return value
-
-
 def _bounded(kind: type, low: float, high: float, low_inclusive: bool, what: str):
     """An argparse type that accepts numbers of ``kind`` in ``[low, high]`` (``(low, high]`` unless ``low_inclusive``)."""
     def parse(text: str):
@@ -119,7 +102,7 @@ def _print_ingest_summary(summary: dict) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from pipelines.query_image import parse_parts, part_names
+    from pipelines.query_image import parse_parts, parse_time, part_names
     from storage import PersonSearch, SearchFilters, Store
 
     if args.keypoints and not args.image:
@@ -129,7 +112,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if shape is None:
         raise UserError(f"the store at {args.db} holds no detections yet (run `kpr ingest` first)")
     parts = parse_parts(args.part, shape[1]) if args.part else None
-    filters = SearchFilters(cameras=args.camera or None, t_min=_parse_time(args.since), t_max=_parse_time(args.until),
+    filters = SearchFilters(cameras=args.camera or None, t_min=parse_time(args.since), t_max=parse_time(args.until),
                             min_visibility=args.min_visibility)
     options = {"k": args.k, "filters": filters, "parts": parts, "rerank": args.rerank}
     search = PersonSearch(store)

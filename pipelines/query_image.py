@@ -5,7 +5,9 @@ Shared by `kpr search --image` and the web app, so both accept and refuse the sa
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +149,20 @@ class QueryEncoder:
     def thumbnail(self, image_rgb: np.ndarray) -> bytes:
         """The JPEG thumbnail shown for the query (same size as the store's)."""
         return thumbnail_jpeg(image_rgb)
+
+
+def parse_time(text: str | None) -> float | None:
+    """Epoch seconds, or an ISO-8601 date/time (UTC unless it says otherwise)."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise UserError(f"not a time: {text!r} (use ISO 8601 such as 2026-01-01T08:00:00, or epoch seconds)") from None
+        value = (moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment).timestamp()
+    if not math.isfinite(value):
+        raise UserError(f"not a time: {text!r}")
+    return value

@@ -1,0 +1,368 @@
+"""`kpr serve`: a JSON API over PersonSearch and the single page (static/) that drives it.
+
+Routes: GET / (the page), GET /api/info, GET /api/detections (pickable query crops),
+GET /api/thumbnails/{detection_id} (JPEG bytes from the store; ids are looked up, never used as
+paths), POST /api/search (multipart form). Every user mistake is a 4xx JSON ``{"error": "..."}``.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Annotated
+
+import uvicorn
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from kpr_model.config import KPRModelError
+from kpr_model.embeddings import ReIDEmbeddings
+from kpr_model.keypoints import COCO_KEYPOINTS
+from pipelines.errors import UserError
+from pipelines.query_image import QueryEncoder, decode_image, parse_parts, parse_prompt, parse_time, part_names
+from pipelines.web.guard import RequestGuard
+from pipelines.web.payload import LIST_COLUMNS, detection_json, finite, groups_json
+from storage import PersonSearch, SearchFilters, Store, StoreError, sql
+from workers.errors import WorkerError
+
+K_MAX = 200
+LIST_MAX = 500
+FACTS_TTL_S = 10.0
+STATIC = Path(__file__).with_name("static")
+USER_ERRORS = (UserError, StoreError, KPRModelError, WorkerError)
+_UNKNOWN_ID = ("unknown detection id", "unknown tracklet id")
+log = logging.getLogger("kpr.serve")
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """One search form: exactly one query (detection, tracklet or image bytes) plus prompt, filters and options."""
+
+    detection_id: str | None = None
+    track_id: str | None = None
+    image: bytes | None = None
+    keypoints: str | None = None
+    cameras: tuple[str, ...] | None = None
+    parts: tuple[str, ...] = ()
+    since: str | None = None
+    until: str | None = None
+    min_visibility: float = 0.0
+    k: int = 10
+    rerank: bool = False
+    same_camera: bool = False
+
+
+@dataclass(frozen=True)
+class StoreFacts:
+    """What the page needs to know about the store, re-read at most every FACTS_TTL_S seconds."""
+
+    cameras: tuple[str, ...]
+    time_range: tuple[float, float] | None
+    detections: int
+    videos: int
+    num_parts: int | None
+
+
+class SearchService:
+    """Everything the routes share: the store, its PersonSearch, and the optional query encoder.
+
+    Routes run in a thread pool; the encoder (one model on the CPU) runs under a lock.
+    """
+
+    def __init__(self, db: str, model: str | None = None) -> None:
+        self.store = Store.open(db, create=False)
+        self.search = PersonSearch(self.store)
+        self.encoder = None if model is None else QueryEncoder(model, self.store)
+        self._encoder_lock = threading.Lock()
+        self._facts: StoreFacts | None = None
+        self._facts_at = 0.0
+
+    def facts(self) -> StoreFacts:
+        """Cameras, time range, counts and part count of the store (cached briefly: ingestion may add rows)."""
+        if self._facts is None or time.monotonic() - self._facts_at > FACTS_TTL_S:
+            shape = self.store.embedding_shape
+            self._facts = StoreFacts(tuple(self.store.cameras()), self.store.time_range(), self.store.count_detections(),
+                                     self.store.count_videos("done"), None if shape is None else shape[1])
+            self._facts_at = time.monotonic()
+        return self._facts
+
+    def info(self, max_upload_bytes: int) -> dict:
+        """The page's start-up facts: cameras, time range, part and joint names, counts, whether images can be queried."""
+        facts = self.facts()
+        return {
+            "store": self.store.uri,
+            "detections": facts.detections,
+            "videos": facts.videos,
+            "cameras": list(facts.cameras),
+            "time_range": None if facts.time_range is None else list(facts.time_range),
+            "parts": [] if facts.num_parts is None else part_names(facts.num_parts),
+            "joints": list(COCO_KEYPOINTS),
+            "image_queries": self.encoder is not None,
+            "max_upload_bytes": max_upload_bytes,
+            "k_max": K_MAX,
+        }
+
+    def list_detections(self, camera: str | None, limit: int, offset: int) -> dict:
+        """A page of stored detections (optionally of one camera) to pick a query from."""
+        if camera is not None:
+            self._check_cameras([camera])
+        where = None if camera is None else sql.equals("camera_id", camera)
+        rows = self.store.list_detections(where, limit + 1, offset, columns=list(LIST_COLUMNS)).to_pylist()
+        return {"detections": [detection_json(r) for r in rows[:limit]], "offset": offset, "limit": limit,
+                "more": len(rows) > limit}
+
+    def thumbnail(self, detection_id: str) -> bytes:
+        """The stored JPEG thumbnail of a detection; 404 for unknown ids (the id is only ever a store key)."""
+        row = self._detection(detection_id, ["thumbnail"])
+        if not row["thumbnail"]:
+            raise HTTPException(404, f"detection {detection_id!r} has no thumbnail")
+        return row["thumbnail"]
+
+    def _detection(self, detection_id: str, columns: list[str]) -> dict:
+        """Chosen columns of one stored detection, or a 404."""
+        table = None if "\x00" in detection_id else self.store.detections_by_ids([detection_id], columns)
+        if table is None or not table.num_rows:
+            raise HTTPException(404, f"unknown detection id {detection_id!r}")
+        return table.to_pylist()[0]
+
+    def _check_cameras(self, cameras: list[str]) -> None:
+        """Refuse camera names the store does not have, naming the known ones."""
+        known = self.facts().cameras
+        for camera in cameras:
+            if camera not in known:
+                raise UserError(f"unknown camera {camera!r} (known: {', '.join(known) or 'none'})")
+
+    def _filters(self, request: SearchRequest) -> SearchFilters:
+        """Camera / time window / visibility filters of a request, checked."""
+        if request.cameras is not None:
+            if not request.cameras:
+                raise UserError("choose at least one camera")
+            self._check_cameras(list(request.cameras))
+        return SearchFilters(cameras=request.cameras, t_min=parse_time(request.since), t_max=parse_time(request.until),
+                             min_visibility=request.min_visibility)
+
+    def _embed(self, image_bytes: bytes, keypoints: str | None) -> tuple[ReIDEmbeddings, dict]:
+        """The query embedding of image bytes with an optional JSON keypoint prompt, and what the page shows of it."""
+        if self.encoder is None:
+            raise UserError("this server has no model loaded (start kpr serve with --model), "
+                            "so it cannot embed images or keypoint prompts")
+        image = decode_image(image_bytes)
+        height, width = image.shape[:2]
+        positive, negative = (None, None) if keypoints is None else parse_prompt(_json(keypoints), width, height)
+        with self._encoder_lock:
+            embedding = self.encoder.embed(image, positive, negative)
+        shown = {"width": width, "height": height,
+                 "positive": 0 if positive is None else int((positive[:, 2] > 0).sum()),
+                 "negative": 0 if negative is None else len(negative)}
+        return embedding, shown
+
+    def run(self, request: SearchRequest) -> dict:
+        """Answer one search: hits grouped by camera and tracklet, with what the query was."""
+        started = time.perf_counter()
+        given = [name for name in ("detection_id", "track_id", "image") if getattr(request, name) is not None]
+        if len(given) != 1:
+            raise UserError("give exactly one query: a detection_id, a track_id or an image file"
+                            + (f" (got {', '.join(given)})" if given else ""))
+        for kind, value in (("detection", request.detection_id), ("tracklet", request.track_id)):
+            if value is not None and "\x00" in value:
+                raise HTTPException(404, f"unknown {kind} id {value!r}")
+        num_parts = self.facts().num_parts
+        parts = parse_parts(list(request.parts), num_parts) if request.parts and num_parts else None
+        filters = self._filters(request)
+        options = {"k": request.k, "parts": parts, "rerank": request.rerank}
+        if request.track_id is not None:
+            if request.keypoints is not None:
+                raise UserError("keypoints go with an image or a detection, not with a tracklet")
+            hits = self.search.by_tracklet(request.track_id, other_cameras_only=not request.same_camera,
+                                           filters=filters, **options)
+            query = {"kind": "tracklet", "track_id": request.track_id}
+        elif request.detection_id is not None and request.keypoints is None:
+            hits = self.search.by_detection(request.detection_id, other_cameras_only=not request.same_camera,
+                                            filters=filters, **options)
+            query = {"kind": "detection", "detection_id": request.detection_id}
+        elif request.detection_id is not None:
+            hits, query = self._prompted_detection(request, filters, options)
+        else:
+            embedding, shown = self._embed(request.image, request.keypoints)
+            hits = self.search.search(embedding, filters=filters, **options)
+            query = {"kind": "image", **shown}
+        names = None if parts is None else [part_names(num_parts)[p] for p in parts]
+        return {"query": query, "parts": names, "count": len(hits), "groups": groups_json(hits, parts),
+                "elapsed_ms": finite(1000 * (time.perf_counter() - started))}
+
+    def _prompted_detection(self, request: SearchRequest, filters: SearchFilters, options: dict) -> tuple[list, dict]:
+        """A stored detection re-embedded from its thumbnail with the user's keypoints.
+
+        As with by_detection, the detection itself is excluded, and its camera too unless asked for.
+        """
+        row = self._detection(request.detection_id, ["thumbnail", "camera_id"])
+        if not row["thumbnail"]:
+            raise UserError(f"detection {request.detection_id!r} has no thumbnail to re-embed with keypoints")
+        embedding, shown = self._embed(row["thumbnail"], request.keypoints)
+        own_camera = [] if request.same_camera else [row["camera_id"]]
+        filters = replace(filters, exclude_cameras=[*filters.exclude_cameras, *own_camera],
+                          exclude_detection_ids=[*filters.exclude_detection_ids, request.detection_id])
+        hits = self.search.search(embedding, filters=filters, **options)
+        return hits, {"kind": "detection", "detection_id": request.detection_id, **shown}
+
+
+def _json(text: str) -> object:
+    """Parsed JSON of a form field, or a UserError that says where it broke."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"keypoints: not valid JSON ({exc.msg} at character {exc.pos})") from None
+    except RecursionError:
+        raise UserError("keypoints: JSON nested too deeply") from None
+
+
+def _blank(value: str | None) -> str | None:
+    """None for missing or blank form values, the stripped text otherwise."""
+    return value.strip() if value is not None and value.strip() else None
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    """The API's error response: one line for the user."""
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    """'field: what is wrong' for the first invalid request field."""
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
+    return f"{field}: {first.get('msg', 'invalid value')}"
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Project errors become 400 (404 for unknown ids), validation 422, HTTP errors keep their status; all as JSON."""
+    async def user_error(_: Request, exc: Exception) -> JSONResponse:
+        return _error(404 if str(exc).startswith(_UNKNOWN_ID) else 400, str(exc))
+
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, _validation_message(exc))
+
+    async def crash(_: Request, exc: Exception) -> JSONResponse:
+        log.error("internal error", exc_info=exc)
+        return _error(500, f"internal error ({type(exc).__name__}); see the server log")
+
+    for kind in USER_ERRORS:
+        app.add_exception_handler(kind, user_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(Exception, crash)
+
+
+def create_app(db: str, model: str | None = None, max_upload_bytes: int = 8 * 2**20,
+               allowed_hosts: list[str] | None = None) -> FastAPI:
+    """The web app over the store at ``db``; with ``model`` (the store's model) image and keypoint queries work.
+
+    Request bodies over ``max_upload_bytes`` get a 413; ``allowed_hosts`` (None: any) restricts the Host header.
+    """
+    service = SearchService(str(db), None if model is None else str(model))
+    app = FastAPI(title="kpr person search", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
+    _add_error_handlers(app)
+    app.add_middleware(RequestGuard, max_body_bytes=max_upload_bytes, allowed_hosts=allowed_hosts)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/api/info")
+    def info() -> dict:
+        return service.info(max_upload_bytes)
+
+    @app.get("/api/detections")
+    def detections(camera: Annotated[str | None, Query()] = None,
+                   limit: Annotated[int, Query(ge=1, le=LIST_MAX)] = 48,
+                   offset: Annotated[int, Query(ge=0)] = 0) -> dict:
+        return service.list_detections(_blank(camera), limit, offset)
+
+    @app.get("/api/thumbnails/{detection_id}")
+    def thumbnail(detection_id: str) -> Response:
+        return Response(service.thumbnail(detection_id), media_type="image/jpeg",
+                        headers={"cache-control": "private, max-age=3600"})
+
+    @app.post("/api/search")
+    def search(
+        detection_id: Annotated[str | None, Form()] = None,
+        track_id: Annotated[str | None, Form()] = None,
+        image: Annotated[UploadFile | None, File()] = None,
+        keypoints: Annotated[str | None, Form()] = None,
+        cameras: Annotated[list[str] | None, Form()] = None,
+        parts: Annotated[list[str] | None, Form()] = None,
+        since: Annotated[str | None, Form()] = None,
+        until: Annotated[str | None, Form()] = None,
+        min_visibility: Annotated[float, Form(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.0,
+        k: Annotated[int, Form(ge=1, le=K_MAX)] = 10,
+        rerank: Annotated[bool, Form()] = False,
+        same_camera: Annotated[bool, Form()] = False,
+    ) -> dict:
+        request = SearchRequest(
+            detection_id=_blank(detection_id), track_id=_blank(track_id),
+            image=None if image is None else image.file.read(), keypoints=_blank(keypoints),
+            cameras=None if cameras is None else tuple(c.strip() for c in cameras if c.strip()), parts=tuple(parts or ()),
+            since=_blank(since), until=_blank(until), min_visibility=min_visibility, k=k, rerank=rerank,
+            same_camera=same_camera)
+        return service.run(request)
+
+    return app
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback name or address (only this machine can connect)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _url_host(host: str) -> str:
+    """``host`` as it appears in a URL or Host header (IPv6 addresses in brackets)."""
+    bare = host.strip("[]")
+    return f"[{bare}]" if ":" in bare else bare
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on (host, port), or a UserError saying why not."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def serve(db: str, model: str | None = None, host: str = "127.0.0.1", port: int = 8765,
+          max_upload_mb: float = 8.0) -> int:
+    """Run the web app on ``host``:``port`` until interrupted (loopback by default; other hosts get a warning)."""
+    if not max_upload_mb > 0:
+        raise UserError(f"--max-upload-mb must be > 0, got {max_upload_mb}")
+    loopback, shown = is_loopback(host), _url_host(host)
+    allowed = ["127.0.0.1", "localhost", "[::1]", shown.lower()] if loopback else None
+    app = create_app(db, model, int(max_upload_mb * 2**20), allowed_hosts=allowed)
+    sock = _listen(host, port)
+    bound = sock.getsockname()[1]
+    if not loopback:
+        print(f"kpr serve: warning: listening on {host}, so anyone who can reach this machine can search the store "
+              "(the app has no authentication)", file=sys.stderr)
+    print(f"kpr serve: http://{shown}:{bound}/ (store {db}; Ctrl+C stops)", file=sys.stderr, flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+    return 0

@@ -1,0 +1,380 @@
+"use strict";
+// The kpr search page: pick or upload a query crop, click keypoint prompts, filter, and show grouped results.
+// Plain DOM code: every value from the server is written with textContent or attributes, never as HTML.
+
+const PAGE_SIZE = 40;
+const VIEW_HEIGHT = 288;
+const VIEW_MAX_WIDTH = 200;
+
+const state = {
+  info: null,
+  query: null,        // {kind: "detection", detectionId, cameraId, trackId} or {kind: "image", file}
+  image: null,        // the query crop as a loaded HTMLImageElement (null when the browser cannot show it)
+  positive: [],       // [{joint, x, y}] in crop pixels
+  negative: [],       // [{x, y}] in crop pixels
+  pickOffset: 0,
+};
+
+const $ = (id) => document.getElementById(id);
+
+function element(tag, attributes = {}, text = "") {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+  if (text) node.textContent = text;
+  return node;
+}
+
+function utc(timestamp) {
+  return new Date(timestamp * 1000).toISOString().replace("T", " ").replace(/\.\d+Z$/, "");
+}
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+async function api(path, options) {
+  let response;
+  try {
+    response = await fetch(path, options);
+  } catch (err) {
+    throw new Error(`cannot reach the server (${err.message})`);
+  }
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(body.error || `${response.status} ${response.statusText}`);
+  return body;
+}
+
+// ---- start-up: store facts, filter checkboxes, joint list ----
+
+async function loadInfo() {
+  const info = await api("/api/info");
+  state.info = info;
+  const range = info.time_range ? ` · ${utc(info.time_range[0])} – ${utc(info.time_range[1])} UTC` : "";
+  const model = info.image_queries ? "model loaded" : "no model: image and keypoint queries are off";
+  $("store-info").textContent =
+    `${info.detections} detections · ${info.cameras.length} cameras · ${info.videos} videos${range} · ${model}`;
+  for (const camera of info.cameras) {
+    $("pick-camera").append(element("option", {value: camera}, camera));
+    $("cameras").append(checkbox("camera", camera, true));
+  }
+  info.parts.forEach((name) => $("parts").append(checkbox("part", name, false)));
+  info.joints.forEach((name, index) => $("joint").append(element("option", {value: String(index)}, name.replace("_", " "))));
+  $("k").max = String(info.k_max);
+  $("upload").disabled = !info.image_queries;
+  $("prompt-tools").disabled = !info.image_queries;
+}
+
+function checkbox(kind, value, checked) {
+  const label = element("label");
+  const input = element("input", {type: "checkbox", name: kind, value});
+  input.checked = checked;
+  label.append(input, " " + value);
+  return label;
+}
+
+function ticked(kind) {
+  return [...document.querySelectorAll(`input[name="${kind}"]`)].filter((i) => i.checked).map((i) => i.value);
+}
+
+// ---- picking a stored detection ----
+
+async function loadPickPage() {
+  const camera = $("pick-camera").value;
+  const params = new URLSearchParams({limit: String(PAGE_SIZE), offset: String(state.pickOffset)});
+  if (camera) params.set("camera", camera);
+  try {
+    const page = await api(`/api/detections?${params}`);
+    const grid = $("pick-grid");
+    grid.replaceChildren(...page.detections.map(pickTile));
+    $("pick-page").textContent = page.detections.length
+      ? `${state.pickOffset + 1}–${state.pickOffset + page.detections.length}` : "none";
+    $("pick-prev").disabled = state.pickOffset === 0;
+    $("pick-next").disabled = !page.more;
+  } catch (err) {
+    showError(err.message);
+  }
+}
+
+function pickTile(detection) {
+  const tile = element("button", {type: "button", class: "tile", "data-detection-id": detection.detection_id,
+    "data-camera": detection.camera_id, title: `${detection.camera_id} · ${utc(detection.timestamp)} · ${detection.track_id || ""}`});
+  tile.append(element("img", {src: detection.thumbnail, alt: detection.detection_id, loading: "lazy"}));
+  tile.addEventListener("click", () => chooseDetection(detection));
+  return tile;
+}
+
+function chooseDetection(detection) {
+  state.query = {kind: "detection", detectionId: detection.detection_id, cameraId: detection.camera_id,
+    trackId: detection.track_id};
+  $("upload").value = "";
+  document.querySelectorAll(".tile.chosen").forEach((t) => t.classList.remove("chosen"));
+  const tile = document.querySelector(`.tile[data-detection-id="${CSS.escape(detection.detection_id)}"]`);
+  if (tile) tile.classList.add("chosen");
+  $("query-caption").textContent = `${detection.camera_id} · ${utc(detection.timestamp)}` +
+    (detection.track_id ? ` · track ${detection.track_id}` : "");
+  $("tracklet-option").hidden = !detection.track_id;
+  $("use-tracklet").checked = false;
+  showCrop(detection.thumbnail);
+}
+
+function chooseUpload(file) {
+  state.query = {kind: "image", file};
+  document.querySelectorAll(".tile.chosen").forEach((t) => t.classList.remove("chosen"));
+  $("query-caption").textContent = `uploaded ${file.name} (${Math.ceil(file.size / 1024)} KiB)`;
+  $("tracklet-option").hidden = true;
+  $("use-tracklet").checked = false;
+  showCrop(URL.createObjectURL(file));
+}
+
+// ---- the query crop and its keypoint prompt ----
+
+function showCrop(url) {
+  state.positive = [];
+  state.negative = [];
+  state.image = null;
+  $("query-view").hidden = false;
+  $("search").disabled = false;
+  const image = new Image();
+  image.onload = () => { state.image = image; drawCrop(); };
+  image.onerror = () => { drawCrop("the browser cannot show this file"); };
+  image.src = url;
+  drawCrop("loading…");
+}
+
+function viewScale() {
+  const image = state.image;
+  return Math.min(VIEW_HEIGHT / image.naturalHeight, VIEW_MAX_WIDTH / image.naturalWidth);
+}
+
+function drawCrop(note) {
+  const canvas = $("query-canvas");
+  const context = canvas.getContext("2d");
+  if (!state.image) {
+    canvas.width = VIEW_MAX_WIDTH / 2;
+    canvas.height = VIEW_HEIGHT / 2;
+    context.fillStyle = "#e4e7eb";
+    context.fillRect(0, 0, canvas.width, canvas.height);
+    context.fillStyle = "#555";
+    context.font = "12px sans-serif";
+    context.fillText(note || "", 6, canvas.height / 2, canvas.width - 12);
+    updateKeypointCount();
+    return;
+  }
+  const scale = viewScale();
+  canvas.width = Math.round(state.image.naturalWidth * scale);
+  canvas.height = Math.round(state.image.naturalHeight * scale);
+  context.drawImage(state.image, 0, 0, canvas.width, canvas.height);
+  context.lineWidth = 2;
+  context.font = "bold 11px sans-serif";
+  for (const point of state.positive) {
+    const [x, y] = [point.x * scale, point.y * scale];
+    context.fillStyle = "#1db954";
+    context.strokeStyle = "#fff";
+    context.beginPath();
+    context.arc(x, y, 5, 0, 2 * Math.PI);
+    context.fill();
+    context.stroke();
+    context.fillStyle = "#fff";
+    context.fillText(String(point.joint), x + 7, y + 4);
+  }
+  context.strokeStyle = "#e5383b";
+  context.lineWidth = 3;
+  for (const point of state.negative) {
+    const [x, y] = [point.x * scale, point.y * scale];
+    context.beginPath();
+    context.moveTo(x - 5, y - 5); context.lineTo(x + 5, y + 5);
+    context.moveTo(x + 5, y - 5); context.lineTo(x - 5, y + 5);
+    context.stroke();
+  }
+  updateKeypointCount();
+}
+
+function updateKeypointCount() {
+  const count = state.positive.length + state.negative.length;
+  $("keypoint-count").textContent = count
+    ? `${state.positive.length} target, ${state.negative.length} occluder` : "no keypoints";
+  $("use-tracklet").disabled = count > 0;
+}
+
+function placeKeypoint(event) {
+  if (!state.image || $("prompt-tools").disabled) return;
+  const canvas = $("query-canvas");
+  const box = canvas.getBoundingClientRect();
+  const scale = viewScale() * box.width / canvas.width;
+  const x = Math.min(Math.max((event.clientX - box.left) / scale, 0), state.image.naturalWidth - 0.5);
+  const y = Math.min(Math.max((event.clientY - box.top) / scale, 0), state.image.naturalHeight - 0.5);
+  const mode = document.querySelector('input[name="mode"]:checked').value;
+  if (mode === "negative") {
+    state.negative.push({x, y});
+  } else {
+    const select = $("joint");
+    const joint = Number(select.value);
+    state.positive = state.positive.filter((p) => p.joint !== joint).concat([{joint, x, y}]);
+    select.selectedIndex = (select.selectedIndex + 1) % select.options.length;
+  }
+  drawCrop();
+}
+
+function clearKeypoints() {
+  state.positive = [];
+  state.negative = [];
+  $("joint").selectedIndex = 0;
+  drawCrop();
+}
+
+// ---- search ----
+
+function searchForm() {
+  const form = new FormData();
+  const query = state.query;
+  const prompted = state.positive.length + state.negative.length > 0;
+  if (query.kind === "image") {
+    form.append("image", query.file, query.file.name);
+  } else if ($("use-tracklet").checked && query.trackId && !prompted) {
+    form.append("track_id", query.trackId);
+  } else {
+    form.append("detection_id", query.detectionId);
+  }
+  if (prompted) {
+    form.append("keypoints", JSON.stringify({
+      positive: state.positive.map((p) => ({joint: p.joint, x: p.x, y: p.y})),
+      negative: state.negative.map((p) => ({x: p.x, y: p.y})),
+    }));
+  }
+  const cameras = ticked("camera");
+  if (cameras.length < state.info.cameras.length) {
+    if (cameras.length === 0) form.append("cameras", "");
+    cameras.forEach((camera) => form.append("cameras", camera));
+  }
+  ticked("part").forEach((part) => form.append("parts", part));
+  for (const name of ["since", "until"]) if ($(name).value) form.append(name, $(name).value);
+  form.append("min_visibility", $("min-visibility").value);
+  form.append("k", $("k").value);
+  form.append("rerank", String($("rerank").checked));
+  form.append("same_camera", String($("same-camera").checked));
+  return form;
+}
+
+async function runSearch() {
+  if (!state.query) return;
+  showError("");
+  $("search").disabled = true;
+  $("status").textContent = "searching…";
+  try {
+    const answer = await api("/api/search", {method: "POST", body: searchForm()});
+    renderResults(answer);
+  } catch (err) {
+    $("status").textContent = "";
+    $("results").replaceChildren();
+    showError(err.message);
+  } finally {
+    $("search").disabled = false;
+  }
+}
+
+function describeQuery(query) {
+  if (query.kind === "tracklet") return `tracklet ${query.track_id}`;
+  const what = query.kind === "image" ? `uploaded image ${query.width}×${query.height}` : `detection ${query.detection_id}`;
+  const prompt = query.positive || query.negative
+    ? `, re-embedded with ${query.positive} target and ${query.negative} occluder keypoints` : "";
+  return what + prompt;
+}
+
+function renderResults(answer) {
+  const cameras = answer.groups.length;
+  const parts = answer.parts ? ` · parts: ${answer.parts.join(", ")}` : "";
+  $("status").textContent = answer.count
+    ? `${answer.count} hits in ${cameras} camera${cameras === 1 ? "" : "s"} for ${describeQuery(answer.query)}${parts} · ${Math.round(answer.elapsed_ms)} ms`
+    : `no results for ${describeQuery(answer.query)}: widen the filters`;
+  $("results").replaceChildren(...answer.groups.map(cameraGroup));
+}
+
+function cameraGroup(group) {
+  const section = element("section", {class: "camera-group", "data-camera": group.camera_id});
+  const hits = group.tracklets.reduce((n, t) => n + t.hits.length, 0);
+  const title = element("h3", {}, group.camera_id);
+  title.append(element("span", {class: "meta"},
+    `best distance ${formatDistance(group.best_distance)} · ${hits} hit${hits === 1 ? "" : "s"} in ${group.tracklets.length} tracklet${group.tracklets.length === 1 ? "" : "s"}`));
+  section.append(title);
+  for (const tracklet of group.tracklets) {
+    const row = element("div", {class: "tracklet", "data-track-id": tracklet.track_id || ""});
+    row.append(element("div", {class: "track-label"}, tracklet.track_id ? `track ${tracklet.track_id}` : "no track"));
+    const cards = element("div", {class: "hits"});
+    cards.append(...tracklet.hits.map(hitCard));
+    row.append(cards);
+    section.append(row);
+  }
+  return section;
+}
+
+function formatDistance(distance) {
+  return distance === null ? "–" : distance.toFixed(3);
+}
+
+function hitCard(hit) {
+  const card = element("figure", {class: "hit", "data-detection-id": hit.detection_id, "data-camera": hit.camera_id,
+    "data-rank": String(hit.rank), title: partDetails(hit)});
+  card.append(element("img", {src: hit.thumbnail, alt: hit.detection_id, loading: "lazy"}));
+  const caption = element("figcaption");
+  caption.append(element("div", {class: "rank"}, `#${hit.rank}`));
+  caption.append(element("div", {class: "distance", title: "KPR distance"}, formatDistance(hit.distance)));
+  caption.append(element("div", {class: "time"}, utc(hit.timestamp).slice(11)));
+  const visibility = hit.query_visibility === null ? 0 : hit.query_visibility;
+  const bar = element("div", {class: "visibility", title: `visibility ${visibility.toFixed(2)}`});
+  const fill = element("div", {class: "fill"});
+  fill.style.width = `${Math.round(visibility * 100)}%`;
+  bar.append(fill);
+  caption.append(bar, partBars(hit));
+  card.append(caption);
+  card.addEventListener("click", () => chooseDetection({detection_id: hit.detection_id, camera_id: hit.camera_id,
+    timestamp: hit.timestamp, track_id: hit.track_id, thumbnail: hit.thumbnail}));
+  return card;
+}
+
+function partBars(hit) {
+  const strip = element("div", {class: "parts"});
+  (hit.visibility || []).forEach((value) => {
+    const bar = element("span");
+    bar.style.height = `${Math.max(1, Math.round(value * 14))}px`;
+    strip.append(bar);
+  });
+  return strip;
+}
+
+function partDetails(hit) {
+  const names = state.info.parts;
+  const lines = (hit.visibility || []).map((value, i) => {
+    const distance = hit.part_distances ? hit.part_distances[i] : null;
+    return `${names[i] || `part ${i + 1}`}: visibility ${value.toFixed(2)}, distance ${formatDistance(distance)}`;
+  });
+  return [`${hit.camera_id} · ${utc(hit.timestamp)} UTC · frame ${hit.frame_index}`, ...lines].join("\n");
+}
+
+// ---- wiring ----
+
+function wire() {
+  $("pick-camera").addEventListener("change", () => { state.pickOffset = 0; loadPickPage(); });
+  $("pick-prev").addEventListener("click", () => { state.pickOffset = Math.max(0, state.pickOffset - PAGE_SIZE); loadPickPage(); });
+  $("pick-next").addEventListener("click", () => { state.pickOffset += PAGE_SIZE; loadPickPage(); });
+  $("upload").addEventListener("change", (event) => { if (event.target.files.length) chooseUpload(event.target.files[0]); });
+  $("query-canvas").addEventListener("click", placeKeypoint);
+  $("clear-keypoints").addEventListener("click", clearKeypoints);
+  $("min-visibility").addEventListener("input", () => {
+    $("min-visibility-value").textContent = Number($("min-visibility").value).toFixed(2);
+  });
+  $("search").addEventListener("click", runSearch);
+}
+
+async function start() {
+  wire();
+  try {
+    await loadInfo();
+    await loadPickPage();
+  } catch (err) {
+    showError(err.message);
+  }
+}
+
+start();

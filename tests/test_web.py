@@ -1,0 +1,350 @@
+"""The `kpr serve` web API over a real LanceDB store built from the synthetic archive: queries and bad input."""
+from __future__ import annotations
+
+import json
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from kpr_model.checkpoint import save_checkpoint
+from kpr_model.config import KPRConfig
+from kpr_model.embeddings import ReIDEmbeddings
+from kpr_model.keypoints import group_keypoint_indices
+from kpr_model.model import KPR
+from kpr_model.model_files import open_encoder
+from pipelines.errors import UserError
+from pipelines.web.app import create_app, is_loopback, serve
+from storage import Store, StoreError, detection_row, detections_table
+from training.archive_truth import archive_truth
+from workers.discover import discover_videos
+from workers.video_job import extract_video_crops
+
+UPLOAD_LIMIT = 256 * 1024
+
+
+@dataclass
+class WebStore:
+    """A store of the archive's detections and who each detection really is."""
+
+    db: Path
+    identity: dict[str, str]
+    camera: dict[str, str]
+    track: dict[str, str]
+    whole: set[str]
+
+
+def prompt_aware_checkpoint(path: Path) -> Path:
+    """A tiny seeded KPR whose prompt tokenizer has random weights, so keypoints change its embeddings.
+
+    A fresh KPR starts its prompt tokenizer (the only all-zero conv kernel) at zero, as training
+    does, and so ignores prompts until trained; this one stands for a trained model in that respect.
+    """
+    torch.manual_seed(0)
+    config = KPRConfig.tiny()
+    model = KPR(config).eval()
+    for parameter in model.parameters():
+        if parameter.dim() == 4 and not parameter.detach().any():
+            torch.nn.init.normal_(parameter, std=0.05)
+    save_checkpoint(model, config, path)
+    return path
+
+
+def _truth_key(detection_id: str) -> tuple[str, int, int]:
+    """(video_id, frame_index, ordinal): how archive_truth names the person a detection id stands for."""
+    video_id, frame, ordinal = detection_id.split(":")
+    return video_id, int(frame), int(ordinal)
+
+
+def build_web_store(archive: Path, checkpoint: Path, db: Path, seed: int = 0) -> WebStore:
+    """Store the archive's real detections (ids, cameras, times, tracks, keypoints, thumbnails) with identity-made embeddings.
+
+    A randomly initialised tiny model ranks identities at chance, so the embeddings come from the
+    sidecar truth instead: one random unit vector per identity and part, plus noise, visible where the
+    crop has the part's keypoints. The rows carry the checkpoint's model_id and shape, so the
+    checkpoint can still embed uploaded queries.
+    """
+    encoder = open_encoder(checkpoint)
+    dim, num_parts = encoder.dim, encoder.num_parts
+    rng = np.random.default_rng(seed)
+    tasks = discover_videos(archive)
+    truth = archive_truth({t.uri: t.video_id for t in tasks})
+    centres: dict[str, np.ndarray] = {}
+    store = Store.open(str(db))
+    part_joints = group_keypoint_indices("eight")
+    out = WebStore(db, {}, {}, {}, set())
+    for task in tasks:
+        video = extract_video_crops(task, target_fps=5.0)
+        rows, parts, visibility = [], [], []
+        for record, crop in zip(video.records, video.crops):
+            who = truth[_truth_key(record.detection_id)].identity
+            centre = centres.setdefault(who, _unit(rng.normal(size=(num_parts, dim))))
+            parts.append(_unit(centre + rng.normal(scale=0.3 / np.sqrt(dim), size=centre.shape)))
+            visibility.append([float(crop.keypoints[list(j), 2].max() > 0) for j in part_joints[:num_parts]])
+            rows.append(detection_row(record.detection_id, task.video_id, video.camera_id, record.frame_index,
+                                      record.timestamp, record.bbox, encoder.model_id, record.det_score,
+                                      record.keypoints, record.track_id, record.thumbnail))
+            out.identity[record.detection_id], out.camera[record.detection_id] = who, video.camera_id
+            out.track[record.detection_id] = record.track_id
+            if min(visibility[-1]) > 0:
+                out.whole.add(record.detection_id)
+        part_array, vis_array = np.stack(parts).astype(np.float32), np.asarray(visibility, np.float32)
+        global_emb = _unit((part_array * vis_array[..., None]).sum(axis=1) + 1e-3)
+        video_row = {"video_id": task.video_id, "uri": task.uri, "camera_id": video.camera_id,
+                     "model_id": encoder.model_id, "start_time": video.start_time, "duration": video.duration,
+                     "num_frames": video.num_frames}
+        store.write_video(video_row, detections_table(rows, ReIDEmbeddings(global_emb, part_array, vis_array)))
+    return out
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm along the last axis."""
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def cameras_of(store: WebStore, identity: str) -> set[str]:
+    """The cameras that saw ``identity``."""
+    return {store.camera[d] for d, who in store.identity.items() if who == identity}
+
+
+def cross_camera_query(store: WebStore) -> str:
+    """The first tracked detection showing every part whose identity another camera saw too."""
+    for det_id in sorted(store.whole):
+        if store.track[det_id] and len(cameras_of(store, store.identity[det_id])) > 1:
+            return det_id
+    raise AssertionError("the synthetic archive has no identity seen by two cameras")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return prompt_aware_checkpoint(tmp_path_factory.mktemp("web_model") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def web_store(small_archive, model, tmp_path_factory) -> WebStore:
+    return build_web_store(small_archive, model, tmp_path_factory.mktemp("web") / "db")
+
+
+@pytest.fixture(scope="module")
+def client(web_store, model) -> TestClient:
+    return TestClient(create_app(str(web_store.db), str(model), max_upload_bytes=UPLOAD_LIMIT))
+
+
+def _png(height: int = 96, width: int = 48) -> bytes:
+    """A small PNG person-sized crop."""
+    image = np.full((height, width, 3), 90, np.uint8)
+    image[10:50, 12:36] = (200, 40, 40)
+    return cv2.imencode(".png", image)[1].tobytes()
+
+
+def _hits(answer: dict) -> list[dict]:
+    """Every hit of a grouped answer, in overall rank order."""
+    hits = [h for g in answer["groups"] for t in g["tracklets"] for h in t["hits"]]
+    return sorted(hits, key=lambda h: h["rank"])
+
+
+def test_info_describes_the_store(client, web_store):
+    info = client.get("/api/info").json()
+    assert info["cameras"] == sorted(set(web_store.camera.values()))
+    assert info["detections"] == len(web_store.identity)
+    assert info["parts"][0] == "head" and len(info["parts"]) == 8 and len(info["joints"]) == 17
+    assert info["image_queries"] is True and info["time_range"][0] <= info["time_range"][1]
+    page = client.get("/")
+    assert page.status_code == 200 and "<canvas" in page.text and "/static/app.js" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert client.get("/static/app.js").status_code == 200
+
+
+def test_detection_query_finds_the_same_identity_in_other_cameras(client, web_store):
+    query = cross_camera_query(web_store)
+    answer = client.post("/api/search", data={"detection_id": query, "k": "8"}).json()
+    hits = _hits(answer)
+    assert answer["query"] == {"kind": "detection", "detection_id": query} and answer["count"] == len(hits) == 8
+    assert all(h["camera_id"] != web_store.camera[query] for h in hits)
+    assert [web_store.identity[h["detection_id"]] for h in hits[:3]] == [web_store.identity[query]] * 3
+    best = [g["best_distance"] for g in answer["groups"]]
+    assert best == sorted(best) and hits[0]["distance"] <= hits[-1]["distance"]
+    assert all(0 <= v <= 1 for h in hits for v in h["visibility"]) and len(hits[0]["part_distances"]) == 8
+    thumb = client.get(hits[0]["thumbnail"])
+    assert thumb.headers["content-type"] == "image/jpeg" and thumb.content[:2] == b"\xff\xd8"
+    assert thumb.headers["x-content-type-options"] == "nosniff"
+
+
+def test_filters_keep_to_camera_time_parts_and_visibility(client, web_store):
+    query = cross_camera_query(web_store)
+    camera = sorted(set(web_store.camera.values()) - {web_store.camera[query]})[0]
+    info = client.get("/api/info").json()
+    start, end = info["time_range"]
+    middle = (start + end) / 2
+    answer = client.post("/api/search", data={
+        "detection_id": query, "cameras": [camera], "since": str(start), "until": str(middle),
+        "parts": ["left_foot", "8"], "min_visibility": "1", "k": "50"}).json()
+    hits = _hits(answer)
+    assert hits and answer["parts"] == ["left_foot", "right_foot"]
+    assert {h["camera_id"] for h in hits} == {camera}
+    assert all(start <= h["timestamp"] <= middle for h in hits)
+    assert all(h["visibility"][6] == h["visibility"][7] == 1 for h in hits)
+    too_early = client.post("/api/search", data={"detection_id": query, "cameras": [camera], "k": "50",
+                                                 "until": "2000-01-01T00:00:00"}).json()
+    assert too_early["count"] == 0 and too_early["groups"] == []
+
+
+def test_tracklet_query_skips_its_own_detections(client, web_store):
+    query = cross_camera_query(web_store)
+    track = web_store.track[query]
+    answer = client.post("/api/search", data={"track_id": track, "k": "5", "same_camera": "true"}).json()
+    hits = _hits(answer)
+    assert answer["query"]["kind"] == "tracklet" and len(hits) == 5
+    assert all(web_store.track[h["detection_id"]] != track for h in hits)
+    assert web_store.identity[hits[0]["detection_id"]] == web_store.identity[query]
+
+
+def test_upload_and_prompted_detection_queries_are_embedded_with_their_keypoints(client, web_store):
+    prompt = {"positive": [{"joint": "nose", "x": 24, "y": 12}, {"joint": 15, "x": 20, "y": 90}],
+              "negative": [{"x": 5, "y": 40}]}
+    answer = client.post("/api/search", files={"image": ("crop.png", _png(), "image/png")},
+                         data={"keypoints": json.dumps(prompt), "k": "4"})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["query"] == {"kind": "image", "width": 48, "height": 96, "positive": 2, "negative": 1}
+    assert body["count"] == 4
+    unprompted = client.post("/api/search", files={"image": ("crop.png", _png(), "image/png")}, data={"k": "4"}).json()
+    assert unprompted["query"]["positive"] == 0
+    assert [h["distance"] for h in _hits(unprompted)] != [h["distance"] for h in _hits(body)], "the prompt was ignored"
+    query = cross_camera_query(web_store)
+    prompted = client.post("/api/search", data={"detection_id": query, "k": "5",
+                                                "keypoints": json.dumps({"positive": [{"joint": 0, "x": 5, "y": 5}]})})
+    body = prompted.json()
+    assert prompted.status_code == 200 and body["query"]["positive"] == 1 and body["query"]["height"] == 128
+    assert query not in {h["detection_id"] for h in _hits(body)}
+    assert web_store.camera[query] not in {h["camera_id"] for h in _hits(body)}
+
+
+def test_detection_list_pages_through_one_camera(client, web_store):
+    camera = sorted(set(web_store.camera.values()))[1]
+    first = client.get("/api/detections", params={"camera": camera, "limit": 7}).json()
+    second = client.get("/api/detections", params={"camera": camera, "limit": 7, "offset": 7}).json()
+    ids = [d["detection_id"] for d in first["detections"] + second["detections"]]
+    assert len(set(ids)) == 14 and first["more"] is True
+    assert {web_store.camera[i] for i in ids} == {camera}
+    everything = client.get("/api/detections", params={"camera": camera, "limit": 500}).json()
+    assert everything["more"] is False
+    assert len(everything["detections"]) == sum(c == camera for c in web_store.camera.values())
+
+
+QUERY, TRACK = "<a detection id>", "<its tracklet id>"
+BAD_SEARCHES = [
+    ({"files": {"image": ("notes.txt", b"just some text", "text/plain")}}, 400, "not an image"),
+    ({"files": {"image": ("empty.png", b"", "image/png")}}, 400, "empty image"),
+    ({"files": {"image": ("crop.png", _png())}, "data": {"keypoints": "{positive: ["}}, 400, "not valid JSON"),
+    ({"files": {"image": ("crop.png", _png())}, "data": {"keypoints": '{"positive": [{"joint": "nose", "x": 60, "y": 5}]}'}},
+     400, "outside the 48x96 image"),
+    ({"files": {"image": ("crop.png", _png())}, "data": {"keypoints": '{"positive": [{"joint": "tail", "x": 1, "y": 1}]}'}},
+     400, "joint must be a COCO keypoint"),
+    ({"files": {"image": ("crop.png", _png())}, "data": {"keypoints": '[[1, 2]]'}}, 400, "17 COCO keypoints"),
+    ({"files": {"image": ("crop.png", _png())}, "data": {"keypoints": "[" * 200_000}}, 400, "nested too deeply"),
+    ({"data": {"detection_id": "no-such-detection"}}, 404, "unknown detection id"),
+    ({"data": {"detection_id": "nul\x00id"}}, 404, "unknown detection id"),
+    ({"data": {"track_id": "nul\x00id"}}, 404, "unknown tracklet id"),
+    ({"data": {"track_id": "no-such-track"}}, 404, "unknown tracklet id"),
+    ({"data": {"detection_id": QUERY, "parts": ["tail"]}}, 400, "unknown part 'tail'"),
+    ({"data": {"detection_id": QUERY, "since": "yesterday"}}, 400, "not a time"),
+    ({"data": {"detection_id": QUERY, "since": "2026-01-02", "until": "2026-01-01"}}, 400, "empty time window"),
+    ({"data": {"detection_id": QUERY, "cameras": ["cam1", "cam99"]}}, 400, "unknown camera 'cam99'"),
+    ({"data": {"detection_id": QUERY, "cameras": [""]}}, 400, "choose at least one camera"),
+    ({"data": {"detection_id": QUERY, "k": "0"}}, 422, "k: "),
+    ({"data": {"detection_id": QUERY, "k": "100000"}}, 422, "k: "),
+    ({"data": {"detection_id": QUERY, "k": "ten"}}, 422, "k: "),
+    ({"data": {"detection_id": QUERY, "min_visibility": "nan"}}, 422, "min_visibility: "),
+    ({"data": {"detection_id": QUERY, "min_visibility": "2"}}, 422, "min_visibility: "),
+    ({"data": {"detection_id": QUERY, "track_id": "t"}}, 400, "exactly one query"),
+    ({"data": {"k": "3"}}, 400, "exactly one query"),
+    ({"data": {"track_id": TRACK, "keypoints": '{"positive": []}'}}, 400, "not with a tracklet"),
+]
+
+
+@pytest.mark.parametrize(("request_args", "status", "message"), BAD_SEARCHES,
+                         ids=[f"{status}-{message.strip(': ')}" for _, status, message in BAD_SEARCHES])
+def test_bad_search_input_gets_a_4xx_and_one_line(client, web_store, request_args, status, message):
+    query = cross_camera_query(web_store)
+    stand_ins = {QUERY: query, TRACK: web_store.track[query]}
+    data = {key: [stand_ins.get(v, v) for v in value] if isinstance(value, list) else stand_ins.get(value, value)
+            for key, value in request_args.get("data", {}).items()}
+    answer = client.post("/api/search", data=data, files=request_args.get("files"))
+    error = answer.json()["error"]
+    assert answer.status_code == status, error
+    assert message in error and "\n" not in error and "Traceback" not in error
+
+
+def test_uploads_over_the_limit_get_413_before_being_read(client):
+    big = _png() + b"\0" * UPLOAD_LIMIT
+    answer = client.post("/api/search", files={"image": ("big.png", big, "image/png")})
+    assert answer.status_code == 413 and "upload too large" in answer.json()["error"]
+
+    def chunks():
+        for _ in range(64):
+            yield b"x" * 8192
+
+    chunked = client.post("/api/search", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"})
+    assert chunked.status_code == 413 and "upload too large" in chunked.json()["error"]
+    assert client.post("/api/search", content=b"", headers={"content-length": "12abc"}).status_code == 400
+
+
+def test_small_files_of_huge_images_are_refused(client):
+    bomb = cv2.imencode(".png", np.zeros((4100, 4100), np.uint8))[1].tobytes()
+    assert len(bomb) < UPLOAD_LIMIT
+    answer = client.post("/api/search", files={"image": ("bomb.png", bomb, "image/png")})
+    assert answer.status_code == 400 and "4100x4100 pixels is too large" in answer.json()["error"]
+
+
+@pytest.mark.parametrize("path", [
+    "/api/thumbnails/..%2F..%2F..%2Fetc%2Fpasswd",
+    "/api/thumbnails/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    "/api/thumbnails/%252e%252e%252fetc%252fpasswd",
+    "/api/thumbnails/%2Fetc%2Fpasswd",
+    "/api/thumbnails/no-such-detection",
+    "/api/thumbnails/x%00y",
+    "/static/..%2f..%2f..%2f..%2fetc%2fpasswd",
+    "/static/%2e%2e/%2e%2e/app.py",
+])
+def test_thumbnails_and_static_files_never_read_arbitrary_files(client, path):
+    answer = client.get(path)
+    assert answer.status_code == 404
+    assert b"root:" not in answer.content and b"import" not in answer.content
+
+
+def test_listing_refuses_bad_parameters(client):
+    assert client.get("/api/detections", params={"camera": "cam99"}).json()["error"].startswith("unknown camera")
+    answer = client.get("/api/detections", params={"limit": "100000"})
+    assert answer.status_code == 422 and answer.json()["error"].startswith("limit: ")
+    assert client.get("/api/detections", params={"offset": "-1"}).status_code == 422
+
+
+def test_unexpected_host_headers_are_refused_when_restricted(web_store):
+    guarded = TestClient(create_app(str(web_store.db), allowed_hosts=["127.0.0.1", "localhost"]),
+                         base_url="http://127.0.0.1:8765")
+    assert guarded.get("/api/info").status_code == 200
+    answer = guarded.get("/api/info", headers={"host": "attacker.example:8765"})
+    assert answer.status_code == 400 and "Host" in answer.json()["error"]
+    no_model = guarded.post("/api/search", files={"image": ("crop.png", _png(), "image/png")})
+    assert no_model.status_code == 400 and "no model loaded" in no_model.json()["error"]
+
+
+def test_serve_refuses_a_busy_port_and_a_missing_store(web_store, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(UserError, match="cannot listen on 127.0.0.1:.*in use"):
+            serve(str(web_store.db), port=busy.getsockname()[1])
+    with pytest.raises(StoreError, match="no store at"):
+        serve(str(tmp_path / "missing"))
+
+
+def test_loopback_hosts_are_recognised():
+    assert all(is_loopback(h) for h in ("127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "192.168.1.4", "::", "example.org"))

@@ -1,0 +1,191 @@
+"""The real `kpr serve` driven by headless Chromium (Playwright): pick a crop, click keypoints, filter, read results."""
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from test_web import WebStore, build_web_store, cameras_of, cross_camera_query, prompt_aware_checkpoint
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+SCREENSHOT = Path("/tmp/kpr_web_e2e.png")
+START_TIMEOUT_S = 120.0
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    """A TCP port that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_until_up(process: subprocess.Popen, port: int) -> None:
+    """Poll /api/info until the server answers; fail with its output if it exits first."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"kpr serve exited with {process.returncode}: {process.stderr.read()}")
+        try:
+            status, _ = _raw_get(port, "/api/info")
+            if status == 200:
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"kpr serve did not answer within {START_TIMEOUT_S:.0f} s")
+
+
+def _non_loopback_address() -> str | None:
+    """An IPv4 address of this machine other than loopback (None when it has no route out)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        try:
+            udp.connect(("10.255.255.255", 9))
+        except OSError:
+            return None
+        address = udp.getsockname()[0]
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+def _raw_get(port: int, path: str, host: str | None = None) -> tuple[int, bytes]:
+    """GET ``path`` exactly as written (no URL normalisation), optionally with another Host header."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.putrequest("GET", path, skip_host=True)
+        connection.putheader("Host", host or f"127.0.0.1:{port}")
+        connection.endheaders()
+        answer = connection.getresponse()
+        return answer.status, answer.read()
+    finally:
+        connection.close()
+
+
+@pytest.fixture(scope="module")
+def served(small_archive, tmp_path_factory):
+    """A store built from the synthetic archive, served by a real `kpr serve` subprocess; yields (store, URL, log)."""
+    kpr = Path(sys.executable).with_name("kpr")
+    if not kpr.is_file():
+        pytest.skip(f"the kpr console script is not installed next to {sys.executable}")
+    folder = tmp_path_factory.mktemp("web_e2e")
+    model = prompt_aware_checkpoint(folder / "model")
+    store = build_web_store(small_archive, model, folder / "db")
+    port = _free_port()
+    process = subprocess.Popen([str(kpr), "serve", "--db", str(store.db), "--model", str(model),
+                                "--port", str(port), "--max-upload-mb", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_until_up(process, port)
+        yield store, port, process
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian Chromium through Playwright, or a skip saying what is missing."""
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} not found (Debian: apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python client is not installed")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def _choose_query(store: WebStore, shown: list[str]) -> tuple[str, str]:
+    """A shown tile to query with, and a camera to untick that neither holds the query nor its identity."""
+    wanted = cross_camera_query(store)
+    det_id = wanted if wanted in shown else next(
+        d for d in shown if d in store.whole and len(cameras_of(store, store.identity[d])) > 1)
+    spare = sorted(set(store.camera.values()) - cameras_of(store, store.identity[det_id]))
+    assert spare, "every camera saw the query's identity: no camera left to untick"
+    return det_id, spare[0]
+
+
+def test_the_page_searches_with_picked_crop_keypoints_and_filters(browser, served):
+    from playwright.sync_api import expect
+
+    store, port, process = served
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"http://127.0.0.1:{port}/")
+    expect(page.locator("#store-info")).to_contain_text(f"{len(store.identity)} detections")
+    page.locator("#pick-grid .tile").first.wait_for()
+    shown = page.locator("#pick-grid .tile").evaluate_all("tiles => tiles.map(t => t.dataset.detectionId)")
+    query, unticked = _choose_query(store, shown)
+
+    page.locator(f'#pick-grid .tile[data-detection-id="{query}"]').click()
+    expect(page.locator("#query-canvas")).to_be_visible()
+    page.locator(f'#cameras input[value="{unticked}"]').uncheck()
+    page.locator("#k").fill("30")
+    page.locator("#search").click()
+    expect(page.locator("#status")).to_contain_text("hits in")
+    groups = page.locator(".camera-group").evaluate_all("gs => gs.map(g => g.dataset.camera)")
+    assert groups and unticked not in groups and store.camera[query] not in groups
+    top = page.locator('figure.hit[data-rank="1"]').get_attribute("data-detection-id")
+    assert store.identity[top] == store.identity[query]
+
+    canvas = page.locator("#query-canvas").bounding_box()
+    page.locator("#joint").select_option(label="nose")
+    page.mouse.click(canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] * 0.1)
+    assert page.locator("#joint").input_value() == "1", "the joint select should move on to the next joint"
+    page.locator('input[name="mode"][value="negative"]').check()
+    page.mouse.click(canvas["x"] + canvas["width"] * 0.1, canvas["y"] + canvas["height"] * 0.5)
+    expect(page.locator("#keypoint-count")).to_have_text("1 target, 1 occluder")
+    page.locator("#search").click()
+    expect(page.locator("#status")).to_contain_text("re-embedded with 1 target and 1 occluder keypoints")
+    groups = page.locator(".camera-group").evaluate_all("gs => gs.map(g => g.dataset.camera)")
+    assert groups and unticked not in groups
+    assert page.locator("figure.hit img").first.evaluate("img => img.complete && img.naturalHeight > 0")
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    page.locator("#upload").set_input_files(files=[{"name": "notes.txt", "mimeType": "text/plain",
+                                                     "buffer": b"this is not a picture"}])
+    page.locator("#search").click()
+    expect(page.locator("#error")).to_be_visible()
+    expect(page.locator("#error")).to_contain_text("not an image")
+    assert errors == []
+
+
+def test_the_server_listens_on_loopback_and_reads_no_files(served):
+    store, port, process = served
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) == 0
+    outside = _non_loopback_address()
+    if outside is not None:
+        with socket.socket() as probe:
+            probe.settimeout(5)
+            assert probe.connect_ex((outside, port)) != 0, f"kpr serve answers on {outside}, not only on loopback"
+    for path in ("/api/thumbnails/../../../../etc/passwd", "/static/../../../../etc/passwd",
+                 "/static/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd", "/api/thumbnails/..%2f..%2f..%2fetc%2fpasswd",
+                 "/static/../app.py"):
+        status, body = _raw_get(port, path)
+        assert status in (400, 404) and b"root:" not in body and b"import" not in body, path
+    status, body = _raw_get(port, "/api/info", host="rebound.example.com")
+    assert status == 400 and "Host" in json.loads(body)["error"]
+    announced = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    announced.putrequest("POST", "/api/search")
+    announced.putheader("Content-Type", "multipart/form-data; boundary=x")
+    announced.putheader("Content-Length", str(2 * 2**20))
+    announced.endheaders()
+    answer = announced.getresponse()
+    assert answer.status == 413 and "upload too large" in json.loads(answer.read())["error"]
+    announced.close()
+    assert process.poll() is None, "the server died"
