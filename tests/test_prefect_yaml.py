@@ -5,6 +5,7 @@ import importlib
 import inspect
 from pathlib import Path
 
+import pytest
 import yaml
 from prefect import Flow
 from prefect.client.schemas.schedules import CronSchedule
@@ -18,16 +19,27 @@ def _load_flow(entrypoint: str) -> Flow:
     return getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
 
 
-def test_ingestion_deployment_matches_its_flow():
+EXPECTED_FLOWS = {"ingest-archive-nightly": "ingest-archive", "train-kpr-weekly": "train-kpr"}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_FLOWS))
+def test_deployment_matches_its_flow(name):
     config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    deployments = {d["name"]: d for d in config["deployments"]}
-    ingest = deployments["ingest-archive-nightly"]
-    flow = _load_flow(ingest["entrypoint"])
-    assert isinstance(flow, Flow) and flow.name == "ingest-archive"
+    deployment = {d["name"]: d for d in config["deployments"]}[name]
+    flow = _load_flow(deployment["entrypoint"])
+    assert isinstance(flow, Flow) and flow.name == EXPECTED_FLOWS[name]
     signature = inspect.signature(flow.fn)
     required = {n for n, p in signature.parameters.items() if p.default is inspect.Parameter.empty}
-    assert set(ingest["parameters"]) <= set(signature.parameters)
-    assert required <= set(ingest["parameters"])
-    for schedule in ingest["schedules"]:
+    assert set(deployment["parameters"]) <= set(signature.parameters)
+    assert required <= set(deployment["parameters"])
+    for schedule in deployment["schedules"]:
         CronSchedule(cron=schedule["cron"], timezone=schedule.get("timezone"))
-    assert ingest["work_pool"]["name"]
+    assert deployment["work_pool"]["name"]
+
+
+def test_training_deployment_overrides_are_training_settings():
+    from training.train import TrainConfig
+
+    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    deployment = {d["name"]: d for d in config["deployments"]}["train-kpr-weekly"]
+    TrainConfig.from_dict({"data_root": "d", "out": "o", **deployment["parameters"]["overrides"]})

@@ -115,3 +115,18 @@ def test_bad_training_configs_give_one_clear_error(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text("data_root: d\nout: o\nepochs: 7\nworkers: 2\n")
     assert TrainConfig.from_yaml(good, {"epochs": 9}).epochs == 9
+
+
+@pytest.mark.integration
+def test_training_flow_trains_from_a_yaml_config_and_reports(crops, tmp_path):
+    from prefect.artifacts import Artifact
+
+    from pipelines.training_flows import train_kpr
+
+    config = tmp_path / "train.yaml"
+    config.write_text(f"data_root: {crops}\nout: {tmp_path / 'model'}\npreset: tiny\nepochs: 2\nidentities_per_batch: 4\n")
+    result = train_kpr(str(config), overrides={"epochs": 3})
+    assert result["epochs_completed"] == 3 and (tmp_path / "model" / "model.safetensors").is_file()
+    assert 0.0 <= result["heldout"]["map"] <= 1.0
+    report = Artifact.get("training-report")
+    assert report is not None and result["model_id"] in report.data
