@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from kpr_model.config import KPRConfig, KPRModelError
+from kpr_model.config import KPRConfig, KPRConfigError, KPRModelError
 from kpr_model.model import KPR
 
 WEIGHTS_FILE = "model.safetensors"
@@ -71,10 +71,18 @@ def read_checkpoint_info(path: str | Path) -> tuple[KPRConfig, str, dict[str, An
     _require_files(path)
     try:
         document = json.loads((path / CONFIG_FILE).read_text())
-        config = KPRConfig.from_dict(document["config"])
-        return config, str(document["model_id"]), dict(document.get("metadata", {}))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or bad UTF-8
+        raise CheckpointError(f"checkpoint {path}: unreadable {CONFIG_FILE}: {exc}") from exc
+    if not isinstance(document, dict) or not isinstance(document.get("model_id"), str):
+        raise CheckpointError(f"checkpoint {path}: invalid {CONFIG_FILE}: expected an object with a model_id string")
+    metadata = document.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"checkpoint {path}: invalid {CONFIG_FILE}: metadata must be an object")
+    try:
+        config = KPRConfig.from_dict(document.get("config"))
+    except KPRConfigError as exc:
         raise CheckpointError(f"checkpoint {path}: invalid {CONFIG_FILE}: {exc}") from exc
+    return config, document["model_id"], metadata
 
 
 def read_model_id(path: str | Path) -> str:

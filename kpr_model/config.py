@@ -17,6 +17,7 @@ tiny variants ``tiny_swin()``, ``tiny_solider()``, ``tiny_vit()`` for tests.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -29,6 +30,10 @@ SOLIDER_MEAN_STD = (0.5, 0.5, 0.5)
 
 class KPRModelError(Exception):
     """Base class of every error raised on purpose by ``kpr_model``."""
+
+
+class KPRConfigError(KPRModelError, ValueError):
+    """A model configuration that cannot be used: unknown keys, wrong types, impossible values."""
 
 
 @dataclass(frozen=True)
@@ -93,24 +98,24 @@ class KPRConfig:
 
     def _validate(self) -> None:
         if len(self.image_size) != 2 or min(self.image_size) < 32 or any(v % 32 for v in self.image_size):
-            raise ValueError(f"image_size must be (H, W), both positive multiples of 32, got {self.image_size}")
+            raise KPRConfigError(f"image_size must be (H, W), both positive multiples of 32, got {self.image_size}")
         if self.part_grouping not in PART_GROUPINGS:
-            raise ValueError(f"unknown part_grouping {self.part_grouping!r}; known: {sorted(PART_GROUPINGS)}")
+            raise KPRConfigError(f"unknown part_grouping {self.part_grouping!r}; known: {sorted(PART_GROUPINGS)}")
         if self.num_parts != len(PART_GROUPINGS[self.part_grouping]):
-            raise ValueError(
+            raise KPRConfigError(
                 f"num_parts={self.num_parts} does not match part_grouping {self.part_grouping!r} "
                 f"({len(PART_GROUPINGS[self.part_grouping])} parts)"
             )
         if self.prompt_grouping not in PROMPT_GROUPINGS:
-            raise ValueError(f"unknown prompt_grouping {self.prompt_grouping!r}; known: {sorted(PROMPT_GROUPINGS)}")
+            raise KPRConfigError(f"unknown prompt_grouping {self.prompt_grouping!r}; known: {sorted(PROMPT_GROUPINGS)}")
         if len(self.norm_mean) != 3 or len(self.norm_std) != 3 or min(self.norm_std) <= 0:
-            raise ValueError("norm_mean and norm_std must have 3 values, std > 0")
+            raise KPRConfigError("norm_mean and norm_std must have 3 values, std > 0")
         if not self.fusion_stages or not set(self.fusion_stages) <= {1, 2, 3, 4}:
-            raise ValueError(f"fusion_stages must be a non-empty subset of (1, 2, 3, 4), got {self.fusion_stages}")
+            raise KPRConfigError(f"fusion_stages must be a non-empty subset of (1, 2, 3, 4), got {self.fusion_stages}")
         if self.last_stride not in (1, 2):
-            raise ValueError(f"last_stride must be 1 or 2, got {self.last_stride}")
+            raise KPRConfigError(f"last_stride must be 1 or 2, got {self.last_stride}")
         if self.embed_dim <= 0 or self.num_classes < 0 or self.gaussian_scale <= 0:
-            raise ValueError("embed_dim and gaussian_scale must be > 0 and num_classes >= 0")
+            raise KPRConfigError("embed_dim and gaussian_scale must be > 0 and num_classes >= 0")
 
     @property
     def num_prompt_channels(self) -> int:
@@ -136,12 +141,14 @@ class KPRConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "KPRConfig":
-        """Config from ``to_dict`` output; unknown keys raise ValueError (catches typos and version skew)."""
-        _reject_unknown(cls, data, "KPRConfig")
-        values = dict(data)
-        if "loss" in values and isinstance(values["loss"], dict):
-            _reject_unknown(LossConfig, values["loss"], "KPRConfig.loss")
-            values["loss"] = LossConfig(**values["loss"])
+        """Config from ``to_dict`` output (e.g. parsed JSON).
+
+        Unknown keys (typos, version skew), values of the wrong type and impossible values raise
+        KPRConfigError (a ValueError) naming the key.
+        """
+        values = _checked_fields(cls, data, "KPRConfig")
+        if "loss" in values:
+            values["loss"] = LossConfig(**_checked_fields(LossConfig, values["loss"], "KPRConfig.loss"))
         return cls(**values)
 
     @classmethod
@@ -232,17 +239,50 @@ class KPRConfig:
 
 
 def _json_safe_args(args: Any) -> dict[str, Any]:
-    """A private copy of backbone_args with tuples turned into lists (so to_dict/from_dict round-trips)."""
+    """A private copy of backbone_args with tuples turned into lists (so to_dict/from_dict round-trips).
+
+    Strict JSON: NaN and infinities are refused (they would make equal configs compare unequal).
+    """
     if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
-        raise ValueError(f"backbone_args must be a dict with str keys, got {args!r}")
+        raise KPRConfigError(f"backbone_args must be a dict with str keys, got {args!r:.80}")
     try:
-        return json.loads(json.dumps(args))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"backbone_args must be JSON-serialisable: {exc}") from exc
+        return json.loads(json.dumps(args, allow_nan=False))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise KPRConfigError(f"backbone_args must be JSON-serialisable: {exc}") from exc
 
 
-def _reject_unknown(cls: type, data: dict[str, Any], name: str) -> None:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
+def _checked_fields(cls: type, data: Any, name: str) -> dict[str, Any]:
+    """``data`` as keyword arguments of the dataclass ``cls``: a dict of its fields, each of its annotated type."""
+    if not isinstance(data, dict):
+        raise KPRConfigError(f"{name} must be a JSON object, got {type(data).__name__}")
+    types = {f.name: f.type for f in fields(cls)}
+    unknown = sorted(map(str, set(data) - set(types)))
     if unknown:
-        raise ValueError(f"unknown {name} keys {unknown}; known keys: {sorted(known)}")
+        raise KPRConfigError(f"unknown {name} keys {unknown}; known keys: {sorted(types)}")
+    for key, value in data.items():
+        if types[key] != "LossConfig" and not _fits(value, types[key]):
+            raise KPRConfigError(f"{name}.{key} must be {types[key]}, got {value!r:.80}")
+    return dict(data)
+
+
+def _fits(value: Any, annotation: str) -> bool:
+    """Whether a JSON value fits a field annotation: str, bool, int, float (finite), dict[...], tuple[...]."""
+    if annotation.startswith("tuple["):
+        inner = [part.strip() for part in annotation[len("tuple["):-1].split(",")]
+        if not isinstance(value, (list, tuple)):
+            return False
+        if inner[-1] == "...":
+            return all(_fits(v, inner[0]) for v in value)
+        return len(value) == len(inner) and all(_fits(v, a) for v, a in zip(value, inner))
+    if annotation.startswith("dict["):
+        return isinstance(value, dict)
+    if annotation in ("str", "bool"):
+        return isinstance(value, str if annotation == "str" else bool)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if annotation == "int":
+        return isinstance(value, int)
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond the float range
+        return False

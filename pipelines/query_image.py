@@ -95,7 +95,7 @@ def parse_parts(values: Sequence[str], num_parts: int) -> list[int]:
     chosen = []
     for value in values:
         text = _normalised(str(value))
-        if text.isdigit() and 1 <= int(text) <= num_parts:
+        if text.isascii() and text.isdigit() and len(text) <= 6 and 1 <= int(text) <= num_parts:
             chosen.append(int(text) - 1)
         elif text in index:
             chosen.append(index[text])

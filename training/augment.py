@@ -1,8 +1,13 @@
-"""Joint augmentation of a ReID sample: image, target/negative keypoints and part-label mask move together."""
+"""Joint augmentation of a ReID sample: image, target/negative keypoints and part-label mask move together.
+
+``augment`` transforms one sample; ``bipo`` then adds KPR's batch-wise inter-person occlusion.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
+import cv2
 import numpy as np
 
 from kpr_model.keypoints import COCO_KEYPOINTS, group_names
@@ -25,10 +30,17 @@ def _mirror_index(names: tuple[str, ...]) -> np.ndarray:
 KEYPOINT_MIRROR = _mirror_index(COCO_KEYPOINTS)
 PART_LABEL_MIRROR = np.concatenate([[0], 1 + _mirror_index(group_names("eight"))])
 
+Sample = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]
+"""(image HxWx3 uint8, target keypoints [17, 3], negative keypoints [M, 17, 3], part labels HxW or None)."""
+
 
 @dataclass
 class AugmentConfig:
-    """Probabilities and ranges; defaults follow the spec's prompt dropout (drop all p 0.3, random 0.5)."""
+    """Probabilities and ranges; defaults follow the spec's prompt dropout (drop all p 0.3, random 0.5) and BIPO.
+
+    BIPO (spec section 6, ``cfg.data.bipo``): each sample is occluded with probability ``bipo_p`` by
+    another identity of its batch whose box covers a fraction ``bipo_overlap`` of the sample's box.
+    """
 
     flip_p: float = 0.5
     crop_scale: tuple[float, float] = (0.85, 1.0)
@@ -37,10 +49,37 @@ class AugmentConfig:
     drop_all_keypoints_p: float = 0.3
     drop_random_keypoints_p: float = 0.5
     drop_random_keypoints_ratio: float = 0.5
+    bipo_p: float = 0.2
+    bipo_overlap: tuple[float, float] = (0.5, 0.8)
+
+    def __post_init__(self) -> None:
+        """Refuse settings the augmentation cannot use, naming the setting.
+
+        Raised as TypeError, like an unknown keyword, so that every bad ``augment`` entry of a training
+        config surfaces the same way (TrainConfig.from_dict turns it into one TrainConfigError line).
+        """
+        for name in ("flip_p", "brightness", "channel_gain", "drop_all_keypoints_p", "drop_random_keypoints_p",
+                     "drop_random_keypoints_ratio", "bipo_p"):
+            _fraction(name, getattr(self, name))
+        for name in ("crop_scale", "bipo_overlap"):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)) or len(value) != 2:
+                raise TypeError(f"augment setting {name} must be [low, high], got {value!r}")
+            low, high = (_fraction(name, v) for v in value)
+            if not 0 < low <= high:
+                raise TypeError(f"augment setting {name} must satisfy 0 < low <= high <= 1, got {value!r}")
+            setattr(self, name, (float(low), float(high)))
+
+
+def _fraction(name: str, value: object) -> float:
+    """``value`` if it is a number in [0, 1], else TypeError naming the setting."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise TypeError(f"augment setting {name} must be a number in [0, 1], got {value!r}")
+    return float(value)
 
 
 def augment(image: np.ndarray, keypoints: np.ndarray, negatives: np.ndarray, mask: np.ndarray | None,
-            rng: np.random.Generator, cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+            rng: np.random.Generator, cfg: AugmentConfig) -> Sample:
     """One random augmentation of (image HxWx3 uint8, keypoints [17,3], negatives [M,17,3], mask HxW or None)."""
     h, w = image.shape[:2]
     keypoints, negatives = keypoints.copy(), negatives.copy()
@@ -70,6 +109,73 @@ def augment(image: np.ndarray, keypoints: np.ndarray, negatives: np.ndarray, mas
 
 
 def _flip_skeleton(kps: np.ndarray, width: int) -> np.ndarray:
+    """A skeleton mirrored in a crop of ``width`` pixels (x -> width - 1 - x, left and right joints swapped)."""
     flipped = kps[KEYPOINT_MIRROR].copy()
     flipped[:, 0] = width - 1 - flipped[:, 0]
     return flipped
+
+
+def bipo(items: Sequence[Sample], sources: Sequence[Sample], pids: Sequence[int], rng: np.random.Generator,
+         cfg: AugmentConfig) -> list[Sample]:
+    """KPR's batch-wise inter-person occlusion (BIPO) over a batch of augmented ``items``.
+
+    With probability ``cfg.bipo_p`` an item is occluded by the un-augmented ``sources[j]`` of another
+    identity (``pids``) of the batch that has a part mask: see ``occlude``. Probability 0 draws nothing.
+    """
+    if cfg.bipo_p <= 0:
+        return list(items)
+    out = []
+    for i, item in enumerate(items):
+        candidates = [j for j, source in enumerate(sources) if pids[j] != pids[i] and source[3] is not None]
+        if rng.random() >= cfg.bipo_p or not candidates:
+            out.append(item)
+            continue
+        occluder = sources[candidates[int(rng.integers(len(candidates)))]]
+        out.append(occlude(item, occluder, float(rng.uniform(*cfg.bipo_overlap)), rng))
+    return out
+
+
+def occlude(item: Sample, occluder: Sample, overlap: float, rng: np.random.Generator) -> Sample:
+    """``item`` with the person of ``occluder`` (its mask's foreground) pasted in front of it.
+
+    The occluder crop is resized to the item's size and shifted down (it stands closer to the camera)
+    and left or right so that its box covers ``overlap`` of the item's box. Under the pasted pixels the
+    part labels become background and the item's keypoints (target and negatives) lose their
+    confidence, as in the official BIPO; the occluder's keypoints that land on its pasted pixels become
+    one more negative skeleton (its other keypoints get confidence 0).
+    """
+    image, keypoints, negatives, mask = item
+    height, width = image.shape[:2]
+    o_image, o_keypoints, _, o_mask = occluder
+    sprite = cv2.resize(o_image, (width, height), interpolation=cv2.INTER_LINEAR)
+    shape = cv2.resize((o_mask > 0).astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
+    cover_x = rng.uniform(overlap, 1.0)
+    dy = round((1.0 - overlap / cover_x) * height)
+    dx = round((1.0 - cover_x) * width) * (1 if rng.random() < 0.5 else -1)
+    pasted = _shift(shape, dx, dy)
+    image = np.where(pasted[..., None], _shift(sprite, dx, dy), image)
+    mask = None if mask is None else np.where(pasted, 0, mask).astype(mask.dtype)
+    negative = o_keypoints.astype(np.float32).copy()
+    negative[:, 0] = (negative[:, 0] + 0.5) * width / o_image.shape[1] - 0.5 + dx
+    negative[:, 1] = (negative[:, 1] + 0.5) * height / o_image.shape[0] - 0.5 + dy
+    negative[~_on(negative, pasted), 2] = 0.0
+    keypoints, negatives = keypoints.copy(), negatives.copy()
+    keypoints[_on(keypoints, pasted), 2] = 0.0
+    negatives[_on(negatives, pasted), 2] = 0.0
+    return image, keypoints, np.concatenate([negatives, negative[None]]).astype(np.float32), mask
+
+
+def _shift(picture: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """``picture`` moved by (dx, dy) pixels within its own frame (uncovered pixels are 0)."""
+    height, width = picture.shape[:2]
+    moved = np.zeros_like(picture)
+    moved[dy:, max(dx, 0):width + min(dx, 0)] = picture[:height - dy, max(-dx, 0):width - max(dx, 0)]
+    return moved
+
+
+def _on(kps: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """Per keypoint of ``kps`` [..., 3]: whether its nearest pixel lies inside the crop and in ``region``."""
+    height, width = region.shape
+    x, y = np.round(kps[..., 0]), np.round(kps[..., 1])
+    inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
+    return inside & region[np.where(inside, y, 0).astype(int), np.where(inside, x, 0).astype(int)]

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kpr_model.distance import k_reciprocal_rerank
+
 
 @dataclass
 class RetrievalMetrics:
@@ -17,19 +19,22 @@ class RetrievalMetrics:
 
     @property
     def rank1(self) -> float:
+        """Fraction of valid queries whose first result is a true match."""
         return float(self.cmc[0]) if len(self.cmc) else 0.0
 
     def as_dict(self) -> dict:
+        """mAP, mINP, rank-1/5/10 and the number of valid queries as plain JSON values."""
         ranks = {f"rank{r}": float(self.cmc[r - 1]) for r in (1, 5, 10) if len(self.cmc) >= r}
         return {"map": self.map, "mINP": self.mINP, **ranks, "num_valid_queries": self.num_valid_queries}
 
 
 def evaluate_rankings(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray,
-                      g_camids: np.ndarray, max_rank: int = 50) -> RetrievalMetrics:
-    """CMC / mAP / mINP from a [Q, G] distance matrix.
+                      g_camids: np.ndarray, max_rank: int = 50, drop_same_camera: bool = True) -> RetrievalMetrics:
+    """CMC / mAP / mINP from a [Q, G] distance matrix (FastReID's / torchreid's ``eval_market1501``).
 
-    Market-1501 rule: for each query, gallery samples with the query's identity AND camera are
-    removed before ranking; queries with no remaining true match are skipped.
+    Market-1501 rule (``drop_same_camera``): for each query, gallery samples with the query's identity
+    AND camera are removed before ranking. Occluded-PoseTrack-ReID keeps them (drop_same_camera=False).
+    Queries with no remaining true match are skipped.
     """
     q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
     q_camids, g_camids = np.asarray(q_camids), np.asarray(g_camids)
@@ -37,16 +42,31 @@ def evaluate_rankings(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarra
     ranked_matches = []
     for i in range(distmat.shape[0]):
         ranked = order[i]
-        keep = ~((g_pids[ranked] == q_pids[i]) & (g_camids[ranked] == q_camids[i]))
-        ranked_matches.append(g_pids[ranked][keep] == q_pids[i])
+        same_id = g_pids[ranked] == q_pids[i]
+        keep = ~(same_id & (g_camids[ranked] == q_camids[i])) if drop_same_camera else np.ones(len(ranked), bool)
+        ranked_matches.append(same_id[keep])
     return metrics_from_matches(ranked_matches, max_rank)
+
+
+def evaluate_distances(q_g: np.ndarray, q_q: np.ndarray, g_g: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray,
+                       q_camids: np.ndarray, g_camids: np.ndarray, rerank: bool = False, max_rank: int = 50,
+                       drop_same_camera: bool = True) -> RetrievalMetrics:
+    """``evaluate_rankings`` of the query-gallery distances, k-reciprocally re-ranked first when ``rerank``.
+
+    Re-ranking (Zhong et al. 2017, default k1 20, k2 6, lambda 0.3) needs the query-query and
+    gallery-gallery distances too; they are ignored without it.
+    """
+    distances = k_reciprocal_rerank(q_g, q_q, g_g) if rerank else q_g
+    return evaluate_rankings(distances, q_pids, g_pids, q_camids, g_camids, max_rank, drop_same_camera)
 
 
 def metrics_from_matches(ranked_matches: list[np.ndarray], max_rank: int = 50) -> RetrievalMetrics:
     """CMC / mAP / mINP from each query's full ranked gallery as booleans (True = same identity).
 
     The rankings must already exclude the samples the protocol ignores; queries without any
-    true match are skipped, as in the literature.
+    true match are skipped, as in the literature. Per query: CMC(r) = 1 when a true match is within
+    the first r; AP = mean over the true matches of the precision at their rank; INP = number of true
+    matches / rank of the last one. Beyond a query's gallery size its CMC stays at 1.
     """
     cmc_sum = np.zeros(max_rank)
     aps, inps = [], []

@@ -18,7 +18,7 @@ from torch import nn
 from kpr_model.config import KPRConfig
 from kpr_model.losses import KPRLoss
 from kpr_model.model import KPR
-from training.augment import AugmentConfig, augment
+from training.augment import AugmentConfig, augment, bipo
 from training.pk_sampler import PKSampler
 from training.samples import LoadedSample, make_batch
 
@@ -163,6 +163,8 @@ def run_loop(
             progress = max(step / total_steps, elapsed / budget_s if budget_s else 0.0)
             _set_lr(optimizer, settings.lr, lr_factor(progress, warmup), fixbase)
             items = [augment(*samples[i].arrays(), rng, augment_config) for i in batch_indices]
+            items = bipo(items, [samples[i].arrays() for i in batch_indices], [labels[i] for i in batch_indices],
+                         rng, augment_config)
             images, prompts, part_labels = make_batch(items, config)
             targets = torch.tensor([labels[i] for i in batch_indices])
             output = trained(images.to(ctx.device), prompts.to(ctx.device))

@@ -6,6 +6,7 @@ workers (training/ray_train.py), then evaluates the final model and saves the pr
 """
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -81,8 +82,12 @@ class TrainConfig:
             raise TrainConfigError(f"unknown preset {self.preset!r} (known: {', '.join(PRESETS)})")
         if self.optimizer not in ("adam", "sgd"):
             raise TrainConfigError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        if not (self.lr > 0 and self.weight_decay >= 0 and self.warmup_epochs >= 0 and self.fixbase_epochs >= 0):
-            raise TrainConfigError("lr must be > 0; weight_decay, warmup_epochs and fixbase_epochs >= 0")
+        rates = (self.lr, self.weight_decay, self.warmup_epochs)
+        if not (all(math.isfinite(v) for v in rates) and self.lr > 0 and self.weight_decay >= 0
+                and self.warmup_epochs >= 0 and self.fixbase_epochs >= 0):
+            raise TrainConfigError("lr must be finite and > 0; weight_decay, warmup_epochs and fixbase_epochs finite and >= 0")
+        if (self.threads is not None and self.threads < 1) or self.seed < 0:
+            raise TrainConfigError("threads must be >= 1 (or unset) and seed >= 0")
         if self.workers < 0 or self.max_failures < -1:
             raise TrainConfigError("workers must be >= 0 (0 = no Ray) and max_failures >= -1 (-1 = no limit)")
         if self.max_minutes is not None and not self.max_minutes > 0:
@@ -94,7 +99,7 @@ class TrainConfig:
         if not isinstance(values, dict):
             raise TrainConfigError(f"a training config is a mapping of settings, got {type(values).__name__}")
         known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(values) - set(known))
+        unknown = sorted(map(str, set(values) - set(known)))
         if unknown:
             raise TrainConfigError(f"unknown training setting(s) {', '.join(map(str, unknown))}; known: {', '.join(known)}")
         for name in ("data_root", "out"):
@@ -107,17 +112,20 @@ class TrainConfig:
             if "augment" in values:
                 values["augment"] = AugmentConfig(**(values["augment"] or {}))
             return cls(**values)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise TrainConfigError(f"bad training config: {exc}") from exc
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "TrainConfig":
         """A config from a YAML file, with ``overrides`` (e.g. from the command line) applied on top."""
         try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         except OSError as exc:
             raise TrainConfigError(f"cannot read training config {path}: {exc.strerror or exc}") from exc
-        except yaml.YAMLError as exc:
+        except UnicodeDecodeError as exc:
+            raise TrainConfigError(f"training config {path} is not UTF-8 text") from exc
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:
+            # ValueError: well-formed YAML with an impossible value (a date such as 2001-02-30).
             raise TrainConfigError(f"training config {path} is not valid YAML: {exc}") from exc
         if not isinstance(loaded, dict):
             raise TrainConfigError(f"training config {path} must be a mapping of settings")
@@ -182,8 +190,12 @@ class LocalContext:
         return None
 
 
-def evaluate(model: KPR, config: KPRConfig, query: list[LoadedSample], gallery: list[LoadedSample]) -> dict:
-    """mAP / CMC of ``model`` on a query/gallery split, with prompts, using the product's part distance."""
+def evaluate(model: KPR, config: KPRConfig, query: list[LoadedSample], gallery: list[LoadedSample],
+             drop_same_camera: bool = True) -> dict:
+    """mAP / CMC / mINP of ``model`` on a query/gallery split, with prompts, using the product's part distance.
+
+    ``drop_same_camera``: the Market-1501 rule (False for datasets whose protocol keeps them).
+    """
     encoder = KPREncoder(model, config)
 
     def embed(items: list[LoadedSample]):
@@ -191,7 +203,8 @@ def evaluate(model: KPR, config: KPRConfig, query: list[LoadedSample], gallery: 
 
     distances = kpr_distance(embed(query), embed(gallery))
     metrics = evaluate_rankings(distances, np.array([s.pid for s in query]), np.array([s.pid for s in gallery]),
-                                np.array([s.camid for s in query]), np.array([s.camid for s in gallery]))
+                                np.array([s.camid for s in query]), np.array([s.camid for s in gallery]),
+                                drop_same_camera=drop_same_camera)
     return metrics.as_dict()
 
 
@@ -214,7 +227,8 @@ def finish(cfg: TrainConfig, result: LoopResult) -> dict:
     """Evaluate the trained model on the held-out split and save it as the project checkpoint at ``cfg.out``."""
     model = result.model.eval()
     metrics = evaluate(model, model.config, load_samples(load_dataset(cfg.dataset, cfg.data_root, "query")),
-                       load_samples(load_dataset(cfg.dataset, cfg.data_root, "gallery")))
+                       load_samples(load_dataset(cfg.dataset, cfg.data_root, "gallery")),
+                       drop_same_camera=dataset_spec(cfg.dataset).drop_same_camera)
     summary = {"steps": result.steps, "epochs_completed": result.epochs_completed, "train_s": result.train_s,
                "samples_per_s": result.samples_per_s, "workers": cfg.workers, "heldout": metrics,
                "last_losses": result.last_losses, "history": result.history,

@@ -16,7 +16,7 @@ import numpy as np
 from workers.decode import DecodedFrame
 from workers.detections import PersonDetection
 from workers.errors import AnnotationError
-from workers.json_input import float_array, read_json
+from workers.json_input import finite_number, float_array, read_json
 
 SIDECAR_FORMAT = "kpr-sidecar-v1"
 
@@ -47,7 +47,26 @@ def _parse_detection(raw: Any, where: str) -> PersonDetection:
     keypoints = float_array(raw.get("keypoints"), (17, 3), f"{where}: keypoints")
     keypoints[:, 2] = (keypoints[:, 2] >= 2).astype(np.float32)
     track = raw.get("track_id")
-    return PersonDetection(bbox, float(raw.get("score", 1.0)), keypoints, None if track is None else str(track))
+    score = finite_number(raw.get("score", 1.0), f"{where}: score")
+    return PersonDetection(bbox, score, keypoints, None if track is None else str(track))
+
+
+def _optional_number(data: dict, key: str, path: Path, positive: bool = False) -> float | None:
+    """``data[key]`` as a finite float (> 0 if ``positive``), or None when absent or null."""
+    if data.get(key) is None:
+        return None
+    value = finite_number(data[key], f"{path}: {key}")
+    if positive and value <= 0:
+        raise AnnotationError(f"{path}: {key} must be positive, got {value:g}")
+    return value
+
+
+def _frame_index(entry: Any, path: Path) -> int:
+    """The frame_index of a frame entry: a non-negative integer."""
+    value = entry.get("frame_index") if isinstance(entry, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise AnnotationError(f"{path}: every frame needs a frame_index >= 0, got {value!r:.60}")
+    return value
 
 
 def load_sidecar(path: str | Path) -> Sidecar:
@@ -56,18 +75,19 @@ def load_sidecar(path: str | Path) -> Sidecar:
     data = read_json(path, f"{path}: no sidecar annotation file (the annotations backend needs one per video)")
     if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
         raise AnnotationError(f"{path}: not a {SIDECAR_FORMAT} sidecar")
+    camera = data.get("camera_id")
+    if camera is not None and not isinstance(camera, str):
+        raise AnnotationError(f"{path}: camera_id must be a string, got {camera!r:.60}")
     frames: dict[int, list[PersonDetection]] = {}
     try:
         for entry in data.get("frames", []):
-            index = int(entry["frame_index"])
+            index = _frame_index(entry, path)
             frames[index] = [_parse_detection(d, f"{path} frame {index}") for d in entry.get("detections", [])]
         tracks = {str(k): str(v.get("identity", "")) for k, v in data.get("tracks", {}).items()}
-        start = data.get("start_time")
-        fps = data.get("fps")
-        return Sidecar(path, data.get("camera_id"), None if start is None else float(start),
-                       None if fps is None else float(fps), frames, tracks)
-    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+    except (TypeError, AttributeError) as exc:
         raise AnnotationError(f"{path}: malformed sidecar ({type(exc).__name__}: {exc})") from None
+    return Sidecar(path, camera, _optional_number(data, "start_time", path), _optional_number(data, "fps", path, True),
+                   frames, tracks)
 
 
 class AnnotationsBackend:

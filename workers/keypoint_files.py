@@ -11,7 +11,7 @@ import numpy as np
 
 from kpr_model.keypoints import COCO_KEYPOINTS, KEYPOINT_INDEX, NUM_KEYPOINTS
 from workers.errors import AnnotationError
-from workers.json_input import float_array, read_json
+from workers.json_input import finite_number, float_array, read_json
 
 MAX_NEGATIVES = 100
 _CLICK_KEYS = {"positive", "negative"}
@@ -34,10 +34,7 @@ def _list(value: Any, what: str) -> list:
 
 def _coordinate(point: dict, axis: str, what: str) -> float:
     """The finite number ``point[axis]``."""
-    value = point.get(axis)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
-        raise AnnotationError(f"{what}: {axis} must be a finite number, got {value!r}")
-    return float(value)
+    return finite_number(point.get(axis), f"{what}: {axis}")
 
 
 def _joint(value: Any, what: str) -> int:

@@ -36,9 +36,11 @@ def no_negatives() -> np.ndarray:
 
 
 def _skeleton(raw: Any, path: Path) -> np.ndarray:
+    """The finite [17, 3] keypoints of one skeleton object of a keypoints file."""
     try:
-        array = np.asarray(raw["keypoints"], dtype=np.float32).reshape(17, 3)
-    except (KeyError, TypeError, ValueError):
+        with np.errstate(over="ignore", invalid="ignore"):  # too large for float32 becomes inf, refused below
+            array = np.asarray(raw["keypoints"], dtype=np.float32).reshape(17, 3)
+    except (KeyError, TypeError, ValueError, OverflowError, RecursionError):
         raise DatasetError(f"{path}: a skeleton needs 'keypoints' with 17 [x, y, c] values") from None
     if not np.all(np.isfinite(array)):
         raise DatasetError(f"{path}: keypoints must be finite numbers")
@@ -53,7 +55,7 @@ def read_keypoints_file(path: Path) -> tuple[np.ndarray | None, np.ndarray]:
     """
     try:
         skeletons = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, ValueError, RecursionError) as error:  # ValueError: bad JSON, bad UTF-8, a 5000-digit number
         raise DatasetError(f"cannot read keypoints file {path}: {error}") from None
     if isinstance(skeletons, dict):
         skeletons = [{**skeletons, "is_target": True}]
