@@ -288,6 +288,71 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if report["cross_camera_top1"] > report["chance_top1"] else EXIT_PARTIAL
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import time
+
+    from kpr_model.encoder import KPREncoder
+    from pipelines.bench_report import write_report
+    from training.benchmark import SplitData, run_benchmark
+    from training.omz_baseline import OmzReIDModel
+
+    datasets = [_name_equals(text, "--data", "NAME=ROOT") for text in args.data]
+    baseline_pairs = [_name_equals(text, "--baseline", "NAME=ONNX") for text in args.baseline or []]
+    baselines = dict(baseline_pairs)
+    names = [name.lower() for name, _ in datasets]
+    if len(set(names)) < len(names):
+        raise UserError("give each dataset name once in --data (the report files are named after it)")
+    if len(baselines) < len(baseline_pairs) or set(baselines) & {"prompt", "no_prompt", "global"}:
+        raise UserError("give each --baseline a name of its own, other than prompt, no_prompt and global")
+    started = time.perf_counter()
+    encoder = KPREncoder.from_checkpoint(args.model)
+    encoders = {name: OmzReIDModel(path).embed for name, path in baselines.items()}
+    splits = [SplitData.load(name, root) for name, root in datasets]
+    benchmarks = []
+    for data in splits:
+        print(f"benchmarking {data.name}: {len(data.query)} queries, {len(data.gallery)} gallery crops", file=sys.stderr)
+        benchmarks.append(run_benchmark(data, encoder, args.modes, encoders, args.rerank, args.top_k, args.queries_shown))
+    meta = {"model": str(args.model), "model_id": encoder.model_id, "modes": list(args.modes), "baselines": baselines,
+            "rerank": args.rerank, "wall_s": round(time.perf_counter() - started, 1), "command": _bench_command(args),
+            "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    written = write_report(args.out, benchmarks, meta)
+    for bench in benchmarks:
+        for name, result in bench.results.items():
+            print(f"{bench.data.name:<16} {name:<20} mAP {result.metrics.map:.3f}  rank-1 {result.metrics.rank1:.3f}  "
+                  f"mINP {result.metrics.mINP:.3f}")
+    print(f"wrote {', '.join(str(p) for p in written.values())}", file=sys.stderr)
+    return 0
+
+
+def _bench_command(args: argparse.Namespace) -> str:
+    """The `kpr bench` command line that reproduces ``args`` (recorded in the report)."""
+    import shlex
+
+    return shlex.join(["kpr", "bench", "--model", str(args.model), *(x for d in args.data for x in ("--data", d)),
+                       "--out", str(args.out), "--modes", ",".join(args.modes),
+                       *(x for b in args.baseline or [] for x in ("--baseline", b)), *(["--rerank"] if args.rerank else []),
+                       "--top-k", str(args.top_k), "--queries-shown", str(args.queries_shown)])
+
+
+def _name_equals(text: str, option: str, form: str) -> tuple[str, str]:
+    """NAME and VALUE of a NAME=VALUE option value; UserError naming the option otherwise."""
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value:
+        raise UserError(f"{option} takes {form}, got {text!r}")
+    return name, value
+
+
+def _bench_modes(text: str) -> tuple[str, ...]:
+    """The comma-separated benchmark modes of --modes, each known and given once."""
+    from training.benchmark import MODES
+
+    modes = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in modes if m not in MODES]
+    if not modes or unknown or len(set(modes)) < len(modes):
+        raise argparse.ArgumentTypeError(f"expected distinct modes among {','.join(MODES)}, got {text!r}")
+    return modes
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kpr", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -408,6 +473,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cap on training time; training stops early if it is reached (default 8)")
     p.add_argument("--quick", action="store_true", help="a much smaller world and training, for smoke tests")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "bench", help="benchmark a checkpoint: with prompts, without prompts, global embedding only, and baselines",
+        description="Evaluates a KPR checkpoint on the query/gallery split of each --data dataset in three modes:\n"
+                    "prompt (the dataset's target and negative keypoints as prompts, KPR part distance), no_prompt\n"
+                    "(no keypoints, KPR part distance) and global (the holistic embedding of the un-prompted pass\n"
+                    "alone), plus each --baseline global ReID model. Reports mAP, CMC rank-1/5/10 and mINP with the\n"
+                    "dataset's own camera rule, and writes benchmark.json, benchmark.md, cmc_<dataset>.png and\n"
+                    "ranking_<dataset>.html (query, top-k, part heatmaps, per-part visibility and distances) to --out.",
+        epilog="Example:\n  kpr bench --model ckpt --data synthetic=crops --data occluded_duke=/data --out report \\\n"
+               "      --baseline omz_0248=../shared/data/models/person-reidentification-retail-0248.onnx",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, type=Path, help="KPR checkpoint folder (from `kpr train`)")
+    p.add_argument("--data", required=True, action="append", metavar="NAME=ROOT",
+                   help="dataset name (synthetic, market1501, occluded_duke, occluded_reid, partial_reid, "
+                        "occ_posetrack21) and its folder; repeatable")
+    p.add_argument("--out", required=True, type=Path, help="folder for the report files")
+    p.add_argument("--modes", type=_bench_modes, default=("prompt", "no_prompt", "global"),
+                   help="comma-separated modes among prompt,no_prompt,global (default all three)")
+    p.add_argument("--baseline", action="append", metavar="NAME=ONNX",
+                   help="also score an Open Model Zoo-style global ReID ONNX model (NHWC BGR 0..255 input, one "
+                        "embedding output, cosine), e.g. person-reidentification-retail-0248; repeatable")
+    p.add_argument("--rerank", action="store_true",
+                   help="also report every method after k-reciprocal re-ranking (as <method>+rerank)")
+    p.add_argument("--top-k", type=_positive(int), default=10, help="gallery crops shown per query (default 10)")
+    p.add_argument("--queries-shown", type=_non_negative(int), default=20,
+                   help="queries on the ranking page, spread over the query list (default 20)")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

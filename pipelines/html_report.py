@@ -12,7 +12,8 @@ import numpy as np
 
 from storage import SearchHit
 
-_STYLE = """
+# Shared by every self-contained page of the project (search results here, benchmark rankings in bench_report).
+PAGE_STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}
 h1{font-size:1.4em} h2{font-size:1.05em;margin:1.2em 0 .4em}
 .row{display:flex;gap:8px;align-items:flex-start;flex-wrap:wrap}
@@ -80,7 +81,7 @@ def write_results_html(path: str | Path, title: str, sections: Sequence[ResultSe
     """Write a page with a summary table (optional) and one row of thumbnails per query."""
     rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in (summary or {}).items())
     body = f"<h1>{html.escape(title)}</h1>" + (f"<table>{rows}</table>" if rows else "") + "".join(map(_section, sections))
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>{body}</body></html>"
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{PAGE_STYLE}</style></head><body>{body}</body></html>"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page)

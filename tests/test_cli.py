@@ -21,7 +21,7 @@ def test_help_lists_every_command(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--help"])
     text = capsys.readouterr().out
-    for command in ("ingest", "search", "maintain", "serve", "synth", "train", "demo"):
+    for command in ("ingest", "search", "maintain", "serve", "synth", "train", "bench", "demo"):
         assert command in text
 
 

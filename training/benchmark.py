@@ -1,0 +1,281 @@
+"""Benchmark of a KPR checkpoint on a ReID query/gallery split, in the paper's three modes, plus outside baselines.
+
+Modes: ``prompt`` (the dataset's target keypoints and negative keypoints as prompts, KPR part
+distance), ``no_prompt`` (no keypoints, KPR part distance) and ``global`` (the holistic embedding of
+the un-prompted pass alone). Any global encoder (crops -> vectors, e.g. ``training.omz_baseline``)
+is scored like ``global``. Distances come from ``kpr_model.distance``, metrics from
+``training.evaluation``, with the dataset's own same-camera rule (``DATASETS[name].drop_same_camera``).
+"""
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from kpr_model.distance import ReIDEmbeddings, k_reciprocal_rerank, kpr_distance, part_distance, per_part_distances
+from kpr_model.encoder import KPREncoder, prepare_crops
+from kpr_model.keypoints import group_names
+from training.datasets import DatasetError, dataset_spec, load_dataset
+from training.datasets.common import require_file
+from training.evaluation import RetrievalMetrics, chance_metrics, metrics_from_matches
+from training.samples import LoadedSample, load_samples
+
+MODES: tuple[str, ...] = ("prompt", "no_prompt", "global")
+RERANKED = "+rerank"
+
+GlobalEncoder = Callable[[Sequence[np.ndarray]], np.ndarray]
+"""RGB uint8 person crops -> one embedding per crop [N, D] (a global ReID model such as the OMZ baseline)."""
+
+
+@dataclass
+class SplitData:
+    """A dataset's query and gallery crops in memory (and their image files), and whether its protocol ignores
+    same-camera matches."""
+
+    name: str
+    root: str
+    query: list[LoadedSample]
+    gallery: list[LoadedSample]
+    drop_same_camera: bool
+    query_paths: list[Path] = field(default_factory=list)
+    gallery_paths: list[Path] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, name: str, root: str) -> "SplitData":
+        """The query and gallery splits of dataset ``name`` under ``root`` (DatasetError when unusable)."""
+        spec = dataset_spec(name)
+        query, gallery = (load_dataset(name, root, split) for split in ("query", "gallery"))
+        if not query or not gallery:
+            raise DatasetError(f"{name} at {root} has an empty query or gallery split")
+        return cls(name.lower(), str(root), load_samples(query), load_samples(gallery), spec.drop_same_camera,
+                   [s.image_path for s in query], [s.image_path for s in gallery])
+
+    def labels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Query pids, gallery pids, query camera ids, gallery camera ids."""
+        return (np.array([s.pid for s in self.query]), np.array([s.pid for s in self.gallery]),
+                np.array([s.camid for s in self.query]), np.array([s.camid for s in self.gallery]))
+
+
+@dataclass
+class MethodResult:
+    """One method on one split: distances [Q, G], each query's protocol ranking, metrics and the chance floor.
+
+    ``query_ap`` and ``query_rank1`` hold each query's own AP and rank-1 hit (NaN without a valid match),
+    for paired comparisons of methods. ``embeddings`` (query, gallery) are kept for the KPR part-based
+    modes (the report shows their parts).
+    """
+
+    name: str
+    distances: np.ndarray
+    rankings: list[np.ndarray]
+    metrics: RetrievalMetrics
+    chance: dict
+    query_ap: np.ndarray
+    query_rank1: np.ndarray
+    embeddings: tuple[ReIDEmbeddings, ReIDEmbeddings] | None = None
+
+    def summary(self) -> dict:
+        """JSON-able figures: mAP, mINP, rank-1/5/10, valid queries, the CMC curve, the chance floor, per-query AP/rank-1."""
+        def listed(values: np.ndarray) -> list[float | None]:
+            return [None if np.isnan(v) else round(float(v), 4) for v in values]
+
+        return {**self.metrics.as_dict(), "cmc": [round(float(v), 6) for v in self.metrics.cmc],
+                "chance_rank1": self.chance["rank1"], "chance_map": self.chance["map"],
+                "query_ap": listed(self.query_ap), "query_rank1": listed(self.query_rank1)}
+
+
+@dataclass
+class RankingExample:
+    """What the ranking page shows for one query of ``mode``: its top-k and their parts.
+
+    ``gallery`` holds the shown gallery indices in rank order; ``part_maps`` [1 + k, K, h, w] and
+    ``visibility`` [1 + k, K] are the query's then each shown crop's; ``part_distances`` [k, K] is NaN
+    where a part is not visible in both; ``first_match`` is the 1-based rank of the first true match
+    under every method (None when the query has no valid match).
+    """
+
+    mode: str
+    query: int
+    gallery: np.ndarray
+    distances: np.ndarray
+    correct: np.ndarray
+    part_maps: np.ndarray
+    visibility: np.ndarray
+    part_distances: np.ndarray
+    first_match: dict[str, int | None]
+
+
+def protocol_rankings(distances: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray,
+                      g_camids: np.ndarray, drop_same_camera: bool) -> list[np.ndarray]:
+    """Each query's gallery indices from nearest to farthest, without the samples the protocol ignores.
+
+    With ``drop_same_camera`` (the Market-1501 rule) the gallery samples of the query's identity seen
+    by the query's camera are left out; otherwise every gallery sample is ranked.
+    """
+    order = np.argsort(distances, axis=1, kind="stable")
+    if not drop_same_camera:
+        return list(order)
+    return [row[~((g_pids[row] == q_pids[i]) & (g_camids[row] == q_camids[i]))] for i, row in enumerate(order)]
+
+
+def score(name: str, distances: np.ndarray, data: SplitData,
+          embeddings: tuple[ReIDEmbeddings, ReIDEmbeddings] | None = None) -> MethodResult:
+    """Rankings, metrics and chance floor of a [Q, G] distance matrix under ``data``'s protocol."""
+    q_pids, g_pids, q_camids, g_camids = data.labels()
+    rankings = protocol_rankings(distances, q_pids, g_pids, q_camids, g_camids, data.drop_same_camera)
+    matches = [g_pids[row] == q_pids[i] for i, row in enumerate(rankings)]
+    each = [metrics_from_matches([m]) if m.any() else None for m in matches]
+    query_ap = np.array([m.map if m else np.nan for m in each])
+    query_rank1 = np.array([m.rank1 if m else np.nan for m in each])
+    return MethodResult(name, distances, rankings, metrics_from_matches(matches), chance_metrics(matches), query_ap,
+                        query_rank1, embeddings)
+
+
+def leave_one_out(distances: np.ndarray, pids: Sequence[int]) -> RetrievalMetrics:
+    """Metrics when each of N crops queries the N - 1 others, from an [N, N] distance matrix.
+
+    Giving each crop its own camera makes the Market-1501 rule drop exactly the query itself.
+    """
+    pids, own = np.asarray(pids), np.arange(len(pids))
+    rankings = protocol_rankings(distances, pids, pids, own, own, drop_same_camera=True)
+    return metrics_from_matches([pids[row] == pids[i] for i, row in enumerate(rankings)])
+
+
+def read_crop_list(csv_path: str | Path) -> tuple[list[np.ndarray], np.ndarray]:
+    """RGB crops and person ids listed by a CSV with ``file`` and ``person_id`` columns, image files beside it.
+
+    That is the layout of the shared real crops (``reid/one_by_one_crops/crops.csv``); DatasetError when unusable.
+    """
+    csv_path = require_file(Path(csv_path), "crop list")
+    with csv_path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or not {"file", "person_id"} <= set(rows[0]):
+        raise DatasetError(f"{csv_path}: expected a header with file and person_id and at least one row")
+    crops = []
+    for row in rows:
+        pixels = cv2.imread(str(csv_path.parent / row["file"]), cv2.IMREAD_COLOR)
+        if pixels is None:
+            raise DatasetError(f"cannot read image {csv_path.parent / row['file']} listed in {csv_path}")
+        crops.append(cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB))
+    return crops, np.array([int(row["person_id"]) for row in rows])
+
+
+def global_distance(query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+    """Euclidean distance [Q, G] between one vector per crop: the KPR distance with a single, always visible part.
+
+    On L2-normalised vectors it ranks exactly as cosine similarity does.
+    """
+    return part_distance(query[:, None].astype(np.float32), np.ones((len(query), 1), np.float32),
+                         gallery[:, None].astype(np.float32), np.ones((len(gallery), 1), np.float32)).numpy()
+
+
+def _prompts(samples: Sequence[LoadedSample], prompted: bool) -> tuple[list | None, list | None]:
+    """Target and negative keypoints of ``samples`` for the encoder, or (None, None) without prompts."""
+    if not prompted:
+        return None, None
+    return [s.keypoints for s in samples], [s.negatives for s in samples]
+
+
+def kpr_embeddings(encoder: KPREncoder, samples: Sequence[LoadedSample], prompted: bool) -> ReIDEmbeddings:
+    """KPR embeddings of ``samples``, prompted by their keypoints and negatives or not prompted at all."""
+    return encoder.embed([s.image for s in samples], *_prompts(samples, prompted))
+
+
+@torch.inference_mode()
+def part_attention_maps(encoder: KPREncoder, samples: Sequence[LoadedSample], prompted: bool) -> np.ndarray:
+    """The K part attention maps [N, K, h, w] (softmax probabilities at feature resolution) of each sample."""
+    images, prompts = prepare_crops([s.image for s in samples], *_prompts(samples, prompted), encoder.config)
+    output = encoder.model.eval()(images.to(encoder.device), prompts.to(encoder.device))
+    return output.part_maps[:, 1:].float().cpu().numpy()
+
+
+def _with_rerank(name: str, distance: Callable[[object, object], np.ndarray], query, gallery, data: SplitData,
+                 rerank: bool, keep: bool) -> list[MethodResult]:
+    """The method scored on ``distance``, and also after k-reciprocal re-ranking when ``rerank``."""
+    embeddings = (query, gallery) if keep else None
+    results = [score(name, distance(query, gallery), data, embeddings)]
+    if rerank:
+        reranked = k_reciprocal_rerank(results[0].distances, distance(query, query), distance(gallery, gallery))
+        results.append(score(name + RERANKED, reranked, data))
+    return results
+
+
+def benchmark_split(data: SplitData, encoder: KPREncoder | None, modes: Sequence[str] = MODES,
+                    baselines: Mapping[str, GlobalEncoder] | None = None, rerank: bool = False) -> dict[str, MethodResult]:
+    """Every requested KPR mode (needs ``encoder``) and every baseline on ``data``, by method name, in order.
+
+    With ``rerank`` each method also appears as "<name>+rerank" after k-reciprocal re-ranking.
+    """
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or (modes and encoder is None):
+        raise ValueError(f"modes must be among {MODES} (and need an encoder), got {list(modes)}")
+    results: list[MethodResult] = []
+    unprompted = None
+    for mode in modes:
+        if mode == "prompt":
+            query, gallery = (kpr_embeddings(encoder, s, True) for s in (data.query, data.gallery))
+            results += _with_rerank(mode, kpr_distance, query, gallery, data, rerank, keep=True)
+            continue
+        if unprompted is None:
+            unprompted = tuple(kpr_embeddings(encoder, s, False) for s in (data.query, data.gallery))
+        if mode == "no_prompt":
+            results += _with_rerank(mode, kpr_distance, *unprompted, data, rerank, keep=True)
+        else:
+            results += _with_rerank(mode, global_distance, *(e.global_emb for e in unprompted), data, rerank, keep=False)
+    for name, encode in (baselines or {}).items():
+        query, gallery = (encode([s.image for s in samples]) for samples in (data.query, data.gallery))
+        results += _with_rerank(name, global_distance, query, gallery, data, rerank, keep=False)
+    return {r.name: r for r in results}
+
+
+def first_match_rank(result: MethodResult, data: SplitData, query: int) -> int | None:
+    """1-based rank of the first true match of ``query`` under ``result`` (None when it has none)."""
+    q_pids, g_pids, _, _ = data.labels()
+    hits = np.flatnonzero(g_pids[result.rankings[query]] == q_pids[query])
+    return int(hits[0]) + 1 if len(hits) else None
+
+
+def ranking_examples(data: SplitData, results: Mapping[str, MethodResult], encoder: KPREncoder, mode: str,
+                     top_k: int = 10, count: int = 20) -> list[RankingExample]:
+    """Up to ``count`` queries spread evenly over the query list, with their top-k under KPR ``mode``."""
+    result = results[mode]
+    if result.embeddings is None:
+        raise ValueError(f"{mode!r} is not a part-based KPR mode; ranking examples need one of prompt, no_prompt")
+    query_emb, gallery_emb = result.embeddings
+    q_pids, g_pids, _, _ = data.labels()
+    examples = []
+    for i in np.unique(np.linspace(0, len(data.query) - 1, max(1, count)).round().astype(int)):
+        shown = result.rankings[i][:top_k]
+        maps = part_attention_maps(encoder, [data.query[i], *(data.gallery[j] for j in shown)], mode == "prompt")
+        examples.append(RankingExample(
+            mode, int(i), shown, result.distances[i, shown], g_pids[shown] == q_pids[i], maps,
+            np.concatenate([query_emb.visibility[i:i + 1], gallery_emb.visibility[shown]]),
+            per_part_distances(query_emb.select([i]), gallery_emb.select(shown)),
+            {name: first_match_rank(r, data, int(i)) for name, r in results.items()}))
+    return examples
+
+
+@dataclass
+class DatasetBenchmark:
+    """Everything a report needs about one dataset: the split, every method's result, ranking examples, part names."""
+
+    data: SplitData
+    results: dict[str, MethodResult]
+    examples: list[RankingExample]
+    part_names: tuple[str, ...]
+
+
+def run_benchmark(data: SplitData, encoder: KPREncoder, modes: Sequence[str] = MODES,
+                  baselines: Mapping[str, GlobalEncoder] | None = None, rerank: bool = False, top_k: int = 10,
+                  queries_shown: int = 20) -> DatasetBenchmark:
+    """``benchmark_split`` plus ranking examples under the first part-based mode asked for (prompt, no_prompt)."""
+    results = benchmark_split(data, encoder, modes, baselines, rerank)
+    shown_mode = next((m for m in modes if m != "global"), None)
+    examples = (ranking_examples(data, results, encoder, shown_mode, top_k, queries_shown)
+                if shown_mode and queries_shown > 0 else [])
+    return DatasetBenchmark(data, results, examples, group_names(encoder.config.part_grouping))
