@@ -289,38 +289,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    import time
-
-    from kpr_model.encoder import KPREncoder
-    from pipelines.bench_report import write_report
-    from training.benchmark import SplitData, run_benchmark
-    from training.omz_baseline import OmzReIDModel
+    from pipelines.benchmarking import benchmark_checkpoint
 
     datasets = [_name_equals(text, "--data", "NAME=ROOT") for text in args.data]
     baseline_pairs = [_name_equals(text, "--baseline", "NAME=ONNX") for text in args.baseline or []]
-    baselines = dict(baseline_pairs)
     names = [name.lower() for name, _ in datasets]
     if len(set(names)) < len(names):
         raise UserError("give each dataset name once in --data (the report files are named after it)")
-    if len(baselines) < len(baseline_pairs) or set(baselines) & {"prompt", "no_prompt", "global"}:
-        raise UserError("give each --baseline a name of its own, other than prompt, no_prompt and global")
-    started = time.perf_counter()
-    encoder = KPREncoder.from_checkpoint(args.model)
-    encoders = {name: OmzReIDModel(path).embed for name, path in baselines.items()}
-    splits = [SplitData.load(name, root) for name, root in datasets]
-    benchmarks = []
-    for data in splits:
-        print(f"benchmarking {data.name}: {len(data.query)} queries, {len(data.gallery)} gallery crops", file=sys.stderr)
-        benchmarks.append(run_benchmark(data, encoder, args.modes, encoders, args.rerank, args.top_k, args.queries_shown))
-    meta = {"model": str(args.model), "model_id": encoder.model_id, "modes": list(args.modes), "baselines": baselines,
-            "rerank": args.rerank, "wall_s": round(time.perf_counter() - started, 1), "command": _bench_command(args),
-            "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-    written = write_report(args.out, benchmarks, meta)
-    for bench in benchmarks:
-        for name, result in bench.results.items():
-            print(f"{bench.data.name:<16} {name:<20} mAP {result.metrics.map:.3f}  rank-1 {result.metrics.rank1:.3f}  "
-                  f"mINP {result.metrics.mINP:.3f}")
-    print(f"wrote {', '.join(str(p) for p in written.values())}", file=sys.stderr)
+    baselines = dict(baseline_pairs)
+    if len(baselines) < len(baseline_pairs):
+        raise UserError("give each --baseline a name of its own")
+    report = benchmark_checkpoint(str(args.model), dict(datasets), str(args.out), modes=args.modes, baselines=baselines,
+                                  rerank=args.rerank, top_k=args.top_k, queries_shown=args.queries_shown,
+                                  command=_bench_command(args))
+    for line in report["lines"]:
+        print(line)
+    print(f"wrote {', '.join(report['written'])}", file=sys.stderr)
     return 0
 
 

@@ -1,11 +1,14 @@
-"""Prefect flow: KPR training as an operator schedules it. Orchestration only; the loop lives in training/."""
+"""Prefect flows: KPR training and benchmarking as an operator schedules them. Orchestration only."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from pipelines.benchmarking import benchmark_checkpoint
+from training.benchmark import MODES
 from training.train import TrainConfig, train
 from workers.ray_stages import ensure_ray
 
@@ -47,3 +50,21 @@ def train_kpr(config: str | None = None, overrides: dict[str, Any] | None = None
     get_run_logger().info("held-out mAP %.3f, rank-1 %.3f", result["heldout"]["map"], result["heldout"]["rank1"])
     create_markdown_artifact(training_report(result), key="training-report", description="KPR training report")
     return {k: v for k, v in result.items() if k != "history"}
+
+
+@task(name="benchmark-kpr")
+def run_benchmark_task(model: str, datasets: dict[str, str], out: str, modes: list[str], baselines: dict[str, str],
+                       rerank: bool) -> dict:
+    """Evaluate the checkpoint and write the report files into ``out``."""
+    return benchmark_checkpoint(model, datasets, out, modes=modes, baselines=baselines, rerank=rerank,
+                                command=f"prefect flow benchmark-kpr (model={model})")
+
+
+@flow(name="benchmark-kpr")
+def benchmark_kpr(model: str, datasets: dict[str, str], out: str, modes: list[str] | None = None,
+                  baselines: dict[str, str] | None = None, rerank: bool = False) -> dict:
+    """Benchmark checkpoint ``model`` on ``datasets`` (name -> root) like `kpr bench`; the Markdown report becomes an artifact."""
+    report = run_benchmark_task(model, datasets, out, list(modes or MODES), dict(baselines or {}), rerank)
+    create_markdown_artifact((Path(out) / "benchmark.md").read_text(), key="benchmark-report",
+                             description="KPR benchmark report")
+    return report

@@ -123,7 +123,7 @@ def test_leave_one_out_never_counts_the_query_itself():
     (["--model", "{ckpt}", "--data", "synthetic"], "--data takes NAME=ROOT"),
     (["--model", "{ckpt}", "--data", "synthetic={crops}", "--baseline", "omz={tmp}/x.onnx"], "model not found"),
     (["--model", "{ckpt}", "--data", "synthetic={crops}", "--modes", "prompt,parts"], "expected distinct modes"),
-    (["--model", "{ckpt}", "--data", "synthetic={crops}", "--baseline", "global={tmp}/x.onnx"], "a name of its own"),
+    (["--model", "{ckpt}", "--data", "synthetic={crops}", "--baseline", "global={tmp}/x.onnx"], "must differ from the KPR modes"),
 ])
 def test_bench_user_mistakes_are_one_line_and_exit_2(argv, expected, crops, tiny_checkpoint, tmp_path, capsys):
     values = {"tmp": tmp_path, "crops": crops, "ckpt": tiny_checkpoint}
@@ -145,3 +145,17 @@ def test_omz_baseline_ranks_the_same_real_person_first(shared_data, model_file):
     # The shared README measured same-person >= 0.94 and different-person <= 0.65 (0248) / 0.75 (0287);
     # with this BGR, bilinear-resize input we measure 0.932 / 0.648 (0248) and 0.944 / 0.741 (0287).
     assert cosine[same].min() > 0.92 and cosine[~same].max() < 0.76
+
+
+@pytest.mark.integration
+def test_benchmark_flow_writes_the_report_and_its_artifact(crops, tiny_checkpoint, tmp_path):
+    from prefect.artifacts import Artifact
+
+    from pipelines.training_flows import benchmark_kpr
+
+    out = tmp_path / "flow_report"
+    report = benchmark_kpr(str(tiny_checkpoint), {"synthetic": str(crops)}, str(out), modes=["global"])
+    assert (out / "benchmark.json").is_file() and (out / "cmc_synthetic.png").is_file()
+    assert report["meta"]["modes"] == ["global"] and any("global" in line for line in report["lines"])
+    artifact = Artifact.get("benchmark-report")
+    assert artifact is not None and "| global |" in artifact.data

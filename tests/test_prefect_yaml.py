@@ -19,7 +19,8 @@ def _load_flow(entrypoint: str) -> Flow:
     return getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
 
 
-EXPECTED_FLOWS = {"ingest-archive-nightly": "ingest-archive", "train-kpr-weekly": "train-kpr"}
+EXPECTED_FLOWS = {"ingest-archive-nightly": "ingest-archive", "train-kpr-weekly": "train-kpr",
+                  "benchmark-kpr-weekly": "benchmark-kpr"}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_FLOWS))
