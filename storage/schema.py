@@ -84,12 +84,13 @@ def videos_schema() -> pa.Schema:
 
 
 def check_version(schema: pa.Schema, table: str, uri: str) -> None:
-    """Raise StoreError unless ``schema`` carries this code's SCHEMA_VERSION."""
-    found = (schema.metadata or {}).get(VERSION_KEY, b"<none>").decode()
-    if found != str(SCHEMA_VERSION):
+    """Raise StoreError unless ``schema`` carries this code's SCHEMA_VERSION (the store refuses data it cannot read right)."""
+    found = (schema.metadata or {}).get(VERSION_KEY)
+    if found != str(SCHEMA_VERSION).encode():
+        written = "no schema version" if found is None else f"schema version {' '.join(found.decode(errors='replace').split())}"
         raise StoreError(
-            f"store at {uri}: table '{table}' has schema version {found}, this code reads version "
-            f"{SCHEMA_VERSION}; migrate the store or use a new store location"
+            f"store at {uri}: table '{table}' has {written}, this code reads version {SCHEMA_VERSION}; "
+            f"open it with the release that wrote it, or ingest into a new store location"
         )
 
 

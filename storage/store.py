@@ -1,13 +1,16 @@
 """LanceDB-backed store of detections and video ingestion status, written once per video, idempotently."""
 from __future__ import annotations
 
+import json
+import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import lancedb
-from lancedb.index import Bitmap, BTree, IvfPq
+from lancedb.index import Bitmap, BTree, IvfHnswSq, IvfPq
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,6 +32,31 @@ _REQUIRED_VIDEO_KEYS = ("video_id", "uri", "camera_id", "model_id")
 _ID_BATCH = 1000
 _OPEN_ATTEMPTS = 8
 
+# Scalar indexes of the detections table: key lookups, video rewrites, tracklets, camera/time filters.
+_SCALAR_INDEXES = (("detection_id", BTree), ("video_id", BTree), ("track_id", BTree), ("timestamp", BTree),
+                   ("camera_id", Bitmap))
+# Field metadata of the `vector` column that records how its ANN index was built (and on how many rows).
+VECTOR_INDEX_KEY = "kpr:vector_index"
+VECTOR_INDEX_TYPES = ("IVF_PQ", "IVF_HNSW_SQ")
+# Chosen by bench/search_bench.py at 1M rows, D=128 (see bench/README.md): IVF_PQ with D/4 sub-vectors
+# beat D/8 on recall and IVF_HNSW_SQ on latency and build time.
+DEFAULT_VECTOR_INDEX = "IVF_PQ"
+DEFAULT_NPROBES = 10
+DEFAULT_MAX_NPROBES = 200
+DEFAULT_REFINE_FACTOR = 2
+DEFAULT_FLAT_MAX_ROWS = 50_000
+# An index trained on n rows is retrained once the table holds this many times n (IVF partitions ~ sqrt(rows)).
+_RETRAIN_GROWTH = 2.0
+_ROWS_PER_PARTITION = 256
+# "Keep every old version": an age no version of a store can reach.
+_KEEP_ALL_VERSIONS = timedelta(days=365_000)
+# Field metadata declaring a table's key column. Without it, two writers that merge_insert the same new
+# key at the same time both insert it (Lance sees no conflict between two appends); with it, the later
+# commit conflicts and its merge is retried, so it updates the row instead of storing it twice.
+_PRIMARY_KEY = {"lance-schema:unenforced-primary-key": "true"}
+LIST_COLUMNS = ("detection_id", "video_id", "camera_id", "frame_index", "timestamp", "track_id", "bbox",
+                "det_score", "thumbnail")
+
 
 def _table_names(db: lancedb.DBConnection) -> set[str]:
     """All table names of a connection, following list_tables pagination."""
@@ -46,18 +74,38 @@ def _open_table(db: lancedb.DBConnection, name: str, schema: pa.Schema | None = 
     """Open table ``name``, or create it with ``schema`` when missing (None when missing and no schema).
 
     Another process may be creating the same table at this moment: its folder is then listed
-    before its first commit can be opened, so a failed open/create is retried briefly.
+    before its first commit can be opened, so a failed open/create is retried briefly. A folder
+    still without a committed version after that is what a creation killed before its first
+    commit leaves (it holds no data), so it counts as missing: the table is created over it.
     """
     for attempt in range(_OPEN_ATTEMPTS):
+        last = attempt == _OPEN_ATTEMPTS - 1
         try:
             if name in _table_names(db):
-                return db.open_table(name)
+                try:
+                    return db.open_table(name)
+                except ValueError:  # LanceDB's "table not found": the folder has no committed version
+                    if not last:
+                        raise
             return None if schema is None else db.create_table(name, schema=schema, exist_ok=True)
         except (ValueError, OSError, RuntimeError):
-            if attempt == _OPEN_ATTEMPTS - 1:
+            if last:
                 raise
             time.sleep(0.05 * (attempt + 1))
     return None
+
+
+def _keyed(schema: pa.Schema, key: str) -> pa.Schema:
+    """``schema`` with column ``key`` declared as the table's primary key (see _PRIMARY_KEY)."""
+    index = schema.get_field_index(key)
+    return schema.set(index, schema.field(index).with_metadata(_PRIMARY_KEY))
+
+
+def _declare_key(table: lancedb.table.Table, key: str) -> None:
+    """Declare ``key`` as the primary key of a table created before keys were declared (no-op once it is)."""
+    declared = (table.schema.field(key).metadata or {}).items()
+    if not {(k.encode(), v.encode()) for k, v in _PRIMARY_KEY.items()} <= set(declared):
+        table.update_field_metadata({"path": key, "metadata": _PRIMARY_KEY})
 
 
 def _is_local(uri: str) -> bool:
@@ -101,23 +149,88 @@ def _video_row(video: dict, status: str, error: str | None, n_detections: int) -
     return pa.Table.from_pylist([row], schema=videos_schema())
 
 
+@dataclass(frozen=True)
+class AnnSettings:
+    """How the ANN stage trades latency for recall; ignored while the table has no vector index.
+
+    ``nprobes``: IVF partitions always searched; ``max_nprobes``: partitions searched at most when a
+    filter leaves fewer than ``limit`` rows in the first ones (each query pays for this bound even
+    when unfiltered: +15 ms at 1,000 vs 200 at 1M rows); ``refine_factor``: how many times ``limit``
+    PQ candidates are re-scored with the exact global vector (None: no refinement);
+    ``flat_max_rows``: a filter that keeps at most this many rows is answered by an exact scan of
+    them instead (probing stops at the first partitions holding enough filtered rows, which
+    misses many of a selective filter's true neighbours; the scan costs 22-37 ms for 6k-60k rows at 1M).
+    """
+
+    nprobes: int = DEFAULT_NPROBES
+    max_nprobes: int = DEFAULT_MAX_NPROBES
+    refine_factor: int | None = DEFAULT_REFINE_FACTOR
+    flat_max_rows: int = DEFAULT_FLAT_MAX_ROWS
+
+
+def _sub_vectors(dim: int, dims_per_sub_vector: int = 4) -> int:
+    """PQ sub-vector count for dimension ``dim``: the largest divisor of ``dim`` giving >= ``dims_per_sub_vector`` dims each."""
+    return max(n for n in range(1, dim + 1) if dim % n == 0 and dim // n >= min(dims_per_sub_vector, dim))
+
+
+def vector_index_plan(rows: int, dim: int, kind: str = DEFAULT_VECTOR_INDEX, num_partitions: int | None = None,
+                      num_sub_vectors: int | None = None) -> dict:
+    """Parameters of the ANN index for ``rows`` vectors of dimension ``dim``: ~sqrt(rows) IVF partitions, D/4 PQ sub-vectors.
+
+    Partitions are capped at one per 256 rows (LanceDB trains no more on smaller tables). Returns a
+    JSON-able dict (type, num_partitions, num_sub_vectors for IVF_PQ, trained_rows) that
+    `vector_index_config` turns into a LanceDB config and the table records next to its index.
+    """
+    if kind not in VECTOR_INDEX_TYPES:
+        raise StoreError(f"unknown vector index type {kind!r}; known: {', '.join(VECTOR_INDEX_TYPES)}")
+    partitions = num_partitions or max(1, min(round(math.sqrt(rows)), rows // _ROWS_PER_PARTITION))
+    plan = {"type": kind, "num_partitions": partitions, "trained_rows": rows}
+    if kind == "IVF_PQ":
+        plan["num_sub_vectors"] = num_sub_vectors or _sub_vectors(dim)
+        if dim % plan["num_sub_vectors"]:
+            raise StoreError(f"num_sub_vectors must divide the embedding dim {dim}, got {plan['num_sub_vectors']}")
+    return plan
+
+
+def vector_index_config(plan: dict) -> IvfPq | IvfHnswSq:
+    """The LanceDB index config of a `vector_index_plan` (L2 distance, as `nearest` searches)."""
+    if plan["type"] == "IVF_PQ":
+        return IvfPq(distance_type="l2", num_partitions=plan["num_partitions"], num_sub_vectors=plan["num_sub_vectors"])
+    return IvfHnswSq(distance_type="l2", num_partitions=plan["num_partitions"])
+
+
+def _fragments(table: lancedb.table.Table) -> int:
+    """Number of data fragments (files written by separate commits) of a table."""
+    return int(table.stats()["fragment_stats"]["num_fragments"])
+
+
+def _versions(table: lancedb.table.Table) -> set[int]:
+    """Version numbers of a table still on disk."""
+    return {int(v["version"]) for v in table.list_versions()}
+
+
 class Store:
     """The project's LanceDB store: a `detections` and a `videos` table at one folder or object-store URI."""
 
-    def __init__(self, db: lancedb.DBConnection, uri: str, videos: lancedb.table.Table) -> None:
+    def __init__(self, db: lancedb.DBConnection, uri: str, videos: lancedb.table.Table,
+                 ann: AnnSettings = AnnSettings()) -> None:
         self._db = db
         self.uri = uri
+        self.ann = ann
         self._videos = videos
         self._detections: lancedb.table.Table | None = None
+        self._keys_declared: set[str] = set()
         self._shape: tuple[int, int] | None = None
         self._open_detections()
 
     @classmethod
-    def open(cls, uri: str | Path, create: bool = True, read_consistency_s: float = 0.0) -> "Store":
+    def open(cls, uri: str | Path, create: bool = True, read_consistency_s: float = 0.0,
+             ann: AnnSettings = AnnSettings()) -> "Store":
         """Open (or create) the store at ``uri``; every failure becomes one clear StoreError line.
 
         ``read_consistency_s`` is how stale a read may be with respect to other processes' commits
         (0 = always see the latest commit, which is what idempotent skipping across workers needs).
+        ``ann`` sets the default recall/latency trade-off of `nearest`.
         """
         uri = str(uri)
         if _is_local(uri):
@@ -131,13 +244,13 @@ class Store:
                     raise StoreError(f"cannot create store at {uri}: {exc.strerror or exc}") from exc
         try:
             db = lancedb.connect(uri, read_consistency_interval=timedelta(seconds=read_consistency_s))
-            videos = _open_table(db, VIDEOS, videos_schema() if create else None)
+            videos = _open_table(db, VIDEOS, _keyed(videos_schema(), "video_id") if create else None)
         except Exception as exc:  # lancedb surfaces I/O and object-store failures as assorted types
             raise StoreError(f"cannot open store at {uri}: {exc}") from exc
         if videos is None:
             raise StoreError(f"no store at {uri}")
         check_version(videos.schema, VIDEOS, uri)
-        return cls(db, uri, videos)
+        return cls(db, uri, videos, ann)
 
     def _open_detections(self) -> lancedb.table.Table | None:
         """The detections table if it exists yet (it is created by the first write), version-checked."""
@@ -160,13 +273,20 @@ class Store:
     def _detections_for_write(self, dim: int, num_parts: int) -> lancedb.table.Table:
         """The detections table, created for (D, K) on first use; refuses a batch of another shape."""
         if self._open_detections() is None:
-            self._adopt_detections(_open_table(self._db, DETECTIONS, detections_schema(dim, num_parts)))
+            self._adopt_detections(_open_table(self._db, DETECTIONS, _keyed(detections_schema(dim, num_parts), "detection_id")))
         if self._shape != (dim, num_parts):
             raise StoreError(
                 f"store at {self.uri} holds embeddings with D={self._shape[0]}, K={self._shape[1]}; "
                 f"refusing a batch with D={dim}, K={num_parts} (use another store for another model shape)"
             )
-        return self._detections
+        return self._keyed_table(self._detections, "detection_id")
+
+    def _keyed_table(self, table: lancedb.table.Table, key: str) -> lancedb.table.Table:
+        """``table``, once its ``key`` column is declared its primary key (checked once per Store), for merge_insert."""
+        if key not in self._keys_declared:
+            _declare_key(table, key)
+            self._keys_declared.add(key)
+        return table
 
     def write_video(self, video: dict, detections: pa.Table | Sequence[dict]) -> int:
         """Commit one video: its detections, then its "done" row; safe to repeat after a crash.
@@ -209,11 +329,14 @@ class Store:
             raise StoreError(f"video {video_id}: detections carry another model_id than the video row")
         if pc.count_distinct(table["detection_id"]).as_py() != table.num_rows:
             raise StoreError(f"video {video_id}: duplicate detection_id in the batch")
+        # A scan join, not the detection_id index: the indexed join slows down with every fragment
+        # written since the last maintain (5 s vs 0.1-0.5 s per video at ~500 new fragments, 250k rows).
         result = (
             self._detections_for_write(dim, num_parts)
             .merge_insert("detection_id")
             .when_matched_update_all()
             .when_not_matched_insert_all()
+            .use_index(False)
             .execute(table)
         )
         return int(result.num_inserted_rows)
@@ -234,34 +357,115 @@ class Store:
 
     def _upsert_video(self, row: pa.Table) -> None:
         """Step 3 of write_video (and record_failure): insert or replace the video's row."""
-        self._videos.merge_insert("video_id").when_matched_update_all().when_not_matched_insert_all().execute(row)
+        videos = self._keyed_table(self._videos, "video_id")
+        videos.merge_insert("video_id").when_matched_update_all().when_not_matched_insert_all().execute(row)
 
     def create_indexes(self, vector_index_min_rows: int = 10_000) -> list[str]:
-        """Index key/filter columns (BTREE/BITMAP) and, from ``vector_index_min_rows`` rows, the vector (IVF_PQ).
+        """(Re)build every index now: key/filter columns (BTREE/BITMAP) and, from ``vector_index_min_rows`` rows, the ANN index.
 
         Without an ANN index LanceDB searches exhaustively (exact), fast enough for small stores;
-        with one, `_distance` becomes PQ-approximate (the part re-rank stays exact). Rows written
+        with one, `_distance` becomes approximate (the part re-rank stays exact). Rows written
         later are still found (scanned unindexed) until ``optimize`` folds them in. Returns what
         was indexed.
         """
-        self._videos.create_index("video_id", config=BTree(), replace=True)
-        done = ["videos.video_id"]
-        table = self._open_detections()
-        if table is None:
-            return done
-        for column, config in (("detection_id", BTree()), ("video_id", BTree()), ("timestamp", BTree()), ("camera_id", Bitmap())):
-            table.create_index(column, config=config, replace=True)
-            done.append(f"detections.{column}")
-        if table.count_rows() >= vector_index_min_rows:
-            table.create_index("vector", config=IvfPq(distance_type="l2"), replace=True)
-            done.append("detections.vector")
-        return done
+        return sorted(self._ensure_indexes(vector_index_min_rows, rebuild=True))
 
     def optimize(self) -> None:
         """Compact the small per-video fragments and fold new rows into existing indexes (run between ingest runs)."""
         self._videos.optimize()
         if self._open_detections() is not None:
             self._detections.optimize()
+
+    def maintain(self, cleanup_older_than: timedelta | None = timedelta(days=7),
+                 vector_index_min_rows: int = 10_000) -> dict:
+        """Keep a growing store fast and small: compaction, cleanup of old versions, index upkeep; returns a report.
+
+        Compacts both tables' per-video fragments, folds new rows into existing indexes, deletes
+        table versions older than ``cleanup_older_than`` (None keeps them all; readers still on an
+        older version fail once it is deleted, so use 0 only while nothing else uses the store),
+        creates missing scalar indexes and, once the detections table has ``vector_index_min_rows``
+        rows, builds the ANN index (retrained when the table has grown 2x since it was trained).
+        The report has ``detections``, ``videos``, ``fragments_before``/``fragments_after`` (of the
+        detections table), ``versions_removed`` (both tables), ``indexes``, ``total_bytes`` and ``seconds``.
+        """
+        started = time.perf_counter()
+        keep = _KEEP_ALL_VERSIONS if cleanup_older_than is None else cleanup_older_than
+        tables = [t for t in (self._videos, self._open_detections()) if t is not None]
+        versions_before = [_versions(t) for t in tables]
+        fragments_before = _fragments(self._detections) if self._detections is not None else 0
+        for table in tables:
+            table.optimize(cleanup_older_than=keep)
+        indexes = self._ensure_indexes(vector_index_min_rows, rebuild=False)
+        if any(entry["action"] != "kept" for entry in indexes.values()):
+            for table in tables:  # again: the index builds' commits are versions too
+                table.optimize(cleanup_older_than=keep)
+        return {
+            "detections": self.count_detections(),
+            "videos": self.count_videos(),
+            "fragments_before": fragments_before,
+            "fragments_after": _fragments(self._detections) if self._detections is not None else 0,
+            "versions_removed": sum(len(before - _versions(t)) for before, t in zip(versions_before, tables)),
+            "indexes": indexes,
+            "total_bytes": sum(int(t.stats()["total_bytes"]) for t in tables),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+
+    def _ensure_indexes(self, vector_index_min_rows: int, rebuild: bool) -> dict[str, dict]:
+        """Create missing scalar indexes (all with ``rebuild``) and the ANN index when due; one report entry per index."""
+        actions = {"videos.video_id": self._scalar_index(self._videos, "video_id", BTree, rebuild)}
+        table = self._open_detections()
+        if table is not None:
+            for column, config in _SCALAR_INDEXES:
+                actions[f"detections.{column}"] = self._scalar_index(table, column, config, rebuild)
+            rows, plan = table.count_rows(), self.vector_index()
+            trained = None if plan is None else plan.get("trained_rows")
+            if rows >= vector_index_min_rows and (rebuild or not trained or rows >= _RETRAIN_GROWTH * trained):
+                self.build_vector_index((plan or {}).get("type", DEFAULT_VECTOR_INDEX))
+                actions["detections.vector"] = "created" if plan is None else "rebuilt"
+            elif plan is not None:
+                actions["detections.vector"] = "kept"
+        return self._index_report(actions)
+
+    @staticmethod
+    def _scalar_index(table: lancedb.table.Table, column: str, config: type, rebuild: bool) -> str:
+        """Create the scalar index on ``column`` when missing (or always with ``rebuild``); says "created" or "kept"."""
+        if not rebuild and any(column in index.columns for index in table.list_indices()):
+            return "kept"
+        table.create_index(column, config=config(), replace=True)
+        return "created"
+
+    def _index_report(self, actions: dict[str, str]) -> dict[str, dict]:
+        """Per index (``table.column``): what maintenance did, its type and how many rows it covers or not yet."""
+        report = {}
+        for table in (t for t in (self._videos, self._detections) if t is not None):
+            name = VIDEOS if table is self._videos else DETECTIONS
+            for index in table.list_indices():
+                key = f"{name}.{index.columns[0]}"
+                stats = table.index_stats(index.name)
+                report[key] = {"action": actions.get(key, "kept"), "type": stats.index_type,
+                               "indexed_rows": stats.num_indexed_rows, "unindexed_rows": stats.num_unindexed_rows}
+        if "detections.vector" in report:
+            report["detections.vector"].update(self.vector_index() or {})
+        return report
+
+    def build_vector_index(self, kind: str = DEFAULT_VECTOR_INDEX, num_partitions: int | None = None,
+                           num_sub_vectors: int | None = None) -> dict:
+        """Train and build the ANN index on the global vector now (replacing any); returns its plan (see vector_index_plan)."""
+        table = self._open_detections()
+        if table is None:
+            raise StoreError(f"store at {self.uri} has no detections to index")
+        plan = vector_index_plan(table.count_rows(), self._shape[0], kind, num_partitions, num_sub_vectors)
+        table.create_index("vector", config=vector_index_config(plan), replace=True)
+        table.update_field_metadata({"path": "vector", "metadata": {VECTOR_INDEX_KEY: json.dumps(plan)}})
+        return plan
+
+    def vector_index(self) -> dict | None:
+        """The plan the current ANN index was built with ({} when built without one), or None when there is no ANN index."""
+        table = self._open_detections()
+        if table is None or not any(index.columns == ["vector"] for index in table.list_indices()):
+            return None
+        recorded = (table.schema.field("vector").metadata or {}).get(VECTOR_INDEX_KEY.encode())
+        return json.loads(recorded) if recorded else {}
 
     def is_done(self, video_id: str, model_id: str) -> bool:
         """Whether ``video_id`` was fully ingested with ``model_id`` (so ingestion may skip it)."""
@@ -304,6 +508,15 @@ class Store:
             query = query.select(list(columns))
         return query.limit(limit).to_arrow()
 
+    def iter_detections(self, columns: Sequence[str] | None = None, batch_rows: int = 16_384) -> Iterator[pa.Table]:
+        """Every detection row in batches of at most ``batch_rows``, so whole-table passes need not hold the table."""
+        table = self._open_detections()
+        if table is None:
+            return
+        query = table.search() if columns is None else table.search().select(list(columns))
+        for batch in query.limit(None).to_batches(batch_rows):
+            yield pa.Table.from_batches([batch])
+
     def get_detection(self, detection_id: str) -> dict | None:
         """One detection row as a dict, or None when the id is unknown."""
         rows = self.query_detections(sql.equals("detection_id", detection_id), limit=1).to_pylist()
@@ -321,15 +534,57 @@ class Store:
         position = {det_id: i for i, det_id in enumerate(table["detection_id"].to_pylist())}
         return table.take([position[i] for i in wanted if i in position])
 
-    def nearest(self, vector: np.ndarray, where: str | None, limit: int, columns: Sequence[str]) -> pa.Table:
+    def list_detections(self, where: str | None, limit: int, offset: int = 0,
+                        columns: Sequence[str] = LIST_COLUMNS) -> pa.Table:
+        """One page of detection rows (metadata only by default) matching an escaped ``where``, in storage order."""
+        if limit < 0 or offset < 0:
+            raise StoreError(f"limit and offset must be >= 0, got limit={limit}, offset={offset}")
+        table = self._open_detections()
+        if table is None:
+            return pa.table({})
+        query = table.search().select(list(columns)).offset(offset).limit(limit)
+        return (query.where(where) if where else query).to_arrow()
+
+    def tracklet_detections(self, track_id: str) -> pa.Table:
+        """All detections (every column, embeddings included) of one tracklet, in frame order."""
+        rows = self.query_detections(sql.equals("track_id", track_id))
+        return rows.sort_by([("video_id", "ascending"), ("frame_index", "ascending")]) if rows.num_rows else rows
+
+    def cameras(self) -> list[str]:
+        """Ids of the cameras that have detections (from the small videos table), sorted."""
+        where = sql.all_of([sql.equals("status", "done"), "n_detections > 0"])
+        table = self._videos.search().where(where).select(["camera_id"]).limit(None).to_arrow()
+        return sorted(set(table["camera_id"].to_pylist()))
+
+    def time_range(self) -> tuple[float, float] | None:
+        """(earliest, latest) detection timestamp in epoch seconds, or None while there is no detection."""
+        timestamps = self.query_detections(None, columns=["timestamp"])
+        if not timestamps.num_rows:
+            return None
+        bounds = pc.min_max(timestamps["timestamp"]).as_py()
+        return float(bounds["min"]), float(bounds["max"])
+
+    def nearest(self, vector: np.ndarray, where: str | None, limit: int, columns: Sequence[str],
+                nprobes: int | None = None, refine_factor: int | None = None,
+                max_nprobes: int | None = None) -> pa.Table:
         """ANN top-``limit`` detections by L2 on the global vector, prefiltered by ``where``; adds ``_distance``.
 
-        ``_distance`` is LanceDB's squared L2 distance (exact without an ANN index, PQ-approximate with one).
+        ``_distance`` is LanceDB's squared L2 distance (exact without an ANN index or under a
+        selective filter; with the index, exact after refinement, else approximate).
+        ``nprobes``/``refine_factor``/``max_nprobes`` default to ``self.ann`` (refine_factor 0: no refinement).
         """
         table = self._open_detections()
         if table is None:
             return pa.table({})
+        nprobes = self.ann.nprobes if nprobes is None else nprobes
+        refine_factor = self.ann.refine_factor if refine_factor is None else refine_factor
+        max_nprobes = max(nprobes, self.ann.max_nprobes if max_nprobes is None else max_nprobes)
         query = table.search(np.asarray(vector, np.float32), vector_column_name="vector").distance_type("l2")
         if where:
             query = query.where(where, prefilter=True)
+        if where and table.count_rows(where) <= self.ann.flat_max_rows:
+            query = query.bypass_vector_index()
+        else:
+            query = query.minimum_nprobes(nprobes).maximum_nprobes(max_nprobes)
+            query = query.refine_factor(refine_factor) if refine_factor else query
         return query.select([*columns, "_distance"]).limit(limit).to_arrow()

@@ -1,0 +1,164 @@
+"""Store at scale: maintenance (compaction, version cleanup, indexes), ANN settings, schema-version refusal, listings."""
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from storage import PersonSearch, SearchFilters, Store, StoreError
+from storage.schema import DETECTIONS, VERSION_KEY
+from storage.store import AnnSettings, vector_index_plan
+from test_storage import DIM, _detections, _random_embeddings, _sorted_rows, _video
+
+pytestmark = pytest.mark.filterwarnings("ignore:optimize\\(cleanup_older_than=0\\)")
+
+
+def _fill(store: Store, videos: int, per_video: int, first: int = 0) -> None:
+    """Videos ``first``.. (one commit each, so one fragment each) over three cameras, 100 s apart."""
+    rng = np.random.default_rng(first)
+    for i in range(first, first + videos):
+        video = _video(f"v{i:03d}", f"cam-{i % 3}", 1_000.0 + 100.0 * i)
+        store.write_video(video, _detections(video, _random_embeddings(rng, per_video)))
+
+
+def _ranking(store: Store, queries) -> list[list[tuple[str, float]]]:
+    """(id, distance) of the top 20 for each query, unfiltered and with a camera + time filter."""
+    search = PersonSearch(store)
+    window = SearchFilters(cameras=["cam-1", "cam-2"], t_min=1_500.0, t_max=3_000.0)
+    return [[(h.detection_id, h.distance) for h in search.search(queries.select([i]), k=20, filters=f)]
+            for i in range(len(queries)) for f in (SearchFilters(), window)]
+
+
+def test_store_written_by_another_schema_version_is_refused_in_one_line(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "db")
+    _fill(store, videos=2, per_video=3)
+    db = lancedb.connect(str(tmp_path / "db"))
+    rows = db.open_table(DETECTIONS).to_arrow()
+    db.drop_table(DETECTIONS)
+    db.create_table(DETECTIONS, rows.replace_schema_metadata({**rows.schema.metadata, VERSION_KEY: b"999"}))
+    with pytest.raises(StoreError) as refused:
+        Store.open(tmp_path / "db", create=False)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "table 'detections' has schema version 999, this code reads version 1" in message
+    assert "new store location" in message
+    db.drop_table(DETECTIONS)
+    db.create_table(DETECTIONS, rows.replace_schema_metadata({}))
+    with pytest.raises(StoreError, match="has no schema version, this code reads version 1"):
+        Store.open(tmp_path / "db", create=False)
+
+
+def test_maintain_compacts_cleans_up_and_keeps_rows_and_search_results(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "db")
+    _fill(store, videos=24, per_video=15)
+    rewritten = _video("v005", "cam-2", 1_500.0)
+    store.write_video(rewritten, _detections(rewritten, _random_embeddings(np.random.default_rng(1), 10)))
+    queries = _random_embeddings(np.random.default_rng(2), 3)
+    rows, ranking = _sorted_rows(store), _ranking(store, queries)
+    versions_before = len(store._detections.list_versions())
+
+    first = store.maintain(cleanup_older_than=None)
+    assert (first["fragments_before"], first["fragments_after"], first["versions_removed"]) == (24, 1, 0)
+    assert store.maintain()["versions_removed"] == 0  # the default keeps a week of versions
+    report = store.maintain(cleanup_older_than=timedelta(0))
+
+    assert report["detections"] == len(rows) == 23 * 15 + 10 and report["videos"] == 24
+    assert report["fragments_after"] == 1
+    assert report["versions_removed"] >= versions_before
+    assert len(lancedb.connect(str(tmp_path / "db")).open_table(DETECTIONS).list_versions()) == 1
+    assert {"detections.detection_id", "detections.camera_id", "detections.timestamp", "detections.track_id",
+            "videos.video_id"} <= set(report["indexes"]) and "detections.vector" not in report["indexes"]
+    assert report["indexes"]["detections.camera_id"]["type"] == "BITMAP"
+    assert report["indexes"]["detections.timestamp"]["indexed_rows"] == len(rows)
+    reopened = Store.open(tmp_path / "db", create=False)
+    assert _sorted_rows(reopened) == rows
+    assert _ranking(reopened, queries) == ranking
+
+
+def test_vector_index_is_built_when_large_kept_then_retrained_as_the_table_grows(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "db")
+    _fill(store, videos=4, per_video=100)
+    assert "detections.vector" not in store.maintain(vector_index_min_rows=500)["indexes"]
+    _fill(store, videos=2, per_video=100, first=4)
+    created = store.maintain(vector_index_min_rows=500)["indexes"]["detections.vector"]
+    assert created["action"] == "created" and created["type"] == "IVF_PQ"
+    assert created["num_partitions"] == 600 // 256 and DIM % created["num_sub_vectors"] == 0
+    _fill(store, videos=1, per_video=100, first=6)
+    kept = store.maintain(vector_index_min_rows=500)["indexes"]["detections.vector"]
+    assert kept["action"] == "kept" and kept["trained_rows"] == 600
+    assert (kept["indexed_rows"], kept["unindexed_rows"]) == (700, 0)
+    _fill(store, videos=5, per_video=100, first=7)
+    rebuilt = store.maintain(vector_index_min_rows=500)["indexes"]["detections.vector"]
+    assert rebuilt["action"] == "rebuilt" and rebuilt["trained_rows"] == 1200 and rebuilt["num_partitions"] == 4
+
+
+def test_ann_probes_refinement_and_flat_filtering_trade_speed_for_exactness(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "db", ann=AnnSettings(nprobes=1, refine_factor=None, flat_max_rows=0))
+    _fill(store, videos=6, per_video=100)
+    plan = store.build_vector_index()
+    table = store.query_detections(None, columns=["camera_id", "vector"])
+    query = _random_embeddings(np.random.default_rng(3), 1).global_emb[0]
+    squared = ((np.stack(table["vector"].to_numpy(zero_copy_only=False)) - query) ** 2).sum(axis=1)
+
+    def distances(found: pa.Table) -> np.ndarray:
+        return found["_distance"].to_numpy()
+
+    exact = np.sort(squared)[:10]
+    everything = store.nearest(query, None, 10, ["camera_id"], nprobes=plan["num_partitions"], refine_factor=10)
+    np.testing.assert_allclose(distances(everything), exact, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(distances(store.nearest(query, None, 10, ["camera_id"])), exact, rtol=1e-4, atol=1e-5)
+
+    one_camera = "camera_id = 'cam-0'"  # 200 of the 600 rows, spread over both IVF partitions
+    assert plan["num_partitions"] == 2
+    assert store.nearest(query, one_camera, 200, ["camera_id"], max_nprobes=1).num_rows < 200
+    assert store.nearest(query, one_camera, 200, ["camera_id"], max_nprobes=2).num_rows == 200
+    exact_cam0 = np.sort(squared[np.array(table["camera_id"].to_pylist()) == "cam-0"])[:10]
+    assert not np.allclose(distances(store.nearest(query, one_camera, 10, ["camera_id"])), exact_cam0, rtol=1e-4, atol=1e-5)
+    flat = Store.open(tmp_path / "db", ann=AnnSettings(nprobes=1, refine_factor=None))  # 200 rows <= flat_max_rows
+    np.testing.assert_allclose(distances(flat.nearest(query, one_camera, 10, ["camera_id"])), exact_cam0, rtol=1e-4, atol=1e-5)
+
+
+def test_vector_index_plan_follows_table_size_and_dimension() -> None:
+    plan = vector_index_plan(1_000_000, 128)
+    assert (plan["type"], plan["num_partitions"], plan["num_sub_vectors"]) == ("IVF_PQ", 1000, 32)
+    assert vector_index_plan(10_000, 100)["num_sub_vectors"] == 25
+    assert vector_index_plan(10_000, 100)["num_partitions"] == 10_000 // 256
+    assert "num_sub_vectors" not in vector_index_plan(40_000, 128, "IVF_HNSW_SQ")
+    with pytest.raises(StoreError, match="unknown vector index type 'HNSW'; known: IVF_PQ, IVF_HNSW_SQ"):
+        vector_index_plan(100, 128, "HNSW")
+    with pytest.raises(StoreError, match="must divide the embedding dim 128"):
+        vector_index_plan(100, 128, num_sub_vectors=24)
+
+
+def test_cameras_time_range_pages_and_tracklets(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "db")
+    assert store.cameras() == [] and store.time_range() is None and store.list_detections(None, 10).num_rows == 0
+    _fill(store, videos=4, per_video=5)
+    store.record_failure(_video("broken", "cam-9"), "decode error")
+    assert store.cameras() == ["cam-0", "cam-1", "cam-2"]
+    assert store.time_range() == (1_000.0, 1_304.0)
+    pages = [store.list_detections(None, limit=6, offset=o) for o in range(0, 30, 6)]
+    ids = [i for page in pages for i in page["detection_id"].to_pylist()]
+    assert len(ids) == len(set(ids)) == 20 and pages[-1].num_rows == 0
+    assert "parts" not in pages[0].column_names and "thumbnail" in pages[0].column_names
+    cam1 = store.list_detections("camera_id = 'cam-1'", limit=100)
+    assert set(cam1["camera_id"].to_pylist()) == {"cam-1"} and cam1.num_rows == 5
+    track = store.tracklet_detections("v002:t1")
+    assert track["frame_index"].to_pylist() == [1, 4] and set(track["track_id"].to_pylist()) == {"v002:t1"}
+    assert {"vector", "parts", "visibility"} <= set(track.column_names)
+    assert store.tracklet_detections("v002:t9").num_rows == 0
+    with pytest.raises(StoreError, match="limit and offset must be >= 0"):
+        store.list_detections(None, limit=-1)
+
+
+def test_iter_detections_streams_every_row_once(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "db")
+    _fill(store, videos=5, per_video=7)
+    batches = list(store.iter_detections(["detection_id"], batch_rows=8))
+    assert all(isinstance(b, pa.Table) and b.num_rows <= 8 for b in batches)
+    ids = [i for b in batches for i in b["detection_id"].to_pylist()]
+    assert sorted(ids) == sorted(r["detection_id"] for r in _sorted_rows(store))
