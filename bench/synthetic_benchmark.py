@@ -147,7 +147,7 @@ def markdown(result: dict, real: dict) -> str:
              f"{data['num_gallery']} gallery crops; {data['train_crops']} training crops of {data['train_identities']} "
              "other identities. Market-1501 rule (same identity + same camera ignored).", "",
              "| method | mAP | rank-1 | rank-5 | mINP |", "| --- | ---: | ---: | ---: | ---: |"]
-    for name, figures in result["methods"].items():
+    for name, figures in ((name, result[name]) for name in METHODS):
         lines.append(f"| {name} | {100 * figures['map']:.1f} | {100 * figures['rank1']:.1f} | "
                      f"{100 * figures['rank5']:.1f} | {100 * figures['mINP']:.1f} |")
     chance = result["chance"]
@@ -182,7 +182,8 @@ def synthetic_result(args: argparse.Namespace, bench: dict, export: CropExport, 
     training = {k: metadata["training"][k] for k in ("steps", "epochs_completed", "train_s", "samples_per_s", "heldout")}
     figures = ("map", "rank1", "rank5", "rank10", "mINP")
     return {
-        "methods": {name: {k: round(dataset["methods"][source][k], 4) for k in figures} for name, source in METHODS.items()},
+        # Per method at the top level, as the machine-readable result asks.
+        **{name: {k: round(dataset["methods"][source][k], 4) for k in figures} for name, source in METHODS.items()},
         "descriptions": DESCRIPTIONS,
         "paired_bootstrap": {f"{a} - {b}": {k: paired_bootstrap(dataset["methods"][METHODS[a]][per_query],
                                                                dataset["methods"][METHODS[b]][per_query])
