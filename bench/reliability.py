@@ -123,10 +123,10 @@ def add_corrupt_inputs(archive: Path, seed: int = 0) -> dict[str, str]:
     data = good.read_bytes()
     video("truncated.mp4", "MPEG-4 video truncated to half its bytes", data[: len(data) // 2],
           good.with_suffix(".json").read_text())
-    clip = video("truncated.avi", "MJPEG AVI truncated to 30% of its bytes (the frames before the cut decode)", None,
-                 valid_sidecar)
-    _tiny_video(clip, 200, frames=50, fourcc="MJPG")
-    clip.write_bytes(clip.read_bytes()[: clip.stat().st_size * 3 // 10])
+    clip = video("truncated.avi", "MJPEG AVI of 50 frames cut to half its bytes (the frames before the cut decode)",
+                 None, valid_sidecar)
+    _tiny_video(clip, 200, frames=50, size=(160, 120), fourcc="MJPG")
+    clip.write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])
     video("zero_bytes.mp4", "zero-byte video", b"", valid_sidecar)
     _, jpeg = cv2.imencode(".jpg", np.full((64, 48, 3), 128, np.uint8))
     video("photo.mp4", "a JPEG image named .mp4", jpeg.tobytes(), valid_sidecar)
@@ -554,7 +554,7 @@ def _kill_plan(repeats: int, random_kills: int, videos: int, rng: random.Random,
     """(point, nth video, delay) of every kill: each point once per repeat at a later video, then kills at random times."""
     nth = {"decode": lambda r: 1, "embed": lambda r: 2 + r, "commit_data": lambda r: 1 + r, "commit_manifest": lambda r: 1 + r}
     plan = [(point, min(nth[point](r), videos), None) for r in range(repeats) for point in KILL_POINTS]
-    return plan + [("random", 0, rng.uniform(0.3, 1.0) * span_s) for _ in range(random_kills)]
+    return plan + [("random", 0, rng.uniform(0.6, 1.3) * span_s) for _ in range(random_kills)]
 
 
 def _summary(kills: list[dict], concurrency: list[dict], races: list[dict], created: dict, corrupt: dict) -> dict:

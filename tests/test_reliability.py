@@ -50,7 +50,7 @@ def test_killed_during_a_commit_then_run_twice_at_once(small_archive, tiny_check
     failed = {Path(row["uri"]).name: row["error"] for row in Store.open(db, create=False).video_rows(status="failed")}
     assert set(failed) == set(bad) and all(failed.values()), failed
     assert "empty file" in failed["zero_bytes.mp4"]
-    assert "truncated" in failed["truncated.avi"]
+    assert "declares 50 frames" in failed["truncated.avi"]
     assert "Mpx limit" in failed["huge.avi"]
     assert "no sidecar" in failed["sidecar_missing.mp4"]
     assert "not a readable JSON" in failed["sidecar_deep_nesting.mp4"]
