@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from kpr_model.distance import ReIDEmbeddings, kpr_distance
 from storage import PersonSearch, SearchFilters, Store, detection_row, detections_table, embeddings_of
@@ -237,25 +236,23 @@ def exact_search(store: Store, queries: Sequence[Query], k: int) -> tuple[list[l
     """Exact top-``k`` ids by KPR distance against every stored row, unfiltered and under each query's filter.
 
     Also returns how many rows each filter keeps, and the seconds taken.
-    The table is streamed in batches, so only the [Q, N] distance matrix (not the N x K x D parts) is held.
+    The table is streamed in batches, so only the [Q, N] distance matrix (not the N x K x D parts) is
+    held; the few columns kept are copied out, as any slice of a batch keeps the whole batch alive.
     """
     stack = ReIDEmbeddings.concat([q.embedding for q in queries])
     started = time.perf_counter()
     distances, ids, cameras, times = [], [], [], []
     for batch in store.iter_detections(["detection_id", "camera_id", "timestamp", "vector", "parts", "visibility"]):
         distances.append(kpr_distance(stack, embeddings_of(batch)))
-        ids.append(batch["detection_id"])
-        cameras.append(batch["camera_id"])
-        times.append(batch["timestamp"].to_numpy())
+        ids.append(batch["detection_id"].to_numpy(zero_copy_only=False))
+        cameras.append(batch["camera_id"].to_numpy(zero_copy_only=False))
+        times.append(batch["timestamp"].to_numpy().copy())
     matrix = np.concatenate(distances, axis=1)
-    all_ids = pa.chunked_array(ids).to_numpy(zero_copy_only=False)
-    all_cameras = pa.chunked_array(cameras)
-    all_times = np.concatenate(times)
+    all_ids, all_cameras, all_times = np.concatenate(ids), np.concatenate(cameras), np.concatenate(times)
     unfiltered, filtered, kept = [], [], []
     for row, query in zip(matrix, queries):
         unfiltered.append(list(all_ids[np.argsort(row, kind="stable")[:k]]))
-        mask = pc.is_in(all_cameras, pa.array(query.cameras)).to_numpy(zero_copy_only=False)
-        mask &= (all_times >= query.t_min) & (all_times <= query.t_max)
+        mask = np.isin(all_cameras, query.cameras) & (all_times >= query.t_min) & (all_times <= query.t_max)
         allowed = np.flatnonzero(mask)
         filtered.append(list(all_ids[allowed[np.argsort(row[allowed], kind="stable")[:k]]]))
         kept.append(len(allowed))
