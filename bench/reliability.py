@@ -554,7 +554,7 @@ def _kill_plan(repeats: int, random_kills: int, videos: int, rng: random.Random,
     """(point, nth video, delay) of every kill: each point once per repeat at a later video, then kills at random times."""
     nth = {"decode": lambda r: 1, "embed": lambda r: 2 + r, "commit_data": lambda r: 1 + r, "commit_manifest": lambda r: 1 + r}
     plan = [(point, min(nth[point](r), videos), None) for r in range(repeats) for point in KILL_POINTS]
-    return plan + [("random", 0, rng.uniform(0.6, 1.3) * span_s) for _ in range(random_kills)]
+    return plan + [("random", 0, rng.uniform(0.5, 1.0) * span_s) for _ in range(random_kills)]
 
 
 def _summary(kills: list[dict], concurrency: list[dict], races: list[dict], created: dict, corrupt: dict) -> dict:
