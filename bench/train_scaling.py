@@ -1,7 +1,9 @@
 """Training throughput with 1 and 2 Ray Train DDP workers on the same synthetic crops, in one run.
 
 Each worker gets ``--cpus-per-worker`` CPU(s) and as many torch threads; samples/s counts the
-crops of all workers together and excludes Ray start-up and the first (warm-up) epoch.
+crops of all workers together and excludes Ray start-up and the first (warm-up) epoch. By default only
+the final checkpoint is written, after the measured window, so the figure is training compute and
+gradient all-reduce, not checkpoint I/O (which costs the same per epoch whatever the worker count).
 Writes bench/results/train_scaling.json (``device``, ``workers_1_samples_per_s``,
 ``workers_2_samples_per_s``, ``ratio``, ``command``).
 """
@@ -38,7 +40,8 @@ def measure(crops: Path, workdir: Path, workers: int, args: argparse.Namespace) 
     cfg = TrainConfig(data_root=str(crops), out=str(workdir / f"ckpt{workers}"), preset=args.preset, epochs=args.epochs,
                       workers=workers, cpus_per_worker=args.cpus_per_worker, use_gpu=args.gpu,
                       identities_per_batch=args.p, instances_per_identity=args.k,
-                      storage_path=str(workdir / "runs"), run_name=f"scaling-{workers}")
+                      storage_path=str(workdir / "runs"), run_name=f"scaling-{workers}",
+                      checkpoint_every=args.checkpoint_every or args.epochs)
     result = run_training(cfg)
     per_epoch = (result["steps"] // result["epochs_completed"]) * args.p * args.k * workers
     return {"samples_per_s": steady_samples_per_s(result["history"], per_epoch), "samples_per_epoch": per_epoch,
@@ -47,11 +50,14 @@ def measure(crops: Path, workdir: Path, workers: int, args: argparse.Namespace) 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--identities", type=int, default=64, help="synthetic identities (60%% go to training)")
-    parser.add_argument("--preset", default="tiny", choices=["tiny", "demo", "default"])
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--identities", type=int, default=240, help="synthetic identities (60%% go to training)")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of synthetic video per camera")
+    parser.add_argument("--preset", default="demo", choices=["tiny", "demo", "default"])
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--p", type=int, default=8, help="identities per batch (per worker)")
     parser.add_argument("--k", type=int, default=4, help="instances per identity")
+    parser.add_argument("--checkpoint-every", type=int, default=0,
+                        help="epochs between checkpoints (default: only the final one, written after the measured window)")
     parser.add_argument("--cpus-per-worker", type=int, default=1)
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker")
     parser.add_argument("--output", type=Path, default=Path("bench/results/train_scaling.json"))
@@ -59,7 +65,8 @@ def main() -> int:
     ensure_ray(num_cpus=None)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        world = dataclasses.replace(WorldConfig.small(seed=5), n_identities=args.identities, duration_s=30.0)
+        world = dataclasses.replace(WorldConfig.small(seed=5), n_identities=args.identities, duration_s=args.duration,
+                                    n_cameras=4, walkers_per_frame=8.0)
         export_reid_crops(workdir / "crops", world, train_fraction=0.6)
         one = measure(workdir / "crops", workdir, 1, args)
         two = measure(workdir / "crops", workdir, 2, args)
@@ -68,6 +75,7 @@ def main() -> int:
         "device": device,
         "preset": args.preset,
         "batch_per_worker": args.p * args.k,
+        "checkpoint_every": args.checkpoint_every or args.epochs,
         "workers_1_samples_per_s": one["samples_per_s"],
         "workers_2_samples_per_s": two["samples_per_s"],
         "ratio": round(two["samples_per_s"] / one["samples_per_s"], 3),
