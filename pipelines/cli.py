@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from pipelines.errors import UserError
+from workers.backends import BACKENDS
 
 EXIT_ERROR = 2
 EXIT_PARTIAL = 1
@@ -69,16 +70,22 @@ def _quiet_prefect() -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from pipelines.flows import ingest_archive
+    from pipelines.flows import ingest_archive, ingest_options
     from storage import Store
     from workers.discover import list_video_files
 
+    settings = {"target_fps": args.fps, "backend": args.backend, "detector_model": args.detector_model,
+                "pose_model": args.pose_model, "openpifpaf_checkpoint": args.openpifpaf_checkpoint,
+                "device": args.device, "segment_s": args.segment_s, "detectors": args.detectors,
+                "embedders": args.embedders}
+    ingest_options(**settings)
     _, files = list_video_files(args.archive)
     Store.open(args.db)
     _check_checkpoint(args.model)
-    print(f"ingesting {len(files)} video file(s) from {args.archive} into {args.db}", file=sys.stderr)
-    summary = ingest_archive(str(args.archive), str(args.db), str(args.model), target_fps=args.fps,
-                             backend=args.backend, ray_address=args.ray_address, progress=not args.no_progress)
+    print(f"ingesting {len(files)} video file(s) from {args.archive} into {args.db} ({args.backend} backend)",
+          file=sys.stderr)
+    summary = ingest_archive(str(args.archive), str(args.db), str(args.model), **settings,
+                             ray_address=args.ray_address, progress=not args.no_progress)
     _print_ingest_summary(summary)
     return EXIT_PARTIAL if summary["videos_failed"] else 0
 
@@ -95,7 +102,8 @@ def _print_ingest_summary(summary: dict) -> None:
     else:
         print(f"videos: {summary['videos_found']} found, {summary['videos_skipped']} already done, "
               f"{summary['videos_done']} ingested, {summary['videos_failed']} failed")
-        print(f"detections written: {summary['detections_written']}  |  {summary['frames_per_s']:.1f} sampled frames/s, "
+        print(f"detections written: {summary['detections_written']}, tracklets written: {summary['tracklets_written']}  "
+              f"|  {summary['frames_per_s']:.1f} sampled frames/s, "
               f"{summary['detections_per_s']:.1f} detections/s  |  {summary['wall_s']:.1f} s  |  run {summary['run_id']}")
     for uri, reason in summary["failures"]:
         print(f"failed: {reason}" if uri in reason else f"failed: {uri}: {reason}", file=sys.stderr)
@@ -341,16 +349,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kpr", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("ingest", help="ingest the videos of an archive folder into a LanceDB store",
-                       description="Decode, detect, embed (KPR) and store every new video of ARCHIVE. "
-                                   "Runs a Prefect flow (ephemeral local server unless PREFECT_API_URL is set) over Ray "
-                                   "(local unless --ray-address / RAY_ADDRESS). Re-runs skip videos already done.")
+    p = sub.add_parser(
+        "ingest", help="ingest the videos of an archive folder into a LanceDB store",
+        description="Decode, detect, track, embed (KPR) and store every new video of ARCHIVE. Runs a Prefect flow\n"
+                    "(ephemeral local server unless PREFECT_API_URL is set) over Ray (local unless --ray-address /\n"
+                    "RAY_ADDRESS). Videos are split into --segment-s segments spread over --detectors detection and\n"
+                    "--embedders embedding actors. Re-runs skip videos already done with the same model.",
+        epilog="Detection backends and where their model files come from (README: detection backends):\n"
+               "  annotations  people and keypoints from each video's annotation file beside it (kpr sidecar,\n"
+               "               PoseTrack21 or COCO json, MOT gt.txt); no model file.\n"
+               "  yolox        person boxes from a YOLOX ONNX file (--detector-model, e.g. yolox_nano_416x416.onnx:\n"
+               "               Megvii YOLOX-Nano, COCO, ONNX conversion by Kazuhito00), keypoints from --pose-model.\n"
+               "  openpifpaf   boxes + keypoints from a local OpenPifPaf checkpoint (--openpifpaf-checkpoint, e.g.\n"
+               "               shufflenetv2k16 from the openpifpaf releases; scripts/install_openpifpaf.sh installs\n"
+               "               the package); checkpoints are pickled models: load only trusted files.\n"
+               "  --pose-model is a MoveNet SinglePose .tflite (e.g. movenet_singlepose_lightning_int8.tflite,\n"
+               "  Google, TF Hub): top-down keypoints for boxes without any (yolox, MOT annotations).\n\n"
+               "Example:\n  kpr ingest /data/archive --db store --model ckpt --backend yolox \\\n"
+               "      --detector-model models/yolox_nano_416x416.onnx \\\n"
+               "      --pose-model models/movenet_singlepose_lightning_int8.tflite --detectors 2",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("archive", type=Path, help="folder of videos (one sub-folder per camera) or a single video")
     p.add_argument("--db", required=True, help="LanceDB store: a local folder (created if missing) or an object-store URI")
     p.add_argument("--model", required=True, help="KPR model: a checkpoint folder (from `kpr train` or `kpr demo`) or an exported .onnx file")
     p.add_argument("--fps", type=_positive(float), default=5.0, help="frames sampled per second of video (default 5)")
-    p.add_argument("--backend", default="annotations", choices=["annotations"],
-                   help="where people and keypoints come from (default: sidecar annotation files)")
+    p.add_argument("--backend", default="annotations", choices=BACKENDS,
+                   help="where people and keypoints come from (default annotations; see below)")
+    p.add_argument("--detector-model", metavar="ONNX", help="YOLOX ONNX person detector (needed with --backend yolox)")
+    p.add_argument("--pose-model", metavar="TFLITE",
+                   help="MoveNet SinglePose .tflite: keypoints for detections without any (yolox, MOT boxes)")
+    p.add_argument("--openpifpaf-checkpoint", metavar="FILE",
+                   help="local OpenPifPaf checkpoint (needed with --backend openpifpaf)")
+    p.add_argument("--device", default="cpu", help="where the detector and KPR run: cpu (default) or cuda[:N]")
+    p.add_argument("--segment-s", type=_positive(float), default=60.0,
+                   help="seconds of video per work item, so a long video is spread over workers (default 60)")
+    p.add_argument("--detectors", type=_positive(int), default=1, help="detection/pose actors (default 1)")
+    p.add_argument("--embedders", type=_positive(int), default=1, help="KPR embedding actors (default 1)")
     p.add_argument("--ray-address", default=None, help="existing Ray cluster (default: RAY_ADDRESS or a local Ray)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ingest)

@@ -5,14 +5,31 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 
+import ray.exceptions
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
-from storage import Store, detection_row, detections_table
+from kpr_model.embeddings import ReIDEmbeddings
+from pipelines.errors import UserError
+from storage import Store, StoreError, detection_row, detections_table, tracklet_row, tracklets_table
+from workers.backends import BackendConfig
 from workers.discover import VideoTask, discover_videos
 from workers.embed import EmbeddedVideo
+from workers.errors import WorkerError
+from workers.ingest_options import IngestOptions
 from workers.ray_stages import ensure_ray, run_videos
+
+INGEST_RETRIES = 2
+INGEST_RETRY_DELAY_S = 30
+
+# A lost node, actor, object or connection: the same work can succeed on a second try.
+_TRANSIENT_RAY_ERRORS = (ray.exceptions.NodeDiedError, ray.exceptions.LocalRayletDiedError,
+                         ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.exceptions.RaySystemError,
+                         ray.exceptions.RpcError, ray.exceptions.WorkerCrashedError)
+# OSErrors that a retry cannot fix: a wrong path or missing rights is the user's to correct.
+_PERMANENT_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
 @dataclass
@@ -25,41 +42,81 @@ class IngestSummary:
     videos_done: int = 0
     videos_failed: int = 0
     detections_written: int = 0
+    tracklets_written: int = 0
     frames_sampled: int = 0
+    attempts: int = 0
+    maintain_s: float = 0.0
     wall_s: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def detections_per_s(self) -> float:
+        """Detections written per second of the whole run."""
         return self.detections_written / self.wall_s if self.wall_s > 0 else 0.0
 
     @property
     def frames_per_s(self) -> float:
+        """Sampled (decoded and detected) frames per second of the whole run."""
         return self.frames_sampled / self.wall_s if self.wall_s > 0 else 0.0
 
     def as_dict(self) -> dict:
+        """The summary as plain data (the flow's return value), throughput included."""
         return {**asdict(self), "detections_per_s": self.detections_per_s, "frames_per_s": self.frames_per_s}
 
     def markdown(self) -> str:
+        """The run report as the Markdown of the flow run's artifact."""
         lines = [
             f"# Ingestion run {self.run_id}",
-            "| videos found | skipped (already done) | done | failed | detections written | sampled frames/s | wall s |",
-            "|---|---|---|---|---|---|---|",
+            "| videos found | skipped (already done) | done | failed | detections written | tracklets written "
+            "| sampled frames/s | detections/s | wall s | store upkeep s | task attempts |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
             f"| {self.videos_found} | {self.videos_skipped} | {self.videos_done} | {self.videos_failed} "
-            f"| {self.detections_written} | {self.frames_per_s:.1f} | {self.wall_s:.1f} |",
+            f"| {self.detections_written} | {self.tracklets_written} | {self.frames_per_s:.1f} "
+            f"| {self.detections_per_s:.1f} | {self.wall_s:.1f} | {self.maintain_s:.1f} | {self.attempts} |",
         ]
         if self.failures:
             lines += ["", "## Failed videos", *[f"- `{uri}`: {reason}" for uri, reason in self.failures]]
         return "\n".join(lines)
 
 
-def _video_row(task: VideoTask, model_id: str, run_id: str, **facts) -> dict:
-    return {"video_id": task.video_id, "uri": task.uri, "camera_id": facts.pop("camera_id", task.camera_id),
-            "model_id": model_id, "run_id": run_id, **facts}
+def ingest_options(target_fps: float = 5.0, backend: str = "annotations", detector_model: str | None = None,
+                   pose_model: str | None = None, openpifpaf_checkpoint: str | None = None, device: str = "cpu",
+                   segment_s: float = 60.0, detectors: int = 1, embedders: int = 1) -> IngestOptions:
+    """The checked IngestOptions of the flow's (and `kpr ingest`'s) parameters; WorkerError names a bad one."""
+    config = BackendConfig(name=backend, detector_model=detector_model, pose_model=pose_model,
+                           openpifpaf_checkpoint=openpifpaf_checkpoint, device=device)
+    options = IngestOptions(target_fps=target_fps, segment_s=segment_s, backend=config, device=device,
+                            detectors=detectors, embedders=embedders)
+    options.check()
+    return options
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` may go away on a retry: a lost Ray node/actor/object, a dropped connection, an object-store IO error.
+
+    The project's own errors (a bad option, a missing model, a store refusing a batch) never are.
+    """
+    if isinstance(exc, (UserError, WorkerError, StoreError)):
+        return False
+    if isinstance(exc, _TRANSIENT_RAY_ERRORS):
+        return True
+    return isinstance(exc, OSError) and not isinstance(exc, _PERMANENT_OS_ERRORS)
+
+
+def retry_if_transient(task_, task_run, state) -> bool:
+    """Prefect retry condition of the ingest task: retry only when the attempt died of a transient error."""
+    return isinstance(state.data, BaseException) and is_transient(state.data)
+
+
+def _video_row(task_: VideoTask, model_id: str, run_id: str, **facts) -> dict:
+    """The store's video dict of ``task_`` (facts found while decoding override the discovered ones)."""
+    camera_id = facts.pop("camera_id", None) or task_.camera_id
+    return {"video_id": task_.video_id, "uri": task_.uri, "camera_id": camera_id, "model_id": model_id,
+            "run_id": run_id, **facts}
 
 
 def _detections(video: dict, result: EmbeddedVideo):
-    """The store's rows for one embedded video (empty when nobody was detected)."""
+    """The store's detection rows of one embedded video (empty when nobody was detected)."""
     if result.embeddings is None:
         return []
     rows = [detection_row(r.detection_id, video["video_id"], video["camera_id"], r.frame_index, r.timestamp, r.bbox,
@@ -68,20 +125,46 @@ def _detections(video: dict, result: EmbeddedVideo):
     return detections_table(rows, result.embeddings)
 
 
+def _tracklets(video: dict, result: EmbeddedVideo):
+    """The store's tracklet rows of one embedded video, with their aggregated embeddings (None when it has none)."""
+    if not result.tracklets:
+        return None
+    rows = [tracklet_row(t.track_id, video["video_id"], video["camera_id"], t.t_start, t.t_end, t.n_detections,
+                         t.best_detection_id, t.thumbnail, video["model_id"], video["run_id"])
+            for t in result.tracklets]
+    return tracklets_table(rows, ReIDEmbeddings.concat([t.embeddings for t in result.tracklets]))
+
+
 @task(name="discover-videos")
 def discover(archive: str) -> list[VideoTask]:
     """Hash every video of the archive (content hash = video_id)."""
     return discover_videos(archive)
 
 
-@task(name="ingest-videos")
-def ingest_videos(tasks: list[VideoTask], db: str, model: str, model_id: str, target_fps: float, backend: str,
-                  summary: IngestSummary, progress: bool) -> IngestSummary:
-    """Run the Ray stages over ``tasks`` and commit each video to the store as soon as it is embedded."""
+@task(name="ingest-videos", retries=INGEST_RETRIES, retry_delay_seconds=INGEST_RETRY_DELAY_S,
+      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
+def ingest_videos(tasks: list[VideoTask], db: str, model: str, model_id: str, options: IngestOptions,
+                  ray_address: str | None, summary: IngestSummary, progress: bool) -> IngestSummary:
+    """Run the Ray stages over ``tasks`` and commit each video (detections + tracklets) as soon as it is embedded.
+
+    Retried on transient errors only. Prefect hands every attempt the same ``summary``, so an attempt
+    starts with the videos neither done in the store nor already reported failed by this run. Ends
+    with Store.maintain, so the store stays fast to search as it grows: compaction and scalar indexes
+    take ~0.05 s on a small store; the ANN index build (from 10k detections, again at 2x growth) takes
+    ~30 s at 200k rows, small next to ingesting those rows.
+    """
     logger = get_run_logger()
+    summary.attempts += 1
     store = Store.open(db)
-    bar = tqdm(total=len(tasks), desc="ingest", unit="video", disable=not progress)
-    for outcome in run_videos(tasks, model, target_fps=target_fps, backend=backend):
+    done, failed = store.done_video_ids(model_id), {uri for uri, _ in summary.failures}
+    todo = [t for t in tasks if t.video_id not in done and t.uri not in failed]
+    if len(todo) < len(tasks):
+        logger.info("attempt %d: %d of %d videos left", summary.attempts, len(todo), len(tasks))
+    if not todo:
+        return summary
+    ensure_ray(ray_address)
+    bar = tqdm(total=len(todo), desc="ingest", unit="video", disable=not progress)
+    for outcome in run_videos(todo, model, options):
         if outcome.error is not None:
             store.record_failure(_video_row(outcome.task, model_id, summary.run_id), outcome.error)
             summary.videos_failed += 1
@@ -91,28 +174,39 @@ def ingest_videos(tasks: list[VideoTask], db: str, model: str, model_id: str, ta
             crops = outcome.result.crops
             video = _video_row(outcome.task, model_id, summary.run_id, camera_id=crops.camera_id,
                                start_time=crops.start_time, duration=crops.duration, num_frames=crops.num_frames)
-            summary.detections_written += store.write_video(video, _detections(video, outcome.result))
+            tracklets = _tracklets(video, outcome.result)
+            summary.detections_written += store.write_video(video, _detections(video, outcome.result), tracklets)
+            summary.tracklets_written += 0 if tracklets is None else tracklets.num_rows
             summary.videos_done += 1
             summary.frames_sampled += crops.frames_sampled
-            logger.info("done %s (%s): %d detections", outcome.task.uri, crops.camera_id, len(crops.records))
+            logger.info("done %s (%s): %d detections, %d tracklets", outcome.task.uri, video["camera_id"],
+                        len(crops.records), len(outcome.result.tracklets))
         bar.update(1)
         bar.set_postfix(detections=summary.detections_written, failed=summary.videos_failed)
     bar.close()
     if summary.videos_done:
-        store.optimize()
+        summary.maintain_s += store.maintain()["seconds"]
     return summary
 
 
 @flow(name="ingest-archive")
 def ingest_archive(archive: str, db: str, model: str, target_fps: float = 5.0, backend: str = "annotations",
-                   ray_address: str | None = None, progress: bool = True) -> dict:
+                   detector_model: str | None = None, pose_model: str | None = None,
+                   openpifpaf_checkpoint: str | None = None, device: str = "cpu", segment_s: float = 60.0,
+                   detectors: int = 1, embedders: int = 1, ray_address: str | None = None,
+                   progress: bool = True) -> dict:
     """Ingest every new video of ``archive`` into the LanceDB store ``db`` with the KPR checkpoint ``model``.
 
-    Videos already done with the same model are skipped, so re-runs and grown archives only do new work.
+    ``backend`` finds the people (annotations | yolox | openpifpaf, with its model files), ``device``
+    runs the models, ``segment_s`` splits videos into work items for ``detectors`` detection and
+    ``embedders`` embedding actors. Videos already done with the same model are skipped, so re-runs
+    and grown archives only do new work. Publishes the run report as the artifact ``ingest-report``.
     """
     from kpr_model.model_files import model_id_of
 
     started = time.perf_counter()
+    options = ingest_options(target_fps, backend, detector_model, pose_model, openpifpaf_checkpoint, device,
+                             segment_s, detectors, embedders)
     summary = IngestSummary(run_id=uuid.uuid4().hex[:12])
     model_id = model_id_of(model)
     tasks = discover(archive)
@@ -120,8 +214,7 @@ def ingest_archive(archive: str, db: str, model: str, target_fps: float = 5.0, b
     todo = [t for t in tasks if t.video_id not in done]
     summary.videos_found, summary.videos_skipped = len(tasks), len(tasks) - len(todo)
     if todo:
-        ensure_ray(ray_address)
-        summary = ingest_videos(todo, db, model, model_id, target_fps, backend, summary, progress)
+        summary = ingest_videos(todo, db, model, model_id, options, ray_address, summary, progress)
     summary.wall_s = time.perf_counter() - started
     create_markdown_artifact(summary.markdown(), key="ingest-report", description="Archive ingestion report")
     return summary.as_dict()

@@ -1,10 +1,21 @@
-"""LanceDB storage of detections and videos, and person search over them (ANN + exact KPR re-rank)."""
-from storage.schema import SCHEMA_VERSION, StoreError, detection_row, detections_table, embeddings_of
+"""LanceDB storage of detections, tracklets and videos, and person search over them (ANN + exact KPR re-rank)."""
+from storage.schema import (
+    SCHEMA_VERSION,
+    TRACKLETS,
+    StoreError,
+    detection_row,
+    detections_table,
+    embeddings_of,
+    tracklet_row,
+    tracklets_schema,
+    tracklets_table,
+)
 from storage.search import CameraGroup, PersonSearch, SearchFilters, SearchHit, TrackletGroup, group_hits
 from storage.store import Store
 
 __all__ = [
     "SCHEMA_VERSION",
+    "TRACKLETS",
     "CameraGroup",
     "PersonSearch",
     "SearchFilters",
@@ -16,4 +27,7 @@ __all__ = [
     "detections_table",
     "embeddings_of",
     "group_hits",
+    "tracklet_row",
+    "tracklets_schema",
+    "tracklets_table",
 ]

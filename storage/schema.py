@@ -1,10 +1,10 @@
 """Arrow schemas of the store's LanceDB tables and builders that turn model output into rows.
 
-Tables: ``detections`` (one row per person detection, keyed on detection_id) and ``videos`` (one
-row per ingested video, keyed on video_id). A ``tracklets`` table (per-track aggregated
-embeddings) is planned; its schema function will sit next to these two.
-Every table carries ``SCHEMA_VERSION`` in its schema metadata; ``detections`` also records the
-embedding dim D and the number of parts K it was created with.
+Tables: ``detections`` (one row per person detection, keyed on detection_id), ``tracklets`` (one
+row per tracklet of a video, keyed on track_id, with the aggregated embedding of its detections
+and its best thumbnail) and ``videos`` (one row per ingested video, keyed on video_id).
+Every table carries ``SCHEMA_VERSION`` in its schema metadata; ``detections`` and ``tracklets``
+also record the embedding dim D and the number of parts K they were created with.
 """
 from __future__ import annotations
 
@@ -17,17 +17,13 @@ from kpr_model.distance import ReIDEmbeddings
 
 SCHEMA_VERSION = 1
 DETECTIONS = "detections"
+TRACKLETS = "tracklets"
 VIDEOS = "videos"
 NUM_KEYPOINTS = 17
 
 VERSION_KEY = b"kpr_schema_version"
 DIM_KEY = b"kpr_embedding_dim"
 PARTS_KEY = b"kpr_num_parts"
-
-DETECTION_META_COLUMNS = (
-    "detection_id", "video_id", "camera_id", "frame_index", "timestamp", "bbox", "det_score",
-    "keypoints", "track_id", "thumbnail", "model_id", "run_id",
-)
 
 
 class StoreError(RuntimeError):
@@ -39,10 +35,21 @@ def _floats(size: int) -> pa.DataType:
     return pa.list_(pa.float32(), size)
 
 
-def detections_schema(dim: int, num_parts: int) -> pa.Schema:
-    """Schema of the detections table for embeddings of dim ``dim`` with ``num_parts`` parts."""
+def _embedding_fields(dim: int, num_parts: int) -> tuple[list[pa.Field], dict[bytes, str]]:
+    """The embedding columns (global vector [D], parts [K*D], visibility [K]) and the schema metadata recording D and K."""
     if dim < 1 or num_parts < 1:
         raise StoreError(f"embedding dim and number of parts must be >= 1, got D={dim}, K={num_parts}")
+    fields = [
+        pa.field("vector", _floats(dim), nullable=False),
+        pa.field("parts", _floats(num_parts * dim), nullable=False),
+        pa.field("visibility", _floats(num_parts), nullable=False),
+    ]
+    return fields, {VERSION_KEY: str(SCHEMA_VERSION), DIM_KEY: str(dim), PARTS_KEY: str(num_parts)}
+
+
+def detections_schema(dim: int, num_parts: int) -> pa.Schema:
+    """Schema of the detections table for embeddings of dim ``dim`` with ``num_parts`` parts."""
+    embedding, metadata = _embedding_fields(dim, num_parts)
     fields = [
         pa.field("detection_id", pa.string(), nullable=False),
         pa.field("video_id", pa.string(), nullable=False),
@@ -53,14 +60,30 @@ def detections_schema(dim: int, num_parts: int) -> pa.Schema:
         pa.field("det_score", pa.float32()),
         pa.field("keypoints", _floats(NUM_KEYPOINTS * 3), nullable=False),
         pa.field("track_id", pa.string()),
-        pa.field("vector", _floats(dim), nullable=False),
-        pa.field("parts", _floats(num_parts * dim), nullable=False),
-        pa.field("visibility", _floats(num_parts), nullable=False),
+        *embedding,
         pa.field("thumbnail", pa.binary()),
         pa.field("model_id", pa.string(), nullable=False),
         pa.field("run_id", pa.string()),
     ]
-    metadata = {VERSION_KEY: str(SCHEMA_VERSION), DIM_KEY: str(dim), PARTS_KEY: str(num_parts)}
+    return pa.schema(fields, metadata=metadata)
+
+
+def tracklets_schema(dim: int, num_parts: int) -> pa.Schema:
+    """Schema of the tracklets table: one aggregated embedding of dim ``dim`` with ``num_parts`` parts per tracklet."""
+    embedding, metadata = _embedding_fields(dim, num_parts)
+    fields = [
+        pa.field("track_id", pa.string(), nullable=False),
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("camera_id", pa.string(), nullable=False),
+        pa.field("t_start", pa.float64(), nullable=False),
+        pa.field("t_end", pa.float64(), nullable=False),
+        pa.field("n_detections", pa.int32(), nullable=False),
+        pa.field("best_detection_id", pa.string()),
+        *embedding,
+        pa.field("thumbnail", pa.binary()),
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("run_id", pa.string()),
+    ]
     return pa.schema(fields, metadata=metadata)
 
 
@@ -95,7 +118,7 @@ def check_version(schema: pa.Schema, table: str, uri: str) -> None:
 
 
 def embedding_shape(schema: pa.Schema) -> tuple[int, int]:
-    """(D, K) recorded in a detections table's schema metadata."""
+    """(D, K) recorded in a detections or tracklets table's schema metadata."""
     metadata = schema.metadata or {}
     return int(metadata[DIM_KEY]), int(metadata[PARTS_KEY])
 
@@ -141,6 +164,37 @@ def detection_row(
     }
 
 
+def tracklet_row(
+    track_id: str,
+    video_id: str,
+    camera_id: str,
+    t_start: float,
+    t_end: float,
+    n_detections: int,
+    best_detection_id: str | None,
+    thumbnail: bytes | None,
+    model_id: str,
+    run_id: str | None = None,
+) -> dict:
+    """Per-tracklet metadata (everything but the aggregated embedding) as a checked dict for tracklets_table."""
+    if n_detections < 1:
+        raise StoreError(f"tracklet {track_id}: needs at least one detection, got {n_detections}")
+    if not t_start <= t_end:
+        raise StoreError(f"tracklet {track_id}: t_start {t_start} is after t_end {t_end}")
+    return {
+        "track_id": track_id,
+        "video_id": video_id,
+        "camera_id": camera_id,
+        "t_start": float(t_start),
+        "t_end": float(t_end),
+        "n_detections": int(n_detections),
+        "best_detection_id": best_detection_id,
+        "thumbnail": thumbnail,
+        "model_id": model_id,
+        "run_id": run_id,
+    }
+
+
 def _fixed_list(values: np.ndarray, size: int) -> pa.FixedSizeListArray:
     """[N, size] float32 values as a FixedSizeListArray without per-row Python work."""
     flat = pa.array(np.ascontiguousarray(values, dtype=np.float32).reshape(-1))
@@ -152,28 +206,44 @@ def _stacked_fixed_list(values: list, size: int) -> pa.FixedSizeListArray:
     return _fixed_list(np.array([np.asarray(v, np.float32).reshape(size) for v in values], np.float32).reshape(-1, size), size)
 
 
-def detections_table(rows: Sequence[dict], embeddings: ReIDEmbeddings) -> pa.Table:
-    """Detections Arrow table from per-detection metadata (see detection_row) + one embedding batch."""
+def _table_with_embeddings(what: str, schema: pa.Schema, rows: Sequence[dict], embeddings: ReIDEmbeddings,
+                           vectors: dict[str, int], hint: str) -> pa.Table:
+    """Arrow table of ``schema`` from metadata dicts + row-aligned embeddings.
+
+    ``vectors`` names the fixed-size float metadata columns (bbox, keypoints) with their lengths.
+    """
     if len(rows) != len(embeddings):
-        raise StoreError(f"{len(rows)} detection rows but {len(embeddings)} embeddings")
-    dim, num_parts = embeddings.dim, embeddings.num_parts
-    schema = detections_schema(dim, num_parts)
-    n = len(rows)
-    columns = {name: [row.get(name) for row in rows] for name in DETECTION_META_COLUMNS}
+        raise StoreError(f"{len(rows)} {what} rows but {len(embeddings)} embeddings")
+    n, dim, num_parts = len(rows), embeddings.dim, embeddings.num_parts
     try:
         arrays = {
-            name: pa.array(values, type=schema.field(name).type)
-            for name, values in columns.items()
-            if name not in ("bbox", "keypoints")
+            "vector": _fixed_list(embeddings.global_emb.reshape(n, dim), dim),
+            "parts": _fixed_list(embeddings.parts.reshape(n, num_parts * dim), num_parts * dim),
+            "visibility": _fixed_list(embeddings.visibility.reshape(n, num_parts), num_parts),
         }
-        arrays["bbox"] = _stacked_fixed_list(columns["bbox"], 4)
-        arrays["keypoints"] = _stacked_fixed_list(columns["keypoints"], NUM_KEYPOINTS * 3)
-        arrays["vector"] = _fixed_list(embeddings.global_emb.reshape(n, dim), dim)
-        arrays["parts"] = _fixed_list(embeddings.parts.reshape(n, num_parts * dim), num_parts * dim)
-        arrays["visibility"] = _fixed_list(embeddings.visibility.reshape(n, num_parts), num_parts)
+        for field in schema:
+            if field.name in arrays:
+                continue
+            values = [row.get(field.name) for row in rows]
+            arrays[field.name] = (_stacked_fixed_list(values, vectors[field.name]) if field.name in vectors
+                                  else pa.array(values, type=field.type))
         return pa.Table.from_arrays([arrays[f.name] for f in schema], schema=schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
-        raise StoreError(f"cannot build detections table (bbox needs 4 numbers, keypoints 51, ids strings): {exc}") from exc
+        raise StoreError(f"cannot build {what} table ({hint}): {exc}") from exc
+
+
+def detections_table(rows: Sequence[dict], embeddings: ReIDEmbeddings) -> pa.Table:
+    """Detections Arrow table from per-detection metadata (see detection_row) + one embedding batch."""
+    return _table_with_embeddings(
+        "detection", detections_schema(embeddings.dim, embeddings.num_parts), rows, embeddings,
+        {"bbox": 4, "keypoints": NUM_KEYPOINTS * 3}, "bbox needs 4 numbers, keypoints 51, ids strings")
+
+
+def tracklets_table(rows: Sequence[dict], embeddings: ReIDEmbeddings) -> pa.Table:
+    """Tracklets Arrow table from per-tracklet metadata (see tracklet_row) + their aggregated embeddings (one row each)."""
+    return _table_with_embeddings(
+        "tracklet", tracklets_schema(embeddings.dim, embeddings.num_parts), rows, embeddings, {},
+        "ids strings, times numbers, n_detections an integer")
 
 
 def _fixed_list_column(table: pa.Table, name: str) -> np.ndarray:

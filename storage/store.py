@@ -1,11 +1,11 @@
-"""LanceDB-backed store of detections and video ingestion status, written once per video, idempotently."""
+"""LanceDB-backed store of detections, tracklets and video ingestion status, written once per video, idempotently."""
 from __future__ import annotations
 
 import fcntl
 import json
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,9 +18,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from kpr_model.distance import ReIDEmbeddings
 from storage import sql
 from storage.schema import (
     DETECTIONS,
+    TRACKLETS,
     VIDEOS,
     StoreError,
     check_version,
@@ -28,6 +30,8 @@ from storage.schema import (
     detections_table,
     embedding_shape,
     embeddings_of,
+    tracklets_schema,
+    tracklets_table,
     videos_schema,
 )
 
@@ -35,9 +39,13 @@ _REQUIRED_VIDEO_KEYS = ("video_id", "uri", "camera_id", "model_id")
 _ID_BATCH = 1000
 _OPEN_ATTEMPTS = 8
 
-# Scalar indexes of the detections table: key lookups, video rewrites, tracklets, camera/time filters.
-_SCALAR_INDEXES = (("detection_id", BTree), ("video_id", BTree), ("track_id", BTree), ("timestamp", BTree),
-                   ("camera_id", Bitmap))
+# Scalar indexes per table: key lookups, video rewrites, tracklets, camera/time filters.
+_SCALAR_INDEXES = {
+    VIDEOS: (("video_id", BTree),),
+    DETECTIONS: (("detection_id", BTree), ("video_id", BTree), ("track_id", BTree), ("timestamp", BTree),
+                 ("camera_id", Bitmap)),
+    TRACKLETS: (("track_id", BTree), ("video_id", BTree)),
+}
 # Field metadata of the `vector` column that records how its ANN index was built (and on how many rows).
 VECTOR_INDEX_KEY = "kpr:vector_index"
 VECTOR_INDEX_TYPES = ("IVF_PQ", "IVF_HNSW_SQ")
@@ -136,13 +144,53 @@ def _is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
 
 
-def _rows_to_table(rows: Sequence[dict]) -> pa.Table:
-    """Detections given as dicts (metadata + vector, parts, visibility) as a detections Arrow table."""
+@dataclass(frozen=True)
+class _RowKind:
+    """A per-video keyed table of embedded rows (detections or tracklets): its name, key and builders."""
+
+    table: str
+    key: str
+    schema: Callable[[int, int], pa.Schema]
+    build: Callable[[Sequence[dict], ReIDEmbeddings], pa.Table]
+
+
+_DETECTION_ROWS = _RowKind(DETECTIONS, "detection_id", detections_schema, detections_table)
+_TRACKLET_ROWS = _RowKind(TRACKLETS, "track_id", tracklets_schema, tracklets_table)
+
+
+def _as_table(rows: pa.Table | Sequence[dict] | None, kind: _RowKind) -> pa.Table | None:
+    """Rows given as an Arrow table or as dicts (metadata + vector, parts, visibility) as an Arrow table; None when empty."""
+    if isinstance(rows, pa.Table):
+        return rows if rows.num_rows else None
+    if not rows:
+        return None
     try:
         embeddings = embeddings_of(rows)
     except (KeyError, ValueError) as exc:
-        raise StoreError(f"detection dicts need vector [D], parts [K, D] and visibility [K]: {exc!r}") from exc
-    return detections_table(rows, embeddings)
+        raise StoreError(f"{kind.table} dicts need vector [D], parts [K, D] and visibility [K]: {exc!r}") from exc
+    return kind.build(rows, embeddings)
+
+
+def _conform(video: dict, table: pa.Table, kind: _RowKind) -> pa.Table:
+    """``table`` cast to its store schema after checking it belongs to ``video`` (same video and model, unique keys)."""
+    video_id = video.get("video_id")
+    try:
+        dim = table.schema.field("vector").type.list_size
+        num_parts = table.schema.field("visibility").type.list_size
+        schema = kind.schema(dim, num_parts)
+        table = table.select(schema.names).cast(schema)
+    except (AttributeError, KeyError, ValueError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise StoreError(f"video {video_id}: {kind.table} do not fit the store schema: {exc}") from exc
+    for field in schema:
+        if not field.nullable and table.column(field.name).null_count:
+            raise StoreError(f"video {video_id}: {kind.table} column {field.name} has nulls")
+    if not pc.all(pc.equal(table["video_id"], video_id)).as_py():
+        raise StoreError(f"video {video_id}: {kind.table} carry another video_id")
+    if not pc.all(pc.equal(table["model_id"], video.get("model_id"))).as_py():
+        raise StoreError(f"video {video_id}: {kind.table} carry another model_id than the video row")
+    if pc.count_distinct(table[kind.key]).as_py() != table.num_rows:
+        raise StoreError(f"video {video_id}: duplicate {kind.key} in the batch")
+    return table
 
 
 def _check_video(video: dict) -> None:
@@ -222,6 +270,26 @@ def vector_index_config(plan: dict) -> IvfPq | IvfHnswSq:
     return IvfHnswSq(distance_type="l2", num_partitions=plan["num_partitions"])
 
 
+def _count(table: lancedb.table.Table | None, video_id: str | None) -> int:
+    """Rows of a table that may not exist yet (0 then), optionally only those of one video."""
+    if table is None:
+        return 0
+    return table.count_rows(None if video_id is None else sql.equals("video_id", video_id))
+
+
+def _query(table: lancedb.table.Table | None, where: str | None, columns: Sequence[str] | None,
+           limit: int | None) -> pa.Table:
+    """Rows of a table that may not exist yet (an empty table then) matching an escaped ``where``."""
+    if table is None:
+        return pa.table({})
+    query = table.search()
+    if where:
+        query = query.where(where)
+    if columns is not None:
+        query = query.select(list(columns))
+    return query.limit(limit).to_arrow()
+
+
 def _fragments(table: lancedb.table.Table) -> int:
     """Number of data fragments (files written by separate commits) of a table."""
     return int(table.stats()["fragment_stats"]["num_fragments"])
@@ -233,7 +301,11 @@ def _versions(table: lancedb.table.Table) -> set[int]:
 
 
 class Store:
-    """The project's LanceDB store: a `detections` and a `videos` table at one folder or object-store URI."""
+    """The project's LanceDB store: `detections`, `tracklets` and `videos` tables at one folder or object-store URI.
+
+    The detections and tracklets tables are created by the first write that has such rows, so a
+    store written before tracklets existed opens (read-only too) and simply has no tracklets.
+    """
 
     def __init__(self, db: lancedb.DBConnection, uri: str, videos: lancedb.table.Table,
                  ann: AnnSettings = AnnSettings()) -> None:
@@ -242,6 +314,7 @@ class Store:
         self.ann = ann
         self._videos = videos
         self._detections: lancedb.table.Table | None = None
+        self._tracklets: lancedb.table.Table | None = None
         self._keys_declared: set[str] = set()
         self._shape: tuple[int, int] | None = None
         self._open_detections()
@@ -304,6 +377,33 @@ class Store:
             )
         return self._keyed_table(self._detections, "detection_id")
 
+    def _open_tracklets(self) -> lancedb.table.Table | None:
+        """The tracklets table if it exists yet (created by the first write with tracklets), version-checked."""
+        if self._tracklets is None:
+            table = _open_table(self._db, TRACKLETS)
+            if table is not None:
+                check_version(table.schema, TRACKLETS, self.uri)
+            self._tracklets = table
+        return self._tracklets
+
+    def _tracklets_for_write(self, dim: int, num_parts: int) -> lancedb.table.Table:
+        """The tracklets table, created for (D, K) on first use; refuses tracklets of another shape than the store's."""
+        held = self.embedding_shape if self._open_tracklets() is None else embedding_shape(self._tracklets.schema)
+        if held not in (None, (dim, num_parts)):
+            raise StoreError(
+                f"store at {self.uri} holds embeddings with D={held[0]}, K={held[1]}; "
+                f"refusing tracklets with D={dim}, K={num_parts}"
+            )
+        if self._tracklets is None:
+            self._tracklets = _open_table(self._db, TRACKLETS, _keyed(tracklets_schema(dim, num_parts), "track_id"))
+            check_version(self._tracklets.schema, TRACKLETS, self.uri)
+        return self._keyed_table(self._tracklets, "track_id")
+
+    def _tables(self) -> dict[str, lancedb.table.Table]:
+        """The store's tables that exist yet, by name (videos always; detections and tracklets once written)."""
+        tables = {VIDEOS: self._videos, DETECTIONS: self._open_detections(), TRACKLETS: self._open_tracklets()}
+        return {name: table for name, table in tables.items() if table is not None}
+
     def _keyed_table(self, table: lancedb.table.Table, key: str) -> lancedb.table.Table:
         """``table``, once its ``key`` column is declared its primary key (checked once per Store), for merge_insert."""
         if key not in self._keys_declared:
@@ -311,21 +411,40 @@ class Store:
             self._keys_declared.add(key)
         return table
 
-    def write_video(self, video: dict, detections: pa.Table | Sequence[dict]) -> int:
-        """Commit one video: its detections, then its "done" row; safe to repeat after a crash.
+    def write_video(self, video: dict, detections: pa.Table | Sequence[dict],
+                    tracklets: pa.Table | Sequence[dict] | None = None) -> int:
+        """Commit one video: its detections, its tracklets, then its "done" row; safe to repeat after a crash.
 
         Step 1 is one merge_insert keyed on detection_id (matched rows updated, new rows inserted);
         step 2 deletes rows of this video that the batch no longer has (only when there are any,
-        e.g. a re-run with other detector settings); step 3 upserts the video row as "done". A crash
-        before step 3 leaves the video not done, and re-running rewrites the same ids without
-        duplicates. Returns the number of newly inserted detection rows.
+        e.g. a re-run with other detector settings); steps 3 and 4 do the same for the tracklets
+        (keyed on track_id; None or empty means the video has none, so its old ones are removed);
+        step 5 upserts the video row as "done". Both batches are checked (and must have the same
+        embedding shape, the store's) before anything is written.
+        A crash before step 5 leaves the video not done, and re-running rewrites the same ids
+        without duplicates. Returns the number of newly inserted detection rows.
         """
         _check_video(video)
-        if not isinstance(detections, pa.Table):
-            detections = _rows_to_table(detections) if detections else None
+        detections = _as_table(detections, _DETECTION_ROWS)
+        tracklets = _as_table(tracklets, _TRACKLET_ROWS)
+        detections = None if detections is None else _conform(video, detections, _DETECTION_ROWS)
+        tracklets = None if tracklets is None else _conform(video, tracklets, _TRACKLET_ROWS)
+        target = None
+        if tracklets is not None:
+            shape = embedding_shape(tracklets.schema)
+            own = shape if detections is None else embedding_shape(detections.schema)
+            if own != shape:
+                raise StoreError(f"video {video['video_id']}: tracklets have D={shape[0]}, K={shape[1]} "
+                                 f"but its detections D={own[0]}, K={own[1]}")
+            target = self._tracklets_for_write(*shape)
         count = 0 if detections is None else detections.num_rows
         new_rows = self._merge_detections(video, detections) if count else 0
-        self._drop_stale_detections(video["video_id"], [] if detections is None else detections["detection_id"].to_pylist())
+        self._drop_stale(self._open_detections(), _DETECTION_ROWS, video["video_id"],
+                         [] if detections is None else detections["detection_id"].to_pylist())
+        if target is not None:
+            self._merge(target, _TRACKLET_ROWS, tracklets)
+        self._drop_stale(self._open_tracklets(), _TRACKLET_ROWS, video["video_id"],
+                         [] if tracklets is None else tracklets["track_id"].to_pylist())
         self._upsert_video(_video_row(video, "done", None, count))
         return new_rows
 
@@ -334,52 +453,37 @@ class Store:
         self._upsert_video(_video_row(video, "failed", str(error), 0))
 
     def _merge_detections(self, video: dict, table: pa.Table) -> int:
-        """Step 1 of write_video: the single merge_insert commit of one video's detections."""
-        video_id = video.get("video_id")
-        try:
-            dim = table.schema.field("vector").type.list_size
-            num_parts = table.schema.field("visibility").type.list_size
-            schema = detections_schema(dim, num_parts)
-            table = table.select(schema.names).cast(schema)
-        except (AttributeError, KeyError, ValueError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise StoreError(f"video {video_id}: detections do not fit the store schema: {exc}") from exc
-        for field in schema:
-            if not field.nullable and table.column(field.name).null_count:
-                raise StoreError(f"video {video_id}: column {field.name} has nulls")
-        if not pc.all(pc.equal(table["video_id"], video_id)).as_py():
-            raise StoreError(f"video {video_id}: detections carry another video_id")
-        if not pc.all(pc.equal(table["model_id"], video.get("model_id"))).as_py():
-            raise StoreError(f"video {video_id}: detections carry another model_id than the video row")
-        if pc.count_distinct(table["detection_id"]).as_py() != table.num_rows:
-            raise StoreError(f"video {video_id}: duplicate detection_id in the batch")
-        # A scan join, not the detection_id index: the indexed join slows down with every fragment
+        """Step 1 of write_video: the single merge_insert commit of one video's detections; returns rows inserted.
+
+        Checks the batch itself (a no-op cast when write_video already did), so it stands alone too.
+        """
+        table = _conform(video, table, _DETECTION_ROWS)
+        return self._merge(self._detections_for_write(*embedding_shape(table.schema)), _DETECTION_ROWS, table)
+
+    @staticmethod
+    def _merge(target: lancedb.table.Table, kind: _RowKind, table: pa.Table) -> int:
+        """One merge_insert commit of a video's conformed rows into ``target`` keyed on ``kind.key``; returns rows inserted."""
+        # A scan join, not the key's index: the indexed join slows down with every fragment
         # written since the last maintain (5 s vs 0.1-0.5 s per video at ~500 new fragments, 250k rows).
-        result = (
-            self._detections_for_write(dim, num_parts)
-            .merge_insert("detection_id")
-            .when_matched_update_all()
-            .when_not_matched_insert_all()
-            .use_index(False)
-            .execute(table)
-        )
+        merge = target.merge_insert(kind.key).when_matched_update_all().when_not_matched_insert_all()
+        result = merge.use_index(False).execute(table)
         return int(result.num_inserted_rows)
 
-    def _drop_stale_detections(self, video_id: str, keep_ids: Sequence[str]) -> None:
-        """Step 2 of write_video: delete this video's rows whose ids are not in ``keep_ids``.
+    @staticmethod
+    def _drop_stale(target: lancedb.table.Table | None, kind: _RowKind, video_id: str, keep_ids: Sequence[str]) -> None:
+        """Steps 2 and 4 of write_video: delete this video's rows of ``target`` whose keys are not in ``keep_ids``.
 
         (merge_insert's when_not_matched_by_source_delete would do this in step 1's commit, but it
         reads the whole table on every write: ~10x slower at 10k rows, and growing with the table.)
         """
-        existing = self.query_detections(sql.equals("video_id", video_id), columns=["detection_id"])
-        if not existing.num_rows:
-            return
-        stale = sorted(set(existing["detection_id"].to_pylist()) - set(keep_ids))
+        existing = _query(target, sql.equals("video_id", video_id), [kind.key], None)
+        stale = sorted(set(existing[kind.key].to_pylist()) - set(keep_ids)) if existing.num_rows else []
         for start in range(0, len(stale), _ID_BATCH):
             batch = stale[start : start + _ID_BATCH]
-            self._detections.delete(sql.all_of([sql.equals("video_id", video_id), sql.is_in("detection_id", batch)]))
+            target.delete(sql.all_of([sql.equals("video_id", video_id), sql.is_in(kind.key, batch)]))
 
     def _upsert_video(self, row: pa.Table) -> None:
-        """Step 3 of write_video (and record_failure): insert or replace the video's row."""
+        """Step 5 of write_video (and record_failure): insert or replace the video's row."""
         videos = self._keyed_table(self._videos, "video_id")
         videos.merge_insert("video_id").when_matched_update_all().when_not_matched_insert_all().execute(row)
 
@@ -395,25 +499,24 @@ class Store:
 
     def optimize(self) -> None:
         """Compact the small per-video fragments and fold new rows into existing indexes (run between ingest runs)."""
-        self._videos.optimize()
-        if self._open_detections() is not None:
-            self._detections.optimize()
+        for table in self._tables().values():
+            table.optimize()
 
     def maintain(self, cleanup_older_than: timedelta | None = timedelta(days=7),
                  vector_index_min_rows: int = 10_000) -> dict:
         """Keep a growing store fast and small: compaction, cleanup of old versions, index upkeep; returns a report.
 
-        Compacts both tables' per-video fragments, folds new rows into existing indexes, deletes
+        Compacts every table's per-video fragments, folds new rows into existing indexes, deletes
         table versions older than ``cleanup_older_than`` (None keeps them all; readers still on an
         older version fail once it is deleted, so use 0 only while nothing else uses the store),
         creates missing scalar indexes and, once the detections table has ``vector_index_min_rows``
         rows, builds the ANN index (retrained when the table has grown 2x since it was trained).
-        The report has ``detections``, ``videos``, ``fragments_before``/``fragments_after`` (of the
-        detections table), ``versions_removed`` (both tables), ``indexes``, ``total_bytes`` and ``seconds``.
+        The report has ``detections``, ``tracklets``, ``videos``, ``fragments_before``/``fragments_after``
+        (of the detections table), ``versions_removed`` (all tables), ``indexes``, ``total_bytes`` and ``seconds``.
         """
         started = time.perf_counter()
         keep = _KEEP_ALL_VERSIONS if cleanup_older_than is None else cleanup_older_than
-        tables = [t for t in (self._videos, self._open_detections()) if t is not None]
+        tables = list(self._tables().values())
         versions_before = [_versions(t) for t in tables]
         fragments_before = _fragments(self._detections) if self._detections is not None else 0
         for table in tables:
@@ -424,6 +527,7 @@ class Store:
                 table.optimize(cleanup_older_than=keep)
         return {
             "detections": self.count_detections(),
+            "tracklets": self.count_tracklets(),
             "videos": self.count_videos(),
             "fragments_before": fragments_before,
             "fragments_after": _fragments(self._detections) if self._detections is not None else 0,
@@ -435,11 +539,10 @@ class Store:
 
     def _ensure_indexes(self, vector_index_min_rows: int, rebuild: bool) -> dict[str, dict]:
         """Create missing scalar indexes (all with ``rebuild``) and the ANN index when due; one report entry per index."""
-        actions = {"videos.video_id": self._scalar_index(self._videos, "video_id", BTree, rebuild)}
+        actions = {f"{name}.{column}": self._scalar_index(table, column, config, rebuild)
+                   for name, table in self._tables().items() for column, config in _SCALAR_INDEXES[name]}
         table = self._open_detections()
         if table is not None:
-            for column, config in _SCALAR_INDEXES:
-                actions[f"detections.{column}"] = self._scalar_index(table, column, config, rebuild)
             rows, plan = table.count_rows(), self.vector_index()
             trained = None if plan is None else plan.get("trained_rows")
             if rows >= vector_index_min_rows and (rebuild or not trained or rows >= _RETRAIN_GROWTH * trained):
@@ -460,8 +563,7 @@ class Store:
     def _index_report(self, actions: dict[str, str]) -> dict[str, dict]:
         """Per index (``table.column``): what maintenance did, its type and how many rows it covers or not yet."""
         report = {}
-        for table in (t for t in (self._videos, self._detections) if t is not None):
-            name = VIDEOS if table is self._videos else DETECTIONS
+        for name, table in self._tables().items():
             for index in table.list_indices():
                 key = f"{name}.{index.columns[0]}"
                 stats = table.index_stats(index.name)
@@ -514,22 +616,20 @@ class Store:
 
     def count_detections(self, video_id: str | None = None) -> int:
         """Number of detection rows, optionally of one video."""
-        table = self._open_detections()
-        if table is None:
-            return 0
-        return table.count_rows(None if video_id is None else sql.equals("video_id", video_id))
+        return _count(self._open_detections(), video_id)
+
+    def count_tracklets(self, video_id: str | None = None) -> int:
+        """Number of tracklet rows, optionally of one video (0 for a store written before tracklets existed)."""
+        return _count(self._open_tracklets(), video_id)
 
     def query_detections(self, where: str | None, columns: Sequence[str] | None = None, limit: int | None = None) -> pa.Table:
         """Detection rows matching an already-escaped ``where`` clause (build it with storage.sql)."""
-        table = self._open_detections()
-        if table is None:
-            return pa.table({})
-        query = table.search()
-        if where:
-            query = query.where(where)
-        if columns is not None:
-            query = query.select(list(columns))
-        return query.limit(limit).to_arrow()
+        return _query(self._open_detections(), where, columns, limit)
+
+    def list_tracklets(self, where: str | None = None, limit: int | None = None,
+                       columns: Sequence[str] | None = None) -> pa.Table:
+        """Tracklet rows (all columns, aggregated embeddings included, unless ``columns``) matching an escaped ``where``."""
+        return _query(self._open_tracklets(), where, columns, limit)
 
     def iter_detections(self, columns: Sequence[str] | None = None, batch_rows: int = 16_384) -> Iterator[pa.Table]:
         """Every detection row in batches of at most ``batch_rows``, so whole-table passes need not hold the table."""

@@ -241,3 +241,37 @@ def test_query_encoder_refuses_another_stores_model(tiny_checkpoint, tmp_path):
         QueryEncoder(tiny_checkpoint, Store.open(str(tmp_path / "db"), create=False))
     with pytest.raises(UserError, match="nomodel"):
         QueryEncoder(tmp_path / "nomodel")
+
+
+# --- kpr ingest: backend options are checked before anything starts ---
+
+BAD_INGESTS = [
+    (["--backend", "yolox"], "yolox backend needs --detector-model"),
+    (["--backend", "yolox", "--detector-model", "{tmp}/none.onnx"], "none.onnx: YOLOX ONNX detector model not found"),
+    (["--pose-model", "{tmp}/none.tflite"], "none.tflite: MoveNet pose model not found"),
+    (["--backend", "openpifpaf"], "openpifpaf backend needs --openpifpaf-checkpoint"),
+    (["--backend", "openpifpaf", "--openpifpaf-checkpoint", "{tmp}/none.pkl"], "none.pkl: OpenPifPaf checkpoint not found"),
+    (["--backend", "movenet"], "invalid choice: 'movenet'"),
+    (["--device", "tpu"], "device must be 'cpu' or 'cuda"),
+    (["--detectors", "0"], "must be > 0"),
+    (["--segment-s", "-5"], "must be > 0"),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), BAD_INGESTS, ids=[e for _, e in BAD_INGESTS])
+def test_bad_ingest_options_are_one_line_and_touch_nothing(tmp_path, capsys, args, expected):
+    db = tmp_path / "db"
+    command = ["ingest", str(tmp_path), "--db", str(db), "--model", str(tmp_path / "ckpt"), "--no-progress"]
+    assert main(command + [a.format(tmp=tmp_path) for a in args]) == 2
+    assert expected in _error_line(capsys)
+    assert not db.exists()
+
+
+def test_ingest_help_says_where_model_files_come_from(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["ingest", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--backend {annotations,yolox,openpifpaf}", "--detector-model", "--pose-model",
+                 "--openpifpaf-checkpoint", "--device", "--segment-s", "--detectors", "--embedders"):
+        assert flag in text
+    assert "README" in text and "YOLOX-Nano" in text and "TF Hub" in text and "trusted" in text

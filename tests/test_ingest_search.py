@@ -3,27 +3,37 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import ray.exceptions
+from prefect.states import Failed
 
+from kpr_model.model_files import model_id_of
 from pipelines.cli import main
-from storage import Store
+from pipelines.errors import UserError
+from pipelines.flows import IngestSummary, ingest_options, ingest_videos, is_transient, retry_if_transient
+from storage import Store, StoreError
 from workers.decode import probe_video, sample_indices
+from workers.discover import discover_videos
+from workers.errors import WorkerError
 
 pytestmark = pytest.mark.integration
 
 
-def _expected_detections(archive, fps: float) -> int:
-    """Annotated people at the frames that ingestion samples, summed over the archive's videos."""
-    total = 0
+def sampled_annotations(archive, fps: float) -> tuple[int, int]:
+    """Annotated people, and distinct annotated tracks, at the frames that ingestion samples, over the archive."""
+    detections = tracks = 0
     for video in sorted(archive.rglob("*.mp4")):
         sidecar = json.loads(video.with_suffix(".json").read_text())
         info = probe_video(video)
         sampled = set(sample_indices(info.num_frames, info.fps, fps).tolist())
-        total += sum(len(f["detections"]) for f in sidecar["frames"] if f["frame_index"] in sampled)
-    return total
+        people = [d for f in sidecar["frames"] if f["frame_index"] in sampled for d in f["detections"]]
+        detections += len(people)
+        tracks += len({d["track_id"] for d in people})
+    return detections, tracks
 
 
 def _one_error_line(capsys, expected: str) -> None:
@@ -46,10 +56,11 @@ def test_ingest_writes_every_sampled_detection_once(ingested):
     store = Store.open(str(db), create=False)
     n_videos = len(list(archive.rglob("*.mp4")))
     assert store.count_videos(status="done") == n_videos
-    expected = _expected_detections(archive, 5.0)
-    assert expected > 0 and store.count_detections() == expected
+    detections, tracklets = sampled_annotations(archive, 5.0)
+    assert detections > 0 and store.count_detections() == detections
     ids = store.query_detections(None, columns=["detection_id"])["detection_id"].to_pylist()
     assert len(set(ids)) == len(ids)
+    assert store.count_tracklets() == tracklets
 
 
 def test_second_run_writes_nothing_and_says_so(ingested, tiny_checkpoint, capsys):
@@ -107,7 +118,31 @@ def test_unreadable_video_is_recorded_and_the_rest_ingested(small_archive, tiny_
     failed = {r["uri"].rsplit("/", 1)[-1]: r["error"] for r in store.video_rows(status="failed")}
     assert set(failed) == {"broken.mp4", "empty.mp4"} and "empty file" in failed["empty.mp4"]
     assert store.count_videos(status="done") == len(list(small_archive.rglob("*.mp4")))
-    assert store.count_detections() == _expected_detections(small_archive, 5.0)
+    assert (store.count_detections(), store.count_tracklets()) == sampled_annotations(small_archive, 5.0)
+
+    # What a retry of the ingest task does on this store: only videos neither done nor already failed in its run.
+    tasks, model_id = discover_videos(str(archive)), model_id_of(str(tiny_checkpoint))
+    options = ingest_options()
+    reported = [(row["uri"], row["error"]) for row in store.video_rows(status="failed")]
+    retry = ingest_videos(tasks, str(db), str(tiny_checkpoint), model_id, options, None,
+                          IngestSummary("retry", failures=reported), False)
+    assert (retry.attempts, retry.videos_done, retry.videos_failed) == (1, 0, 0)
+    fresh = ingest_videos(tasks, str(db), str(tiny_checkpoint), model_id, options, None, IngestSummary("fresh"), False)
+    assert (fresh.videos_done, sorted(Path(uri).name for uri, _ in fresh.failures)) == (0, ["broken.mp4", "empty.mp4"])
+
+
+def test_only_transient_errors_retry_the_ingest_task():
+    transient = [ConnectionResetError("peer reset"), TimeoutError(), OSError(5, "object store: I/O error"),
+                 ray.exceptions.NodeDiedError("node lost"), ray.exceptions.ActorDiedError(),
+                 ray.exceptions.RaySystemError("gcs unreachable")]
+    permanent = [FileNotFoundError("archive"), PermissionError("db"), WorkerError("no model"), StoreError("schema"),
+                 UserError("bad option"), ValueError("bug"),
+                 ray.exceptions.RayTaskError("detect", "tb", WorkerError("no model")).as_instanceof_cause()]
+    assert [is_transient(e) for e in transient] == [True] * len(transient)
+    assert [is_transient(e) for e in permanent] == [False] * len(permanent)
+    assert ingest_videos.retries == 2 and ingest_videos.retry_condition_fn is retry_if_transient
+    assert retry_if_transient(ingest_videos, None, Failed(data=ConnectionResetError()))
+    assert not retry_if_transient(ingest_videos, None, Failed(data=WorkerError("no model")))
 
 
 def test_user_mistakes_give_one_line_and_exit_2(ingested, tiny_checkpoint, tmp_path, capsys):

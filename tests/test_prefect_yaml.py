@@ -44,3 +44,19 @@ def test_training_deployment_overrides_are_training_settings():
     config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     deployment = {d["name"]: d for d in config["deployments"]}["train-kpr-weekly"]
     TrainConfig.from_dict({"data_root": "d", "out": "o", **deployment["parameters"]["overrides"]})
+
+
+def test_ingestion_deployment_runs_one_at_a_time_with_valid_parameters():
+    from pipelines.flows import ingest_archive
+    from workers.backends import BACKENDS
+
+    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    deployment = {d["name"]: d for d in config["deployments"]}["ingest-archive-nightly"]
+    assert deployment["concurrency_limit"]["limit"] == 1
+    assert deployment["concurrency_limit"]["collision_strategy"] in ("ENQUEUE", "CANCEL_NEW")
+    assert [s["active"] for s in deployment["schedules"]] == [True]
+    parameters = deployment["parameters"]
+    assert parameters["backend"] in BACKENDS
+    validated = ingest_archive.validate_parameters(parameters)
+    assert validated["detectors"] >= 1 and validated["embedders"] >= 1 and validated["segment_s"] > 0
+    assert set(parameters) == set(inspect.signature(ingest_archive.fn).parameters)

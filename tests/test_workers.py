@@ -12,9 +12,10 @@ from workers.annotations import AnnotationsBackend, load_sidecar
 from workers.crops import cut_person_crops, thumbnail_jpeg
 from workers.decode import DecodedFrame, iter_frame_batches, probe_video, sample_indices
 from workers.detections import PersonDetection
-from workers.discover import discover_videos, list_video_files
+from workers.discover import VideoTask, discover_videos, list_video_files
 from workers.errors import AnnotationError, ArchiveError, DecodeError
 from workers.keypoint_files import read_prompt_file
+from workers.segments import plan_segments
 
 
 def _write_video(path, frames: int = 30, fps: float = 10.0, size=(96, 64)) -> None:
@@ -50,6 +51,19 @@ def test_decode_samples_frames_with_container_timestamps(tmp_path):
     assert abs(int(frames[1].image.mean()) - 16) <= 4
 
 
+def test_segments_decode_the_same_frames_as_the_whole_video(tmp_path):
+    video = tmp_path / "v.mp4"
+    _write_video(video, frames=30, fps=10.0)
+    segments = plan_segments(VideoTask("v", str(video), "cam"), probe_video(video), segment_s=0.7)
+    assert [(s.start_frame, s.end_frame) for s in segments] == [(0, 7), (7, 14), (14, 21), (21, 28), (28, 30)]
+    whole = [f for batch in iter_frame_batches(video, target_fps=4.0, batch_size=3) for f in batch]
+    pieces = [f for s in segments
+              for batch in iter_frame_batches(video, 4.0, 3, s.start_frame, s.end_frame) for f in batch]
+    assert [f.frame_index for f in whole] == [0, 2, 5, 7, 10, 12, 15, 17, 20, 22, 25, 27]
+    assert [(f.frame_index, f.time_s) for f in pieces] == [(f.frame_index, f.time_s) for f in whole]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(pieces, whole))
+
+
 @pytest.mark.parametrize("content", [b"", b"not a video at all" * 100])
 def test_unreadable_video_gives_decode_error(tmp_path, content):
     bad = tmp_path / "bad.mp4"
@@ -70,7 +84,7 @@ def test_sidecar_parsing_and_errors(tmp_path):
     det = parsed.frames[2][0]
     assert det.track_id == "3" and det.keypoints[:, 2].tolist() == [1.0] * 17
     frames = [DecodedFrame(i, 0.0, np.zeros((4, 4, 3), np.uint8)) for i in (1, 2)]
-    assert [len(d) for d in AnnotationsBackend(parsed).detect(frames)] == [0, 1]
+    assert [len(d) for d in AnnotationsBackend().detect(str(tmp_path / "v.mp4"), frames)] == [0, 1]
 
     sidecar["frames"][0]["detections"][0]["keypoints"] = [[1, 2]] * 17
     path.write_text(json.dumps(sidecar))

@@ -1,9 +1,17 @@
-"""The `annotations` backend: people and keypoints read from a sidecar file next to each video.
+"""The `annotations` backend: people and keypoints read from an annotation file next to each video.
+
+Where the file of ``DIR/NAME.mp4`` lives (first found wins): ``DIR/NAME.json``, ``DIR/NAME.gt.txt``,
+``DIR/NAME.txt``, then ``DIR/gt/gt.txt`` (the MOT sequence layout: one video per sequence folder).
+A ``.json`` file's format is told from its content: ``"format": "kpr-sidecar-v1"``, else a COCO-style
+document whose images carry ``vid_id`` is PoseTrack21, any other COCO-style document is COCO.
+A ``.txt`` file is MOT ``gt.txt``. Track ids from the file become ``PersonDetection.track_id``.
+Rules of the third-party formats: workers/annotation_formats.py.
 
 Sidecar format ``kpr-sidecar-v1`` (what the synthetic world writes; see README):
 ``{"format", "camera_id", "start_time", "fps", "width", "height", "num_frames",
 "tracks": {id: {...}}, "frames": [{"frame_index", "detections": [{"track_id", "bbox": [x, y, w, h],
 "keypoints": [[x, y, v] x 17], ...}]}]}`` with COCO visibility v (0 outside, 1 occluded, 2 visible).
+Only this format knows the camera and the start time of the video.
 """
 from __future__ import annotations
 
@@ -13,6 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from workers.annotation_formats import MOT, POSETRACK21, coco_style_format, parse_coco_style, parse_mot
 from workers.decode import DecodedFrame
 from workers.detections import PersonDetection
 from workers.errors import AnnotationError
@@ -23,7 +32,7 @@ SIDECAR_FORMAT = "kpr-sidecar-v1"
 
 @dataclass
 class Sidecar:
-    """A parsed sidecar: video-level facts and the detections of each annotated frame."""
+    """A parsed annotation file: video-level facts (kpr-sidecar-v1 only) and the detections of each annotated frame."""
 
     path: Path
     camera_id: str | None
@@ -31,6 +40,7 @@ class Sidecar:
     fps: float | None
     frames: dict[int, list[PersonDetection]] = field(default_factory=dict)
     identities: dict[str, str] = field(default_factory=dict)
+    format: str = SIDECAR_FORMAT
 
 
 def sidecar_path(video_path: str | Path) -> Path:
@@ -69,12 +79,8 @@ def _frame_index(entry: Any, path: Path) -> int:
     return value
 
 
-def load_sidecar(path: str | Path) -> Sidecar:
-    """Parse and validate a sidecar file; AnnotationError names the file and the first problem."""
-    path = Path(path)
-    data = read_json(path, f"{path}: no sidecar annotation file (the annotations backend needs one per video)")
-    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
-        raise AnnotationError(f"{path}: not a {SIDECAR_FORMAT} sidecar")
+def _kpr_sidecar(data: dict, path: Path) -> Sidecar:
+    """A validated kpr-sidecar-v1 document."""
     camera = data.get("camera_id")
     if camera is not None and not isinstance(camera, str):
         raise AnnotationError(f"{path}: camera_id must be a string, got {camera!r:.60}")
@@ -90,18 +96,54 @@ def load_sidecar(path: str | Path) -> Sidecar:
                    frames, tracks)
 
 
+def load_sidecar(path: str | Path) -> Sidecar:
+    """Parse and validate an annotation file of any supported format (see the module docstring);
+    AnnotationError names the file and the first problem."""
+    path = Path(path)
+    missing = f"{path}: no sidecar annotation file (the annotations backend needs one per video)"
+    if path.suffix == ".txt":
+        if not path.is_file():
+            raise AnnotationError(missing)
+        return Sidecar(path, None, None, None, parse_mot(path), format=MOT)
+    data = read_json(path, missing)
+    if isinstance(data, dict) and data.get("format") == SIDECAR_FORMAT:
+        return _kpr_sidecar(data, path)
+    coco_format = coco_style_format(data)
+    if coco_format is None:
+        raise AnnotationError(f"{path}: not a {SIDECAR_FORMAT} sidecar, nor a PoseTrack21 or COCO json "
+                              "(needs 'images' and 'annotations' lists)")
+    return Sidecar(path, None, None, None, parse_coco_style(data, path, coco_format == POSETRACK21), format=coco_format)
+
+
+def find_sidecar(video_path: str | Path) -> Path:
+    """The annotation file of a video (search order: module docstring), or AnnotationError listing where it looked."""
+    video = Path(video_path)
+    candidates = [sidecar_path(video), video.with_suffix(".gt.txt"), video.with_suffix(".txt"), video.parent / "gt" / "gt.txt"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise AnnotationError(f"{video}: no sidecar annotation file (the annotations backend needs one per video); "
+                          f"looked for {', '.join(c.name if c.parent == video.parent else 'gt/gt.txt' for c in candidates)}")
+
+
 class AnnotationsBackend:
-    """Detections and keypoints from the video's sidecar file instead of a detector + pose model."""
+    """Detections and keypoints from each video's annotation file instead of a detector + pose model.
+
+    One object serves many videos: it keeps the parsed file of the last video asked for.
+    """
 
     name = "annotations"
 
-    def __init__(self, sidecar: Sidecar):
-        self.sidecar = sidecar
+    def __init__(self) -> None:
+        self._current: tuple[str, Sidecar] | None = None
 
-    @classmethod
-    def for_video(cls, video_path: str | Path) -> "AnnotationsBackend":
-        return cls(load_sidecar(sidecar_path(video_path)))
+    def sidecar(self, video_uri: str) -> Sidecar:
+        """The parsed annotation file of ``video_uri`` (parsed once while the same video is asked for)."""
+        if self._current is None or self._current[0] != video_uri:
+            self._current = (video_uri, load_sidecar(find_sidecar(video_uri)))
+        return self._current[1]
 
-    def detect(self, frames: Sequence[DecodedFrame]) -> list[list[PersonDetection]]:
-        """The annotated people of each frame (none for frames the sidecar does not list)."""
-        return [self.sidecar.frames.get(frame.frame_index, []) for frame in frames]
+    def detect(self, video_uri: str, frames: Sequence[DecodedFrame]) -> list[list[PersonDetection]]:
+        """The annotated people of each frame (none for frames the file does not list)."""
+        sidecar = self.sidecar(video_uri)
+        return [list(sidecar.frames.get(frame.frame_index, [])) for frame in frames]

@@ -108,13 +108,18 @@ def sample_indices(num_frames: int, native_fps: float, target_fps: float | None)
     return np.unique(np.floor(np.arange(0, num_frames, step)).astype(np.int64))
 
 
-def iter_frame_batches(path: str | Path, target_fps: float | None = None,
-                       batch_size: int = 16) -> Iterator[list[DecodedFrame]]:
-    """The sampled frames of a video, decoded ``batch_size`` at a time (fewer for big frames, see MAX_BATCH_BYTES)
-    so memory stays bounded whatever its length and size."""
+def iter_frame_batches(path: str | Path, target_fps: float | None = None, batch_size: int = 16,
+                       start_frame: int = 0, end_frame: int | None = None) -> Iterator[list[DecodedFrame]]:
+    """The sampled frames of a video in [start_frame, end_frame), decoded ``batch_size`` at a time (fewer for big
+    frames, see MAX_BATCH_BYTES) so memory stays bounded whatever its length and size.
+
+    Frames are sampled on the whole video's index grid, so a video decoded in segments gives the same frames
+    as decoded whole.
+    """
     reader, pixels = _open(path)
     batch_size = max(1, min(batch_size, MAX_BATCH_BYTES // (3 * pixels)))
     indices = sample_indices(len(reader), float(reader.get_avg_fps()), target_fps)
+    indices = indices[(indices >= start_frame) & (indices < (len(reader) if end_frame is None else end_frame))]
     for start in range(0, len(indices), batch_size):
         chunk = indices[start : start + batch_size]
         try:

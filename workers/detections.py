@@ -6,6 +6,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from kpr_model.keypoints import NUM_KEYPOINTS
 from workers.decode import DecodedFrame
 
 
@@ -24,10 +25,20 @@ class PersonDetection:
 
 
 class DetectionBackend(Protocol):
-    """Finds people and their keypoints in decoded frames of one video."""
+    """Finds people and their keypoints in decoded frames; created once per worker, it serves many videos."""
 
     name: str
 
-    def detect(self, frames: Sequence[DecodedFrame]) -> list[list[PersonDetection]]:
-        """One list of detections per frame, in the order of ``frames``."""
+    def detect(self, video_uri: str, frames: Sequence[DecodedFrame]) -> list[list[PersonDetection]]:
+        """One list of detections per frame of ``video_uri``, in the order of ``frames``."""
         ...
+
+
+def no_keypoints() -> np.ndarray:
+    """The keypoints of a detection whose pose is unknown: all confidences zero."""
+    return np.zeros((NUM_KEYPOINTS, 3), np.float32)
+
+
+def has_keypoints(detection: PersonDetection) -> bool:
+    """Whether any keypoint of ``detection`` has a confidence above zero."""
+    return bool(np.any(detection.keypoints[:, 2] > 0))

@@ -1,0 +1,94 @@
+"""Ray stages on real Ray, decord and a tiny KPR model: segmenting, failures, backpressure."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from workers.backends import BackendConfig
+from workers.decode import probe_video, sample_indices
+from workers.discover import discover_videos
+from workers.errors import WorkerError
+from workers.ingest_options import IngestOptions
+from workers.ray_stages import StageStats, ensure_ray, run_videos
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ensure_ray(num_cpus=2)
+
+
+def _ingest(archive, model, **options) -> tuple[dict, StageStats]:
+    stats, tasks = StageStats(), discover_videos(archive)
+    return {o.task.uri: o for o in run_videos(tasks, str(model), IngestOptions(**options), stats)}, stats
+
+
+def _annotated(video) -> list[int]:
+    """Frame indices of the annotated people at the frames sampled at 5 fps, one entry per person."""
+    info = probe_video(video)
+    sampled = set(sample_indices(info.num_frames, info.fps, 5.0).tolist())
+    frames = json.loads(video.with_suffix(".json").read_text())["frames"]
+    return sorted(f["frame_index"] for f in frames if f["frame_index"] in sampled for _ in f["detections"])
+
+
+def test_segmented_ingestion_equals_whole_video_ingestion(small_archive, tiny_checkpoint):
+    whole, _ = _ingest(small_archive, tiny_checkpoint, segment_s=1e6)
+    segmented, _ = _ingest(small_archive, tiny_checkpoint, segment_s=1.5, batch_frames=4)
+    assert whole.keys() == segmented.keys() and len(whole) == 3
+    for uri, one in whole.items():
+        many = segmented[uri]
+        assert one.error is None and many.error is None
+        assert [r.frame_index for r in one.result.records] == _annotated(Path(uri))
+        assert [r.detection_id for r in many.result.records] == [r.detection_id for r in one.result.records]
+        assert [r.timestamp for r in many.result.records] == [r.timestamp for r in one.result.records]
+        assert many.result.crops.frames_sampled == one.result.crops.frames_sampled == 40
+        np.testing.assert_allclose(many.result.embeddings.parts, one.result.embeddings.parts, atol=1e-5)
+        assert [t.track_id for t in many.result.tracklets] == [t.track_id for t in one.result.tracklets]
+        assert len(one.result.tracklets) >= 2
+
+
+def test_corrupt_videos_fail_alone_with_their_reason(small_archive, tiny_checkpoint, tmp_path):
+    good, damaged = sorted(small_archive.rglob("*.mp4"))[:2]
+    for video in (good, damaged):
+        (tmp_path / video.parent.name).mkdir()
+        shutil.copy(video.with_suffix(".json"), tmp_path / video.parent.name)
+    shutil.copy(good, tmp_path / good.parent.name)
+    data = bytearray(damaged.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4096] = b"\xff" * 4096  # frames after the first half no longer decode
+    (tmp_path / damaged.parent.name / damaged.name).write_bytes(bytes(data))
+    (tmp_path / "junk.mp4").write_bytes(b"not a video at all" * 100)
+
+    outcomes, _ = _ingest(tmp_path, tiny_checkpoint, segment_s=2.0)
+    by_name = {uri.split("/")[-1] if "junk" in uri else uri.split("/")[-2]: o for uri, o in outcomes.items()}
+    assert by_name[good.parent.name].error is None
+    assert [r.frame_index for r in by_name[good.parent.name].result.records] == _annotated(good)
+    assert "decoding failed at frame" in by_name[damaged.parent.name].error
+    assert "junk.mp4: cannot decode video" in by_name["junk.mp4"].error
+    assert all("\n" not in o.error for o in outcomes.values() if o.error)
+
+
+def test_backpressure_bounds_live_frame_batches(small_archive, tiny_checkpoint, tmp_path):
+    video = sorted(small_archive.rglob("*.mp4"))[0]
+    for path in (video, video.with_suffix(".json")):
+        shutil.copy(path, tmp_path)
+    outcomes, stats = _ingest(tmp_path, tiny_checkpoint, segment_s=1.0, batch_frames=2, max_batches_in_flight=3)
+    (outcome,) = outcomes.values()
+    assert outcome.error is None and [r.frame_index for r in outcome.result.records] == _annotated(video)
+    assert stats.frames == 40 and stats.crops == len(outcome.result.records)
+    assert stats.peak_batches_alive == 3  # 20 batches went through, never more than 3 alive at once
+
+
+def test_unusable_options_give_one_clear_error(small_archive, tiny_checkpoint):
+    tasks = discover_videos(small_archive)
+    with pytest.raises(WorkerError, match="max_batches_in_flight must be at least 2"):
+        list(run_videos(tasks, str(tiny_checkpoint), IngestOptions(max_batches_in_flight=1)))
+    with pytest.raises(WorkerError, match="unknown detection backend 'nope'"):
+        list(run_videos(tasks, str(tiny_checkpoint), IngestOptions(backend=BackendConfig(name="nope"))))
+    if not torch.cuda.is_available():
+        with pytest.raises(WorkerError, match="the Ray cluster has no GPU"):
+            list(run_videos(tasks, str(tiny_checkpoint), IngestOptions(device="cuda")))

@@ -1,0 +1,103 @@
+"""Choosing and building the detection + pose backend of an ingestion run.
+
+- ``annotations``: people (and keypoints, when the file has them) from each video's annotation file
+  (kpr-sidecar-v1, PoseTrack21, COCO, MOT: workers/annotations.py);
+- ``yolox``: person boxes from a YOLOX ONNX file (``detector_model``);
+- ``openpifpaf``: boxes + keypoints from an OpenPifPaf checkpoint (optional extra).
+With ``pose_model`` (a MoveNet SinglePose .tflite), detections without keypoints (YOLOX boxes, MOT
+boxes) get theirs top-down from MoveNet.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from workers.annotations import AnnotationsBackend, find_sidecar, load_sidecar
+from workers.decode import DecodedFrame
+from workers.detections import DetectionBackend, PersonDetection
+from workers.errors import WorkerError
+from workers.movenet import MoveNet
+from workers.openpifpaf_backend import OpenPifPafBackend, check_checkpoint, import_openpifpaf
+from workers.yolox import YoloxBackend, YoloxDetector
+
+BACKENDS = ("annotations", "yolox", "openpifpaf")
+GPU_BACKENDS = ("yolox", "openpifpaf")
+
+
+def _model_file(path: str, what: str) -> None:
+    """WorkerError unless ``path`` is an existing file."""
+    if not Path(path).is_file():
+        raise WorkerError(f"{path}: {what} not found")
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """Which backend finds people and their keypoints, with its model files and device."""
+
+    name: str = "annotations"
+    detector_model: str | None = None
+    pose_model: str | None = None
+    openpifpaf_checkpoint: str | None = None
+    device: str = "cpu"
+    min_score: float = 0.3
+
+    def check(self) -> None:
+        """WorkerError with one clear line for an unknown backend, a missing file or package, or a bad option."""
+        if self.name not in BACKENDS:
+            raise WorkerError(f"unknown detection backend {self.name!r} (choices: {', '.join(BACKENDS)})")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise WorkerError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if not (isinstance(self.min_score, (int, float)) and math.isfinite(self.min_score) and 0 <= self.min_score <= 1):
+            raise WorkerError(f"min_score must be a number in [0, 1], got {self.min_score!r}")
+        if self.name == "yolox":
+            if not self.detector_model:
+                raise WorkerError("the yolox backend needs --detector-model: a YOLOX ONNX file (see README)")
+            _model_file(self.detector_model, "YOLOX ONNX detector model")
+        if self.name == "openpifpaf":
+            if self.pose_model:
+                raise WorkerError("the openpifpaf backend finds keypoints itself: drop --pose-model")
+            check_checkpoint(self.openpifpaf_checkpoint)
+            import_openpifpaf()
+        if self.pose_model:
+            _model_file(self.pose_model, "MoveNet pose model")
+
+    def uses_gpu(self) -> bool:
+        """True when the device is a GPU and the backend runs a model on it (MoveNet always runs on the CPU)."""
+        return self.device.startswith("cuda") and self.name in GPU_BACKENDS
+
+
+class TopDownPose:
+    """Another backend's detections, those without keypoints given MoveNet's."""
+
+    def __init__(self, detector: DetectionBackend, pose: MoveNet):
+        self.detector, self.pose = detector, pose
+        self.name = f"{detector.name}+movenet"
+
+    def detect(self, video_uri: str, frames: Sequence[DecodedFrame]) -> list[list[PersonDetection]]:
+        """The detector's people of each frame, with keypoints for all of them."""
+        found = self.detector.detect(video_uri, frames)
+        return [self.pose.add_keypoints(frame.image, people) for frame, people in zip(frames, found)]
+
+
+def make_backend(config: BackendConfig) -> DetectionBackend:
+    """The backend ``config`` describes, its models loaded (build one per worker, not per video)."""
+    config.check()
+    backend: DetectionBackend
+    if config.name == "annotations":
+        backend = AnnotationsBackend()
+    elif config.name == "yolox":
+        backend = YoloxBackend(YoloxDetector(config.detector_model, config.device, config.min_score))
+    else:
+        backend = OpenPifPafBackend(config.openpifpaf_checkpoint, config.device, config.min_score)
+    return TopDownPose(backend, MoveNet(config.pose_model)) if config.pose_model else backend
+
+
+def video_camera_and_start(config: BackendConfig, video_uri: str) -> tuple[str | None, float | None]:
+    """Camera id and start time (UTC epoch s) of a video when its annotation file says (kpr-sidecar-v1 only),
+    else (None, None). With the annotations backend, a missing or bad file raises AnnotationError."""
+    if config.name != "annotations":
+        return None, None
+    sidecar = load_sidecar(find_sidecar(video_uri))
+    return sidecar.camera_id, sidecar.start_time

@@ -1,0 +1,198 @@
+"""Per-video tracking: link one video's detections into tracklets by motion and appearance, then aggregate each.
+
+Online, in frame order (ideas of SORT / DeepSORT / ByteTrack): each live track predicts its box at
+the frame's time with a constant velocity; detections are assigned to tracks by the Hungarian
+algorithm on a cost mixing ``1 - IoU`` (predicted vs detected box) with the cosine distance of
+the KPR global embedding to the track's running appearance; gated pairs are never assigned;
+unmatched detections start new tracks; a track unseen for more than ``max_gap_s`` seconds ends.
+Gaps are measured in seconds, not frames, so the same settings work at any sampling fps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import groupby
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from kpr_model.embeddings import ReIDEmbeddings, aggregate
+from workers.errors import WorkerError
+
+if TYPE_CHECKING:  # only for annotations: video_job's stages call this module
+    from workers.video_job import DetectionRecord
+
+# Cost of a gated-out pair in the assignment matrix: larger than any admissible cost (at most 2).
+_FORBIDDEN = 1e6
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    """How detections are linked: cost weights, gates, how long a track survives unseen, what is kept.
+
+    cost = ``iou_weight`` * (1 - IoU) + (1 - ``iou_weight``) * cosine distance. A pair is admissible
+    when its cosine distance is at most ``max_appearance_distance`` and either its IoU is at least
+    ``min_iou`` or its cosine distance is at most ``reid_distance`` (appearance alone may re-link a
+    person whose predicted box drifted away during a gap). ``appearance_momentum`` and
+    ``velocity_momentum`` smooth the track's appearance and velocity (0 = latest observation only).
+    Tracks with fewer than ``min_detections`` detections are dropped: their records get track_id ""
+    (search shows them as single detections); the default 1 keeps every track, singletons included.
+    """
+
+    iou_weight: float = 0.5
+    min_iou: float = 0.1
+    max_appearance_distance: float = 0.5
+    reid_distance: float = 0.25
+    max_gap_s: float = 2.0
+    appearance_momentum: float = 0.8
+    velocity_momentum: float = 0.5
+    min_detections: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("iou_weight", "min_iou", "appearance_momentum", "velocity_momentum"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise WorkerError(f"tracker {name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("max_appearance_distance", "reid_distance"):
+            if not 0.0 <= getattr(self, name) <= 2.0:
+                raise WorkerError(f"tracker {name} must be a cosine distance in [0, 2], got {getattr(self, name)}")
+        if self.max_gap_s < 0:
+            raise WorkerError(f"tracker max_gap_s must be >= 0 seconds, got {self.max_gap_s}")
+        if self.min_detections < 1:
+            raise WorkerError(f"tracker min_detections must be >= 1, got {self.min_detections}")
+
+
+@dataclass
+class Tracklet:
+    """One person's track within a video: time span, size, aggregated embedding and best thumbnail."""
+
+    track_id: str
+    t_start: float
+    t_end: float
+    n_detections: int
+    embeddings: ReIDEmbeddings
+    thumbnail: bytes
+    best_detection_id: str
+
+
+@dataclass
+class _Track:
+    """A live track: its record indices, last box (x, y, w, h) and time, centre velocity (px/s), appearance."""
+
+    members: list[int]
+    box: np.ndarray
+    time: float
+    appearance: np.ndarray
+    velocity: np.ndarray = field(default_factory=lambda: np.zeros(2))
+
+    def predict(self, t: float) -> np.ndarray:
+        """The box expected at time ``t``: the last box moved at constant velocity, its size kept."""
+        return np.concatenate([self.box[:2] + self.velocity * (t - self.time), self.box[2:]])
+
+    def update(self, index: int, box: np.ndarray, t: float, emb: np.ndarray, config: TrackerConfig) -> None:
+        """Add record ``index`` seen at ``box`` and time ``t``: smooth velocity and appearance, move on."""
+        if t > self.time:
+            measured = (box[:2] - self.box[:2]) / (t - self.time)
+            keep = config.velocity_momentum if len(self.members) > 1 else 0.0
+            self.velocity = keep * self.velocity + (1.0 - keep) * measured
+        mixed = config.appearance_momentum * self.appearance + (1.0 - config.appearance_momentum) * emb
+        self.appearance = mixed / max(float(np.linalg.norm(mixed)), 1e-12)
+        self.members.append(index)
+        self.box, self.time = box, t
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU [A, B] of boxes given as (x, y, w, h) rows."""
+    a_min, a_max = a[:, None, :2], a[:, None, :2] + a[:, None, 2:]
+    b_min, b_max = b[None, :, :2], b[None, :, :2] + b[None, :, 2:]
+    overlap = np.clip(np.minimum(a_max, b_max) - np.maximum(a_min, b_min), 0.0, None).prod(axis=-1)
+    union = a[:, None, 2:].prod(axis=-1) + b[None, :, 2:].prod(axis=-1) - overlap
+    return overlap / np.maximum(union, 1e-9)
+
+
+def _assign(tracks: list[_Track], boxes: np.ndarray, embs: np.ndarray, t: float,
+            config: TrackerConfig) -> list[tuple[int, int]]:
+    """(track, detection) pairs of one frame: minimum total cost among admissible pairs (Hungarian)."""
+    if not tracks or not len(boxes):
+        return []
+    iou = box_iou(np.stack([track.predict(t) for track in tracks]), boxes)
+    distance = 1.0 - np.stack([track.appearance for track in tracks]) @ embs.T
+    admissible = (distance <= config.max_appearance_distance) & ((iou >= config.min_iou) | (distance <= config.reid_distance))
+    cost = config.iou_weight * (1.0 - iou) + (1.0 - config.iou_weight) * distance
+    rows, cols = linear_sum_assignment(np.where(admissible, cost, _FORBIDDEN))
+    return [(int(r), int(c)) for r, c in zip(rows, cols) if admissible[r, c]]
+
+
+def _frame_order(record: DetectionRecord) -> tuple[float, int, str]:
+    """Sort key of a detection: time, frame, then id, so the result does not depend on the input's order."""
+    return record.timestamp, record.frame_index, record.detection_id
+
+
+def _link(records: list[DetectionRecord], indices: list[int], global_emb: np.ndarray,
+          config: TrackerConfig) -> list[list[int]]:
+    """Link the records at ``indices`` into tracks; returns each track's record indices, tracks in order of first appearance."""
+    order = sorted(indices, key=lambda i: _frame_order(records[i]))
+    live: list[_Track] = []
+    finished: list[_Track] = []
+    for (t, _), frame in groupby(order, key=lambda i: (records[i].timestamp, records[i].frame_index)):
+        frame = list(frame)
+        finished += [track for track in live if t - track.time > config.max_gap_s]
+        live = [track for track in live if t - track.time <= config.max_gap_s]
+        boxes = np.stack([np.asarray(records[i].bbox, np.float64) for i in frame])
+        embs = global_emb[frame]
+        matched = set()
+        for r, c in _assign(live, boxes, embs, t, config):
+            live[r].update(frame[c], boxes[c], t, embs[c], config)
+            matched.add(c)
+        live += [_Track([frame[c]], boxes[c], t, embs[c]) for c in range(len(frame)) if c not in matched]
+    position = {index: rank for rank, index in enumerate(order)}
+    return [track.members for track in sorted(finished + live, key=lambda track: position[track.members[0]])]
+
+
+def _tracklet(track_id: str, members: list[int], records: list[DetectionRecord],
+              embeddings: ReIDEmbeddings) -> Tracklet:
+    """A Tracklet of the records at ``members``; its thumbnail is the one with the highest det_score x mean visibility."""
+    members = sorted(members, key=lambda i: _frame_order(records[i]))
+    chosen = embeddings.select(np.asarray(members))
+    scores = np.array([float(records[i].det_score or 0.0) for i in members]) * chosen.visibility.mean(axis=1)
+    best = records[members[int(np.argmax(scores))]]
+    times = [records[i].timestamp for i in members]
+    return Tracklet(track_id, float(min(times)), float(max(times)), len(members), aggregate(chosen),
+                    best.thumbnail, best.detection_id)
+
+
+def track_video(video_id: str, records: list[DetectionRecord], embeddings: ReIDEmbeddings | None,
+                config: TrackerConfig = TrackerConfig()) -> list[Tracklet]:
+    """Link one video's detections into tracklets; sets ``track_id`` on every record and returns the tracklets by start time.
+
+    Records that already carry a track id (annotations: ground truth) keep it and form that
+    tracklet as they are; only the others are linked. New ids are ``{video_id[:12]}-t{n}`` with
+    n = 1, 2, ... in order of first appearance (ids an annotation already uses are skipped), so
+    the same input always gives the same ids. ``embeddings`` are row-aligned with ``records``.
+    """
+    if not records:
+        return []
+    if embeddings is None or len(embeddings) != len(records):
+        found = 0 if embeddings is None else len(embeddings)
+        raise WorkerError(f"video {video_id}: {len(records)} detections but {found} embeddings to track them with")
+    annotated: dict[str, list[int]] = {}
+    untracked = []
+    for i, record in enumerate(records):
+        if record.track_id:
+            annotated.setdefault(record.track_id, []).append(i)
+        else:
+            untracked.append(i)
+    unit = embeddings.global_emb / np.maximum(np.linalg.norm(embeddings.global_emb, axis=1, keepdims=True), 1e-12)
+    named = dict(annotated)
+    n = 0
+    for members in _link(records, untracked, unit.astype(np.float64), config):
+        track_id = ""
+        if len(members) >= config.min_detections:
+            n += 1
+            while f"{video_id[:12]}-t{n}" in annotated:
+                n += 1
+            track_id = f"{video_id[:12]}-t{n}"
+            named[track_id] = members
+        for i in members:
+            records[i].track_id = track_id
+    tracklets = [_tracklet(track_id, members, records, embeddings) for track_id, members in named.items()]
+    return sorted(tracklets, key=lambda tracklet: (tracklet.t_start, tracklet.track_id))
