@@ -42,6 +42,7 @@ class BackendConfig:
     openpifpaf_checkpoint: str | None = None
     device: str = "cpu"
     min_score: float = 0.3
+    threads: int | None = None  # CPU threads of each model (None: the runtime's default, all cores)
 
     def check(self) -> None:
         """WorkerError with one clear line for an unknown backend, a missing file or package, or a bad option."""
@@ -88,10 +89,10 @@ def make_backend(config: BackendConfig) -> DetectionBackend:
     if config.name == "annotations":
         backend = AnnotationsBackend()
     elif config.name == "yolox":
-        backend = YoloxBackend(YoloxDetector(config.detector_model, config.device, config.min_score))
+        backend = YoloxBackend(YoloxDetector(config.detector_model, config.device, config.min_score, threads=config.threads))
     else:
         backend = OpenPifPafBackend(config.openpifpaf_checkpoint, config.device, config.min_score)
-    return TopDownPose(backend, MoveNet(config.pose_model)) if config.pose_model else backend
+    return TopDownPose(backend, MoveNet(config.pose_model, config.threads)) if config.pose_model else backend
 
 
 def video_camera_and_start(config: BackendConfig, video_uri: str) -> tuple[str | None, float | None]:

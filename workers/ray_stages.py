@@ -10,8 +10,9 @@ videos are open (planned, not yet yielded) at once too. A failed segment fails i
 
 Resources: a decode task takes one CPU. Actors on CPU share the cluster's CPUs minus one, in fractions, so that at
 least one decode task can always run (a 2-CPU laptop would otherwise deadlock: actors holding both CPUs, decoders
-waiting; with one CPU they reserve none). An actor on a GPU takes one GPU, or an equal share when there are fewer
-GPUs than GPU actors (detect and embed on one GPU: half each).
+waiting; with one CPU they reserve none), and each computes with as many threads as its share of the cores (at least
+one): more threads than cores only makes the stages fight. An actor on a GPU takes one GPU, or an equal share when
+there are fewer GPUs than GPU actors (detect and embed on one GPU: half each).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import math
 import os
 import warnings
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator, Sequence
 
 import ray
@@ -132,8 +133,10 @@ def _start_actors(model: str, options: IngestOptions) -> tuple[list, list]:
     share = math.floor(100 * max(cpus - DECODE_CPUS, 0) / max(cpu_actors, 1)) / 100
     detect = DetectActor.options(num_cpus=0 if detect_gpu else min(1.0, share), num_gpus=gpus * detect_gpu)
     embed = EmbedActor.options(num_cpus=0 if embed_gpu else min(1.0, share), num_gpus=gpus * embed_gpu)
-    threads = max(1, int(min(cpus, os.cpu_count() or 1)) // options.embedders)
-    detectors = [detect.remote(options.backend) for _ in range(options.detectors)]
+    # Each CPU actor computes with its share of the cores: more threads than cores only makes the stages fight.
+    threads = max(1, min(int(share), os.cpu_count() or 1))
+    backend = options.backend if options.backend.threads else replace(options.backend, threads=threads)
+    detectors = [detect.remote(backend) for _ in range(options.detectors)]
     embedders = [embed.remote(model, options.device, threads) for _ in range(options.embedders)]
     try:
         ray.get([actor.__ray_ready__.remote() for actor in detectors + embedders])

@@ -50,11 +50,17 @@ def grid_strides(size: int) -> tuple[np.ndarray, np.ndarray]:
 class YoloxDetector:
     """Person boxes (x, y, w, h) and scores from a YOLOX ONNX file, one image at a time or in batches."""
 
-    def __init__(self, model_path: str | Path, device: str = "cpu", min_score: float = 0.3, nms_iou: float = NMS_IOU):
+    def __init__(self, model_path: str | Path, device: str = "cpu", min_score: float = 0.3, nms_iou: float = NMS_IOU,
+                 threads: int | None = None):
         import onnxruntime
 
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        # Idle onnxruntime threads spin by default, stealing the cores that the other ingestion stages share.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = onnxruntime.InferenceSession(str(model_path), providers=onnx_providers(device))
+            self.session = onnxruntime.InferenceSession(str(model_path), options, providers=onnx_providers(device))
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
             raise WorkerError(f"{model_path}: not a loadable ONNX model ({str(exc).splitlines()[0][:200]})") from None
         model_input = self.session.get_inputs()[0]
