@@ -48,8 +48,8 @@ EMBED_ATOL = 1e-5
 FILE_POLL_S = 0.002
 TITLE_POLL_S = 0.05
 # Ray names a worker process after what it runs ("ray::<task>" / "ray::<Actor>.<method>").
-DECODE_TITLE = "ray::_extract"
-EMBED_TITLE = "ray::EmbedActor.embed_video"
+DECODE_TITLE = "ray::_decode"
+EMBED_TITLE = "ray::EmbedActor.embed"
 
 
 def log(message: str) -> None:
@@ -283,15 +283,18 @@ def kill_when(ingest: Ingest, condition: Callable[[Ingest], bool], poll_s: float
 
 @dataclass
 class Snapshot:
-    """What a store (or the reference computation) holds: detection ids (repeats kept), embeddings and video rows."""
+    """What a store (or the reference computation) holds: detection ids (repeats kept), embeddings, video rows and
+    tracklets (id, detection count; repeats kept)."""
 
     ids: list[str] = field(default_factory=list)
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
     videos: list[dict] = field(default_factory=list)
+    tracklets: list[tuple[str, int]] = field(default_factory=list)
 
     def merged(self, other: "Snapshot") -> "Snapshot":
         """The union of two snapshots of disjoint archives."""
-        return Snapshot(self.ids + other.ids, {**self.embeddings, **other.embeddings}, self.videos + other.videos)
+        return Snapshot(self.ids + other.ids, {**self.embeddings, **other.embeddings}, self.videos + other.videos,
+                        self.tracklets + other.tracklets)
 
 
 def _flat(embeddings: ReIDEmbeddings) -> np.ndarray:
@@ -303,7 +306,9 @@ def _flat(embeddings: ReIDEmbeddings) -> np.ndarray:
 def store_snapshot(db: Path) -> Snapshot:
     """Every detection id, embedding and video row of the store at ``db``."""
     store = Store.open(str(db), create=False)
-    snap = Snapshot(videos=store.video_rows())
+    tracklets = store.list_tracklets(columns=["track_id", "n_detections"])
+    snap = Snapshot(videos=store.video_rows(),
+                    tracklets=list(zip(tracklets["track_id"].to_pylist(), tracklets["n_detections"].to_pylist())))
     for batch in store.iter_detections(columns=["detection_id", *EMBED_COLUMNS]):
         ids = batch["detection_id"].to_pylist()
         snap.ids += ids
@@ -330,6 +335,7 @@ def expected_snapshot(archive: Path, model: Path, fps: float = 5.0) -> Snapshot:
             snap.videos.append({"video_id": task.video_id, "uri": task.uri, "status": "failed", "error": str(exc)})
             continue
         ids = [r.detection_id for r in embedded.records]
+        snap.tracklets += [(t.track_id, t.n_detections) for t in embedded.tracklets]
         if ids:
             snap.ids += ids
             snap.embeddings.update(zip(ids, _flat(embedded.embeddings)))
@@ -355,13 +361,15 @@ def compare(expected: Snapshot, got: Snapshot) -> dict:
         "embeddings_equal": diff <= EMBED_ATOL,
         "videos_not_as_expected": sum(status.get(v["video_id"]) != v["status"] for v in expected.videos),
         "duplicate_video_rows": sum(n - 1 for n in video_counts.values()),
+        "tracklets_not_as_expected": sum(((Counter(expected.tracklets) - Counter(got.tracklets))
+                                          + (Counter(got.tracklets) - Counter(expected.tracklets))).values()),
     }
 
 
 def exactly_once(report: dict) -> bool:
     """Whether a `compare` report shows the store holding every expected row once, with the expected embeddings."""
     return (report["lost_rows"] == report["extra_rows"] == report["duplicate_rows"] == 0 and report["embeddings_equal"]
-            and report["videos_not_as_expected"] == report["duplicate_video_rows"] == 0)
+            and report["videos_not_as_expected"] == report["duplicate_video_rows"] == report["tracklets_not_as_expected"] == 0)
 
 
 def store_state(db: Path) -> dict:
@@ -576,6 +584,7 @@ def _summary(kills: list[dict], concurrency: list[dict], races: list[dict], crea
         "duplicate_rows": sum(r["duplicate_rows"] for r in runs + races),
         "duplicate_video_rows": sum(r["duplicate_video_rows"] for r in runs + races),
         "embedding_mismatches": sum(not r["embeddings_equal"] for r in runs),
+        "tracklets_not_as_expected": sum(r["tracklets_not_as_expected"] for r in runs),
         "corrupt_files": corrupt["corrupt_files"],
         "corrupt_recorded_failed": corrupt["corrupt_recorded_failed"],
         "good_videos_missing": corrupt["good_videos_missing"],
