@@ -196,17 +196,28 @@ class PersonSearch:
     def by_tracklet(self, track_id: str, k: int = 10, other_cameras_only: bool = True,
                     filters: SearchFilters = SearchFilters(), parts: Sequence[int] | None = None,
                     rerank: bool = False, candidates: int = DEFAULT_CANDIDATES) -> list[SearchHit]:
-        """Search with a stored tracklet: its detections aggregated into one query, all of them excluded.
+        """Search with a stored tracklet: its aggregated embedding as the query, all its detections excluded.
 
         Its camera is excluded too by default (a tracklet lies within one video).
         """
-        rows = self.store.tracklet_detections(track_id) if track_id else None  # "": untracked detections
-        if rows is None or not rows.num_rows:
-            raise StoreError(f"unknown tracklet id {track_id!r}")
-        own_cameras = sorted(set(rows["camera_id"].to_pylist())) if other_cameras_only else []
+        query, cameras = self._tracklet_query(track_id)
+        own_cameras = cameras if other_cameras_only else []
         filters = replace(filters, exclude_cameras=[*filters.exclude_cameras, *own_cameras],
                           exclude_track_ids=[*filters.exclude_track_ids, track_id])
-        return self._ranked(aggregate(embeddings_of(rows)), k, filters, parts, rerank, candidates)
+        return self._ranked(query, k, filters, parts, rerank, candidates)
+
+    def _tracklet_query(self, track_id: str) -> tuple[ReIDEmbeddings, list[str]]:
+        """A tracklet's aggregated embedding and camera(s): its `tracklets` row, else (a store written before
+        tracklets were stored) the aggregate of its detections."""
+        if not track_id:  # "": the untracked detections, not a tracklet
+            raise StoreError("an empty tracklet id names no tracklet")
+        stored = self.store.list_tracklets(sql.equals("track_id", track_id), limit=1)
+        if stored.num_rows:
+            return embeddings_of(stored), stored["camera_id"].to_pylist()
+        rows = self.store.tracklet_detections(track_id)
+        if not rows.num_rows:
+            raise StoreError(f"unknown tracklet id {track_id!r}")
+        return aggregate(embeddings_of(rows)), sorted(set(rows["camera_id"].to_pylist()))
 
     def _ranked(self, query: ReIDEmbeddings, k: int, filters: SearchFilters, parts: Sequence[int] | None,
                 rerank: bool, candidates: int) -> list[SearchHit]:

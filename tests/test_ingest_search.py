@@ -72,6 +72,25 @@ def test_second_run_writes_nothing_and_says_so(ingested, tiny_checkpoint, capsys
     assert Store.open(str(db)).count_detections() == before
 
 
+def test_stored_tracklets_hold_the_aggregate_of_their_detections_and_answer_tracklet_queries(ingested):
+    from kpr_model.distance import aggregate
+    from storage import PersonSearch, SearchFilters, embeddings_of
+
+    _, db, _ = ingested
+    store = Store.open(str(db), create=False)
+    search = PersonSearch(store)
+    for row in store.list_tracklets(limit=5).to_pylist():
+        detections = store.tracklet_detections(row["track_id"])
+        assert detections.num_rows == row["n_detections"]
+        expected = aggregate(embeddings_of(detections))
+        np.testing.assert_allclose(embeddings_of([row]).parts, expected.parts, atol=1e-5)
+        hits = search.by_tracklet(row["track_id"], k=5)
+        assert hits and all(h.camera_id != row["camera_id"] and h.track_id != row["track_id"] for h in hits)
+        recomputed = search.search(expected, k=5, filters=SearchFilters(exclude_cameras=[row["camera_id"]],
+                                                                         exclude_track_ids=[row["track_id"]]))
+        assert [h.detection_id for h in hits] == [h.detection_id for h in recomputed]
+
+
 def test_search_by_detection_returns_other_cameras(ingested, tmp_path, capsys):
     _, db, _ = ingested
     store = Store.open(str(db), create=False)
