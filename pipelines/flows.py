@@ -48,6 +48,7 @@ class IngestSummary:
     maintain_s: float = 0.0
     wall_s: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    aborted: str | None = None  # why the run stopped early (the ingest task failed for good), None if it finished
 
     @property
     def detections_per_s(self) -> float:
@@ -74,6 +75,9 @@ class IngestSummary:
             f"| {self.detections_written} | {self.tracklets_written} | {self.frames_per_s:.1f} "
             f"| {self.detections_per_s:.1f} | {self.wall_s:.1f} | {self.maintain_s:.1f} | {self.attempts} |",
         ]
+        if self.aborted:
+            lines += ["", f"**Run aborted**: {self.aborted}. The videos counted done above are stored; "
+                          "a re-run continues with the rest."]
         if self.failures:
             lines += ["", "## Failed videos", *[f"- `{uri}`: {reason}" for uri, reason in self.failures]]
         return "\n".join(lines)
@@ -213,8 +217,13 @@ def ingest_archive(archive: str, db: str, model: str, target_fps: float = 5.0, b
     done = Store.open(db).done_video_ids(model_id)
     todo = [t for t in tasks if t.video_id not in done]
     summary.videos_found, summary.videos_skipped = len(tasks), len(tasks) - len(todo)
-    if todo:
-        summary = ingest_videos(todo, db, model, model_id, options, ray_address, summary, progress)
-    summary.wall_s = time.perf_counter() - started
-    create_markdown_artifact(summary.markdown(), key="ingest-report", description="Archive ingestion report")
+    try:
+        if todo:
+            summary = ingest_videos(todo, db, model, model_id, options, ray_address, summary, progress)
+    except Exception as exc:
+        summary.aborted = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        raise
+    finally:  # the report is published for a failed run too: what got stored, and why it stopped
+        summary.wall_s = time.perf_counter() - started
+        create_markdown_artifact(summary.markdown(), key="ingest-report", description="Archive ingestion report")
     return summary.as_dict()

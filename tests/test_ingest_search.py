@@ -91,6 +91,35 @@ def test_stored_tracklets_hold_the_aggregate_of_their_detections_and_answer_trac
         assert [h.detection_id for h in hits] == [h.detection_id for h in recomputed]
 
 
+def test_a_run_that_fails_for_good_still_publishes_its_report(small_archive, tiny_checkpoint, tmp_path):
+    """A store of 8-d embeddings refuses the tiny model's 32-d rows: a permanent error ends the run, with a report."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from kpr_model.embeddings import ReIDEmbeddings
+    from pipelines.flows import ingest_archive
+    from storage import detection_row, detections_table
+
+    db = tmp_path / "db"
+    other = {"video_id": "other", "uri": "/elsewhere/other.mp4", "camera_id": "cam9", "start_time": 0.0,
+             "duration": 1.0, "num_frames": 10, "model_id": "other-model", "run_id": "r"}
+    row = detection_row("other:0", "other", "cam9", 0, 0.0, (0.0, 0.0, 10.0, 20.0), "other-model", 1.0,
+                        np.zeros((17, 3)), "", b"", "r")
+    unit = np.ones((1, 8), np.float32) / np.sqrt(8)
+    Store.open(str(db)).write_video(other, detections_table([row], ReIDEmbeddings(unit, np.stack([unit] * 8, 1),
+                                                                                  np.ones((1, 8), np.float32))))
+    state = ingest_archive(str(small_archive), str(db), str(tiny_checkpoint), progress=False, return_state=True)
+    assert state.is_failed()
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    report = {a.key: a for a in artifacts}["ingest-report"].data
+    counts = report.splitlines()[3]  # found, skipped, done, failed, detections, tracklets ... attempts
+    assert counts.startswith("| 3 | 0 | 0 | 0 | 0 | 0 |") and counts.endswith("| 1 |"), report  # not retried
+    assert "**Run aborted**: StoreError: " in report and "holds embeddings with D=8" in report, report
+    assert Store.open(str(db), create=False).count_detections() == 1
+
+
 def test_search_by_detection_returns_other_cameras(ingested, tmp_path, capsys):
     _, db, _ = ingested
     store = Store.open(str(db), create=False)
