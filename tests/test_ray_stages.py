@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +96,48 @@ def test_unusable_options_give_one_clear_error(small_archive, tiny_checkpoint):
     if not torch.cuda.is_available():
         with pytest.raises(WorkerError, match="the Ray cluster has no GPU"):
             list(run_videos(tasks, str(tiny_checkpoint), IngestOptions(device="cuda")))
+
+
+def _decoders_reading(video: Path) -> list[int]:
+    """PIDs of Ray decode workers (process title ``ray::_decode``) that have ``video`` open."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(b"ray::_decode") and any(
+                    os.readlink(fd) == str(video) for fd in (entry / "fd").iterdir()):
+                pids.append(int(entry.name))
+        except OSError:  # the process ended meanwhile
+            continue
+    return pids
+
+
+def test_a_decode_worker_that_dies_fails_only_its_video(shared_data, small_archive, tiny_checkpoint, tmp_path):
+    """decord runs only in Ray decode tasks: a decode process killed mid-video (as a decord crash would kill it)
+    fails that video with a reason, and the other video of the run is ingested."""
+    real, synthetic = (shared_data / "video" / "one-by-one-person-detection.mp4").resolve(), sorted(small_archive.rglob("*.mp4"))[0]
+    for camera, video in (("table", real), ("synth", synthetic)):
+        (tmp_path / camera).mkdir()
+        (tmp_path / camera / video.name).symlink_to(video)
+    killed: list[int] = []
+    stop = threading.Event()
+
+    def kill_the_decoder() -> None:
+        while not (stop.is_set() or killed):
+            for pid in _decoders_reading(real):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_the_decoder, daemon=True)
+    killer.start()
+    backend = BackendConfig("yolox", detector_model=str(shared_data / "models" / "yolox_nano_416x416.onnx"))
+    try:
+        outcomes = {Path(o.task.uri).name: o for o in run_videos(discover_videos(tmp_path), str(tiny_checkpoint),
+                                                                   IngestOptions(segment_s=1e6, backend=backend))}
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "no decode worker of the real video was seen"
+    assert outcomes[real.name].result is None
+    assert outcomes[real.name].error == "the worker process crashed while processing this video"
+    assert outcomes[synthetic.name].error is None and outcomes[synthetic.name].result.crops.frames_sampled == 40
