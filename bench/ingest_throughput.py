@@ -24,15 +24,15 @@ Writes bench/results/ingest_throughput.json with the command that produced it.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import platform
-import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from results_io import command_line, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -170,11 +170,9 @@ def main() -> int:
         "stages_alone": stages,
         "pipeline": {"one_actor_per_stage_2_cores": staged, "workers_1": one, "workers_2": two},
         "timestamp_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/ingest_throughput.py", *sys.argv[1:]]),
+        "command": command_line("bench/ingest_throughput.py", sys.argv[1:]),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.output, result)
     return 0
 
 

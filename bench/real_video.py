@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from results_io import command_line, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -145,10 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         wall_s = ingest(args.shared / VIDEO, db, args.model, args.shared, args.fps, extra)
         result = {"video": VIDEO, "backend": "yolox + movenet", "model": args.model, "fps": args.fps,
                   **score(db, truth), "ingest_wall_s": round(wall_s, 1),
-                  "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/real_video.py", *(argv or sys.argv[1:])])}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+                  "command": command_line("bench/real_video.py", argv or sys.argv[1:])}
+    write_result(args.output, result)
     return 0
 
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import platform
-import shlex
 import sys
 import tempfile
 import time
@@ -25,6 +23,8 @@ from training.synthetic import WorldConfig, export_reid_crops
 from training.train import TrainConfig
 from training.train import train as run_training
 from workers.ray_stages import ensure_ray
+
+from results_io import command_line, write_result
 
 
 def steady_samples_per_s(history: list[dict], samples_per_epoch: int) -> float:
@@ -81,11 +81,9 @@ def main() -> int:
         "ratio": round(two["samples_per_s"] / one["samples_per_s"], 3),
         "runs": {"1": one, "2": two},
         "timestamp_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", *sys.argv]),
+        "command": command_line(sys.argv[0], sys.argv[1:]),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.output, result)
     return 0
 
 
