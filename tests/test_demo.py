@@ -12,11 +12,12 @@ pytestmark = pytest.mark.integration
 
 def test_quick_demo_writes_its_reports(tmp_path, capsys):
     out = tmp_path / "demo"
-    main(["demo", "--out", str(out), "--quick"])
+    assert main(["demo", "--out", str(out), "--quick"]) == 0, "the demo exits 1 when search is no better than chance"
     report = json.loads((out / "demo_report.json").read_text())
     assert report["queries"] >= 6 and report["identities"] >= 3
-    for key in ("cross_camera_top1", "cross_camera_map", "chance_top1"):
-        assert 0.0 <= report[key] <= 1.0
+    # The quick demo's tiny model finds the right person first for about 0.45 of the queries (chance 0.14).
+    assert report["cross_camera_top1"] > 2 * report["chance_top1"]
+    assert report["cross_camera_map"] > 1.5 * report["chance_map"]
     assert report["ingest"]["videos_done"] == 3 and report["ingest"]["videos_failed"] == 0
     assert report["wall_s"] > 0
     page = (out / "demo_report.html").read_text()
