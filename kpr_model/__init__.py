@@ -32,6 +32,7 @@ _EXPORTS: dict[str, str] = {
     "KPRLoss": "losses",
     "EMBEDDING_TYPES": "model",
     "KPR": "model",
+    "KPRFeatures": "model",
     "KPROutput": "model",
     "OnnxKPREncoder": "onnx_encoder",
     "model_id_of": "model_files",

@@ -1,9 +1,10 @@
 """Product-facing KPR encoder: RGB person crops (+ optional keypoint prompts) -> ``ReIDEmbeddings``.
 
 Used by ingestion workers and search. Crops of any size are resized to ``config.image_size``
-(keypoints rescaled with them), normalised, prompted and embedded in eval mode. Outputs follow the
-official test embeddings (spec section 5): L2-normalised BN-foreground embedding as the holistic
-vector, L2-normalised part embeddings, and the part visibility.
+(keypoints rescaled with them), normalised, prompted and embedded in eval mode by
+``KPR.forward_reid``, which computes no training-only head. Outputs follow the official test
+embeddings (spec section 5): L2-normalised BN-foreground embedding as the holistic vector,
+L2-normalised part embeddings, and the part visibility.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from kpr_model.checkpoint import load_checkpoint
 from kpr_model.config import KPRConfig
 from kpr_model.embeddings import ReIDEmbeddings
-from kpr_model.model import KPR, KPROutput
+from kpr_model.model import KPR
 from kpr_model.prompts import keypoints_to_prompt
 
 
@@ -67,13 +68,6 @@ def _check_crop(crop: np.ndarray) -> None:
 
 def _rescale(kps: np.ndarray | None, scale: np.ndarray) -> np.ndarray | None:
     return None if kps is None else np.asarray(kps, dtype=np.float32) * scale
-
-
-def reid_outputs(output: KPROutput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Test-time outputs of a KPR pass: L2-normalised bn-foreground [N, D] and parts [N, K, D], visibility [N, K]."""
-    holistic = F.normalize(output.embeddings["bn_foreground"], dim=-1)
-    parts = F.normalize(output.embeddings["parts"], dim=-1)
-    return holistic, parts, output.visibility
 
 
 BatchEmbedder = Callable[
@@ -163,7 +157,6 @@ class KPREncoder(EncoderShape):
     def _embed_batch(self, crops: Sequence[np.ndarray], keypoints: Sequence[np.ndarray | None] | None,
                      negative_keypoints: Sequence[np.ndarray | None] | None) -> ReIDEmbeddings:
         images, prompts = prepare_crops(crops, keypoints, negative_keypoints, self.config)
-        out = self.model(images.to(self.device), prompts.to(self.device))
-        holistic, parts, visibility = reid_outputs(out)
+        holistic, parts, visibility = self.model.forward_reid(images.to(self.device), prompts.to(self.device))
         return ReIDEmbeddings(holistic.float().cpu().numpy(), parts.float().cpu().numpy(),
                               visibility.float().cpu().numpy())

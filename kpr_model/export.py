@@ -31,7 +31,6 @@ from torch import nn
 
 from kpr_model.checkpoint import compute_model_id, load_checkpoint
 from kpr_model.config import KPRConfig, KPRModelError
-from kpr_model.encoder import reid_outputs
 from kpr_model.model import KPR
 from kpr_model.prompts import empty_prompt
 
@@ -47,14 +46,14 @@ class OnnxModelError(KPRModelError):
 
 
 class KPRInferenceGraph(nn.Module):
-    """KPR reduced to its test-time outputs: (images, prompts) -> (global_emb, parts, visibility)."""
+    """KPR's test-time pass, no training-only head: (images, prompts) -> (global_emb, parts, visibility)."""
 
     def __init__(self, model: KPR) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, images: torch.Tensor, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return reid_outputs(self.model(images, prompts))
+        return self.model.forward_reid(images, prompts)
 
 
 def export_onnx(

@@ -15,6 +15,11 @@ C = backbone feature depth, (Hf, Wf) the spatial feature size and num_classes id
 
 Pooling follows the official code: global = average of F; parts = GWAP, sum(M_k F) / max(sum M_k,
 1e-6); foreground (max over part maps) and background (map 0) = spatial mean of M F.
+
+The forward is split as timm splits its models: ``forward_features`` (backbone, part maps,
+visibility) is shared; ``forward_head`` adds every embedding and identity logit the losses need
+(``forward`` = both, the training pass); ``forward_reid`` adds only the test-time outputs (the
+BN-foreground and part embeddings), which is what the encoders and the ONNX export run.
 """
 from __future__ import annotations
 
@@ -34,15 +39,21 @@ EMBEDDING_TYPES = HOLISTIC_TYPES + ("parts",)
 
 
 @dataclass
-class KPROutput:
-    """Everything one KPR forward pass produces (shapes in the module docstring)."""
+class KPRFeatures:
+    """What ``KPR.forward_features`` gives every pass: backbone features, pixel-to-part logits, maps, visibility."""
 
-    embeddings: dict[str, torch.Tensor]
-    visibility: torch.Tensor
-    id_logits: dict[str, torch.Tensor]
+    features: torch.Tensor
     pixel_logits: torch.Tensor
     part_maps: torch.Tensor
-    features: torch.Tensor
+    visibility: torch.Tensor
+
+
+@dataclass
+class KPROutput(KPRFeatures):
+    """A training pass: the features plus every embedding and identity logit the losses use."""
+
+    embeddings: dict[str, torch.Tensor]
+    id_logits: dict[str, torch.Tensor]
 
 
 class AfterPoolingDimReduce(nn.Module):
@@ -111,7 +122,11 @@ class KPR(nn.Module):
         self.parts_identity_classifier = nn.ModuleList(BNNeck(d, config.num_classes) for _ in range(k))
 
     def forward(self, images: torch.Tensor, prompts: torch.Tensor | None = None) -> KPROutput:
-        """Run KPR on normalised images [N, 3, H, W]; ``prompts`` [N, P + 2, Hp, Wp] or None (no prompt)."""
+        """Training pass on normalised images [N, 3, H, W] and ``prompts`` [N, P + 2, Hp, Wp] or None (no prompt)."""
+        return self.forward_head(self.forward_features(images, prompts))
+
+    def forward_features(self, images: torch.Tensor, prompts: torch.Tensor | None = None) -> KPRFeatures:
+        """Prompted backbone features, their part maps and the part visibility: the part every pass shares."""
         n = images.shape[0]
         if prompts is None:
             prompts = empty_prompt(n, tuple(images.shape[-2:]), self.config, images.device)
@@ -122,19 +137,17 @@ class KPR(nn.Module):
         feats = self.backbone(images, prompts)
         pixel_logits = self.pixel_classifier(feats)
         maps = pixel_logits.softmax(dim=1)
-        part_maps = maps[:, 1:]
+        return KPRFeatures(features=feats, pixel_logits=pixel_logits, part_maps=maps,
+                           visibility=part_visibility(maps.detach()))
 
-        pooled_global = feats.mean(dim=(2, 3))
-        pooled_fg = (part_maps.amax(dim=1, keepdim=True) * feats).mean(dim=(2, 3))
-        pooled_bg = (maps[:, :1] * feats).mean(dim=(2, 3))
-        mass = part_maps.sum(dim=(2, 3)).clamp_min(1e-6)
-        pooled_parts = torch.einsum("nkhw,nchw->nkc", part_maps, feats) / mass[..., None]
-
+    def forward_head(self, x: KPRFeatures) -> KPROutput:
+        """Every embedding (plain and after the BNNeck) and, when num_classes > 0, every identity logit."""
+        feats, maps = x.features, x.part_maps
         emb = {
-            "global": self.global_after_pooling_dim_reduce(pooled_global),
-            "foreground": self.foreground_after_pooling_dim_reduce(pooled_fg),
-            "background": self.background_after_pooling_dim_reduce(pooled_bg),
-            "parts": self.parts_after_pooling_dim_reduce(pooled_parts),
+            "global": self.global_after_pooling_dim_reduce(feats.mean(dim=(2, 3))),
+            "foreground": self.foreground_after_pooling_dim_reduce(_pool_foreground(feats, maps)),
+            "background": self.background_after_pooling_dim_reduce((maps[:, :1] * feats).mean(dim=(2, 3))),
+            "parts": self.parts_after_pooling_dim_reduce(_pool_parts(feats, maps)),
         }
         emb["concat_parts"] = emb["parts"].flatten(1, 2)
         logits: dict[str, torch.Tensor] = {}
@@ -146,18 +159,38 @@ class KPR(nn.Module):
         emb["bn_parts"] = torch.stack([feat for feat, _ in part_outputs], dim=1)
         if self.config.num_classes > 0:
             logits["parts"] = torch.stack([logit for _, logit in part_outputs], dim=1)
-        return KPROutput(
-            embeddings=emb,
-            visibility=part_visibility(maps.detach()),
-            id_logits=logits,
-            pixel_logits=pixel_logits,
-            part_maps=maps,
-            features=feats,
-        )
+        return KPROutput(features=feats, pixel_logits=x.pixel_logits, part_maps=maps, visibility=x.visibility,
+                         embeddings=emb, id_logits=logits)
+
+    def forward_reid(
+        self, images: torch.Tensor, prompts: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Test-time pass computing only what retrieval uses (spec section 5), no training-only head.
+
+        Returns the L2-normalised BN-foreground embedding [N, D], the L2-normalised part embeddings
+        [N, K, D] and the visibility [N, K], equal to those of ``forward`` on the same inputs.
+        """
+        x = self.forward_features(images, prompts)
+        foreground = self.foreground_after_pooling_dim_reduce(_pool_foreground(x.features, x.part_maps))
+        holistic = self.foreground_identity_classifier.bn(foreground)
+        parts = self.parts_after_pooling_dim_reduce(_pool_parts(x.features, x.part_maps))
+        return F.normalize(holistic, dim=-1), F.normalize(parts, dim=-1), x.visibility
 
     def load_backbone_weights(self, path: str | Path) -> None:
         """Initialise the backbone from local timm weights (see ``PromptableBackbone.load_backbone_weights``)."""
         self.backbone.load_backbone_weights(path)
+
+
+def _pool_foreground(feats: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """Foreground pooling [N, C]: spatial mean of the features weighted by the max over the K part maps."""
+    return (maps[:, 1:].amax(dim=1, keepdim=True) * feats).mean(dim=(2, 3))
+
+
+def _pool_parts(feats: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """GWAP part pooling [N, K, C]: sum(M_k F) / max(sum M_k, 1e-6) for each part map M_k."""
+    part_maps = maps[:, 1:]
+    mass = part_maps.sum(dim=(2, 3)).clamp_min(1e-6)
+    return torch.einsum("nkhw,nchw->nkc", part_maps, feats) / mass[..., None]
 
 
 def part_visibility(maps: torch.Tensor) -> torch.Tensor:

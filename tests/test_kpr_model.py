@@ -6,6 +6,8 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from kpr_model import (
     KPR,
@@ -168,6 +170,40 @@ def test_visibility_follows_pixel_argmax(tiny: KPRConfig) -> None:
             expected = out.part_maps[i, part + 1][won].max().item() if won.any() else 0.0
             assert out.visibility[i, part].item() == pytest.approx(expected)
     assert (out.visibility == 0).any() and (out.visibility > 0).any()
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny_swin", "tiny_solider", "tiny_vit"])
+def test_encoder_equals_the_training_pass_and_runs_no_training_head(preset: str) -> None:
+    config = getattr(KPRConfig, preset)(num_classes=6)
+    torch.manual_seed(3)
+    model = KPR(config).eval()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2.0)
+    torch.nn.init.normal_(model.pixel_classifier.classifier.weight, std=0.5)
+    for weight in model.backbone.masks_patch_embed.parameters():
+        torch.nn.init.normal_(weight, std=0.5)
+    rng = np.random.default_rng(3)
+    crops = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((64, 32), (90, 40), (128, 64))]
+    keypoints = [skeleton(), None, skeleton(2.0, 2.0)]
+    negatives = [skeleton(1.2, 1.0)[None], None, None]
+    images, prompts = prepare_crops(crops, keypoints, negatives, config)
+    with torch.inference_mode():
+        full = model(images, prompts)
+    called: set[str] = set()
+    for name, module in model.named_modules():
+        module.register_forward_hook(lambda *_, name=name: called.add(name))
+    embedded = KPREncoder(model, config).embed(crops, keypoints, negatives)
+    assert np.array_equal(embedded.global_emb, F.normalize(full.embeddings["bn_foreground"], dim=-1).numpy())
+    assert np.array_equal(embedded.parts, F.normalize(full.embeddings["parts"], dim=-1).numpy())
+    assert np.array_equal(embedded.visibility, full.visibility.numpy())
+    assert (full.visibility == 0).any() and (full.visibility > 0).any()
+    assert {name.split(".")[0] for name in called} == {
+        "backbone", "pixel_classifier", "foreground_after_pooling_dim_reduce", "foreground_identity_classifier",
+        "parts_after_pooling_dim_reduce",
+    }
+    assert "foreground_identity_classifier.classifier" not in called
 
 
 def test_prompt_has_no_effect_until_tokenizer_learns_then_negative_prompt_matters(tiny: KPRConfig) -> None:
