@@ -2,6 +2,7 @@
 from storage.schema import (
     SCHEMA_VERSION,
     TRACKLETS,
+    NotFoundError,
     StoreError,
     detection_row,
     detections_table,
@@ -17,6 +18,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "TRACKLETS",
     "CameraGroup",
+    "NotFoundError",
     "PersonSearch",
     "SearchFilters",
     "SearchHit",

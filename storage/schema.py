@@ -30,6 +30,10 @@ class StoreError(RuntimeError):
     """Anything the store refuses or cannot do: bad location, schema mismatch, malformed rows."""
 
 
+class NotFoundError(StoreError):
+    """An id the store does not hold (a detection or tracklet asked for by id), so callers can say "not found"."""
+
+
 def _floats(size: int) -> pa.DataType:
     """A fixed-size float32 list type."""
     return pa.list_(pa.float32(), size)

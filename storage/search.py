@@ -19,7 +19,7 @@ from kpr_model.distance import (
     per_part_distances,
 )
 from storage import sql
-from storage.schema import StoreError, embeddings_of
+from storage.schema import NotFoundError, StoreError, embeddings_of
 from storage.store import Store
 
 __all__ = [
@@ -186,8 +186,6 @@ class PersonSearch:
                      rerank: bool = False, candidates: int = DEFAULT_CANDIDATES) -> list[SearchHit]:
         """Search with a stored detection as the query (itself excluded; its camera too by default)."""
         row = self.store.get_detection(detection_id)
-        if row is None:
-            raise StoreError(f"unknown detection id {detection_id!r}")
         own_camera = [row["camera_id"]] if other_cameras_only else []
         filters = replace(filters, exclude_cameras=[*filters.exclude_cameras, *own_camera],
                           exclude_detection_ids=[*filters.exclude_detection_ids, detection_id])
@@ -211,13 +209,14 @@ class PersonSearch:
         tracklets were stored) the aggregate of its detections."""
         if not track_id:  # "": the untracked detections, not a tracklet
             raise StoreError("an empty tracklet id names no tracklet")
-        stored = self.store.list_tracklets(sql.equals("track_id", track_id), limit=1)
-        if stored.num_rows:
-            return embeddings_of(stored), stored["camera_id"].to_pylist()
-        rows = self.store.tracklet_detections(track_id)
-        if not rows.num_rows:
-            raise StoreError(f"unknown tracklet id {track_id!r}")
-        return aggregate(embeddings_of(rows)), sorted(set(rows["camera_id"].to_pylist()))
+        if sql.storable(track_id):
+            stored = self.store.list_tracklets(sql.equals("track_id", track_id), limit=1)
+            if stored.num_rows:
+                return embeddings_of(stored), stored["camera_id"].to_pylist()
+            rows = self.store.tracklet_detections(track_id)
+            if rows.num_rows:
+                return aggregate(embeddings_of(rows)), sorted(set(rows["camera_id"].to_pylist()))
+        raise NotFoundError(f"unknown tracklet id {track_id!r}")
 
     def _ranked(self, query: ReIDEmbeddings, k: int, filters: SearchFilters, parts: Sequence[int] | None,
                 rerank: bool, candidates: int) -> list[SearchHit]:

@@ -5,11 +5,16 @@ import math
 from collections.abc import Iterable
 
 
+def storable(value: str) -> bool:
+    """Whether ``value`` can be a stored id: quote refuses NUL characters, so no stored id holds one."""
+    return "\x00" not in value
+
+
 def quote(value: str) -> str:
     """A SQL string literal for ``value`` (single quotes doubled), safe for any id text."""
     if not isinstance(value, str):
         raise TypeError(f"expected a string id, got {type(value).__name__}")
-    if "\x00" in value:
+    if not storable(value):
         raise ValueError("ids may not contain NUL characters")
     return "'" + value.replace("'", "''") + "'"
 

@@ -24,6 +24,7 @@ from storage.schema import (
     DETECTIONS,
     TRACKLETS,
     VIDEOS,
+    NotFoundError,
     StoreError,
     check_version,
     detections_schema,
@@ -640,10 +641,13 @@ class Store:
         for batch in query.limit(None).to_batches(batch_rows):
             yield pa.Table.from_batches([batch])
 
-    def get_detection(self, detection_id: str) -> dict | None:
-        """One detection row as a dict, or None when the id is unknown."""
-        rows = self.query_detections(sql.equals("detection_id", detection_id), limit=1).to_pylist()
-        return rows[0] if rows else None
+    def get_detection(self, detection_id: str, columns: Sequence[str] | None = None) -> dict:
+        """One detection row (all columns unless ``columns``) as a dict; NotFoundError for an unknown id."""
+        if sql.storable(detection_id):
+            rows = self.query_detections(sql.equals("detection_id", detection_id), columns, limit=1).to_pylist()
+            if rows:
+                return rows[0]
+        raise NotFoundError(f"unknown detection id {detection_id!r}")
 
     def detections_by_ids(self, ids: Iterable[str], columns: Sequence[str] | None = None) -> pa.Table:
         """Detection rows for ``ids`` in the given order (unknown ids skipped, repeats collapsed)."""

@@ -12,7 +12,16 @@ import numpy as np
 import pytest
 
 from kpr_model.distance import ReIDEmbeddings
-from storage import PersonSearch, SearchFilters, Store, StoreError, detection_row, detections_table, group_hits
+from storage import (
+    NotFoundError,
+    PersonSearch,
+    SearchFilters,
+    Store,
+    StoreError,
+    detection_row,
+    detections_table,
+    group_hits,
+)
 from workers.crops import thumbnail_jpeg
 
 K, D = 8, 16
@@ -146,10 +155,11 @@ def test_by_tracklet_excludes_its_own_detections_and_finds_the_person(search):
     assert not own & {h.detection_id for h in hits}
     assert _identities(hits) == [4] * 6
     assert {h.camera_id for h in search.by_tracklet(track_id(1, 4), k=6)} == {"cam0", "cam2"}
-    with pytest.raises(StoreError, match="unknown tracklet id 'nope'"):
-        search.by_tracklet("nope")
-    with pytest.raises(StoreError, match="unknown detection id 'nope'"):
-        search.by_detection("nope")
+    for unknown in ("nope", "nul\x00id"):
+        with pytest.raises(NotFoundError, match="unknown tracklet id"):
+            search.by_tracklet(unknown)
+        with pytest.raises(NotFoundError, match="unknown detection id"):
+            search.by_detection(unknown)
 
 
 def test_rerank_keeps_a_clean_ranking(search):

@@ -9,7 +9,16 @@ import pyarrow as pa
 import pytest
 
 from kpr_model.embeddings import ReIDEmbeddings
-from storage import PersonSearch, SearchFilters, Store, StoreError, detection_row, detections_table, embeddings_of
+from storage import (
+    NotFoundError,
+    PersonSearch,
+    SearchFilters,
+    Store,
+    StoreError,
+    detection_row,
+    detections_table,
+    embeddings_of,
+)
 from storage.schema import VIDEOS, VERSION_KEY, videos_schema
 
 DIM, PARTS = 32, 6
@@ -105,7 +114,10 @@ def test_dict_rows_and_lookups_by_escaped_ids(store: Store) -> None:
     assert row is not None and row["thumbnail"] == rows[1]["thumbnail"] and row["frame_index"] == 1
     back = embeddings_of([row])
     np.testing.assert_array_equal(back.parts[0], embeddings.parts[1])
-    assert store.get_detection("x' OR '1'='1") is None
+    assert store.get_detection(rows[1]["detection_id"], ["frame_index"]) == {"frame_index": 1}
+    for unknown in ("x' OR '1'='1", "nul\x00id"):
+        with pytest.raises(NotFoundError, match="unknown detection id"):
+            store.get_detection(unknown)
 
 
 def test_record_failure_then_success(store: Store) -> None:
@@ -213,7 +225,7 @@ def test_search_filters_exclude_what_they_must(planted: dict) -> None:
 
 def test_unknown_detection_and_wrong_query_shape(planted: dict) -> None:
     search = PersonSearch(planted["store"])
-    with pytest.raises(StoreError, match="unknown detection id 'nope:1'"):
+    with pytest.raises(NotFoundError, match="unknown detection id 'nope:1'"):
         search.by_detection("nope:1")
     wrong = ReIDEmbeddings(np.ones((1, 8), np.float32), np.ones((1, PARTS, 8), np.float32), np.ones((1, PARTS), np.float32))
     with pytest.raises(StoreError, match="query has D=8"):

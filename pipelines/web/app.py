@@ -31,7 +31,7 @@ from pipelines.errors import UserError
 from pipelines.query_image import QueryEncoder, decode_image, parse_parts, parse_prompt, parse_time, part_names
 from pipelines.web.guard import RequestGuard
 from pipelines.web.payload import LIST_COLUMNS, detection_json, finite, groups_json
-from storage import PersonSearch, SearchFilters, Store, StoreError, sql
+from storage import NotFoundError, PersonSearch, SearchFilters, Store, StoreError, sql
 from workers.errors import WorkerError
 
 K_MAX = 200
@@ -39,7 +39,6 @@ LIST_MAX = 500
 FACTS_TTL_S = 10.0
 STATIC = Path(__file__).with_name("static")
 USER_ERRORS = (UserError, StoreError, KPRModelError, WorkerError)
-_UNKNOWN_ID = ("unknown detection id", "unknown tracklet id")
 log = logging.getLogger("kpr.serve")
 
 
@@ -122,17 +121,10 @@ class SearchService:
 
     def thumbnail(self, detection_id: str) -> bytes:
         """The stored JPEG thumbnail of a detection; 404 for unknown ids (the id is only ever a store key)."""
-        row = self._detection(detection_id, ["thumbnail"])
+        row = self.store.get_detection(detection_id, ["thumbnail"])
         if not row["thumbnail"]:
             raise HTTPException(404, f"detection {detection_id!r} has no thumbnail")
         return row["thumbnail"]
-
-    def _detection(self, detection_id: str, columns: list[str]) -> dict:
-        """Chosen columns of one stored detection, or a 404."""
-        table = None if "\x00" in detection_id else self.store.detections_by_ids([detection_id], columns)
-        if table is None or not table.num_rows:
-            raise HTTPException(404, f"unknown detection id {detection_id!r}")
-        return table.to_pylist()[0]
 
     def _check_cameras(self, cameras: list[str]) -> None:
         """Refuse camera names the store does not have, naming the known ones."""
@@ -172,9 +164,6 @@ class SearchService:
         if len(given) != 1:
             raise UserError("give exactly one query: a detection_id, a track_id or an image file"
                             + (f" (got {', '.join(given)})" if given else ""))
-        for kind, value in (("detection", request.detection_id), ("tracklet", request.track_id)):
-            if value is not None and "\x00" in value:
-                raise HTTPException(404, f"unknown {kind} id {value!r}")
         num_parts = self.facts().num_parts
         parts = parse_parts(list(request.parts), num_parts) if request.parts and num_parts else None
         filters = self._filters(request)
@@ -204,7 +193,7 @@ class SearchService:
 
         As with by_detection, the detection itself is excluded, and its camera too unless asked for.
         """
-        row = self._detection(request.detection_id, ["thumbnail", "camera_id"])
+        row = self.store.get_detection(request.detection_id, ["thumbnail", "camera_id"])
         if not row["thumbnail"]:
             raise UserError(f"detection {request.detection_id!r} has no thumbnail to re-embed with keypoints")
         embedding, shown = self._embed(row["thumbnail"], request.keypoints)
@@ -245,7 +234,7 @@ def _validation_message(exc: RequestValidationError) -> str:
 def _add_error_handlers(app: FastAPI) -> None:
     """Project errors become 400 (404 for unknown ids), validation 422, HTTP errors keep their status; all as JSON."""
     async def user_error(_: Request, exc: Exception) -> JSONResponse:
-        return _error(404 if str(exc).startswith(_UNKNOWN_ID) else 400, str(exc))
+        return _error(404 if isinstance(exc, NotFoundError) else 400, str(exc))
 
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail))
