@@ -593,11 +593,6 @@ class Store:
         recorded = (table.schema.field("vector").metadata or {}).get(VECTOR_INDEX_KEY.encode())
         return json.loads(recorded) if recorded else {}
 
-    def is_done(self, video_id: str, model_id: str) -> bool:
-        """Whether ``video_id`` was fully ingested with ``model_id`` (so ingestion may skip it)."""
-        where = sql.all_of([sql.equals("video_id", video_id), sql.equals("model_id", model_id), sql.equals("status", "done")])
-        return self._videos.count_rows(where) > 0
-
     def done_video_ids(self, model_id: str) -> set[str]:
         """Ids of all videos fully ingested with ``model_id``."""
         where = sql.all_of([sql.equals("model_id", model_id), sql.equals("status", "done")])

@@ -74,4 +74,4 @@ def test_a_table_whose_creation_was_killed_is_created_again(tmp_path):
     video, detections = rel.race_video(0, rows=5)
     assert store.write_video(video, detections) == 5
     reopened = Store.open(db, create=False)
-    assert reopened.count_detections() == 5 and reopened.is_done("race0", "race-model")
+    assert reopened.count_detections() == 5 and reopened.done_video_ids("race-model") == {"race0"}

@@ -70,14 +70,13 @@ def store(tmp_path: Path) -> Store:
 def test_writing_a_video_twice_leaves_the_same_rows(store: Store) -> None:
     video = _video("v1", "cam-1")
     table = _detections(video, _random_embeddings(np.random.default_rng(0), 12))
-    assert not store.is_done("v1", MODEL)
+    assert store.done_video_ids(MODEL) == set()
     assert store.write_video(video, table) == 12
     first = _sorted_rows(store)
     assert store.write_video(video, table) == 0
     assert _sorted_rows(store) == first
     assert store.count_detections() == 12 and store.count_videos() == 1
-    assert store.is_done("v1", MODEL) and not store.is_done("v1", "other-model")
-    assert store.done_video_ids(MODEL) == {"v1"}
+    assert store.done_video_ids(MODEL) == {"v1"} and store.done_video_ids("other-model") == set()
     assert store.video_rows()[0]["n_detections"] == 12
 
 
@@ -85,9 +84,9 @@ def test_crash_between_detections_and_video_row_recovers_without_duplicates(stor
     video = _video("v1", "cam-1")
     table = _detections(video, _random_embeddings(np.random.default_rng(1), 9))
     assert store._merge_detections(video, table) == 9
-    assert not store.is_done("v1", MODEL) and store.count_detections() == 9
+    assert store.done_video_ids(MODEL) == set() and store.count_detections() == 9
     assert store.write_video(video, table) == 0
-    assert store.count_detections() == 9 and store.is_done("v1", MODEL)
+    assert store.count_detections() == 9 and store.done_video_ids(MODEL) == {"v1"}
     assert len({r["detection_id"] for r in _sorted_rows(store)}) == 9
 
 
@@ -123,10 +122,10 @@ def test_dict_rows_and_lookups_by_escaped_ids(store: Store) -> None:
 def test_record_failure_then_success(store: Store) -> None:
     video = _video("v9", "cam-1")
     store.record_failure(video, "decode error: moov atom not found")
-    assert not store.is_done("v9", MODEL) and store.count_videos("failed") == 1
+    assert store.done_video_ids(MODEL) == set() and store.count_videos("failed") == 1
     assert store.video_rows("failed")[0]["error"] == "decode error: moov atom not found"
     store.write_video(video, _detections(video, _random_embeddings(np.random.default_rng(4), 2)))
-    assert store.is_done("v9", MODEL) and store.count_videos("failed") == 0 and store.count_videos("done") == 1
+    assert store.done_video_ids(MODEL) == {"v9"} and store.count_videos("failed") == 0 and store.count_videos("done") == 1
 
 
 def test_bad_batches_are_refused(store: Store) -> None:

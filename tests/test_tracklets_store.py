@@ -74,7 +74,7 @@ def test_rewriting_a_video_keeps_one_row_per_tracklet_and_drops_stale_ones(tmp_p
     assert store.list_tracklets(limit=3, columns=["track_id"]).column_names == ["track_id"]
     store.write_video(v1, fewer_detections)  # no tracklets: the video has none any more
     assert store.count_tracklets(v1["video_id"]) == 0 and store.count_tracklets() == 2
-    assert store.is_done(v1["video_id"], MODEL)
+    assert v1["video_id"] in store.done_video_ids(MODEL)
 
 
 def test_a_store_without_a_tracklets_table_reads_as_none_and_maintain_compacts_it(tmp_path: Path) -> None:
@@ -104,7 +104,7 @@ def test_bad_tracklets_are_refused_before_anything_is_written(tmp_path: Path) ->
         store.write_video(video, detections, _batch(_video("video-xyz-0002"), tracks=1, per_track=3)[1])
     with pytest.raises(StoreError, match="duplicate track_id"):
         store.write_video(video, detections, pa.concat_tables([tracklets, tracklets]))
-    assert store.count_detections() == 0 and not store.is_done(video["video_id"], MODEL)
+    assert store.count_detections() == 0 and store.done_video_ids(MODEL) == set()
     store.write_video(video, detections, tracklets)
     rows = [tracklet_row("t-x", video["video_id"], "cam-1", 0.0, 1.0, 1, None, None, MODEL)]
     narrow = tracklets_table(rows, _embeddings(np.random.default_rng(0), 1, dim=8))
