@@ -1,9 +1,9 @@
 """KPR model configuration (a JSON-safe dataclass) and the package's base error.
 
-The defaults follow the spec (docs in /work/shared/design/KPR_SPEC.md): a ResNet-50 backbone at
-256x128, K = 8 target parts ("eight" grouping), cck8 keypoint prompts, 512-d embeddings and the
-GiLt + body-part attention loss weights. ``KPRConfig.tiny()`` and ``KPRConfig.demo()`` are small
-variants for unit tests and the CPU demo.
+The defaults follow the KPR paper and its official code: a ResNet-50 backbone at 256x128, K = 8
+target parts ("eight" grouping), cck8 keypoint prompts, 512-d embeddings and the GiLt + body-part
+attention loss weights. ``KPRConfig.tiny()`` and ``KPRConfig.demo()`` are small variants for unit
+tests and the CPU demo.
 
 Backbones (``backbone``): a timm ResNet name ("resnet50", "resnet10t", ...), a timm Swin / Swin-v2
 name ("swin_base_patch4_window7_224", built at ``image_size``), a timm ViT name

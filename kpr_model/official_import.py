@@ -1,7 +1,7 @@
 """Import official KPR checkpoints (VlSomers/keypoint_promptable_reidentification, SOLIDER Swin backbone).
 
-An official ``.pth`` holds a state dict of the official ``KPR`` module (names and shapes of the
-SOLIDER Swin-B Occluded-Duke model: /work/shared/design/kpr_official_state_dict.tsv, 480 tensors).
+An official ``.pth`` holds a state dict of the official ``KPR`` module (480 tensors for the released
+SOLIDER Swin-B Occluded-Duke model, whose names and shapes the mapping below was checked against).
 ``import_official_state_dict`` maps every tensor onto our ``KPR`` and loads it strictly:
 
 Name mapping (official -> ours), P = prompt groups, ``B = backbone_appearance_feature_extractor``:

@@ -501,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "dataset's own camera rule, and writes benchmark.json, benchmark.md, cmc_<dataset>.png and\n"
                     "ranking_<dataset>.html (query, top-k, part heatmaps, per-part visibility and distances) to --out.",
         epilog="Example:\n  kpr bench --model ckpt --data synthetic=crops --data occluded_duke=/data --out report \\\n"
-               "      --baseline omz_0248=../shared/data/models/person-reidentification-retail-0248.onnx",
+               "      --baseline omz_0248=models/person-reidentification-retail-0248.onnx",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, type=Path, help="KPR checkpoint folder (from `kpr train`)")
     p.add_argument("--data", required=True, action="append", metavar="NAME=ROOT",
