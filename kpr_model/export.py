@@ -32,6 +32,7 @@ from torch import nn
 from kpr_model.checkpoint import compute_model_id, load_checkpoint
 from kpr_model.config import KPRConfig, KPRModelError
 from kpr_model.model import KPR
+from kpr_model.onnx_session import OnnxModelError
 from kpr_model.prompts import empty_prompt
 
 ONNX_FORMAT = "kpr-onnx"
@@ -39,10 +40,6 @@ ONNX_FORMAT_VERSION = 1
 DEFAULT_OPSET = 17
 INPUT_NAMES = ("images", "prompts")
 OUTPUT_NAMES = ("global_emb", "parts", "visibility")
-
-
-class OnnxModelError(KPRModelError):
-    """An ONNX file is missing, unreadable, or not a KPR export of a supported format version."""
 
 
 class KPRInferenceGraph(nn.Module):

@@ -10,13 +10,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnxruntime as ort
-from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-from kpr_model.export import OnnxModelError
-from kpr_model.onnx_encoder import session_providers
-
-_UNREADABLE = (OSError, ort_state.Fail, ort_state.InvalidGraph, ort_state.InvalidProtobuf, ort_state.NoSuchFile)
+from kpr_model.onnx_session import OnnxModelError, open_onnx_session
 
 
 class OmzReIDModel:
@@ -25,14 +20,10 @@ class OmzReIDModel:
     def __init__(self, path: str | Path, threads: int | None = None, device: str = "cpu") -> None:
         self.path = Path(path)
         if not self.path.is_file():
-            raise OnnxModelError(f"ReID baseline model not found: {self.path} (see ../shared/data/README.md)")
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=session_providers(device))
-        except _UNREADABLE as exc:
-            raise OnnxModelError(f"cannot load ReID baseline model {self.path}: {exc}") from None
+            raise OnnxModelError(f"ReID baseline model not found: {self.path} (expected a global person-ReID ONNX file "
+                                 "such as Intel Open Model Zoo's person-reidentification-retail-0248, converted to "
+                                 "ONNX by the PINTO model zoo)")
+        self.session = open_onnx_session(self.path, device, threads)
         inputs = self.session.get_inputs()
         shape = inputs[0].shape if len(inputs) == 1 else []
         if len(shape) != 4 or shape[3] != 3 or not all(isinstance(v, int) for v in shape[1:3]):

@@ -25,17 +25,6 @@ NMS_IOU = 0.45
 log = logging.getLogger(__name__)
 
 
-def onnx_providers(device: str) -> list[str]:
-    """onnxruntime providers for ``device``: CUDA first when asked for and available, CPU always."""
-    import onnxruntime
-
-    if device.startswith("cuda"):
-        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        log.warning("onnxruntime has no CUDA provider here: the detector runs on the CPU")
-    return ["CPUExecutionProvider"]
-
-
 def grid_strides(size: int) -> tuple[np.ndarray, np.ndarray]:
     """The (x, y) cell of each anchor and its stride, in the head's output order, for an S x S input."""
     cells, strides = [], []
@@ -52,17 +41,15 @@ class YoloxDetector:
 
     def __init__(self, model_path: str | Path, device: str = "cpu", min_score: float = 0.3, nms_iou: float = NMS_IOU,
                  threads: int | None = None):
-        import onnxruntime
+        from kpr_model.onnx_session import OnnxModelError, cuda_available, open_onnx_session  # onnxruntime: on first use
 
-        options = onnxruntime.SessionOptions()
-        if threads:
-            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        # Idle onnxruntime threads spin by default, stealing the cores that the other ingestion stages share.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if device.startswith("cuda") and not cuda_available():
+            log.warning("onnxruntime has no CUDA provider here: the detector runs on the CPU")
+            device = "cpu"
         try:
-            self.session = onnxruntime.InferenceSession(str(model_path), options, providers=onnx_providers(device))
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
-            raise WorkerError(f"{model_path}: not a loadable ONNX model ({str(exc).splitlines()[0][:200]})") from None
+            self.session = open_onnx_session(model_path, device, threads)
+        except OnnxModelError as exc:
+            raise WorkerError(str(exc)) from None
         model_input = self.session.get_inputs()[0]
         batch, channels, height, width = model_input.shape
         if channels != 3 or not (isinstance(height, int) and height == width):
