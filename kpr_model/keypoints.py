@@ -5,6 +5,9 @@ Prompt groupings (spec section 1, official ``coco_keypoints_transforms.py``):
 - cck6: head, left_arm, right_arm, left_leg, right_leg, torso
 The "eight" target part grouping (the K = 8 parts of the Occluded-Duke SOLIDER config) has the same
 names, order and keypoints as cck8. A group's heatmap is the max of its keypoints' heatmaps.
+
+``SIDECAR_FORMAT`` names the project's own annotation file (people with COCO-17 keypoints per frame):
+the synthetic world writes it and ingestion reads it, so both take the name from here.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ COCO_KEYPOINTS: tuple[str, ...] = (
 )
 NUM_KEYPOINTS = len(COCO_KEYPOINTS)
 KEYPOINT_INDEX: dict[str, int] = {name: i for i, name in enumerate(COCO_KEYPOINTS)}
+SIDECAR_FORMAT = "kpr-sidecar-v1"
 
 _HEAD = ("nose", "left_eye", "right_eye", "left_ear", "right_ear")
 _TORSO = ("left_shoulder", "right_shoulder", "left_hip", "right_hip")

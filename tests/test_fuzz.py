@@ -22,12 +22,13 @@ from PIL import Image
 
 from kpr_model.checkpoint import CheckpointError, read_checkpoint_info
 from kpr_model.config import KPRConfig, KPRConfigError
+from kpr_model.keypoints import SIDECAR_FORMAT
 from pipelines.errors import UserError
 from pipelines.query_image import decode_image, parse_parts, parse_prompt, parse_time
 from training.augment import AugmentConfig
 from training.datasets.common import DatasetError, read_keypoints_file
 from training.train import TrainConfig, TrainConfigError
-from workers.annotations import SIDECAR_FORMAT, Sidecar, load_sidecar
+from workers.annotations import Sidecar, load_sidecar
 from workers.errors import AnnotationError
 from workers.json_input import finite_number, float_array, read_json
 from workers.keypoint_files import prompt_from_json, read_prompt_file

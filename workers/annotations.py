@@ -21,13 +21,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from kpr_model.keypoints import SIDECAR_FORMAT
 from workers.annotation_formats import MOT, POSETRACK21, coco_style_format, parse_coco_style, parse_mot
 from workers.decode import DecodedFrame
 from workers.detections import PersonDetection
 from workers.errors import AnnotationError
 from workers.json_input import finite_number, float_array, read_json
-
-SIDECAR_FORMAT = "kpr-sidecar-v1"
 
 
 @dataclass

@@ -5,7 +5,7 @@ Deterministic from ``WorldConfig.seed``. ``generate_archive`` writes one MP4 per
 ``export_reid_crops`` writes Market-1501-style crops with keypoint prompts and part masks.
 """
 from training.synthetic.appearance import Appearance, BodyShape, Identity, make_identities, shared_colours
-from training.synthetic.archive import SIDECAR_FORMAT, generate_archive, video_stem
+from training.synthetic.archive import generate_archive, video_stem
 from training.synthetic.config import WorldConfig
 from training.synthetic.crops import CropExport, export_reid_crops
 from training.synthetic.render import CameraRenderer, PersonInFrame, RenderedFrame, render_frame
@@ -16,7 +16,7 @@ from training.synthetic.world import World, build_world
 
 __all__ = [
     "Appearance", "BodyShape", "Camera", "CameraGeometry", "CameraLook", "CameraRenderer", "CropExport", "EIGHT_PARTS",
-    "Identity", "Occluder", "Part", "PersonInFrame", "RenderedFrame", "SIDECAR_FORMAT", "Visit", "WalkPath", "World",
+    "Identity", "Occluder", "Part", "PersonInFrame", "RenderedFrame", "Visit", "WalkPath", "World",
     "WorldConfig", "build_world", "export_reid_crops", "generate_archive", "make_identities", "render_frame",
     "shared_colours", "video_stem",
 ]

@@ -14,11 +14,11 @@ from typing import Any
 
 import cv2
 
+from kpr_model.keypoints import SIDECAR_FORMAT
 from training.synthetic.config import WorldConfig
 from training.synthetic.render import CameraRenderer, PersonInFrame
 from training.synthetic.world import World, build_world
 
-SIDECAR_FORMAT = "kpr-sidecar-v1"
 # MPEG-4 Part 2: every OpenCV wheel writes it and decord decodes it frame-exact. (H.264 would need an
 # encoder that pip's OpenCV lacks; probing for one makes FFmpeg print errors on every run.)
 VIDEO_CODEC = "mp4v"
