@@ -110,66 +110,50 @@ def _print_ingest_summary(summary: dict) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from pipelines.query_image import parse_parts, parse_time, part_names
-    from storage import PersonSearch, SearchFilters, Store
+    from pipelines.query import Query, QuerySearch
+    from pipelines.query_image import QueryEncoder
+    from pipelines.query_prompt import read_prompt
+    from storage import Store
 
     if args.keypoints and not args.image:
         raise UserError("--keypoints goes with --image (a stored detection already has its keypoints)")
     store = Store.open(args.db, create=False)
-    shape = store.embedding_shape
-    if shape is None:
-        raise UserError(f"the store at {args.db} holds no detections yet (run `kpr ingest` first)")
-    parts = parse_parts(args.part, shape[1]) if args.part else None
-    filters = SearchFilters(cameras=args.camera or None, t_min=parse_time(args.since), t_max=parse_time(args.until),
-                            min_visibility=args.min_visibility)
-    options = {"k": args.k, "filters": filters, "parts": parts, "rerank": args.rerank}
-    search = PersonSearch(store)
-    if args.detection:
-        hits = search.by_detection(args.detection, other_cameras_only=not args.same_camera, **options)
-        query_thumb, title = store.get_detection(args.detection)["thumbnail"], f"detection {args.detection}"
-    elif args.tracklet:
-        hits = search.by_tracklet(args.tracklet, other_cameras_only=not args.same_camera, **options)
-        query_thumb, title = _tracklet_thumbnail(store, args.tracklet), f"tracklet {args.tracklet}"
-    else:
-        query, query_thumb = _embed_query_image(args, store)
-        hits = search.search(query, **options)
-        title = f"image {args.image}"
-    names = part_names(shape[1])
-    if parts:
-        title += " (parts: " + ", ".join(names[p] for p in parts) + ")"
+    query = Query(detection_id=args.detection, track_id=args.tracklet, image=args.image,
+                  prompt=read_prompt(args.keypoints) if args.keypoints else None,
+                  cameras=tuple(args.camera) if args.camera else None, parts=tuple(args.part or ()),
+                  since=args.since, until=args.until, min_visibility=args.min_visibility, k=args.k,
+                  rerank=args.rerank, same_camera=args.same_camera)
+    encoder = QueryEncoder(args.model, store) if args.image and args.model else None
+    missing_model = "--image needs --model CHECKPOINT (the model the store was built with)"
+    result = QuerySearch(store, encoder, missing_model).run(query)
+    hits, parts, names = result.hits, result.parts, result.part_names
     if args.group:
         _print_groups(hits, parts)
     else:
         _print_hits(hits, parts)
     if args.html:
+        title = (f"detection {args.detection}" if args.detection else f"tracklet {args.tracklet}" if args.tracklet
+                 else f"image {args.image}")
+        if parts:
+            title += " (parts: " + ", ".join(names[p] for p in parts) + ")"
         summary = {"results": len(hits), "parts": ", ".join(names[p] for p in parts) if parts else "whole body",
                    "minimum visibility": args.min_visibility, "k-reciprocal re-ranking": "on" if args.rerank else "off"}
-        page = _write_page(args.html, title, query_thumb, hits, parts, names, args.group, summary)
+        page = _write_page(args.html, title, _query_thumbnail(store, args, result), hits, parts, names, args.group,
+                           summary)
         print(f"wrote {page}", file=sys.stderr)
     return 0
 
 
-def _tracklet_thumbnail(store, track_id: str) -> bytes | None:
-    """A thumbnail of the tracklet's first detection, to show the query."""
-    rows = store.tracklet_detections(track_id)
+def _query_thumbnail(store, args: argparse.Namespace, result) -> bytes | None:
+    """The picture of the query on the results page: the embedded crop, else the stored detection or tracklet's."""
+    from workers.crops import thumbnail_jpeg
+
+    if result.crop is not None:
+        return thumbnail_jpeg(result.crop)
+    if args.detection:
+        return store.get_detection(args.detection, ["thumbnail"])["thumbnail"]
+    rows = store.tracklet_detections(args.tracklet)  # the tracklet's first detection
     return rows["thumbnail"][0].as_py() if rows.num_rows else None
-
-
-def _embed_query_image(args: argparse.Namespace, store):
-    """The query embedding and thumbnail of --image (with its --keypoints prompt), by the store's model."""
-    from pipelines.query_image import QueryEncoder, decode_image, read_prompt
-
-    if not args.model:
-        raise UserError("--image needs --model CHECKPOINT (the model the store was built with)")
-    try:
-        image = decode_image(args.image.read_bytes())
-    except (OSError, UserError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else exc
-        raise UserError(f"cannot read query image {args.image}: {reason}") from None
-    height, width = image.shape[:2]
-    positive, negative = read_prompt(args.keypoints, width, height) if args.keypoints else (None, None)
-    encoder = QueryEncoder(args.model, store)
-    return encoder.embed(image, positive, negative), encoder.thumbnail(image)
 
 
 def _when(timestamp: float) -> str:

@@ -183,13 +183,17 @@ class PersonSearch:
 
     def by_detection(self, detection_id: str, k: int = 10, other_cameras_only: bool = True,
                      filters: SearchFilters = SearchFilters(), parts: Sequence[int] | None = None,
-                     rerank: bool = False, candidates: int = DEFAULT_CANDIDATES) -> list[SearchHit]:
-        """Search with a stored detection as the query (itself excluded; its camera too by default)."""
-        row = self.store.get_detection(detection_id)
+                     rerank: bool = False, candidates: int = DEFAULT_CANDIDATES,
+                     query: ReIDEmbeddings | None = None) -> list[SearchHit]:
+        """Search with a stored detection as the query (itself excluded; its camera too by default).
+
+        ``query`` stands in for its stored embedding, e.g. its thumbnail re-embedded with a keypoint prompt.
+        """
+        row = self.store.get_detection(detection_id, None if query is None else ["camera_id"])
         own_camera = [row["camera_id"]] if other_cameras_only else []
         filters = replace(filters, exclude_cameras=[*filters.exclude_cameras, *own_camera],
                           exclude_detection_ids=[*filters.exclude_detection_ids, detection_id])
-        return self._ranked(embeddings_of([row]), k, filters, parts, rerank, candidates)
+        return self._ranked(embeddings_of([row]) if query is None else query, k, filters, parts, rerank, candidates)
 
     def by_tracklet(self, track_id: str, k: int = 10, other_cameras_only: bool = True,
                     filters: SearchFilters = SearchFilters(), parts: Sequence[int] | None = None,

@@ -13,7 +13,9 @@ from kpr_model.checkpoint import read_model_id
 from kpr_model.config import KPRConfig
 from pipelines.cli import build_parser, main
 from pipelines.errors import UserError
-from pipelines.query_image import QueryEncoder, decode_image, parse_parts, parse_prompt, part_names
+from pipelines.query import parse_parts, part_names
+from pipelines.query_image import QueryEncoder, decode_image
+from pipelines.query_prompt import prompt_from_json, read_prompt
 from storage import Store
 
 
@@ -174,7 +176,7 @@ def test_serve_refuses_bad_settings_in_one_line(tmp_path, capsys):
     assert "no store" in _error_line(capsys)
 
 
-# --- pipelines/query_image.py: what `kpr search --image` and the web app share ---
+# --- pipelines/query*.py: what `kpr search` and the web app share ---
 
 def _png(height: int, width: int, value: int = 90) -> bytes:
     ok, data = cv2.imencode(".png", np.full((height, width, 3), value, np.uint8))
@@ -191,22 +193,47 @@ def test_decode_image_gives_rgb_and_refuses_non_images():
             decode_image(bad, max_pixels=1000)
 
 
-def test_parse_prompt_accepts_clicks_and_skeletons_in_the_crop():
-    positive, negative = parse_prompt({"positive": [{"joint": "right_ankle", "x": 10.5, "y": 60}],
-                                       "negative": [{"x": 1, "y": 2}, {"x": 3, "y": 4}]}, 32, 64)
+def test_prompts_take_clicks_and_skeletons_as_the_encoders_skeletons():
+    prompt = prompt_from_json({"positive": [{"joint": "right_ankle", "x": 10.5, "y": 60}],
+                               "negative": [{"x": 1, "y": 2}, {"x": 3, "y": 4}]}, "kp")
+    positive, negative = prompt.positive, prompt.negative
     assert positive.shape == (17, 3) and positive[16].tolist() == [10.5, 60, 1] and positive[:16, 2].sum() == 0
-    assert negative.tolist() == [[1, 2, 1], [3, 4, 1]]
+    assert negative.shape == (2, 17, 3) and negative[:, 0].tolist() == [[1, 2, 1], [3, 4, 1]] and negative[:, 1:].sum() == 0
+    assert (prompt.target_points, prompt.occluder_points) == (1, 2)
+    prompt.check_inside(32, 64)
     skeleton = [[i, i, 1.0] for i in range(17)]
-    positive, negative = parse_prompt({"keypoints": skeleton, "negative_keypoints": [skeleton]}, 32, 64)
-    assert positive.tolist() == skeleton and negative.shape == (17, 3)
-    assert parse_prompt({}, 32, 64) == (None, None)
+    prompt = prompt_from_json({"keypoints": skeleton, "negative_keypoints": [skeleton]}, "kp")
+    assert prompt.positive.tolist() == skeleton and prompt.negative.tolist() == [skeleton]
+    empty = prompt_from_json({}, "kp")
+    assert empty.positive is None and empty.negative.shape == (0, 17, 3) and empty.target_points == 0
     for bad, message in (({"positive": [{"joint": 3, "x": 1, "y": 1}, {"joint": "left_ear", "x": 2, "y": 2}]}, "twice"),
-                         ({"negative": [{"x": -1, "y": 2}]}, "negative 1 at"),
-                         ({"positive": [{"joint": 0, "x": "1", "y": 2}]}, "x must be a finite number"),
+                         ({"positive": [{"joint": 0, "x": "1", "y": 2}]}, "kp: positive point 1: x must be a finite number"),
                          ({"positive": "nose"}, "must be a list"),
                          ({"clicks": []}, "unknown key")):
         with pytest.raises(UserError, match=message):
-            parse_prompt(bad, 32, 64)
+            prompt_from_json(bad, "kp")
+    with pytest.raises(UserError, match="kp: negative 1 at"):
+        prompt_from_json({"negative": [{"x": -1, "y": 2}]}, "kp").check_inside(32, 64)
+
+
+def test_prompt_files_in_every_form(tmp_path):
+    path = tmp_path / "kp.json"
+
+    def skeleton(x: float, y: float, conf: float = 2.0) -> list:
+        return [[x + i, y + i, conf] for i in range(17)]
+
+    path.write_text(json.dumps(skeleton(1, 1, 0.9)))
+    prompt = read_prompt(path)
+    assert prompt.positive.shape == (17, 3) and prompt.negative.shape == (0, 17, 3) and prompt.source == str(path)
+    path.write_text(json.dumps([{"keypoints": skeleton(1, 1), "is_target": False},
+                                {"keypoints": skeleton(2, 2), "is_target": True}]))
+    prompt = read_prompt(path)
+    assert prompt.positive[0, 0] == 2 and prompt.negative.shape == (1, 17, 3)
+    path.write_text(json.dumps({"keypoints": skeleton(1, 1)[:5]}))
+    with pytest.raises(UserError, match="17 COCO keypoints"):
+        read_prompt(path)
+    with pytest.raises(UserError, match="keypoints file not found"):
+        read_prompt(tmp_path / "none.json")
 
 
 def test_parse_parts_takes_names_and_numbers():
@@ -229,14 +256,15 @@ def test_query_encoder_uses_both_prompts(tmp_path):
     save_checkpoint(model, config, tmp_path / "prompted")
     encoder = QueryEncoder(tmp_path / "prompted")
     image = decode_image(_png(64, 32))
-    positive, negative = parse_prompt({"positive": [{"joint": "nose", "x": 16, "y": 4}],
-                                       "negative": [{"x": 16, "y": 40}]}, 32, 64)
-    plain, prompted, with_negative = (encoder.embed(image), encoder.embed(image, positive),
-                                      encoder.embed(image, positive, negative))
-    assert len(plain) == 1 and encoder.part_names[-1] == "right_foot"
+    with_negative = prompt_from_json({"positive": [{"joint": "nose", "x": 16, "y": 4}],
+                                      "negative": [{"x": 16, "y": 40}]}, "kp")
+    target_only = prompt_from_json({"positive": [{"joint": "nose", "x": 16, "y": 4}]}, "kp")
+    plain, prompted, negated = (encoder.embed(image), encoder.embed(image, target_only),
+                                encoder.embed(image, with_negative))
+    assert len(plain) == 1
     assert not np.allclose(prompted.global_emb, plain.global_emb)
-    assert not np.allclose(with_negative.global_emb, prompted.global_emb)
-    assert encoder.thumbnail(image)[:2] == b"\xff\xd8"
+    assert not np.allclose(negated.global_emb, prompted.global_emb)
+    np.testing.assert_array_equal(encoder.embed(image, prompt_from_json({}, "kp")).global_emb, plain.global_emb)
 
 
 def test_query_encoder_refuses_another_stores_model(tiny_checkpoint, tmp_path):

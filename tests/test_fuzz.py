@@ -24,14 +24,15 @@ from kpr_model.checkpoint import CheckpointError, read_checkpoint_info
 from kpr_model.config import KPRConfig, KPRConfigError
 from kpr_model.keypoints import SIDECAR_FORMAT
 from pipelines.errors import UserError
-from pipelines.query_image import decode_image, parse_parts, parse_prompt, parse_time
+from pipelines.query import parse_parts, parse_time
+from pipelines.query_image import decode_image
+from pipelines.query_prompt import KeypointPrompt, prompt_from_json, read_prompt
 from training.augment import AugmentConfig
 from training.datasets.common import DatasetError, read_keypoints_file
 from training.train import TrainConfig, TrainConfigError
 from workers.annotations import Sidecar, load_sidecar
 from workers.errors import AnnotationError
 from workers.json_input import finite_number, float_array, read_json
-from workers.keypoint_files import prompt_from_json, read_prompt_file
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                         HealthCheck.too_slow])
@@ -141,7 +142,7 @@ def test_sidecar_parser_fuzzed_bytes(tmp_path, data):
     parse_sidecar(path)
 
 
-# --- keypoint prompts (workers/keypoint_files.py, workers/json_input.py) -----------------------------------
+# --- keypoint prompts (pipelines/query_prompt.py, workers/json_input.py) ----------------------------------
 
 CLICK = st.fixed_dictionaries({"x": maybe(COORD), "y": maybe(COORD)},
                               optional={"joint": maybe(st.integers(-2, 18) | st.sampled_from(["nose", "left_ankle", "tail"]))})
@@ -155,10 +156,10 @@ PROMPT = st.one_of(
 )
 
 
-def check_prompt(positive: np.ndarray | None, negative: np.ndarray) -> None:
+def check_prompt(prompt: KeypointPrompt) -> None:
     """A positive skeleton [17, 3] or None, and negative skeletons [M, 17, 3], all finite."""
-    assert positive is None or finite(positive, (17, 3))
-    assert negative.ndim == 3 and finite(negative, (len(negative), 17, 3))
+    assert prompt.positive is None or finite(prompt.positive, (17, 3))
+    assert prompt.negative.ndim == 3 and finite(prompt.negative, (len(prompt.negative), 17, 3))
 
 
 @FUZZ
@@ -167,23 +168,23 @@ def check_prompt(positive: np.ndarray | None, negative: np.ndarray) -> None:
 @example(obj={"negative": [{"x": 1, "y": 1e309}]})
 def test_prompt_from_json_fuzzed(obj):
     try:
-        positive, negative = prompt_from_json(obj, "prompt")
-    except AnnotationError:
+        prompt = prompt_from_json(obj, "prompt")
+    except UserError:
         return
-    check_prompt(positive, negative)
+    check_prompt(prompt)
 
 
 @FEW
 @given(data=mutated(dump({"keypoints": [[1, 2, 0.9]] * 17, "negative_keypoints": [[[3, 4, 1]] * 17]}).encode())
        | st.binary(max_size=32))
-def test_read_prompt_file_fuzzed_bytes(tmp_path, data):
+def test_read_prompt_fuzzed_bytes(tmp_path, data):
     path = tmp_path / "prompt.json"
     path.write_bytes(data)
     try:
-        positive, negative = read_prompt_file(path)
-    except AnnotationError:
+        prompt = read_prompt(path)
+    except UserError:
         return
-    check_prompt(positive, negative)
+    check_prompt(prompt)
 
 
 @FUZZ
@@ -213,7 +214,7 @@ def test_read_json_fuzzed_bytes(tmp_path, data):
         pass
 
 
-# --- image queries (pipelines/query_image.py) --------------------------------------------------------------
+# --- image queries (pipelines/query*.py) -------------------------------------------------------------------
 
 
 def _encoded(fmt: str, mode: str = "RGB", **options) -> bytes:
@@ -254,17 +255,16 @@ def test_decode_image_fuzzed_bytes(data):
 
 @FUZZ
 @given(obj=PROMPT, width=st.integers(1, 3000), height=st.integers(1, 3000))
-def test_parse_prompt_fuzzed(obj, width, height):
+def test_prompt_inside_the_crop_fuzzed(obj, width, height):
     try:
-        positive, negative = parse_prompt(obj, width, height)
+        prompt = prompt_from_json(obj, "keypoints")
+        prompt.check_inside(width, height)
     except UserError:
         return
-    assert positive is None or finite(positive, (17, 3))
-    assert negative is None or (finite(negative, (len(negative), 3)) and len(negative) > 0)
-    shown = [p for p in (positive, negative) if p is not None]
-    for points in shown:
-        seen = points[points[:, 2] > 0]
-        assert np.all((seen[:, 0] >= 0) & (seen[:, 0] < width) & (seen[:, 1] >= 0) & (seen[:, 1] < height))
+    check_prompt(prompt)
+    points = np.concatenate([prompt.negative.reshape(-1, 3)] + ([] if prompt.positive is None else [prompt.positive]))
+    seen = points[points[:, 2] > 0]
+    assert np.all((seen[:, 0] >= 0) & (seen[:, 0] < width) & (seen[:, 1] >= 0) & (seen[:, 1] < height))
 
 
 @FUZZ

@@ -20,6 +20,7 @@ from storage import (
     StoreError,
     detection_row,
     detections_table,
+    embeddings_of,
     group_hits,
 )
 from workers.crops import thumbnail_jpeg
@@ -98,6 +99,14 @@ def test_by_detection_finds_the_same_person_in_other_cameras_first(search):
     assert all(h.camera_id != "cam0" for h in hits)
     assert [h.distance for h in hits] == sorted(h.distance for h in hits)
     assert hits[0].part_distances.shape == (K,) and np.all(hits[0].part_distances < 0.8)
+
+
+def test_a_re_embedded_detection_searches_with_its_new_embedding_and_still_excludes_itself(search):
+    stand_in = embeddings_of([search.store.get_detection(det_id(1, 3, 0))])
+    hits = search.by_detection(det_id(0, 2, 0), k=8, query=stand_in, other_cameras_only=False)
+    assert _identities(hits)[:5] == [3] * 5 and det_id(1, 3, 0) in {h.detection_id for h in hits}
+    mine = search.by_detection(det_id(1, 3, 0), k=8, query=stand_in)
+    assert det_id(1, 3, 0) not in {h.detection_id for h in mine} and "cam1" not in {h.camera_id for h in mine}
 
 
 def test_feet_query_finds_the_person_who_shares_only_the_boots(search):

@@ -1,4 +1,4 @@
-"""Workers without Ray: decoding, sidecar parsing, crops and prompts, discovery, prompt files."""
+"""Workers without Ray: decoding, sidecar parsing, crops and prompts, discovery."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,6 @@ from workers.decode import DecodedFrame, iter_frame_batches, probe_video, sample
 from workers.detections import PersonDetection
 from workers.discover import VideoTask, discover_videos, list_video_files
 from workers.errors import AnnotationError, ArchiveError, DecodeError
-from workers.keypoint_files import read_prompt_file
 from workers.segments import plan_segments
 
 
@@ -130,17 +129,3 @@ def test_discovery_names_videos_by_content_and_camera_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ArchiveError, match="no video files"):
         list_video_files(tmp_path / "empty")
-
-
-def test_prompt_file_forms(tmp_path):
-    path = tmp_path / "kp.json"
-    path.write_text(json.dumps(_skeleton(1, 1, 0.9)))
-    pos, neg = read_prompt_file(path)
-    assert pos.shape == (17, 3) and neg.shape == (0, 17, 3)
-    path.write_text(json.dumps([{"keypoints": _skeleton(1, 1), "is_target": False},
-                                {"keypoints": _skeleton(2, 2), "is_target": True}]))
-    pos, neg = read_prompt_file(path)
-    assert pos[0, 0] == 2 and neg.shape == (1, 17, 3)
-    path.write_text(json.dumps({"keypoints": _skeleton(1, 1)[:5]}))
-    with pytest.raises(AnnotationError, match="17 COCO keypoints"):
-        read_prompt_file(path)

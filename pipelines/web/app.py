@@ -7,31 +7,31 @@ paths), POST /api/search (multipart form). Every user mistake is a 4xx JSON ``{"
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import socket
 import sys
-import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import uvicorn
-from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import Query as QueryParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kpr_model.config import KPRModelError
-from kpr_model.embeddings import ReIDEmbeddings
 from kpr_model.keypoints import COCO_KEYPOINTS
 from pipelines.errors import UserError
-from pipelines.query_image import QueryEncoder, decode_image, parse_parts, parse_prompt, parse_time, part_names
+from pipelines.query import Query, QuerySearch, part_names
+from pipelines.query_image import QueryEncoder
+from pipelines.query_prompt import prompt_from_text
 from pipelines.web.guard import RequestGuard
-from pipelines.web.payload import LIST_COLUMNS, detection_json, finite, groups_json
-from storage import NotFoundError, PersonSearch, SearchFilters, Store, StoreError, sql
+from pipelines.web.payload import LIST_COLUMNS, detection_json, finite, groups_json, query_json
+from storage import NotFoundError, Store, StoreError, sql
 from workers.errors import WorkerError
 
 K_MAX = 200
@@ -39,25 +39,8 @@ LIST_MAX = 500
 FACTS_TTL_S = 10.0
 STATIC = Path(__file__).with_name("static")
 USER_ERRORS = (UserError, StoreError, KPRModelError, WorkerError)
+NO_MODEL = "this server has no model loaded (start kpr serve with --model), so it cannot embed images or keypoint prompts"
 log = logging.getLogger("kpr.serve")
-
-
-@dataclass(frozen=True)
-class SearchRequest:
-    """One search form: exactly one query (detection, tracklet or image bytes) plus prompt, filters and options."""
-
-    detection_id: str | None = None
-    track_id: str | None = None
-    image: bytes | None = None
-    keypoints: str | None = None
-    cameras: tuple[str, ...] | None = None
-    parts: tuple[str, ...] = ()
-    since: str | None = None
-    until: str | None = None
-    min_visibility: float = 0.0
-    k: int = 10
-    rerank: bool = False
-    same_camera: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,16 +55,16 @@ class StoreFacts:
 
 
 class SearchService:
-    """Everything the routes share: the store, its PersonSearch, and the optional query encoder.
+    """Everything the routes share: the store, the QuerySearch that answers searches, and the store's facts.
 
-    Routes run in a thread pool; the encoder (one model on the CPU) runs under a lock.
+    Routes run in a thread pool; QuerySearch runs the encoder (one model on the CPU) under a lock.
     """
 
     def __init__(self, db: str, model: str | None = None) -> None:
         self.store = Store.open(db, create=False)
-        self.search = PersonSearch(self.store)
-        self.encoder = None if model is None else QueryEncoder(model, self.store)
-        self._encoder_lock = threading.Lock()
+        encoder = None if model is None else QueryEncoder(model, self.store)
+        self.queries = QuerySearch(self.store, encoder, missing_model=NO_MODEL)
+        self.image_queries = encoder is not None
         self._facts: StoreFacts | None = None
         self._facts_at = 0.0
 
@@ -105,7 +88,7 @@ class SearchService:
             "time_range": None if facts.time_range is None else list(facts.time_range),
             "parts": [] if facts.num_parts is None else part_names(facts.num_parts),
             "joints": list(COCO_KEYPOINTS),
-            "image_queries": self.encoder is not None,
+            "image_queries": self.image_queries,
             "max_upload_bytes": max_upload_bytes,
             "k_max": K_MAX,
         }
@@ -113,7 +96,7 @@ class SearchService:
     def list_detections(self, camera: str | None, limit: int, offset: int) -> dict:
         """A page of stored detections (optionally of one camera) to pick a query from."""
         if camera is not None:
-            self._check_cameras([camera])
+            self.queries.check_cameras([camera])
         where = None if camera is None else sql.equals("camera_id", camera)
         rows = self.store.list_detections(where, limit + 1, offset, columns=list(LIST_COLUMNS)).to_pylist()
         return {"detections": [detection_json(r) for r in rows[:limit]], "offset": offset, "limit": limit,
@@ -126,92 +109,14 @@ class SearchService:
             raise HTTPException(404, f"detection {detection_id!r} has no thumbnail")
         return row["thumbnail"]
 
-    def _check_cameras(self, cameras: list[str]) -> None:
-        """Refuse camera names the store does not have, naming the known ones."""
-        known = self.facts().cameras
-        for camera in cameras:
-            if camera not in known:
-                raise UserError(f"unknown camera {camera!r} (known: {', '.join(known) or 'none'})")
-
-    def _filters(self, request: SearchRequest) -> SearchFilters:
-        """Camera / time window / visibility filters of a request, checked."""
-        if request.cameras is not None:
-            if not request.cameras:
-                raise UserError("choose at least one camera")
-            self._check_cameras(list(request.cameras))
-        return SearchFilters(cameras=request.cameras, t_min=parse_time(request.since), t_max=parse_time(request.until),
-                             min_visibility=request.min_visibility)
-
-    def _embed(self, image_bytes: bytes, keypoints: str | None) -> tuple[ReIDEmbeddings, dict]:
-        """The query embedding of image bytes with an optional JSON keypoint prompt, and what the page shows of it."""
-        if self.encoder is None:
-            raise UserError("this server has no model loaded (start kpr serve with --model), "
-                            "so it cannot embed images or keypoint prompts")
-        image = decode_image(image_bytes)
-        height, width = image.shape[:2]
-        positive, negative = (None, None) if keypoints is None else parse_prompt(_json(keypoints), width, height)
-        with self._encoder_lock:
-            embedding = self.encoder.embed(image, positive, negative)
-        shown = {"width": width, "height": height,
-                 "positive": 0 if positive is None else int((positive[:, 2] > 0).sum()),
-                 "negative": 0 if negative is None else len(negative)}
-        return embedding, shown
-
-    def run(self, request: SearchRequest) -> dict:
+    def run(self, query: Query) -> dict:
         """Answer one search: hits grouped by camera and tracklet, with what the query was."""
         started = time.perf_counter()
-        given = [name for name in ("detection_id", "track_id", "image") if getattr(request, name) is not None]
-        if len(given) != 1:
-            raise UserError("give exactly one query: a detection_id, a track_id or an image file"
-                            + (f" (got {', '.join(given)})" if given else ""))
-        num_parts = self.facts().num_parts
-        parts = parse_parts(list(request.parts), num_parts) if request.parts and num_parts else None
-        filters = self._filters(request)
-        options = {"k": request.k, "parts": parts, "rerank": request.rerank}
-        if request.track_id is not None:
-            if request.keypoints is not None:
-                raise UserError("keypoints go with an image or a detection, not with a tracklet")
-            hits = self.search.by_tracklet(request.track_id, other_cameras_only=not request.same_camera,
-                                           filters=filters, **options)
-            query = {"kind": "tracklet", "track_id": request.track_id}
-        elif request.detection_id is not None and request.keypoints is None:
-            hits = self.search.by_detection(request.detection_id, other_cameras_only=not request.same_camera,
-                                            filters=filters, **options)
-            query = {"kind": "detection", "detection_id": request.detection_id}
-        elif request.detection_id is not None:
-            hits, query = self._prompted_detection(request, filters, options)
-        else:
-            embedding, shown = self._embed(request.image, request.keypoints)
-            hits = self.search.search(embedding, filters=filters, **options)
-            query = {"kind": "image", **shown}
-        names = None if parts is None else [part_names(num_parts)[p] for p in parts]
-        return {"query": query, "parts": names, "count": len(hits), "groups": groups_json(hits, parts),
+        result = self.queries.run(query)
+        names = None if result.parts is None else [result.part_names[p] for p in result.parts]
+        return {"query": query_json(query, result), "parts": names, "count": len(result.hits),
+                "groups": groups_json(result.hits, result.parts),
                 "elapsed_ms": finite(1000 * (time.perf_counter() - started))}
-
-    def _prompted_detection(self, request: SearchRequest, filters: SearchFilters, options: dict) -> tuple[list, dict]:
-        """A stored detection re-embedded from its thumbnail with the user's keypoints.
-
-        As with by_detection, the detection itself is excluded, and its camera too unless asked for.
-        """
-        row = self.store.get_detection(request.detection_id, ["thumbnail", "camera_id"])
-        if not row["thumbnail"]:
-            raise UserError(f"detection {request.detection_id!r} has no thumbnail to re-embed with keypoints")
-        embedding, shown = self._embed(row["thumbnail"], request.keypoints)
-        own_camera = [] if request.same_camera else [row["camera_id"]]
-        filters = replace(filters, exclude_cameras=[*filters.exclude_cameras, *own_camera],
-                          exclude_detection_ids=[*filters.exclude_detection_ids, request.detection_id])
-        hits = self.search.search(embedding, filters=filters, **options)
-        return hits, {"kind": "detection", "detection_id": request.detection_id, **shown}
-
-
-def _json(text: str) -> object:
-    """Parsed JSON of a form field, or a UserError that says where it broke."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"keypoints: not valid JSON ({exc.msg} at character {exc.pos})") from None
-    except RecursionError:
-        raise UserError("keypoints: JSON nested too deeply") from None
 
 
 def _blank(value: str | None) -> str | None:
@@ -274,9 +179,9 @@ def create_app(db: str, model: str | None = None, max_upload_bytes: int = 8 * 2*
         return service.info(max_upload_bytes)
 
     @app.get("/api/detections")
-    def detections(camera: Annotated[str | None, Query()] = None,
-                   limit: Annotated[int, Query(ge=1, le=LIST_MAX)] = 48,
-                   offset: Annotated[int, Query(ge=0)] = 0) -> dict:
+    def detections(camera: Annotated[str | None, QueryParam()] = None,
+                   limit: Annotated[int, QueryParam(ge=1, le=LIST_MAX)] = 48,
+                   offset: Annotated[int, QueryParam(ge=0)] = 0) -> dict:
         return service.list_detections(_blank(camera), limit, offset)
 
     @app.get("/api/thumbnails/{detection_id}")
@@ -299,13 +204,14 @@ def create_app(db: str, model: str | None = None, max_upload_bytes: int = 8 * 2*
         rerank: Annotated[bool, Form()] = False,
         same_camera: Annotated[bool, Form()] = False,
     ) -> dict:
-        request = SearchRequest(
+        prompt = _blank(keypoints)
+        query = Query(
             detection_id=_blank(detection_id), track_id=_blank(track_id),
-            image=None if image is None else image.file.read(), keypoints=_blank(keypoints),
+            image=None if image is None else image.file.read(), prompt=None if prompt is None else prompt_from_text(prompt),
             cameras=None if cameras is None else tuple(c.strip() for c in cameras if c.strip()), parts=tuple(parts or ()),
             since=_blank(since), until=_blank(until), min_visibility=min_visibility, k=k, rerank=rerank,
             same_camera=same_camera)
-        return service.run(request)
+        return service.run(query)
 
     return app
 

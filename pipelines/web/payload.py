@@ -1,4 +1,4 @@
-"""JSON shapes of the web API: search hits grouped by camera and tracklet, and pickable detections."""
+"""JSON shapes of the web API: what a search's query was, its hits grouped by camera and tracklet, pickable detections."""
 from __future__ import annotations
 
 import math
@@ -7,6 +7,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from pipelines.query import Query, QueryResult
 from storage.search import SearchHit, group_hits
 
 LIST_COLUMNS = ("detection_id", "camera_id", "timestamp", "frame_index", "track_id")
@@ -45,6 +46,21 @@ def hit_json(hit: SearchHit, rank: int, parts: Sequence[int] | None) -> dict:
         "part_distances": _numbers(hit.part_distances),
         "thumbnail": thumbnail_url(hit.detection_id),
     }
+
+
+def query_json(query: Query, result: QueryResult) -> dict:
+    """What the page says of a query: its kind and stored id, and for an embedded crop its size and prompt points."""
+    shown: dict = {"kind": result.kind}
+    if result.kind == "tracklet":
+        shown["track_id"] = query.track_id
+    elif result.kind == "detection":
+        shown["detection_id"] = query.detection_id
+    if result.crop is not None:
+        prompt = query.prompt
+        shown.update(width=result.crop.shape[1], height=result.crop.shape[0],
+                     positive=0 if prompt is None else prompt.target_points,
+                     negative=0 if prompt is None else prompt.occluder_points)
+    return shown
 
 
 def groups_json(hits: Sequence[SearchHit], parts: Sequence[int] | None) -> list[dict]:

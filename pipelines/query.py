@@ -1,0 +1,179 @@
+"""Person queries: what a user asks (`Query`), and the one place that checks it and runs it (`QuerySearch`).
+
+`kpr search` and the web app only turn their inputs into a Query and show the QueryResult, so both
+accept the same queries, refuse the same mistakes and search the same way.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from kpr_model.embeddings import ReIDEmbeddings
+from kpr_model.keypoints import group_names
+from pipelines.errors import UserError
+from pipelines.query_image import QueryEncoder, read_query_image
+from pipelines.query_prompt import KeypointPrompt
+from storage import PersonSearch, SearchFilters, SearchHit, Store
+
+
+@dataclass(frozen=True)
+class Query:
+    """One search as the user gave it: exactly one of a stored detection, a stored tracklet or an image, plus options.
+
+    ``image`` is an encoded crop (an upload) or an image file; ``prompt`` goes with an image, or with a
+    stored detection, which is then re-embedded from its thumbnail. Cameras, parts and times are as
+    typed (part names or 1-based numbers; ISO 8601 or epoch seconds): QuerySearch.run checks them.
+    """
+
+    detection_id: str | None = None
+    track_id: str | None = None
+    image: bytes | Path | None = None
+    prompt: KeypointPrompt | None = None
+    cameras: tuple[str, ...] | None = None
+    parts: tuple[str, ...] = ()
+    since: str | None = None
+    until: str | None = None
+    min_visibility: float = 0.0
+    k: int = 10
+    rerank: bool = False
+    same_camera: bool = False
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """The hits of a query, best first, and what the query turned out to be.
+
+    ``kind`` is "detection", "tracklet" or "image"; ``parts`` the 0-based queried parts (None: the
+    whole body) among the store's ``part_names``; ``crop`` the RGB pixels that were embedded (an
+    image, or a stored detection's thumbnail re-embedded with a prompt), None for stored embeddings.
+    """
+
+    hits: list[SearchHit]
+    kind: str
+    parts: list[int] | None
+    part_names: list[str]
+    crop: np.ndarray | None = None
+
+
+class QuerySearch:
+    """Runs Queries over one store: picks the kind of query, checks every input once, and searches.
+
+    ``encoder`` (the store's model) embeds images and keypoint prompts; without it such a query fails
+    with ``missing_model``, which says how to give one. The encoder runs under a lock, so one
+    QuerySearch may serve several threads.
+    """
+
+    def __init__(self, store: Store, encoder: QueryEncoder | None, missing_model: str) -> None:
+        self.store = store
+        self.search = PersonSearch(store)
+        self._encoder = encoder
+        self._missing_model = missing_model
+        self._encoder_lock = threading.Lock()
+
+    def run(self, query: Query) -> QueryResult:
+        """The query's hits, after checking the query against the store; UserError or StoreError for mistakes."""
+        given = [name for name in ("detection_id", "track_id", "image") if getattr(query, name) is not None]
+        if len(given) != 1:
+            raise UserError("give exactly one query: a detection_id, a track_id or an image file"
+                            + (f" (got {', '.join(given)})" if given else ""))
+        shape = self.store.embedding_shape
+        if shape is None:
+            raise UserError(f"the store at {self.store.uri} holds no detections yet (run `kpr ingest` first)")
+        names = part_names(shape[1])
+        parts = parse_parts(query.parts, shape[1]) if query.parts else None
+        filters = self._filters(query)
+        options = {"k": query.k, "parts": parts, "rerank": query.rerank}
+        if query.track_id is not None:
+            if query.prompt is not None:
+                raise UserError("keypoints go with an image or a detection, not with a tracklet")
+            hits = self.search.by_tracklet(query.track_id, other_cameras_only=not query.same_camera, filters=filters,
+                                           **options)
+            return QueryResult(hits, "tracklet", parts, names)
+        if query.detection_id is None:
+            embedding, crop = self._embed(query.image, query.prompt)
+            return QueryResult(self.search.search(embedding, filters=filters, **options), "image", parts, names, crop)
+        embedding, crop = (None, None) if query.prompt is None else self._prompted_detection(query)
+        hits = self.search.by_detection(query.detection_id, other_cameras_only=not query.same_camera, filters=filters,
+                                        query=embedding, **options)
+        return QueryResult(hits, "detection", parts, names, crop)
+
+    def check_cameras(self, cameras: Sequence[str]) -> None:
+        """Refuse camera names the store does not have, naming the known ones."""
+        known = self.store.cameras()
+        for camera in cameras:
+            if camera not in known:
+                raise UserError(f"unknown camera {camera!r} (known: {', '.join(known) or 'none'})")
+
+    def _filters(self, query: Query) -> SearchFilters:
+        """The query's camera / time window / visibility filters, checked."""
+        if query.cameras is not None:
+            if not query.cameras:
+                raise UserError("choose at least one camera")
+            self.check_cameras(query.cameras)
+        return SearchFilters(cameras=query.cameras, t_min=parse_time(query.since), t_max=parse_time(query.until),
+                             min_visibility=query.min_visibility)
+
+    def _embed(self, image: bytes | Path, prompt: KeypointPrompt | None) -> tuple[ReIDEmbeddings, np.ndarray]:
+        """The embedding of a query image with its optional keypoint prompt (checked to lie in it), and its pixels."""
+        if self._encoder is None:
+            raise UserError(self._missing_model)
+        crop = read_query_image(image)
+        if prompt is not None:
+            prompt.check_inside(crop.shape[1], crop.shape[0])
+        with self._encoder_lock:
+            return self._encoder.embed(crop, prompt), crop
+
+    def _prompted_detection(self, query: Query) -> tuple[ReIDEmbeddings, np.ndarray]:
+        """A stored detection's thumbnail re-embedded with the query's prompt, and the thumbnail's pixels."""
+        thumbnail = self.store.get_detection(query.detection_id, ["thumbnail"])["thumbnail"]
+        if not thumbnail:
+            raise UserError(f"detection {query.detection_id!r} has no thumbnail to re-embed with keypoints")
+        return self._embed(thumbnail, query.prompt)
+
+
+def part_names(num_parts: int) -> list[str]:
+    """Display names of the K parts: the "eight" grouping's names when K == 8, else "part 1".."part K"."""
+    return list(group_names("eight")) if num_parts == 8 else [f"part {i}" for i in range(1, num_parts + 1)]
+
+
+def _normalised(name: str) -> str:
+    return name.strip().lower().replace(" ", "_").replace("-", "_")
+
+
+def parse_parts(values: Sequence[str], num_parts: int) -> list[int]:
+    """0-based part indices from part names or 1-based numbers ("left_foot", "7"); UserError otherwise."""
+    names = part_names(num_parts)
+    index = {_normalised(name): i for i, name in enumerate(names)}
+    chosen = []
+    for value in values:
+        text = _normalised(str(value))
+        if text.isascii() and text.isdigit() and len(text) <= 6 and 1 <= int(text) <= num_parts:
+            chosen.append(int(text) - 1)
+        elif text in index:
+            chosen.append(index[text])
+        else:
+            raise UserError(f"unknown part {value!r}: use a part name ({', '.join(names)}) or a number 1..{num_parts}")
+    return sorted(set(chosen))
+
+
+def parse_time(text: str | None) -> float | None:
+    """Epoch seconds, or an ISO-8601 date/time (UTC unless it says otherwise)."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise UserError(f"not a time: {text!r} (use ISO 8601 such as 2026-01-01T08:00:00, or epoch seconds)") from None
+        value = (moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment).timestamp()
+    if not math.isfinite(value):
+        raise UserError(f"not a time: {text!r}")
+    return value
