@@ -1,8 +1,9 @@
 """Ingestion throughput: each stage alone and the whole Ray pipeline end to end, on the same real video.
 
-Input: ../shared/data/video/one-by-one-person-detection.mp4 (768x432, 10 fps, 139 s) sampled at
-``--fps``, the yolox backend (YOLOX-Nano ONNX + MoveNet Lightning) and a random-weight KPR of
-``--preset`` (timing does not depend on the weights). Every measurement runs in a fresh process
+Input: the Intel sample video of the shared data folder (``--shared``:
+video/one-by-one-person-detection.mp4, 768x432, 10 fps, 139 s) sampled at ``--fps``, the yolox
+backend (YOLOX-Nano ONNX + MoveNet Lightning) and a random-weight KPR of ``--preset`` (timing does
+not depend on the weights). Every measurement runs in a fresh process
 pinned to its CPU cores (``os.sched_setaffinity``, inherited by Ray's worker processes); every
 model computes with one thread, as each actor does when the actors share 2 cores:
 
@@ -19,7 +20,8 @@ model computes with one thread, as each actor does when the actors share 2 cores
 
 ``efficiency`` = end to end / slowest stage alone; ``scaling`` = workers_2 / workers_1;
 ``one_core_bound_fps`` = 1 / (sum of the stages' seconds per frame): the best 1 core can do.
-Writes bench/results/ingest_throughput.json with the command that produced it.
+Writes bench/results/ingest_throughput.json with the command that produced it. From the repository
+root: ``.venv/bin/python -m bench.ingest_throughput``.
 """
 from __future__ import annotations
 
@@ -27,15 +29,13 @@ import argparse
 import multiprocessing
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from results_io import command_line, write_result
+from bench.results_io import RESULTS, command_line, write_result
+from bench.shared_data import add_shared_option
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 VIDEO = "video/one-by-one-person-detection.mp4"
 DETECTOR = "models/yolox_nano_416x416.onnx"
 POSE = "models/movenet_singlepose_lightning_int8.tflite"
@@ -110,7 +110,7 @@ def measure_pipeline(video: Path, shared: Path, model: str, fps: float, cpus: in
     for outcome in run_videos([_task(video, c) for c in range(copies)], model, options, stats):
         if outcome.error:
             raise RuntimeError(outcome.error)
-        finished.append((time.perf_counter(), outcome.result.crops.frames_sampled))
+        finished.append((time.perf_counter(), outcome.result.frames_sampled))
     steady_frames = sum(frames for _, frames in finished[1:])
     steady_s = finished[-1][0] - finished[0][0]
     return {"cpus": cpus, "detectors": actors, "embedders": actors, "copies": copies, "segment_s": segment_s, "wall_s": round(time.perf_counter() - started, 1),
@@ -140,13 +140,13 @@ def _random_checkpoint(folder: Path, preset: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shared", type=Path, default=SHARED, help="the shared data folder (video/, models/)")
+    add_shared_option(parser, "video/, models/")
     parser.add_argument("--fps", type=float, default=5.0, help="frames sampled per second of video")
     parser.add_argument("--preset", default="demo", help="KPRConfig preset of the random-weight KPR")
     parser.add_argument("--model", help="a KPR checkpoint folder instead of a random one")
     parser.add_argument("--copies", type=int, default=3, help="copies of the video in the end-to-end runs")
     parser.add_argument("--segment-s", type=float, default=30.0)
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "ingest_throughput.json")
+    parser.add_argument("--output", default=RESULTS / "ingest_throughput.json", help="result JSON ('-': print only)")
     args = parser.parse_args()
     video = args.shared / VIDEO
     with tempfile.TemporaryDirectory() as tmp:
@@ -170,7 +170,7 @@ def main() -> int:
         "stages_alone": stages,
         "pipeline": {"one_actor_per_stage_2_cores": staged, "workers_1": one, "workers_2": two},
         "timestamp_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": command_line("bench/ingest_throughput.py", sys.argv[1:]),
+        "command": command_line("bench.ingest_throughput"),
     }
     write_result(args.output, result)
     return 0

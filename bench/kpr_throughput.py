@@ -1,32 +1,29 @@
 """KPR inference throughput (crops/s) with keypoint prompts vs the eager timm backbone alone, in one run.
 
-See bench/README.md. Example (the issue's target, on a GPU, once Swin backbones are supported):
-    python bench/kpr_throughput.py --preset solider_swin_base --device cuda --dtype bf16 --batch 256
+See bench/README.md. Example (the target figure: SOLIDER Swin-B at 384x128 on a GPU), from the repository root:
+    .venv/bin/python -m bench.kpr_throughput --preset solider_swin_base --device cuda --dtype bf16 --batch 256
 """
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
-import shlex
 import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from pathlib import Path
 
 import numpy as np
 import timm
 import torch
 from torch import nn
 
+from bench.results_io import RESULTS, command_line, write_result
 from kpr_model.config import KPRConfig, KPRModelError
 from kpr_model.export import KPRInferenceGraph
 from kpr_model.model import KPR
 from kpr_model.prompts import keypoints_to_prompt
 
-DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "kpr_throughput.json"
 NOT_PRESETS = {"from_dict"}
 
 
@@ -162,8 +159,6 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, object]:
         "timm": timm.__version__,
         "python": platform.python_version(),
         "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join(sys.orig_argv),
-        "note": args.note,
     }
 
 
@@ -182,7 +177,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--iters", type=int, default=10, help="timed iterations")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--note", default="", help="free text stored in the result")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="result JSON path ('-' = stdout only)")
+    parser.add_argument("--output", default=RESULTS / "kpr_throughput.json", help="result JSON path ('-': print only)")
     args = parser.parse_args(argv)
     for name in ("batch", "iters"):
         if getattr(args, name) <= 0:
@@ -198,15 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        result = run_benchmark(args)
+        result = run_benchmark(args) | {"command": command_line("bench.kpr_throughput", argv), "note": args.note}
     except (KPRModelError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    text = json.dumps(result, indent=2)
-    print(text)
-    if str(args.output) != "-":
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text + "\n")
+    write_result(args.output, result)
     return 0
 
 

@@ -1,15 +1,14 @@
 """Peak extra host memory and wall time of ``kpr_model.distance.part_distance`` on a large query x gallery.
 
-See bench/README.md. Example (the committed 10,000 x 100,000 run at D = 128):
-    python bench/part_distance_memory.py --queries 10000 --gallery 100000 --dim 128
+See bench/README.md. Example (the committed 10,000 x 100,000 run at D = 128), from the repository root:
+    .venv/bin/python -m bench.part_distance_memory --queries 10000 --gallery 100000 --dim 128 \
+        --output bench/results/part_distance_memory.json
 """
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.results_io import PRINT_ONLY, append_result, command_line
 from kpr_model.distance import part_distance
 
 GB = 1e9
@@ -119,8 +119,6 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, object]:
         "python": platform.python_version(),
         "machine": f"{platform.machine()} CPU",
         "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join(sys.orig_argv),
-        "note": args.note,
     }
 
 
@@ -136,20 +134,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--check", type=int, default=2000, help="random entries checked against numpy")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--note", default="")
-    parser.add_argument("--output", type=Path, default=None,
-                        help="append the result to this JSON list (the committed one: bench/results/part_distance_memory.json)")
+    parser.add_argument("--output", default=PRINT_ONLY,
+                        help="append the result to this JSON list (the committed one: "
+                             "bench/results/part_distance_memory.json; default '-': print only)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark, print its JSON and optionally append it to ``--output``."""
+    """Run the benchmark, print its JSON and append it to ``--output`` unless that is '-'."""
     args = parse_args(argv)
-    result = run_benchmark(args)
-    print(json.dumps(result, indent=2))
-    if args.output is not None:
-        runs = json.loads(args.output.read_text()) if args.output.exists() else []
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(runs + [result], indent=2) + "\n")
+    result = run_benchmark(args) | {"command": command_line("bench.part_distance_memory", argv), "note": args.note}
+    append_result(args.output, result)
     return 0
 
 

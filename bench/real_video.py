@@ -1,8 +1,9 @@
 """Real video, real detector and pose model, KPR: are the six people of the Intel sample video found and told apart?
 
-Ingests ../shared/data/video/one-by-one-person-detection.mp4 with `kpr ingest --backend yolox`
-(YOLOX-Nano ONNX boxes + MoveNet Lightning keypoints) and a KPR checkpoint, then scores the store
-against the 18 hand-checked boxes of ../shared/data/reid/one_by_one_crops/crops.csv (6 people x 3 frames):
+Ingests video/one-by-one-person-detection.mp4 of the shared data folder (``--shared``) with
+`kpr ingest --backend yolox` (YOLOX-Nano ONNX boxes + MoveNet Lightning keypoints) and a KPR
+checkpoint, then scores the store against the 18 hand-checked boxes of the folder's
+reid/one_by_one_crops/crops.csv (6 people x 3 frames):
 
 - ``gt_boxes_matched``: ground-truth boxes with a stored detection of IoU >= 0.5 in their frame;
 - ``people_in_one_tracklet``: people whose matched detections all lie in one tracklet, and
@@ -14,23 +15,22 @@ against the 18 hand-checked boxes of ../shared/data/reid/one_by_one_crops/crops.
   other detection of the store for each query and averages the precision at each of the person's
   detections, detections outside every span being left out of the ranking (as junk is in Market-1501).
 
-Writes bench/results/real_video.json (``--output``) with the command that produced it.
+Writes bench/results/real_video.json (``--output``) with the command that produced it. From the
+repository root: ``.venv/bin/python -m bench.real_video --model CHECKPOINT``.
 """
 from __future__ import annotations
 
 import argparse
 import csv
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from results_io import command_line, write_result
+from bench.results_io import RESULTS, command_line, write_result
+from bench.shared_data import add_shared_option
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 VIDEO = "video/one-by-one-person-detection.mp4"
 CROPS = "reid/one_by_one_crops/crops.csv"
 DETECTOR = "models/yolox_nano_416x416.onnx"
@@ -132,10 +132,10 @@ def score(db: Path, truth: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="KPR checkpoint folder (e.g. bench/synthetic_benchmark.py's model)")
-    parser.add_argument("--shared", type=Path, default=SHARED, help="the shared data folder (video/, reid/, models/)")
+    parser.add_argument("--model", required=True, help="KPR checkpoint folder (e.g. the one bench.synthetic_benchmark trains)")
+    add_shared_option(parser, "video/, reid/, models/")
     parser.add_argument("--fps", type=float, default=5.0, help="frames sampled per second (the video has 10)")
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "real_video.json")
+    parser.add_argument("--output", default=RESULTS / "real_video.json", help="result JSON ('-': print only)")
     parser.add_argument("ingest_args", nargs=argparse.REMAINDER, help="more `kpr ingest` options after --")
     args = parser.parse_args(argv)
     extra = [a for a in args.ingest_args if a != "--"]
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         wall_s = ingest(args.shared / VIDEO, db, args.model, args.shared, args.fps, extra)
         result = {"video": VIDEO, "backend": "yolox + movenet", "model": args.model, "fps": args.fps,
                   **score(db, truth), "ingest_wall_s": round(wall_s, 1),
-                  "command": command_line("bench/real_video.py", argv or sys.argv[1:])}
+                  "command": command_line("bench.real_video", argv)}
     write_result(args.output, result)
     return 0
 

@@ -1,12 +1,12 @@
-"""Reliability campaign of `kpr ingest`: kill and resume, concurrent ingestions, corrupt inputs (issue 6, points 1-3).
+"""Reliability campaign of `kpr ingest`: kill and resume, concurrent ingestions, corrupt inputs.
 
 Every ingestion is the real CLI (`kpr ingest`: Prefect flow, local Ray, decord, LanceDB) in a
 subprocess with a session of its own, so a kill (SIGKILL to its process group, then to every
 leftover process of its session, Ray's workers included) takes down all of it. Stores are compared
 with the detections that the workers compute for the same archive in this process (ids and
 embeddings), and with an uninterrupted CLI run. Writes bench/results/reliability.json; see
-bench/README.md. Example:
-    python bench/reliability.py --workdir /tmp/kpr_reliability
+bench/README.md. Example, from the repository root:
+    .venv/bin/python -m bench.reliability --workdir /tmp/kpr_reliability
 """
 from __future__ import annotations
 
@@ -33,13 +33,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.results_io import RESULTS, command_line, write_result
+from kpr_model.distance import ReIDEmbeddings
+from storage import Store, StoreError, detection_row, detections_table, embeddings_of
 
-from kpr_model.distance import ReIDEmbeddings  # noqa: E402
-from storage import Store, StoreError, detection_row, detections_table, embeddings_of  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUTPUT = ROOT / "bench" / "results" / "reliability.json"
+ROOT = Path(__file__).resolve().parents[1]
 KPR_CLI = Path(sys.executable).with_name("kpr")
 KILL_POINTS = ("decode", "embed", "commit_data", "commit_manifest")
 EMBED_COLUMNS = ("vector", "parts", "visibility")
@@ -330,7 +328,7 @@ def expected_snapshot(archive: Path, model: Path, fps: float = 5.0) -> Snapshot:
     snap = Snapshot()
     for task in discover_videos(archive):
         try:
-            embedded = embedder.embed_video(extract_video_crops(task, fps))
+            embedded = embedder.embed_video(*extract_video_crops(task, fps))
         except WorkerError as exc:
             snap.videos.append({"video_id": task.video_id, "uri": task.uri, "status": "failed", "error": str(exc)})
             continue
@@ -629,7 +627,7 @@ def run(args: argparse.Namespace) -> dict:
     corrupt = corrupt_run(archive_c, bad, model, work / "db_corrupt", expected_a, logs)
     return {
         **_summary(kills, concurrency, races, created, corrupt),
-        "command": shlex.join(["python", "bench/reliability.py", *sys.argv[1:]]),
+        "command": command_line("bench.reliability"),
         "ingest_command": shlex.join(["kpr", "ingest", "ARCHIVE", "--db", "DB", "--model", "CKPT", "--fps", "5.0",
                                       "--no-progress"]),
         "archive_a": {"seeds": args.seeds_a, "videos": len(expected_a.videos), "detections": len(expected_a.ids)},
@@ -661,18 +659,14 @@ def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--commit-races", type=int, default=10, help="store-level races of two writers on the same videos")
     parser.add_argument("--creation-kills", type=int, default=10, help="kills of a process creating a new store")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random kill times and bad bytes")
-    parser.add_argument("--output", default=str(DEFAULT_OUTPUT), help="result JSON ('-' prints only)")
+    parser.add_argument("--output", default=RESULTS / "reliability.json", help="result JSON ('-': print only)")
     return parser.parse_args(argv)
 
 
 def main(argv: Iterable[str] | None = None) -> int:
     args = parse_args(argv)
     result = run(args)
-    text = json.dumps(result, indent=1)
-    if args.output != "-":
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text + "\n")
-        log(f"wrote {args.output}")
+    write_result(args.output, result, echo=False)
     print(json.dumps({k: result[k] for k in ("kill_points", "lost_rows", "duplicate_rows", "corrupt_files",
                                              "corrupt_recorded_failed", "good_videos_missing")}))
     ok = (result["lost_rows"] == result["duplicate_rows"] == result["good_videos_missing"] == 0

@@ -1,18 +1,67 @@
-"""What every benchmark script does with its result: record the command that produced it, write it as JSON."""
+"""What every benchmark script does with its result: record the command that produced it, write it as JSON.
+
+Every ``path`` may be ``-`` (``PRINT_ONLY``): the result is then printed and no file is written.
+"""
 from __future__ import annotations
 
 import json
 import shlex
+import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-
-def command_line(script: str, args: list[str]) -> str:
-    """The shell command that reruns ``script`` with ``args`` from the repository root."""
-    return " ".join(shlex.quote(a) for a in [".venv/bin/python", script, *args])
+RESULTS = Path(__file__).resolve().parent / "results"
+PRINT_ONLY = "-"
 
 
-def write_result(path: Path, result: dict) -> None:
-    """Write ``result`` to ``path`` as indented JSON (folders created) and print it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+def command_line(module: str, args: Sequence[str] | None = None) -> str:
+    """The shell command that reruns the bench module ``module`` (e.g. ``bench.real_video``) from the repository root.
+
+    ``args`` are the script's arguments (None: this process's own, as ``main(argv=None)`` parses them).
+    """
+    return shlex.join([".venv/bin/python", "-m", module, *(sys.argv[1:] if args is None else args)])
+
+
+def write_result(path: Path | str, result: dict, echo: bool = True) -> None:
+    """Write ``result`` to ``path`` as indented JSON, replacing the file (folders created); print it when ``echo``."""
+    if echo:
+        _show(result)
+    _save(path, result)
+
+
+def merge_result(path: Path | str, result: dict, placeholders: Iterable[str] = ()) -> None:
+    """Print ``result`` and merge its keys into the JSON object at ``path``, keeping the keys other benchmarks wrote.
+
+    ``placeholders`` are keys another benchmark fills: null until it has run.
+    """
+    _show(result)
+    if str(path) == PRINT_ONLY:
+        return
+    merged = json.loads(Path(path).read_text()) if Path(path).exists() else {}
+    merged.update(result)
+    for key in placeholders:
+        merged.setdefault(key, None)
+    _save(path, merged)
+
+
+def append_result(path: Path | str, result: dict) -> None:
+    """Print ``result`` and append it to the JSON list of runs at ``path``."""
+    _show(result)
+    if str(path) == PRINT_ONLY:
+        return
+    runs = json.loads(Path(path).read_text()) if Path(path).exists() else []
+    _save(path, runs + [result])
+
+
+def _show(result: dict) -> None:
+    """Print ``result`` as indented JSON."""
     print(json.dumps(result, indent=2))
+
+
+def _save(path: Path | str, data: dict | list) -> None:
+    """Write ``data`` to ``path`` as indented JSON (folders created), unless ``path`` is ``PRINT_ONLY``."""
+    if str(path) == PRINT_ONLY:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")

@@ -2,8 +2,8 @@
 
 Builds (or reuses) a LanceDB store of synthetic but ReID-like KPR embeddings through the store's own
 write path, maintains it (compaction + indexes), then times `PersonSearch.search` and compares its
-top-50 with an exact KPR-distance scan of every row. See bench/README.md. Example:
-    python bench/search_bench.py --rows 1000000 --db /tmp/kpr_search_bench
+top-50 with an exact KPR-distance scan of every row. See bench/README.md. Example, from the repository root:
+    .venv/bin/python -m bench.search_bench --rows 1000000 --db /tmp/kpr_search_bench
 """
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import datetime
 import json
 import os
 import platform
-import shlex
 import sys
 import time
 import warnings
@@ -23,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from bench.results_io import RESULTS, command_line, merge_result
 from kpr_model.distance import ReIDEmbeddings, kpr_distance
 from storage import PersonSearch, SearchFilters, Store, detection_row, detections_table, embeddings_of
 from storage.store import (
     DEFAULT_FLAT_MAX_ROWS, DEFAULT_MAX_NPROBES, DEFAULT_NPROBES, DEFAULT_REFINE_FACTOR, AnnSettings, vector_index_plan,
 )
 
-DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "search.json"
 MODEL_ID = "bench-synthetic"
 T0 = 1_700_000_000.0
 FRAME_RATE = 25.0
@@ -348,16 +347,6 @@ def machine() -> dict:
             "lancedb": lancedb.__version__, "torch": torch.__version__, "platform": platform.platform()}
 
 
-def write_result(path: Path, result: dict) -> None:
-    """Merge ``result`` into the JSON at ``path``, keeping keys written by other benchmarks (e.g. serve_*)."""
-    merged = json.loads(path.read_text()) if path.exists() else {}
-    merged.update(result)
-    for key in SERVE_KEYS:
-        merged.setdefault(key, None)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(merged, indent=2) + "\n")
-
-
 def int_list(text: str) -> list[int]:
     """"100,200" -> [100, 200]."""
     return [int(v) for v in text.split(",") if v]
@@ -400,7 +389,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "thread only waits for a busy core)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--note", default="")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="result JSON (merged into; '-' prints only)")
+    parser.add_argument("--output", default=RESULTS / "search.json", help="result JSON (merged into; '-': print only)")
     args = parser.parse_args(argv)
     if args.recall_queries > args.queries:
         parser.error("--recall-queries cannot exceed --queries")
@@ -464,11 +453,9 @@ def main(argv: list[str] | None = None) -> int:
                  "span_hours": round(config.span_s / 3600, 2), "thumbnail_bytes": args.thumbnail_bytes},
         "sweep": comparison, "machine": machine(), "threads": args.threads, "torch_threads": args.torch_threads,
         "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join(sys.orig_argv), "note": args.note,
+        "command": command_line("bench.search_bench", argv), "note": args.note,
     }
-    print(json.dumps(result, indent=2))
-    if str(args.output) != "-":
-        write_result(args.output, result)
+    merge_result(args.output, result, placeholders=SERVE_KEYS)
     return 0
 
 

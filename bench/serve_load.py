@@ -3,8 +3,9 @@
 Serves --db (or a store it builds once with the real CLI: `kpr synth` + a seeded random demo-size
 checkpoint + `kpr ingest`), then --concurrency client threads, each on its own keep-alive connection,
 send --requests searches in all (detection queries; every other one also filtered to one camera and
-a time window). Merges the serve_* keys into bench/results/search.json. See bench/README.md. Example:
-    python bench/serve_load.py --concurrency 8 --requests 800
+a time window). Merges the serve_* keys into bench/results/search.json. See bench/README.md. Example,
+from the repository root:
+    .venv/bin/python -m bench.serve_load --concurrency 8 --requests 800
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import datetime
 import http.client
 import json
 import os
-import shlex
 import signal
 import socket
 import subprocess
@@ -25,8 +25,8 @@ from urllib.parse import urlencode
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUTPUT = ROOT / "bench" / "results" / "search.json"
+from bench.results_io import RESULTS, command_line, merge_result
+
 KPR_CLI = Path(sys.executable).with_name("kpr")
 START_TIMEOUT_S = 180.0
 
@@ -156,14 +156,6 @@ def run_load(port: int, bodies: list[str], concurrency: int) -> tuple[np.ndarray
     return np.array([t for times, _ in results for t in times]), [e for _, errors in results for e in errors], wall
 
 
-def write_result(path: Path, result: dict) -> None:
-    """Merge ``result`` into the JSON at ``path``, keeping every key other benchmarks wrote."""
-    merged = json.loads(path.read_text()) if path.exists() else {}
-    merged.update(result)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(merged, indent=2) + "\n")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--db", type=Path, help="store to serve (default: build one under --workdir)")
@@ -178,7 +170,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=32, help="untimed requests first")
     parser.add_argument("-k", type=int, default=20, help="results per search")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default=str(DEFAULT_OUTPUT), help="JSON to merge the serve_* keys into ('-': print only)")
+    parser.add_argument("--output", default=RESULTS / "search.json", help="JSON to merge the serve_* keys into ('-': print only)")
     args = parser.parse_args(argv)
     if min(args.concurrency, args.requests, args.k) < 1 or args.warmup < 0:
         parser.error("--concurrency, --requests and -k must be >= 1 and --warmup >= 0")
@@ -217,11 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         "serve_query_mix": "detection queries; every other one filtered to one camera and half the time range",
         "serve_cores": len(os.sched_getaffinity(0)),
         "serve_measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "serve_command": shlex.join(["python", "bench/serve_load.py", *(sys.argv[1:] if argv is None else argv)]),
+        "serve_command": command_line("bench.serve_load", argv),
     }
-    print(json.dumps(result, indent=2))
-    if args.output != "-":
-        write_result(Path(args.output), result)
+    merge_result(args.output, result)
     return 1 if errors else 0
 
 

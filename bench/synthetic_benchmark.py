@@ -1,11 +1,12 @@
-"""Synthetic occluded benchmark (issue 4, point 6): KPR with prompts vs without vs global only vs the Intel OMZ models.
+"""Synthetic occluded benchmark: KPR with prompts vs without vs global only vs the Intel OMZ models.
 
 One command renders a synthetic multi-camera world with strong occlusion and crowded, multi-person
 boxes, exports Market-1501-style crops with training identities disjoint from the test identities,
 makes every query the most occluded crop of its (identity, camera), trains KPR with `kpr train`
 (demo preset, time-capped), scores it with `kpr bench` in its three modes plus both Open Model Zoo
-ReID models, and ranks the 18 real crops of ../shared/data/reid (leave-one-out). Writes
-bench/results/synthetic_benchmark.json + .md and bench/results/real_crops_ranking.json.
+ReID models, and ranks the 18 real crops of the shared data folder (``--shared``, leave-one-out).
+Writes bench/results/synthetic_benchmark.json + .md and bench/results/real_crops_ranking.json. From
+the repository root: ``.venv/bin/python -m bench.synthetic_benchmark``.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.results_io import RESULTS, command_line, write_result
+from bench.shared_data import add_shared_option
 from kpr_model.checkpoint import read_checkpoint_info
 from kpr_model.distance import kpr_distance
 from kpr_model.encoder import KPREncoder
@@ -31,7 +34,6 @@ from training.synthetic import CropExport, WorldConfig, export_reid_crops
 from training.synthetic.crops import ANNOTATION_NAME, GALLERY_DIR, QUERY_DIR, TRAIN_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 OMZ = {"omz_0248": "person-reidentification-retail-0248.onnx", "omz_0287": "person-reidentification-retail-0287.onnx"}
 METHODS = {"kpr_prompt": "prompt", "kpr_no_prompt": "no_prompt", "global_only": "global", "omz_0248": "omz_0248",
            "omz_0287": "omz_0287"}
@@ -182,7 +184,7 @@ def synthetic_result(args: argparse.Namespace, bench: dict, export: CropExport, 
     training = {k: metadata["training"][k] for k in ("steps", "epochs_completed", "train_s", "samples_per_s", "heldout")}
     figures = ("map", "rank1", "rank5", "rank10", "mINP")
     return {
-        # Per method at the top level, as the issue's machine-readable result asks.
+        # Per method at the top level: each method's figures are one key away.
         **{name: {k: round(dataset["methods"][source][k], 4) for k in figures} for name, source in METHODS.items()},
         "descriptions": DESCRIPTIONS,
         "paired_bootstrap": {f"{a} - {b}": {k: paired_bootstrap(dataset["methods"][METHODS[a]][per_query],
@@ -200,7 +202,7 @@ def synthetic_result(args: argparse.Namespace, bench: dict, export: CropExport, 
         "train_command": train_command,
         "bench_command": bench["command"],
         "timestamp_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": shlex.join([".venv/bin/python", "bench/synthetic_benchmark.py", *sys.argv[1:]]),
+        "command": command_line("bench.synthetic_benchmark"),
     }
 
 
@@ -221,8 +223,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=300, help="epochs (the time cap usually ends training first)")
     parser.add_argument("--train-minutes", type=float, default=9.0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of training and evaluation")
-    parser.add_argument("--shared", type=Path, default=SHARED, help="the shared data folder (models/, reid/)")
-    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
+    add_shared_option(parser, "models/, reid/")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the result files go (default: bench/results)")
     return parser.parse_args()
 
 
@@ -231,7 +233,7 @@ def main() -> int:
     models_dir, csv_path = args.shared / "models", args.shared / "reid" / "one_by_one_crops" / "crops.csv"
     missing = [str(p) for p in [*(models_dir / f for f in OMZ.values()), csv_path] if not p.is_file()]
     if missing:
-        raise SystemExit(f"shared data missing: {', '.join(missing)} (see ../shared/data/README.md)")
+        raise SystemExit(f"shared data missing: {', '.join(missing)} (--shared names the shared data folder)")
     started = time.perf_counter()
     crops, model, report = args.work / "crops", args.work / "model", args.work / "report"
     print(f"rendering the world and exporting crops to {crops}", flush=True)
@@ -247,10 +249,9 @@ def main() -> int:
     real = rank_real_crops(model, models_dir, csv_path) | {"command": result["command"],
                                                            "model_id": result["training"]["model_id"]}
     result |= timings | {"wall_s": round(time.perf_counter() - started, 1)}
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "synthetic_benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.results / "synthetic_benchmark.json", result, echo=False)
+    write_result(args.results / "real_crops_ranking.json", real, echo=False)
     (args.results / "synthetic_benchmark.md").write_text(markdown(result, real))
-    (args.results / "real_crops_ranking.json").write_text(json.dumps(real, indent=2) + "\n")
     print(markdown(result, real))
     print(f"kpr bench report (ranking page, CMC plot): {report}")
     return 0

@@ -5,26 +5,25 @@ crops of all workers together and excludes Ray start-up and the first (warm-up) 
 the final checkpoint is written, after the measured window, so the figure is training compute and
 gradient all-reduce, not checkpoint I/O (which costs the same per epoch whatever the worker count).
 Writes bench/results/train_scaling.json (``device``, ``workers_1_samples_per_s``,
-``workers_2_samples_per_s``, ``ratio``, ``command``).
+``workers_2_samples_per_s``, ``ratio``, ``command``). From the repository root:
+``.venv/bin/python -m bench.train_scaling``.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from bench.results_io import RESULTS, command_line, write_result
 from training.synthetic import WorldConfig, export_reid_crops
 from training.train import TrainConfig
 from training.train import train as run_training
 from workers.ray_stages import ensure_ray
-
-from results_io import command_line, write_result
 
 
 def steady_samples_per_s(history: list[dict], samples_per_epoch: int) -> float:
@@ -60,7 +59,7 @@ def main() -> int:
                         help="epochs between checkpoints (default: only the final one, written after the measured window)")
     parser.add_argument("--cpus-per-worker", type=int, default=1)
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker")
-    parser.add_argument("--output", type=Path, default=Path("bench/results/train_scaling.json"))
+    parser.add_argument("--output", default=RESULTS / "train_scaling.json", help="result JSON ('-': print only)")
     args = parser.parse_args()
     ensure_ray(num_cpus=None)
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,7 +80,7 @@ def main() -> int:
         "ratio": round(two["samples_per_s"] / one["samples_per_s"], 3),
         "runs": {"1": one, "2": two},
         "timestamp_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": command_line(sys.argv[0], sys.argv[1:]),
+        "command": command_line("bench.train_scaling"),
     }
     write_result(args.output, result)
     return 0

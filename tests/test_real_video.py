@@ -1,19 +1,16 @@
 """The real Intel sample video through `kpr ingest --backend yolox` (YOLOX-Nano + MoveNet) and KPR.
 
-Runs bench/real_video.py's ingestion and scoring with the tiny test checkpoint; the committed
+Runs bench.real_video's ingestion and scoring with the tiny test checkpoint; the committed
 figures with a trained checkpoint are in bench/results/real_video.json.
 """
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
+import shlex
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-import real_video  # noqa: E402
+from bench import real_video
 
 pytestmark = pytest.mark.integration
 
@@ -36,3 +33,8 @@ def test_a_detection_query_returns_the_same_person_first(figures):
     assert figures["rank1"] >= 0.9, figures
     assert figures["precision_at_10"] >= 0.8, figures
     assert figures["map"] >= 0.8, figures
+
+
+def test_the_result_records_the_module_command_that_reruns_it(figures, tiny_checkpoint):
+    assert shlex.split(figures["command"])[:5] == [".venv/bin/python", "-m", "bench.real_video", "--model",
+                                                   str(tiny_checkpoint)]

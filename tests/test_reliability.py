@@ -1,22 +1,19 @@
-"""Ingestion reliability (issue 6, points 1-3): SIGKILL and re-run, concurrent writers, corrupt inputs.
+"""Ingestion reliability: SIGKILL and re-run, concurrent writers, corrupt inputs.
 
 The ingestions are the real `kpr ingest` (Prefect flow, local Ray, decord, LanceDB) in subprocesses of
 their own session. Stores are compared with what the workers compute for the same archive (ids and
 embeddings). The helpers, and the full campaign (every kill point, repeats, figures), live in
-bench/reliability.py.
+bench.reliability.
 """
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
+from bench import reliability as rel
 from storage import Store, StoreError
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import reliability as rel  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
