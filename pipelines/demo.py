@@ -23,7 +23,7 @@ from training.evaluation import chance_metrics, metrics_from_matches
 from training.synthetic import WorldConfig, export_reid_crops, generate_archive
 from training.train import TrainConfig, train
 from workers.discover import content_hash
-from workers.video_job import detection_id
+from workers.records import detection_id
 
 MARKER = ".kpr-demo"
 OWNED = ("train_crops", "model", "archive", "store", "demo_report.json", "demo_report.html")

@@ -16,10 +16,10 @@ from pipelines.errors import UserError
 from storage import Store, StoreError, detection_row, detections_table, tracklet_row, tracklets_table
 from workers.backends import BackendConfig
 from workers.discover import VideoTask, discover_videos
-from workers.embed import EmbeddedVideo
 from workers.errors import WorkerError
 from workers.ingest_options import IngestOptions
 from workers.ray_stages import ensure_ray, run_videos
+from workers.records import EmbeddedVideo
 
 INGEST_RETRIES = 2
 INGEST_RETRY_DELAY_S = 30
@@ -175,16 +175,16 @@ def ingest_videos(tasks: list[VideoTask], db: str, model: str, model_id: str, op
             summary.failures.append((outcome.task.uri, outcome.error))
             logger.warning("failed %s: %s", outcome.task.uri, outcome.error)
         else:
-            crops = outcome.result.crops
-            video = _video_row(outcome.task, model_id, summary.run_id, camera_id=crops.camera_id,
-                               start_time=crops.start_time, duration=crops.duration, num_frames=crops.num_frames)
+            facts = outcome.result.facts
+            video = _video_row(outcome.task, model_id, summary.run_id, camera_id=facts.camera_id,
+                               start_time=facts.start_time, duration=facts.duration, num_frames=facts.num_frames)
             tracklets = _tracklets(video, outcome.result)
             summary.detections_written += store.write_video(video, _detections(video, outcome.result), tracklets)
             summary.tracklets_written += 0 if tracklets is None else tracklets.num_rows
             summary.videos_done += 1
-            summary.frames_sampled += crops.frames_sampled
+            summary.frames_sampled += outcome.result.frames_sampled
             logger.info("done %s (%s): %d detections, %d tracklets", outcome.task.uri, video["camera_id"],
-                        len(crops.records), len(outcome.result.tracklets))
+                        len(outcome.result.records), len(outcome.result.tracklets))
         bar.update(1)
         bar.set_postfix(detections=summary.detections_written, failed=summary.videos_failed)
     bar.close()

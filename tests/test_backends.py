@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 
 from workers.annotations import AnnotationsBackend, find_sidecar, load_sidecar
 from workers.backends import BackendConfig, make_backend, video_camera_and_start
-from workers.decode import DecodedFrame
 from workers.errors import AnnotationError, WorkerError
 from workers.movenet import MoveNet
 from workers.openpifpaf_backend import INSTALL_HINT
+from workers.records import DecodedFrame
 
 POSETRACK_KEYPOINTS = ["nose", "head_bottom", "head_top", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
                        "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",

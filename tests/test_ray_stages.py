@@ -49,7 +49,7 @@ def test_segmented_ingestion_equals_whole_video_ingestion(small_archive, tiny_ch
         assert [r.frame_index for r in one.result.records] == _annotated(Path(uri))
         assert [r.detection_id for r in many.result.records] == [r.detection_id for r in one.result.records]
         assert [r.timestamp for r in many.result.records] == [r.timestamp for r in one.result.records]
-        assert many.result.crops.frames_sampled == one.result.crops.frames_sampled == 40
+        assert many.result.frames_sampled == one.result.frames_sampled == 40
         np.testing.assert_allclose(many.result.embeddings.parts, one.result.embeddings.parts, atol=1e-5)
         assert [t.track_id for t in many.result.tracklets] == [t.track_id for t in one.result.tracklets]
         assert len(one.result.tracklets) >= 2
@@ -140,4 +140,4 @@ def test_a_decode_worker_that_dies_fails_only_its_video(shared_data, small_archi
     assert killed, "no decode worker of the real video was seen"
     assert outcomes[real.name].result is None
     assert outcomes[real.name].error == "the worker process crashed while processing this video"
-    assert outcomes[synthetic.name].error is None and outcomes[synthetic.name].result.crops.frames_sampled == 40
+    assert outcomes[synthetic.name].error is None and outcomes[synthetic.name].result.frames_sampled == 40

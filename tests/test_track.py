@@ -7,7 +7,7 @@ import pytest
 from kpr_model.embeddings import ReIDEmbeddings
 from workers.errors import WorkerError
 from workers.track import TrackerConfig, track_video
-from workers.video_job import DetectionRecord
+from workers.records import DetectionRecord
 
 DIM, PARTS = 16, 4
 VIDEO = "0123456789abcdef-video"

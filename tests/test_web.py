@@ -79,25 +79,25 @@ def build_web_store(archive: Path, checkpoint: Path, db: Path, seed: int = 0) ->
     part_joints = group_keypoint_indices("eight")
     out = WebStore(db, {}, {}, {}, set())
     for task in tasks:
-        video = extract_video_crops(task, target_fps=5.0)
+        facts, crops = extract_video_crops(task, target_fps=5.0)
         rows, parts, visibility = [], [], []
-        for record, crop in zip(video.records, video.crops):
+        for record, crop in zip(crops.records, crops.crops):
             who = truth[_truth_key(record.detection_id)].identity
             centre = centres.setdefault(who, _unit(rng.normal(size=(num_parts, dim))))
             parts.append(_unit(centre + rng.normal(scale=0.3 / np.sqrt(dim), size=centre.shape)))
             visibility.append([float(crop.keypoints[list(j), 2].max() > 0) for j in part_joints[:num_parts]])
-            rows.append(detection_row(record.detection_id, task.video_id, video.camera_id, record.frame_index,
+            rows.append(detection_row(record.detection_id, task.video_id, facts.camera_id, record.frame_index,
                                       record.timestamp, record.bbox, encoder.model_id, record.det_score,
                                       record.keypoints, record.track_id, record.thumbnail))
-            out.identity[record.detection_id], out.camera[record.detection_id] = who, video.camera_id
+            out.identity[record.detection_id], out.camera[record.detection_id] = who, facts.camera_id
             out.track[record.detection_id] = record.track_id
             if min(visibility[-1]) > 0:
                 out.whole.add(record.detection_id)
         part_array, vis_array = np.stack(parts).astype(np.float32), np.asarray(visibility, np.float32)
         global_emb = _unit((part_array * vis_array[..., None]).sum(axis=1) + 1e-3)
-        video_row = {"video_id": task.video_id, "uri": task.uri, "camera_id": video.camera_id,
-                     "model_id": encoder.model_id, "start_time": video.start_time, "duration": video.duration,
-                     "num_frames": video.num_frames}
+        video_row = {"video_id": task.video_id, "uri": task.uri, "camera_id": facts.camera_id,
+                     "model_id": encoder.model_id, "start_time": facts.start_time, "duration": facts.duration,
+                     "num_frames": facts.num_frames}
         store.write_video(video_row, detections_table(rows, ReIDEmbeddings(global_emb, part_array, vis_array)))
     return out
 

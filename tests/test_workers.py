@@ -10,10 +10,11 @@ import pytest
 
 from workers.annotations import AnnotationsBackend, load_sidecar
 from workers.crops import cut_person_crops, thumbnail_jpeg
-from workers.decode import DecodedFrame, iter_frame_batches, probe_video, sample_indices
+from workers.decode import iter_frame_batches, probe_video, sample_indices
 from workers.detections import PersonDetection
 from workers.discover import VideoTask, discover_videos, list_video_files
 from workers.errors import AnnotationError, ArchiveError, DecodeError
+from workers.records import DecodedFrame
 from workers.segments import plan_segments
 
 

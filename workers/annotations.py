@@ -23,10 +23,10 @@ import numpy as np
 
 from kpr_model.keypoints import SIDECAR_FORMAT
 from workers.annotation_formats import MOT, POSETRACK21, coco_style_format, parse_coco_style, parse_mot
-from workers.decode import DecodedFrame
 from workers.detections import PersonDetection
 from workers.errors import AnnotationError
 from workers.json_input import finite_number, float_array, read_json
+from workers.records import DecodedFrame
 
 
 @dataclass

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Sequence
 
 from workers.annotations import AnnotationsBackend, find_sidecar, load_sidecar
-from workers.decode import DecodedFrame
 from workers.detections import DetectionBackend, PersonDetection
 from workers.errors import WorkerError
 from workers.movenet import MoveNet
 from workers.openpifpaf_backend import OpenPifPafBackend, check_checkpoint, import_openpifpaf
+from workers.records import DecodedFrame
 from workers.yolox import YoloxBackend, YoloxDetector
 
 BACKENDS = ("annotations", "yolox", "openpifpaf")

@@ -1,23 +1,13 @@
 """Person crops from frames: pixels, keypoint prompts in crop coordinates, JPEG thumbnails."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import cv2
 import numpy as np
 
 from workers.detections import PersonDetection
+from workers.records import PersonCrop
 
 THUMBNAIL_HEIGHT = 128
-
-
-@dataclass
-class PersonCrop:
-    """A detection cut out of its frame, with the target's keypoints and other people's as negatives."""
-
-    image: np.ndarray
-    keypoints: np.ndarray
-    negative_keypoints: np.ndarray
 
 
 def _clip_box(bbox: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:

@@ -8,6 +8,7 @@ from typing import Iterator
 import numpy as np
 
 from workers.errors import DecodeError
+from workers.records import DecodedFrame
 
 # Largest frame accepted: 8K UHD (a decoded RGB frame of it is ~100 MB). Bigger videos are refused from
 # their container header, before any frame is decoded, rather than exhausting a worker's memory.
@@ -30,15 +31,6 @@ class VideoInfo:
     @property
     def duration(self) -> float:
         return self.num_frames / self.fps if self.fps > 0 else 0.0
-
-
-@dataclass
-class DecodedFrame:
-    """One sampled frame: its index in the video, its time in seconds from the video start, RGB pixels."""
-
-    frame_index: int
-    time_s: float
-    image: np.ndarray
 
 
 def _header(path: Path) -> tuple[int, int]:

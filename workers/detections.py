@@ -7,7 +7,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from kpr_model.keypoints import NUM_KEYPOINTS
-from workers.decode import DecodedFrame
+from workers.records import DecodedFrame
 
 
 @dataclass

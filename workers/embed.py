@@ -1,46 +1,23 @@
 """The embedding stage: KPR part embeddings and visibility for crops, and a video's assembly into tracklets."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Iterable
 
 from kpr_model.embeddings import ReIDEmbeddings
-from workers.crops import PersonCrop
-from workers.track import Tracklet, track_video
-from workers.video_job import BatchCrops, DetectionRecord, VideoCrops
+from workers.records import BatchCrops, EmbeddedBatch, EmbeddedVideo, PersonCrop, VideoFacts
+from workers.track import track_video
 
 
-@dataclass
-class EmbeddedBatch:
-    """One batch of frames' detection records with their embeddings (row-aligned; None without detections)."""
-
-    frames: int
-    records: list[DetectionRecord]
-    embeddings: ReIDEmbeddings | None
-
-
-@dataclass
-class EmbeddedVideo:
-    """A video ready for the store: its facts, detection records, their embeddings (row-aligned) and tracklets."""
-
-    crops: VideoCrops
-    embeddings: ReIDEmbeddings | None
-    tracklets: list[Tracklet] = field(default_factory=list)
-
-    @property
-    def records(self) -> list[DetectionRecord]:
-        return self.crops.records
-
-
-def assemble_video(video: VideoCrops, batches: Iterable[EmbeddedBatch]) -> EmbeddedVideo:
+def assemble_video(facts: VideoFacts, batches: Iterable[EmbeddedBatch]) -> EmbeddedVideo:
     """Stitch a video's embedded batches (any order) in frame order and link its detections into tracklets."""
-    batches = sorted((b for b in batches if b.records), key=lambda b: b.records[0].frame_index)
-    video.records = [record for batch in batches for record in batch.records]
-    video.crops = []
-    if not batches:
-        return EmbeddedVideo(video, None)
-    embeddings = ReIDEmbeddings.concat([batch.embeddings for batch in batches])
-    return EmbeddedVideo(video, embeddings, track_video(video.task.video_id, video.records, embeddings))
+    batches = list(batches)
+    frames = sum(batch.frames for batch in batches)
+    found = sorted((b for b in batches if b.records), key=lambda b: b.records[0].frame_index)
+    records = [record for batch in found for record in batch.records]
+    if not found:
+        return EmbeddedVideo(facts, records, None, [], frames)
+    embeddings = ReIDEmbeddings.concat([batch.embeddings for batch in found])
+    return EmbeddedVideo(facts, records, embeddings, track_video(facts.task.video_id, records, embeddings), frames)
 
 
 class Embedder:
@@ -63,7 +40,6 @@ class Embedder:
         """Embed one batch's crops; their pixels are not kept."""
         return EmbeddedBatch(batch.frames, batch.records, self.embed_crops(batch.crops))
 
-    def embed_video(self, video: VideoCrops) -> EmbeddedVideo:
-        """Embed and track a whole video's crops in this process; the crops' pixels are dropped from the result."""
-        batch = EmbeddedBatch(video.frames_sampled, video.records, self.embed_crops(video.crops))
-        return assemble_video(video, [batch])
+    def embed_video(self, facts: VideoFacts, crops: BatchCrops) -> EmbeddedVideo:
+        """Embed and track a whole video's crops in this process; their pixels are not kept."""
+        return assemble_video(facts, [self.embed_batch(crops)])

@@ -13,9 +13,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from workers.decode import DecodedFrame
 from workers.detections import PersonDetection
 from workers.errors import WorkerError
+from workers.records import DecodedFrame
 
 INSTALL_HINT = "openpifpaf is not installed: run scripts/install_openpifpaf.sh (see README)"
 PAD_MULTIPLE = 16

@@ -28,11 +28,12 @@ import ray
 from workers.backends import BackendConfig
 from workers.decode import iter_frame_batches
 from workers.discover import VideoTask
-from workers.embed import EmbeddedBatch, EmbeddedVideo, Embedder, assemble_video
+from workers.embed import Embedder, assemble_video
 from workers.errors import WorkerError
 from workers.ingest_options import IngestOptions
+from workers.records import BatchCrops, EmbeddedBatch, EmbeddedVideo, VideoFacts
 from workers.segments import Segment
-from workers.video_job import BatchCrops, FrameDetector, VideoCrops, plan_video
+from workers.video_job import FrameDetector, plan_video
 
 DECODE_CPUS = 1
 
@@ -70,7 +71,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, log_to_d
 
 
 @ray.remote(num_cpus=DECODE_CPUS, max_retries=0)
-def _plan(task: VideoTask, options: IngestOptions) -> tuple[VideoCrops, list[Segment]]:
+def _plan(task: VideoTask, options: IngestOptions) -> tuple[VideoFacts, list[Segment]]:
     return plan_video(task, options.backend, options.segment_s)
 
 
@@ -150,7 +151,7 @@ class _Video:
     """The driver's view of one video: its facts once planned, segments not yet decoding, work in flight."""
 
     task: VideoTask
-    crops: VideoCrops | None = None
+    facts: VideoFacts | None = None
     segments: deque[Segment] = field(default_factory=deque)
     decoding: int = 0
     embedding: int = 0
@@ -162,7 +163,7 @@ class _Video:
         """Nothing in flight and, unless it failed, nothing left to start."""
         if self.decoding or self.embedding:
             return False
-        return bool(self.error) or (self.crops is not None and not self.segments)
+        return bool(self.error) or (self.facts is not None and not self.segments)
 
 
 class _Driver:
@@ -217,7 +218,7 @@ class _Driver:
     def _on_plan(self, ref, video: _Video) -> None:
         """Keep the video's facts and queue its segments for decoding."""
         try:
-            video.crops, segments = ray.get(ref)
+            video.facts, segments = ray.get(ref)
             video.segments.extend(segments)
         except ray.exceptions.RayError as exc:
             video.error = _reason(exc)
@@ -239,7 +240,7 @@ class _Driver:
             self.decoders -= 1
             return
         detected = self.detectors[self.submitted % len(self.detectors)].detect.remote(
-            video.task, video.crops.start_time, frames)
+            video.task, video.facts.start_time, frames)
         embedded = self.embedders[self.submitted % len(self.embedders)].embed.remote(detected)
         self.pending[embedded] = (self._on_embed, video)
         self.pending[generator] = (self._on_decode, video)
@@ -258,7 +259,6 @@ class _Driver:
             video.error = video.error or _reason(exc)
             return
         video.batches.append(batch)
-        video.crops.frames_sampled += batch.frames
         self.stats.frames += batch.frames
         self.stats.crops += len(batch.records)
 
@@ -269,7 +269,7 @@ class _Driver:
             if video.error:
                 yield VideoOutcome(video.task, error=video.error)
             else:
-                yield VideoOutcome(video.task, result=assemble_video(video.crops, video.batches))
+                yield VideoOutcome(video.task, result=assemble_video(video.facts, video.batches))
 
 
 def run_videos(tasks: Sequence[VideoTask], model: str, options: IngestOptions = IngestOptions(),

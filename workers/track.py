@@ -11,16 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import groupby
-from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from kpr_model.embeddings import ReIDEmbeddings, aggregate
 from workers.errors import WorkerError
-
-if TYPE_CHECKING:  # only for annotations: video_job's stages call this module
-    from workers.video_job import DetectionRecord
+from workers.records import DetectionRecord, Tracklet
 
 # Cost of a gated-out pair in the assignment matrix: larger than any admissible cost (at most 2).
 _FORBIDDEN = 1e6
@@ -59,19 +56,6 @@ class TrackerConfig:
             raise WorkerError(f"tracker max_gap_s must be >= 0 seconds, got {self.max_gap_s}")
         if self.min_detections < 1:
             raise WorkerError(f"tracker min_detections must be >= 1, got {self.min_detections}")
-
-
-@dataclass
-class Tracklet:
-    """One person's track within a video: time span, size, aggregated embedding and best thumbnail."""
-
-    track_id: str
-    t_start: float
-    t_end: float
-    n_detections: int
-    embeddings: ReIDEmbeddings
-    thumbnail: bytes
-    best_detection_id: str
 
 
 @dataclass

@@ -13,9 +13,9 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from workers.decode import DecodedFrame
 from workers.detections import PersonDetection, no_keypoints
 from workers.errors import WorkerError
+from workers.records import DecodedFrame
 
 STRIDES = (8, 16, 32)
 PAD_VALUE = 114
