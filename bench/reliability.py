@@ -36,6 +36,7 @@ import pyarrow as pa
 from bench.results_io import RESULTS, command_line, write_result
 from kpr_model.distance import ReIDEmbeddings
 from storage import Store, StoreError, detection_row, detections_table, embeddings_of
+from workers.records import detection_id
 
 ROOT = Path(__file__).resolve().parents[1]
 KPR_CLI = Path(sys.executable).with_name("kpr")
@@ -468,7 +469,7 @@ def race_video(index: int, rows: int) -> tuple[dict, pa.Table]:
     """Video row and detections (fixed random embeddings, D=8, K=2) of synthetic video ``index``."""
     video_id = f"race{index}"
     rng = np.random.default_rng(index)
-    metadata = [detection_row(f"{video_id}:{i:07d}:000", video_id, "cam", i, float(i), [0, 0, 10, 20], "race-model")
+    metadata = [detection_row(detection_id(video_id, i, 0), video_id, "cam", i, float(i), [0, 0, 10, 20], "race-model")
                 for i in range(rows)]
     embeddings = ReIDEmbeddings(rng.random((rows, 8), np.float32), rng.random((rows, 2, 8), np.float32),
                                 rng.random((rows, 2), np.float32))

@@ -6,8 +6,8 @@ import pytest
 
 from kpr_model.embeddings import ReIDEmbeddings
 from workers.errors import WorkerError
+from workers.records import DetectionRecord, detection_id
 from workers.track import TrackerConfig, track_video
-from workers.records import DetectionRecord
 
 DIM, PARTS = 16, 4
 VIDEO = "0123456789abcdef-video"
@@ -37,7 +37,7 @@ def _scene(paths: dict[int, list[tuple[float, float, float] | None]], fps: float
                 continue
             x, y, score = seen
             records.append(DetectionRecord(
-                f"{VIDEO}:{frame:07d}:{ordinal:03d}", frame, 1_000.0 + frame / fps, np.array([x, y, 60.0, 150.0], np.float32),
+                detection_id(VIDEO, frame, ordinal), frame, 1_000.0 + frame / fps, np.array([x, y, 60.0, 150.0], np.float32),
                 score, np.zeros((17, 3), np.float32), "", f"jpeg-{frame}-{person}".encode()))
             people.append(person)
             noisy = looks[person] + 0.05 * rng.standard_normal(DIM)

@@ -10,6 +10,7 @@ import pytest
 
 from kpr_model.embeddings import ReIDEmbeddings, aggregate
 from storage import TRACKLETS, Store, StoreError, detection_row, detections_table, tracklet_row, tracklets_table
+from workers.records import detection_id
 
 DIM, PARTS = 32, 6
 MODEL = "kpr-test"
@@ -36,7 +37,7 @@ def _batch(video: dict, tracks: int, per_track: int, seed: int = 0) -> tuple[pa.
     detections, tracklets, aggregated = [], [], []
     for t in range(tracks):
         embeddings = _embeddings(rng, per_track)
-        ids = [f"{vid}:{f:07d}:{t:03d}" for f in range(per_track)]
+        ids = [detection_id(vid, f, t) for f in range(per_track)]
         detections.append(detections_table([
             detection_row(ids[f], vid, "cam-1", f, 1_000.0 + f / 5, (10.0 * t, 0.0, 40.0, 90.0), MODEL, 0.9,
                           track_id=f"{vid[:12]}-t{t + 1}", thumbnail=b"jpeg", run_id="run-1")
