@@ -17,10 +17,10 @@ tiny variants ``tiny_swin()``, ``tiny_solider()``, ``tiny_vit()`` for tests.
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from kpr_model.config_check import checked_values
 from kpr_model.keypoints import PART_GROUPINGS, PROMPT_GROUPINGS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -146,9 +146,9 @@ class KPRConfig:
         Unknown keys (typos, version skew), values of the wrong type and impossible values raise
         KPRConfigError (a ValueError) naming the key.
         """
-        values = _checked_fields(cls, data, "KPRConfig")
+        values = checked_values(cls, data, "KPRConfig", KPRConfigError)
         if "loss" in values:
-            values["loss"] = LossConfig(**_checked_fields(LossConfig, values["loss"], "KPRConfig.loss"))
+            values["loss"] = LossConfig(**checked_values(LossConfig, values["loss"], "KPRConfig.loss", KPRConfigError))
         return cls(**values)
 
     @classmethod
@@ -249,40 +249,3 @@ def _json_safe_args(args: Any) -> dict[str, Any]:
         return json.loads(json.dumps(args, allow_nan=False))
     except (TypeError, ValueError, RecursionError) as exc:
         raise KPRConfigError(f"backbone_args must be JSON-serialisable: {exc}") from exc
-
-
-def _checked_fields(cls: type, data: Any, name: str) -> dict[str, Any]:
-    """``data`` as keyword arguments of the dataclass ``cls``: a dict of its fields, each of its annotated type."""
-    if not isinstance(data, dict):
-        raise KPRConfigError(f"{name} must be a JSON object, got {type(data).__name__}")
-    types = {f.name: f.type for f in fields(cls)}
-    unknown = sorted(map(str, set(data) - set(types)))
-    if unknown:
-        raise KPRConfigError(f"unknown {name} keys {unknown}; known keys: {sorted(types)}")
-    for key, value in data.items():
-        if types[key] != "LossConfig" and not _fits(value, types[key]):
-            raise KPRConfigError(f"{name}.{key} must be {types[key]}, got {value!r:.80}")
-    return dict(data)
-
-
-def _fits(value: Any, annotation: str) -> bool:
-    """Whether a JSON value fits a field annotation: str, bool, int, float (finite), dict[...], tuple[...]."""
-    if annotation.startswith("tuple["):
-        inner = [part.strip() for part in annotation[len("tuple["):-1].split(",")]
-        if not isinstance(value, (list, tuple)):
-            return False
-        if inner[-1] == "...":
-            return all(_fits(v, inner[0]) for v in value)
-        return len(value) == len(inner) and all(_fits(v, a) for v, a in zip(value, inner))
-    if annotation.startswith("dict["):
-        return isinstance(value, dict)
-    if annotation in ("str", "bool"):
-        return isinstance(value, str if annotation == "str" else bool)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    if annotation == "int":
-        return isinstance(value, int)
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int beyond the float range
-        return False

@@ -93,7 +93,7 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_an_uninterrupted_run(
 def test_bad_training_configs_give_one_clear_error(tmp_path):
     base = {"data_root": "d", "out": "o"}
     cases = [
-        ({**base, "epoch": 3}, "unknown training setting"),
+        ({**base, "epoch": 3}, "unknown training config keys epoch"),
         ({**base, "epochs": 0}, "epochs must be an integer >= 1"),
         ({**base, "lr": "fast"}, "lr must be float"),
         ({**base, "optimizer": "rmsprop"}, "optimizer must be"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import yaml
 
 from kpr_model.checkpoint import save_checkpoint
 from kpr_model.config import KPRConfig
+from kpr_model.config_check import checked_values
 from kpr_model.distance import kpr_distance
 from kpr_model.encoder import KPREncoder
 from kpr_model.model import KPR
@@ -96,18 +97,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """A config from plain values (YAML), refusing unknown keys and wrong types with one clear line."""
-        if not isinstance(values, dict):
-            raise TrainConfigError(f"a training config is a mapping of settings, got {type(values).__name__}")
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(map(str, set(values) - set(known)))
-        if unknown:
-            raise TrainConfigError(f"unknown training setting(s) {', '.join(map(str, unknown))}; known: {', '.join(known)}")
-        for name in ("data_root", "out"):
-            if name not in values:
-                raise TrainConfigError(f"the training config needs {name}")
-        for name, value in values.items():
-            _check_type(name, value, known[name].type)
-        values = dict(values)
+        values = checked_values(cls, values, "training config", TrainConfigError)
         try:
             if "augment" in values:
                 values["augment"] = AugmentConfig(**(values["augment"] or {}))
@@ -136,21 +126,6 @@ class TrainConfig:
 
     def loop_settings(self) -> LoopSettings:
         return LoopSettings(**{f: getattr(self, f) for f in LoopSettings.__dataclass_fields__})
-
-
-_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
-
-
-def _check_type(name: str, value: Any, annotation: str) -> None:
-    """Refuse a setting whose value does not fit its annotation ("int", "float | None", ...)."""
-    options = [part.strip() for part in annotation.split("|")]
-    if value is None and "None" in options:
-        return
-    allowed = tuple(t for option in options for t in _TYPES.get(option, ()))
-    if not allowed:
-        return
-    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
-        raise TrainConfigError(f"{name} must be {' or '.join(options)}, got {value!r}")
 
 
 def training_identities(cfg: TrainConfig) -> dict[int, int]:

@@ -1,8 +1,10 @@
 """Configuration of a synthetic multi-camera world: everything else is derived from it and its seed."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
+
+from kpr_model.config_check import checked_values
 
 
 @dataclass(frozen=True)
@@ -62,9 +64,5 @@ class WorldConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorldConfig:
-        """Inverse of ``to_dict``; unknown keys raise ValueError naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown WorldConfig keys: {unknown}")
-        return cls(**data)
+        """Inverse of ``to_dict``; unknown keys and values of the wrong type raise ValueError naming them."""
+        return cls(**checked_values(cls, data, "WorldConfig", ValueError))
