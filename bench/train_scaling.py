@@ -21,8 +21,8 @@ import torch
 
 from bench.results_io import RESULTS, command_line, write_result
 from training.synthetic import WorldConfig, export_reid_crops
-from training.train import TrainConfig
 from training.train import train as run_training
+from training.train_config import TrainConfig
 from workers.ray_stages import ensure_ray
 
 

@@ -24,7 +24,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from kpr_model.config import KPRModelError
     from storage import StoreError
     from training.reid_layout import DatasetError
-    from training.train import TrainConfigError
+    from training.train_config import TrainConfigError
     from workers.errors import WorkerError
 
     return (UserError, KPRModelError, StoreError, DatasetError, TrainConfigError, WorkerError)
@@ -250,7 +250,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from training.train import TrainConfig, train
+    from training.train import train
+    from training.train_config import TrainConfig
 
     if args.config is None and (args.data is None or args.out is None):
         raise UserError("kpr train needs a YAML config, or --data and --out")

@@ -21,7 +21,8 @@ from storage import PersonSearch, Store
 from training.archive_truth import archive_truth
 from training.evaluation import chance_metrics, metrics_from_matches
 from training.synthetic import WorldConfig, export_reid_crops, generate_archive
-from training.train import TrainConfig, train
+from training.train import train
+from training.train_config import TrainConfig
 from workers.discover import content_hash
 from workers.records import detection_id
 

@@ -9,7 +9,8 @@ from prefect.artifacts import create_markdown_artifact
 
 from pipelines.benchmarking import benchmark_checkpoint
 from training.benchmark import MODES
-from training.train import TrainConfig, train
+from training.train import train
+from training.train_config import TrainConfig
 from workers.ray_stages import ensure_ray
 
 

@@ -39,7 +39,7 @@ def test_deployment_matches_its_flow(name):
 
 
 def test_training_deployment_overrides_are_training_settings():
-    from training.train import TrainConfig
+    from training.train_config import TrainConfig
 
     config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     deployment = {d["name"]: d for d in config["deployments"]}["train-kpr-weekly"]

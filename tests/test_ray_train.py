@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.train import TrainConfig, TrainConfigError, train
+from training.train import train
+from training.train_config import TrainConfig, TrainConfigError
 
 EPOCHS = 24
 

@@ -118,7 +118,8 @@ def test_augment_config_refuses_unusable_settings():
 def test_short_training_run_beats_chance_on_held_out_identities(tmp_path):
     from kpr_model.checkpoint import load_checkpoint
     from training.synthetic import WorldConfig, export_reid_crops
-    from training.train import TrainConfig, train
+    from training.train import train
+    from training.train_config import TrainConfig
 
     world = dataclasses.replace(WorldConfig.small(seed=11), n_identities=16, duration_s=24.0)
     export = export_reid_crops(tmp_path / "crops", world, train_fraction=0.6)

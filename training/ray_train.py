@@ -13,7 +13,6 @@ from __future__ import annotations
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import ray.train
 import ray.train.torch
@@ -23,9 +22,8 @@ from ray.train.torch import TorchTrainer
 
 from kpr_model.model import KPR
 from training.loop import LoopResult, run_loop
-
-if TYPE_CHECKING:
-    from training.train import TrainConfig
+from training.train_config import TrainConfig
+from training.training_split import TrainingSplit
 
 STATE_FILE = "train_state.pt"
 
@@ -72,16 +70,15 @@ def read_state(checkpoint: Checkpoint) -> dict:
 
 def _worker_loop(loop_config: dict) -> None:
     """What each Ray Train worker runs: the shared loop on its share of the PK batches."""
-    from training.train import TrainConfig, training_data
-
     cfg = TrainConfig.from_dict(loop_config)
     torch.set_num_threads(cfg.cpus_per_worker)
-    samples, labels = training_data(cfg)
-    config = cfg.model_config(num_classes=len(set(labels)))
+    split = TrainingSplit.of(cfg)
+    samples, labels = split.load()
+    config = cfg.model_config(num_classes=split.num_classes)
     run_loop(cfg.loop_settings(), config, samples, labels, RayWorkerContext(), cfg.augment, cfg.backbone_weights)
 
 
-def train_on_ray(cfg: "TrainConfig", num_classes: int) -> LoopResult:
+def train_on_ray(cfg: TrainConfig, num_classes: int) -> LoopResult:
     """Run the TorchTrainer for ``cfg`` and return the final model and its history (from the last checkpoint)."""
     storage = str(Path(cfg.storage_path or Path(cfg.out).resolve().parent / "kpr_runs").resolve())
     trainer = TorchTrainer(
