@@ -16,7 +16,7 @@ from kpr_model.distance import k_reciprocal_rerank, kpr_distance
 from kpr_model.encoder import KPREncoder
 from pipelines.cli import main
 from training.benchmark import MODES, RERANKED, SplitData, benchmark_split, global_distance, leave_one_out, read_crop_list
-from training.evaluation import evaluate_rankings
+from training.evaluation import GroundTruth, evaluate
 from training.omz_baseline import OmzReIDModel
 from training.synthetic import WorldConfig, export_reid_crops
 
@@ -63,9 +63,8 @@ def test_bench_metrics_equal_training_evaluation_on_the_same_distances(report, c
     data = SplitData.load("synthetic", str(crops))
     results = benchmark_split(data, KPREncoder.from_checkpoint(tiny_checkpoint), rerank=True)
     written = json.loads((report / "benchmark.json").read_text())["datasets"]["synthetic"]["methods"]
-    labels = data.labels()
     for name in written:
-        expected = evaluate_rankings(results[name].distances, *labels)
+        expected = evaluate(results[name].distances, data.truth).metrics
         assert results[name].metrics.map == pytest.approx(expected.map)
         assert results[name].metrics.mINP == pytest.approx(expected.mINP)
         np.testing.assert_allclose(results[name].metrics.cmc, expected.cmc)
@@ -77,8 +76,8 @@ def test_bench_metrics_equal_training_evaluation_on_the_same_distances(report, c
     np.testing.assert_allclose(results["prompt" + RERANKED].distances, reranked, atol=1e-6)
     no_rule = dataclasses.replace(data, drop_same_camera=False)
     kept = benchmark_split(no_rule, KPREncoder.from_checkpoint(tiny_checkpoint), ["global"])["global"]
-    q_pids, g_pids, _, _ = labels
-    other_cameras = evaluate_rankings(kept.distances, q_pids, g_pids, np.zeros(len(q_pids)), np.ones(len(g_pids)))
+    apart = dataclasses.replace(data.truth, q_camids=np.zeros(len(data.query)), g_camids=np.ones(len(data.gallery)))
+    other_cameras = evaluate(kept.distances, apart).metrics
     assert kept.metrics.map == pytest.approx(other_cameras.map)
     assert sum(len(r) for r in kept.rankings) > sum(len(r) for r in results["global"].rankings)
 
@@ -109,8 +108,9 @@ def test_leave_one_out_never_counts_the_query_itself():
     distances = rng.random((9, 9))
     np.fill_diagonal(distances, 0.0)
     loo = leave_one_out(distances, pids)
-    per_query = [evaluate_rankings(np.delete(distances[i:i + 1], i, axis=1), pids[i:i + 1], np.delete(pids, i),
-                                   [0], np.ones(8)) for i in range(9)]
+    per_query = [evaluate(np.delete(distances[i:i + 1], i, axis=1),
+                          GroundTruth(pids[i:i + 1], np.delete(pids, i), np.array([0]), np.ones(8))).metrics
+                 for i in range(9)]
     assert loo.map == pytest.approx(np.mean([m.map for m in per_query]))
     assert loo.rank1 == pytest.approx(np.mean([m.rank1 for m in per_query]))
     assert loo.rank1 < 1.0, "with the query itself at distance 0, every crop would find itself first"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.evaluation import chance_metrics, evaluate_distances, evaluate_rankings, metrics_from_matches
+from training.evaluation import GroundTruth, chance_metrics, evaluate, evaluate_embeddings, metrics_from_matches
 
 
 def test_ap_cmc_minp_by_hand():
@@ -24,11 +24,13 @@ def test_queries_without_match_are_skipped():
 def test_market_rule_ignores_same_identity_same_camera():
     # gallery 0: same id, same camera (must be ignored); gallery 1: other id; gallery 2: same id, other camera
     distmat = np.array([[0.1, 0.2, 0.3]])
-    metrics = evaluate_rankings(distmat, np.array([7]), np.array([7, 8, 7]), np.array([1]), np.array([1, 2, 2]), max_rank=3)
+    truth = GroundTruth(np.array([7]), np.array([7, 8, 7]), np.array([1]), np.array([1, 2, 2]))
+    metrics = evaluate(distmat, truth).metrics
     assert metrics.rank1 == 0.0
     assert metrics.map == pytest.approx(0.5)
     # a different-identity sample in the query's camera is kept
-    metrics = evaluate_rankings(distmat, np.array([7]), np.array([9, 7, 7]), np.array([1]), np.array([1, 2, 2]), max_rank=3)
+    truth = GroundTruth(np.array([7]), np.array([9, 7, 7]), np.array([1]), np.array([1, 2, 2]))
+    metrics = evaluate(distmat, truth).metrics
     assert metrics.map == pytest.approx((1 / 2 + 2 / 3) / 2)
 
 
@@ -51,20 +53,20 @@ DISTANCES = np.array([
 def test_market_rule_by_hand_on_a_tiny_gallery():
     # After dropping same-identity same-camera samples: q0 ranks [F, T, F, T, F] (AP (1/2 + 2/4) / 2, INP 2/4),
     # q1 ranks [F, T, F, F, F] (AP 1/2, INP 1/2); q2 and q3 have no valid match and are skipped.
-    metrics = evaluate_rankings(DISTANCES, Q_PIDS, G_PIDS, Q_CAMS, G_CAMS, max_rank=5)
+    metrics = evaluate(DISTANCES, GroundTruth(Q_PIDS, G_PIDS, Q_CAMS, G_CAMS)).metrics
     assert metrics.num_valid_queries == 2
     assert metrics.map == pytest.approx(0.5) and metrics.mINP == pytest.approx(0.5)
-    assert metrics.cmc.tolist() == [0, 1, 1, 1, 1]
+    assert metrics.cmc[:5].tolist() == [0, 1, 1, 1, 1]
 
 
 def test_same_camera_matches_count_when_asked_as_in_occluded_posetrack():
     # Nothing dropped: q0 ranks [T, F, T, F, T, F] (AP (1 + 2/3 + 3/5) / 3 = 34/45, INP 3/5),
     # q1 [T, F, T, F, F, F] (AP (1 + 2/3) / 2, INP 2/3), q2 [F, F, T, ...] (AP 1/3, INP 1/3); q3 skipped.
-    metrics = evaluate_rankings(DISTANCES, Q_PIDS, G_PIDS, Q_CAMS, G_CAMS, max_rank=3, drop_same_camera=False)
+    metrics = evaluate(DISTANCES, GroundTruth(Q_PIDS, G_PIDS, Q_CAMS, G_CAMS, drop_same_camera=False)).metrics
     assert metrics.num_valid_queries == 3
     assert metrics.map == pytest.approx((34 / 45 + 5 / 6 + 1 / 3) / 3)
     assert metrics.mINP == pytest.approx((3 / 5 + 2 / 3 + 1 / 3) / 3)
-    assert metrics.cmc == pytest.approx([2 / 3, 2 / 3, 1])
+    assert metrics.cmc[:3] == pytest.approx([2 / 3, 2 / 3, 1])
 
 
 def _fastreid_reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
@@ -91,9 +93,9 @@ def test_metrics_equal_fastreid_on_random_rankings():
     q_cams, g_cams = rng.integers(0, 3, 30), rng.integers(0, 3, 60)
     distmat = rng.random((30, 60))
     ap, inp, cmc = _fastreid_reference(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=10)
-    metrics = evaluate_rankings(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=10)
+    metrics = evaluate(distmat, GroundTruth(q_pids, g_pids, q_cams, g_cams)).metrics
     assert metrics.map == pytest.approx(ap) and metrics.mINP == pytest.approx(inp)
-    np.testing.assert_allclose(metrics.cmc, cmc)
+    np.testing.assert_allclose(metrics.cmc[:10], cmc)
 
 
 def test_k_reciprocal_rerank_fixes_a_close_but_not_reciprocal_distractor():
@@ -104,8 +106,7 @@ def test_k_reciprocal_rerank_fixes_a_close_but_not_reciprocal_distractor():
     gallery, query = np.concatenate([[[0.0, 0.95]], true, crowd]), np.zeros((1, 2))
     dist = lambda a, b: np.linalg.norm(a[:, None] - b[None], axis=-1)  # noqa: E731
     g_pids = np.array([2] + [1] * 8 + [2] * 25)
-    args = (dist(query, gallery), dist(query, query), dist(gallery, gallery), np.array([1]), g_pids, np.array([0]),
-            np.ones(len(gallery), int))
-    plain, reranked = evaluate_distances(*args), evaluate_distances(*args, rerank=True)
+    truth = GroundTruth(np.array([1]), g_pids, np.array([0]), np.ones(len(gallery), int))
+    plain, reranked = (evaluation.metrics for evaluation in evaluate_embeddings(dist, query, gallery, truth, rerank=True))
     assert plain.rank1 == 0.0 and plain.map == pytest.approx(np.mean(np.arange(1, 9) / np.arange(2, 10)))
     assert reranked.rank1 == 1.0 and reranked.map == pytest.approx(1.0)

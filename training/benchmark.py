@@ -4,7 +4,7 @@ Modes: ``prompt`` (the dataset's target keypoints and negative keypoints as prom
 distance), ``no_prompt`` (no keypoints, KPR part distance) and ``global`` (the holistic embedding of
 the un-prompted pass alone). Any global encoder (crops -> vectors, e.g. ``training.omz_baseline``)
 is scored like ``global``. Distances come from ``kpr_model.distance``, metrics from
-``training.evaluation``, with the dataset's own same-camera rule (``DATASETS[name].drop_same_camera``).
+``training.evaluation`` (the one protocol: the dataset's own same-camera rule, optional re-ranking).
 """
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ import cv2
 import numpy as np
 import torch
 
-from kpr_model.distance import ReIDEmbeddings, k_reciprocal_rerank, kpr_distance, part_distance, per_part_distances
+from kpr_model.distance import ReIDEmbeddings, kpr_distance, part_distance, per_part_distances
 from kpr_model.encoder import KPREncoder, prepare_crops
 from kpr_model.keypoints import group_names
 from training.datasets import DatasetError, dataset_spec, load_dataset
 from training.datasets.common import require_file
-from training.evaluation import RetrievalMetrics, chance_metrics, metrics_from_matches
+from training.evaluation import Evaluation, GroundTruth, RetrievalMetrics, evaluate, evaluate_embeddings
 from training.samples import LoadedSample, load_samples
 
 MODES: tuple[str, ...] = ("prompt", "no_prompt", "global")
@@ -55,38 +55,23 @@ class SplitData:
         return cls(name.lower(), str(root), load_samples(query), load_samples(gallery), spec.drop_same_camera,
                    [s.image_path for s in query], [s.image_path for s in gallery])
 
-    def labels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Query pids, gallery pids, query camera ids, gallery camera ids."""
-        return (np.array([s.pid for s in self.query]), np.array([s.pid for s in self.gallery]),
-                np.array([s.camid for s in self.query]), np.array([s.camid for s in self.gallery]))
+    @property
+    def truth(self) -> GroundTruth:
+        """Identities and cameras of the query and gallery crops, with the dataset's same-camera rule."""
+        return GroundTruth(np.array([s.pid for s in self.query]), np.array([s.pid for s in self.gallery]),
+                           np.array([s.camid for s in self.query]), np.array([s.camid for s in self.gallery]),
+                           self.drop_same_camera)
 
 
 @dataclass
-class MethodResult:
-    """One method on one split: distances [Q, G], each query's protocol ranking, metrics and the chance floor.
+class MethodResult(Evaluation):
+    """One method on one split: its evaluation under the protocol, by name.
 
-    ``query_ap`` and ``query_rank1`` hold each query's own AP and rank-1 hit (NaN without a valid match),
-    for paired comparisons of methods. ``embeddings`` (query, gallery) are kept for the KPR part-based
-    modes (the report shows their parts).
+    ``embeddings`` (query, gallery) are kept for the KPR part-based modes (the report shows their parts).
     """
 
     name: str
-    distances: np.ndarray
-    rankings: list[np.ndarray]
-    metrics: RetrievalMetrics
-    chance: dict
-    query_ap: np.ndarray
-    query_rank1: np.ndarray
     embeddings: tuple[ReIDEmbeddings, ReIDEmbeddings] | None = None
-
-    def summary(self) -> dict:
-        """JSON-able figures: mAP, mINP, rank-1/5/10, valid queries, the CMC curve, the chance floor, per-query AP/rank-1."""
-        def listed(values: np.ndarray) -> list[float | None]:
-            return [None if np.isnan(v) else round(float(v), 4) for v in values]
-
-        return {**self.metrics.as_dict(), "cmc": [round(float(v), 6) for v in self.metrics.cmc],
-                "chance_rank1": self.chance["rank1"], "chance_map": self.chance["map"],
-                "query_ap": listed(self.query_ap), "query_rank1": listed(self.query_rank1)}
 
 
 @dataclass
@@ -110,40 +95,13 @@ class RankingExample:
     first_match: dict[str, int | None]
 
 
-def protocol_rankings(distances: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray,
-                      g_camids: np.ndarray, drop_same_camera: bool) -> list[np.ndarray]:
-    """Each query's gallery indices from nearest to farthest, without the samples the protocol ignores.
-
-    With ``drop_same_camera`` (the Market-1501 rule) the gallery samples of the query's identity seen
-    by the query's camera are left out; otherwise every gallery sample is ranked.
-    """
-    order = np.argsort(distances, axis=1, kind="stable")
-    if not drop_same_camera:
-        return list(order)
-    return [row[~((g_pids[row] == q_pids[i]) & (g_camids[row] == q_camids[i]))] for i, row in enumerate(order)]
-
-
-def score(name: str, distances: np.ndarray, data: SplitData,
-          embeddings: tuple[ReIDEmbeddings, ReIDEmbeddings] | None = None) -> MethodResult:
-    """Rankings, metrics and chance floor of a [Q, G] distance matrix under ``data``'s protocol."""
-    q_pids, g_pids, q_camids, g_camids = data.labels()
-    rankings = protocol_rankings(distances, q_pids, g_pids, q_camids, g_camids, data.drop_same_camera)
-    matches = [g_pids[row] == q_pids[i] for i, row in enumerate(rankings)]
-    each = [metrics_from_matches([m]) if m.any() else None for m in matches]
-    query_ap = np.array([m.map if m else np.nan for m in each])
-    query_rank1 = np.array([m.rank1 if m else np.nan for m in each])
-    return MethodResult(name, distances, rankings, metrics_from_matches(matches), chance_metrics(matches), query_ap,
-                        query_rank1, embeddings)
-
-
 def leave_one_out(distances: np.ndarray, pids: Sequence[int]) -> RetrievalMetrics:
     """Metrics when each of N crops queries the N - 1 others, from an [N, N] distance matrix.
 
     Giving each crop its own camera makes the Market-1501 rule drop exactly the query itself.
     """
     pids, own = np.asarray(pids), np.arange(len(pids))
-    rankings = protocol_rankings(distances, pids, pids, own, own, drop_same_camera=True)
-    return metrics_from_matches([pids[row] == pids[i] for i, row in enumerate(rankings)])
+    return evaluate(distances, GroundTruth(pids, pids, own, own)).metrics
 
 
 def read_crop_list(csv_path: str | Path) -> tuple[list[np.ndarray], np.ndarray]:
@@ -196,13 +154,10 @@ def part_attention_maps(encoder: KPREncoder, samples: Sequence[LoadedSample], pr
 
 def _with_rerank(name: str, distance: Callable[[object, object], np.ndarray], query, gallery, data: SplitData,
                  rerank: bool, keep: bool) -> list[MethodResult]:
-    """The method scored on ``distance``, and also after k-reciprocal re-ranking when ``rerank``."""
-    embeddings = (query, gallery) if keep else None
-    results = [score(name, distance(query, gallery), data, embeddings)]
-    if rerank:
-        reranked = k_reciprocal_rerank(results[0].distances, distance(query, query), distance(gallery, gallery))
-        results.append(score(name + RERANKED, reranked, data))
-    return results
+    """The method evaluated on ``distance``, and also as "<name>+rerank" after k-reciprocal re-ranking when ``rerank``."""
+    plain, *reranked = evaluate_embeddings(distance, query, gallery, data.truth, rerank)
+    results = [MethodResult(**vars(plain), name=name, embeddings=(query, gallery) if keep else None)]
+    return results + [MethodResult(**vars(evaluation), name=name + RERANKED) for evaluation in reranked]
 
 
 def benchmark_split(data: SplitData, encoder: KPREncoder | None, modes: Sequence[str] = MODES,
@@ -235,8 +190,8 @@ def benchmark_split(data: SplitData, encoder: KPREncoder | None, modes: Sequence
 
 def first_match_rank(result: MethodResult, data: SplitData, query: int) -> int | None:
     """1-based rank of the first true match of ``query`` under ``result`` (None when it has none)."""
-    q_pids, g_pids, _, _ = data.labels()
-    hits = np.flatnonzero(g_pids[result.rankings[query]] == q_pids[query])
+    truth = data.truth
+    hits = np.flatnonzero(truth.g_pids[result.rankings[query]] == truth.q_pids[query])
     return int(hits[0]) + 1 if len(hits) else None
 
 
@@ -247,13 +202,13 @@ def ranking_examples(data: SplitData, results: Mapping[str, MethodResult], encod
     if result.embeddings is None:
         raise ValueError(f"{mode!r} is not a part-based KPR mode; ranking examples need one of prompt, no_prompt")
     query_emb, gallery_emb = result.embeddings
-    q_pids, g_pids, _, _ = data.labels()
+    truth = data.truth
     examples = []
     for i in np.unique(np.linspace(0, len(data.query) - 1, max(1, count)).round().astype(int)):
         shown = result.rankings[i][:top_k]
         maps = part_attention_maps(encoder, [data.query[i], *(data.gallery[j] for j in shown)], mode == "prompt")
         examples.append(RankingExample(
-            mode, int(i), shown, result.distances[i, shown], g_pids[shown] == q_pids[i], maps,
+            mode, int(i), shown, result.distances[i, shown], truth.g_pids[shown] == truth.q_pids[i], maps,
             np.concatenate([query_emb.visibility[i:i + 1], gallery_emb.visibility[shown]]),
             per_part_distances(query_emb.select([i]), gallery_emb.select(shown)),
             {name: first_match_rank(r, data, int(i)) for name, r in results.items()}))

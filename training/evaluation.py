@@ -1,7 +1,14 @@
-"""ReID retrieval metrics as the literature defines them (CMC, mAP, mINP, Market-1501 rule)."""
+"""The ReID evaluation protocol, in one place: rank with the dataset's camera rule, optionally re-rank, score.
+
+Metrics as the literature defines them (CMC, mAP, mINP; FastReID's / torchreid's ``eval_market1501``).
+The benchmark (training/benchmark.py) scores every method here, and the held-out evaluation after
+training is the benchmark's prompted mode.
+"""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -28,36 +35,76 @@ class RetrievalMetrics:
         return {"map": self.map, "mINP": self.mINP, **ranks, "num_valid_queries": self.num_valid_queries}
 
 
-def evaluate_rankings(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray,
-                      g_camids: np.ndarray, max_rank: int = 50, drop_same_camera: bool = True) -> RetrievalMetrics:
-    """CMC / mAP / mINP from a [Q, G] distance matrix (FastReID's / torchreid's ``eval_market1501``).
+@dataclass(frozen=True)
+class GroundTruth:
+    """Identity and camera of every query and gallery crop, and the dataset's same-camera rule.
 
     Market-1501 rule (``drop_same_camera``): for each query, gallery samples with the query's identity
-    AND camera are removed before ranking. Occluded-PoseTrack-ReID keeps them (drop_same_camera=False).
-    Queries with no remaining true match are skipped.
+    AND camera are left out of its ranking. Occluded-PoseTrack-ReID keeps them (drop_same_camera=False).
     """
-    q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
-    q_camids, g_camids = np.asarray(q_camids), np.asarray(g_camids)
-    order = np.argsort(distmat, axis=1, kind="stable")
-    ranked_matches = []
-    for i in range(distmat.shape[0]):
-        ranked = order[i]
-        same_id = g_pids[ranked] == q_pids[i]
-        keep = ~(same_id & (g_camids[ranked] == q_camids[i])) if drop_same_camera else np.ones(len(ranked), bool)
-        ranked_matches.append(same_id[keep])
-    return metrics_from_matches(ranked_matches, max_rank)
+
+    q_pids: np.ndarray
+    g_pids: np.ndarray
+    q_camids: np.ndarray
+    g_camids: np.ndarray
+    drop_same_camera: bool = True
 
 
-def evaluate_distances(q_g: np.ndarray, q_q: np.ndarray, g_g: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray,
-                       q_camids: np.ndarray, g_camids: np.ndarray, rerank: bool = False, max_rank: int = 50,
-                       drop_same_camera: bool = True) -> RetrievalMetrics:
-    """``evaluate_rankings`` of the query-gallery distances, k-reciprocally re-ranked first when ``rerank``.
+@dataclass
+class Evaluation:
+    """A [Q, G] distance matrix under the protocol: each query's ranking, the metrics and the chance floor.
 
-    Re-ranking (Zhong et al. 2017, default k1 20, k2 6, lambda 0.3) needs the query-query and
-    gallery-gallery distances too; they are ignored without it.
+    ``rankings`` hold each query's gallery indices from nearest to farthest, without the samples the
+    protocol ignores. ``query_ap`` and ``query_rank1`` hold each query's own AP and rank-1 hit (NaN
+    without a valid match), for paired comparisons of methods.
     """
-    distances = k_reciprocal_rerank(q_g, q_q, g_g) if rerank else q_g
-    return evaluate_rankings(distances, q_pids, g_pids, q_camids, g_camids, max_rank, drop_same_camera)
+
+    distances: np.ndarray
+    rankings: list[np.ndarray]
+    metrics: RetrievalMetrics
+    chance: dict
+    query_ap: np.ndarray
+    query_rank1: np.ndarray
+
+    def summary(self) -> dict:
+        """JSON-able figures: mAP, mINP, rank-1/5/10, valid queries, the CMC curve, the chance floor, per-query AP/rank-1."""
+        def listed(values: np.ndarray) -> list[float | None]:
+            return [None if np.isnan(v) else round(float(v), 4) for v in values]
+
+        return {**self.metrics.as_dict(), "cmc": [round(float(v), 6) for v in self.metrics.cmc],
+                "chance_rank1": self.chance["rank1"], "chance_map": self.chance["map"],
+                "query_ap": listed(self.query_ap), "query_rank1": listed(self.query_rank1)}
+
+
+def evaluate(distances: np.ndarray, truth: GroundTruth) -> Evaluation:
+    """Rank the gallery for each query under ``truth``'s camera rule and score the rankings (CMC up to rank 50)."""
+    order = np.argsort(distances, axis=1, kind="stable")
+    q_pids, g_pids, q_camids, g_camids = truth.q_pids, truth.g_pids, truth.q_camids, truth.g_camids
+    if truth.drop_same_camera:
+        rankings = [row[~((g_pids[row] == q_pids[i]) & (g_camids[row] == q_camids[i]))] for i, row in enumerate(order)]
+    else:
+        rankings = list(order)
+    matches = [g_pids[row] == q_pids[i] for i, row in enumerate(rankings)]
+    each = [metrics_from_matches([m]) if m.any() else None for m in matches]
+    query_ap = np.array([m.map if m else np.nan for m in each])
+    query_rank1 = np.array([m.rank1 if m else np.nan for m in each])
+    metrics, chance = metrics_from_matches(matches), chance_metrics(matches)
+    return Evaluation(distances, rankings, metrics, chance, query_ap, query_rank1)
+
+
+def evaluate_embeddings(distance: Callable[[Any, Any], np.ndarray], query: Any, gallery: Any, truth: GroundTruth,
+                        rerank: bool = False) -> list[Evaluation]:
+    """``evaluate`` of ``distance(query, gallery)``, then also of its k-reciprocal re-ranking when ``rerank``.
+
+    Re-ranking (Zhong et al. 2017, default k1 20, k2 6, lambda 0.3) uses the query-query and
+    gallery-gallery distances too.
+    """
+    distances = distance(query, gallery)
+    evaluations = [evaluate(distances, truth)]
+    if rerank:
+        reranked = k_reciprocal_rerank(distances, distance(query, query), distance(gallery, gallery))
+        evaluations.append(evaluate(reranked, truth))
+    return evaluations
 
 
 def metrics_from_matches(ranked_matches: list[np.ndarray], max_rank: int = 50) -> RetrievalMetrics:

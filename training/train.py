@@ -2,29 +2,24 @@
 
 ``train`` runs training/loop.py on a ``TrainConfig`` (training/train_config.py) either in this
 process (workers=0, what the demo uses) or as a Ray Train TorchTrainer with ``workers`` DDP workers
-(training/ray_train.py), then evaluates the final model on the dataset's query/gallery split and
-saves the project checkpoint.
+(training/ray_train.py), then scores the final model with the benchmark's prompted mode on the
+dataset's query/gallery split and saves the project checkpoint.
 """
 from __future__ import annotations
 
 import sys
 from dataclasses import asdict
 
-import numpy as np
 import torch
 
 from kpr_model.checkpoint import save_checkpoint
-from kpr_model.config import KPRConfig
-from kpr_model.distance import kpr_distance
 from kpr_model.encoder import KPREncoder
-from kpr_model.model import KPR
-from training.datasets import dataset_spec, load_dataset
-from training.evaluation import evaluate_rankings
+from training.benchmark import SplitData, benchmark_split
 from training.loop import LoopResult, run_loop
 from training.ray_train import train_on_ray
-from training.samples import LoadedSample, load_samples
 from training.train_config import TrainConfig
 from training.training_split import TrainingSplit
+
 
 class LocalContext:
     """The loop's context when it runs alone in this process: rank 0 of 1, no Ray, no checkpoints."""
@@ -44,24 +39,6 @@ class LocalContext:
         return None
 
 
-def evaluate(model: KPR, config: KPRConfig, query: list[LoadedSample], gallery: list[LoadedSample],
-             drop_same_camera: bool = True) -> dict:
-    """mAP / CMC / mINP of ``model`` on a query/gallery split, with prompts, using the product's part distance.
-
-    ``drop_same_camera``: the Market-1501 rule (False for datasets whose protocol keeps them).
-    """
-    encoder = KPREncoder(model, config)
-
-    def embed(items: list[LoadedSample]):
-        return encoder.embed([s.image for s in items], [s.keypoints for s in items], [s.negatives for s in items])
-
-    distances = kpr_distance(embed(query), embed(gallery))
-    metrics = evaluate_rankings(distances, np.array([s.pid for s in query]), np.array([s.pid for s in gallery]),
-                                np.array([s.camid for s in query]), np.array([s.camid for s in gallery]),
-                                drop_same_camera=drop_same_camera)
-    return metrics.as_dict()
-
-
 def train(cfg: TrainConfig) -> dict:
     """Train (here or on Ray Train workers), evaluate on the held-out query/gallery split, save the checkpoint."""
     if cfg.threads:
@@ -79,9 +56,8 @@ def train(cfg: TrainConfig) -> dict:
 def finish(cfg: TrainConfig, result: LoopResult) -> dict:
     """Evaluate the trained model on the held-out split and save it as the project checkpoint at ``cfg.out``."""
     model = result.model.eval()
-    metrics = evaluate(model, model.config, load_samples(load_dataset(cfg.dataset, cfg.data_root, "query")),
-                       load_samples(load_dataset(cfg.dataset, cfg.data_root, "gallery")),
-                       drop_same_camera=dataset_spec(cfg.dataset).drop_same_camera)
+    heldout = SplitData.load(cfg.dataset, cfg.data_root)
+    metrics = benchmark_split(heldout, KPREncoder(model, model.config), modes=("prompt",))["prompt"].metrics.as_dict()
     summary = {"steps": result.steps, "epochs_completed": result.epochs_completed, "train_s": result.train_s,
                "samples_per_s": result.samples_per_s, "workers": cfg.workers, "heldout": metrics,
                "last_losses": result.last_losses, "history": result.history,
