@@ -23,7 +23,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     """Every project error type whose message is meant for the user."""
     from kpr_model.config import KPRModelError
     from storage import StoreError
-    from training.reid_layout import DatasetError
+    from training.datasets import DatasetError
     from training.train_config import TrainConfigError
     from workers.errors import WorkerError
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from training.datasets import DATASETS, DatasetError, load_dataset
-from training.reid_layout import read_reid_layout
+from training.datasets.market1501 import read_reid_layout
 from training.synthetic import WorldConfig, export_reid_crops
 
 KP_DIR = "pifpaf_keypoints_pifpaf_maskrcnn_filtering"

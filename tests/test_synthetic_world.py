@@ -10,7 +10,10 @@ import decord
 import numpy as np
 import pytest
 
-from training.reid_layout import DatasetError, ReIDImageDataset, read_keypoints_file, read_reid_layout
+from training.datasets import DatasetError
+from training.datasets.common import read_keypoints_file
+from training.datasets.market1501 import read_reid_layout
+from training.samples import load_samples
 from training.synthetic import (CameraRenderer, World, WorldConfig, build_world, export_reid_crops, generate_archive,
                                 shared_colours)
 
@@ -224,10 +227,11 @@ def test_crops_layout_reads_back_with_disjoint_identities(crops: Path) -> None:
             if len(rows) == 4:
                 assert rows[1] < rows[4] < min(rows[7], rows[8])
     assert any(len(s.negative_keypoints) for samples in splits.values() for s in samples)
-    item = ReIDImageDataset(splits["train"], relabel=True)[0]
-    assert item["image"].dtype == np.uint8 and item["image"].shape[2] == 3
-    assert item["mask"].shape == item["image"].shape[:2]
-    assert 0 <= item["pid"] < len(train_pids) and item["camid"] == splits["train"][0].camid
+    first = splits["train"][0]
+    item = load_samples([first])[0]
+    assert item.image.dtype == np.uint8 and item.image.shape[2] == 3
+    assert item.mask.shape == item.image.shape[:2]
+    assert (item.pid, item.camid) == (first.pid, first.camid)
 
 
 def test_incomplete_layout_raises_naming_what_is_missing(crops: Path, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import torch
 
 from kpr_model.config import KPRConfig
 from kpr_model.encoder import prepare_crops
-from training.reid_layout import DatasetError, ReIDSample
+from training.datasets import DatasetError, ReIDSample
 
 
 @dataclass
