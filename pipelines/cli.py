@@ -12,22 +12,11 @@ import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from pipelines.errors import UserError
+from pipelines.errors import UserError, user_error_types
 from workers.backends import BACKENDS
 
 EXIT_ERROR = 2
 EXIT_PARTIAL = 1
-
-
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    """Every project error type whose message is meant for the user."""
-    from kpr_model.config import KPRModelError
-    from storage import StoreError
-    from training.datasets import DatasetError
-    from training.train_config import TrainConfigError
-    from workers.errors import WorkerError
-
-    return (UserError, KPRModelError, StoreError, DatasetError, TrainConfigError, WorkerError)
 
 
 def _bounded(kind: type, low: float, high: float, low_inclusive: bool, what: str):
@@ -520,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         print("kpr: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        if isinstance(exc, _user_error_types()):
+        if isinstance(exc, user_error_types()):
             print(f"kpr {args.command}: error: {exc}", file=sys.stderr)
             return EXIT_ERROR
         raise

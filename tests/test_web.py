@@ -18,7 +18,7 @@ from kpr_model.embeddings import ReIDEmbeddings
 from kpr_model.keypoints import group_keypoint_indices
 from kpr_model.model import KPR
 from kpr_model.model_files import open_encoder
-from pipelines.errors import UserError
+from pipelines.errors import UserError, user_error_types
 from pipelines.web.app import create_app, is_loopback, serve
 from storage import Store, StoreError, detection_row, detections_table
 from training.archive_truth import archive_truth
@@ -279,6 +279,11 @@ def test_bad_search_input_gets_a_4xx_and_one_line(client, web_store, request_arg
     error = answer.json()["error"]
     assert answer.status_code == status, error
     assert message in error and "\n" not in error and "Traceback" not in error
+
+
+def test_every_user_error_type_is_answered_as_json(web_store):
+    app = create_app(str(web_store.db))
+    assert set(user_error_types()) <= set(app.exception_handlers)
 
 
 def test_uploads_over_the_limit_get_413_before_being_read(client):

@@ -23,22 +23,19 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from kpr_model.config import KPRModelError
 from kpr_model.keypoints import COCO_KEYPOINTS
-from pipelines.errors import UserError
+from pipelines.errors import UserError, user_error_types
 from pipelines.query import Query, QuerySearch, part_names
 from pipelines.query_image import QueryEncoder
 from pipelines.query_prompt import prompt_from_text
 from pipelines.web.guard import RequestGuard
 from pipelines.web.payload import LIST_COLUMNS, detection_json, finite, groups_json, query_json
-from storage import NotFoundError, Store, StoreError, sql
-from workers.errors import WorkerError
+from storage import NotFoundError, Store, sql
 
 K_MAX = 200
 LIST_MAX = 500
 FACTS_TTL_S = 10.0
 STATIC = Path(__file__).with_name("static")
-USER_ERRORS = (UserError, StoreError, KPRModelError, WorkerError)
 NO_MODEL = "this server has no model loaded (start kpr serve with --model), so it cannot embed images or keypoint prompts"
 log = logging.getLogger("kpr.serve")
 
@@ -151,7 +148,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         log.error("internal error", exc_info=exc)
         return _error(500, f"internal error ({type(exc).__name__}); see the server log")
 
-    for kind in USER_ERRORS:
+    for kind in user_error_types():
         app.add_exception_handler(kind, user_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)
