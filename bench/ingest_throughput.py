@@ -46,10 +46,10 @@ def _pin(cpus: int) -> None:
     os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cpus]))
 
 
-def _backend(shared: Path, threads: int | None = None):
+def _backend(shared: Path):
     from workers.backends import BackendConfig
 
-    return BackendConfig("yolox", detector_model=str(shared / DETECTOR), pose_model=str(shared / POSE), threads=threads)
+    return BackendConfig("yolox", detector_model=str(shared / DETECTOR), pose_model=str(shared / POSE))
 
 
 def _task(video: Path, copy: int = 0):
@@ -68,8 +68,8 @@ def measure_stages(video: Path, shared: Path, model: str, fps: float, threads: i
     from workers.video_job import FrameDetector, plan_video
 
     torch.set_num_threads(threads)
-    task, backend = _task(video), _backend(shared, threads)
-    detector, embedder = FrameDetector(backend), Embedder(model)
+    task, backend = _task(video), _backend(shared)
+    detector, embedder = FrameDetector(backend, threads=threads), Embedder(model)
     started = time.perf_counter()
     batches = list(iter_frame_batches(video, fps))
     decode_s = time.perf_counter() - started

@@ -320,14 +320,14 @@ def expected_snapshot(archive: Path, model: Path, fps: float = 5.0) -> Snapshot:
 
     Videos that the workers refuse are listed in ``videos`` with status "failed".
     """
-    from workers.discover import discover_videos
+    from workers.discover import discover_videos, list_video_files
     from workers.embed import Embedder
     from workers.errors import WorkerError
     from workers.video_job import extract_video_crops
 
     embedder = Embedder(str(model))
     snap = Snapshot()
-    for task in discover_videos(archive):
+    for task in discover_videos(list_video_files(archive)):
         try:
             embedded = embedder.embed_video(*extract_video_crops(task, fps))
         except WorkerError as exc:

@@ -13,7 +13,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from pipelines.errors import UserError, user_error_types
-from workers.backends import BACKENDS
+from workers.backends import BACKENDS, BackendConfig
+from workers.ingest_options import IngestOptions
 
 EXIT_ERROR = 2
 EXIT_PARTIAL = 1
@@ -59,30 +60,19 @@ def _quiet_prefect() -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from pipelines.flows import ingest_archive, ingest_options
-    from storage import Store
-    from workers.discover import list_video_files
+    from pipelines.flows import IngestInputs, ingest_archive
 
-    settings = {"target_fps": args.fps, "backend": args.backend, "detector_model": args.detector_model,
-                "pose_model": args.pose_model, "openpifpaf_checkpoint": args.openpifpaf_checkpoint,
-                "device": args.device, "segment_s": args.segment_s, "detectors": args.detectors,
-                "embedders": args.embedders}
-    ingest_options(**settings)
-    _, files = list_video_files(args.archive)
-    Store.open(args.db)
-    _check_checkpoint(args.model)
-    print(f"ingesting {len(files)} video file(s) from {args.archive} into {args.db} ({args.backend} backend)",
-          file=sys.stderr)
-    summary = ingest_archive(str(args.archive), str(args.db), str(args.model), **settings,
-                             ray_address=args.ray_address, progress=not args.no_progress)
+    backend = BackendConfig(args.backend, args.detector_model, args.pose_model, args.openpifpaf_checkpoint)
+    options = IngestOptions(target_fps=args.fps, segment_s=args.segment_s, backend=backend, device=args.device,
+                            detectors=args.detectors, embedders=args.embedders, batch_frames=args.batch_frames,
+                            max_batches_in_flight=args.max_batches_in_flight)
+    inputs = IngestInputs(str(args.archive), str(args.db), str(args.model))
+    inputs.open()  # before Prefect starts: a bad archive, model or store is one line at once
+    print(f"ingesting {len(inputs.videos.files)} video file(s) from {args.archive} into {args.db} "
+          f"({args.backend} backend)", file=sys.stderr)
+    summary = ingest_archive(inputs, options, ray_address=args.ray_address, progress=not args.no_progress)
     _print_ingest_summary(summary)
     return EXIT_PARTIAL if summary["videos_failed"] else 0
-
-
-def _check_checkpoint(path: str) -> None:
-    from kpr_model.model_files import model_id_of
-
-    model_id_of(path)
 
 
 def _print_ingest_summary(summary: dict) -> None:
@@ -346,19 +336,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("archive", type=Path, help="folder of videos (one sub-folder per camera) or a single video")
     p.add_argument("--db", required=True, help="LanceDB store: a local folder (created if missing) or an object-store URI")
     p.add_argument("--model", required=True, help="KPR model: a checkpoint folder (from `kpr train` or `kpr demo`) or an exported .onnx file")
-    p.add_argument("--fps", type=_positive(float), default=5.0, help="frames sampled per second of video (default 5)")
-    p.add_argument("--backend", default="annotations", choices=BACKENDS,
-                   help="where people and keypoints come from (default annotations; see below)")
+    # Defaults and checks of the knobs are IngestOptions' own (it refuses a bad value with one line).
+    p.add_argument("--fps", type=float, default=IngestOptions.target_fps,
+                   help="frames sampled per second of video (default %(default)s)")
+    p.add_argument("--backend", default=BackendConfig.name, choices=BACKENDS,
+                   help="where people and keypoints come from (default %(default)s; see below)")
     p.add_argument("--detector-model", metavar="ONNX", help="YOLOX ONNX person detector (needed with --backend yolox)")
     p.add_argument("--pose-model", metavar="TFLITE",
                    help="MoveNet SinglePose .tflite: keypoints for detections without any (yolox, MOT boxes)")
     p.add_argument("--openpifpaf-checkpoint", metavar="FILE",
                    help="local OpenPifPaf checkpoint (needed with --backend openpifpaf)")
-    p.add_argument("--device", default="cpu", help="where the detector and KPR run: cpu (default) or cuda[:N]")
-    p.add_argument("--segment-s", type=_positive(float), default=60.0,
-                   help="seconds of video per work item, so a long video is spread over workers (default 60)")
-    p.add_argument("--detectors", type=_positive(int), default=1, help="detection/pose actors (default 1)")
-    p.add_argument("--embedders", type=_positive(int), default=1, help="KPR embedding actors (default 1)")
+    p.add_argument("--device", default=IngestOptions.device,
+                   help="where the detector and KPR run: cpu or cuda[:N] (default %(default)s)")
+    p.add_argument("--segment-s", type=float, default=IngestOptions.segment_s,
+                   help="seconds of video per work item, so a long video is spread over workers (default %(default)s)")
+    p.add_argument("--detectors", type=int, default=IngestOptions.detectors,
+                   help="detection/pose actors (default %(default)s)")
+    p.add_argument("--embedders", type=int, default=IngestOptions.embedders,
+                   help="KPR embedding actors (default %(default)s)")
+    p.add_argument("--batch-frames", type=int, default=IngestOptions.batch_frames, metavar="N",
+                   help="decoded frames per batch sent to detection and embedding (default %(default)s)")
+    p.add_argument("--max-batches-in-flight", type=int, default=IngestOptions.max_batches_in_flight, metavar="N",
+                   help="most decoded frame batches alive at once, which bounds memory; at least 2: one decoding, "
+                        "one detecting (default %(default)s)")
     p.add_argument("--ray-address", default=None, help="existing Ray cluster (default: RAY_ADDRESS or a local Ray)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ingest)

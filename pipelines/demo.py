@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.errors import UserError
-from pipelines.flows import ingest_archive
+from pipelines.flows import IngestInputs, ingest_archive
 from pipelines.html_report import ResultSection, write_results_html
 from storage import PersonSearch, Store
 from training.archive_truth import archive_truth
@@ -24,6 +24,7 @@ from training.synthetic import WorldConfig, export_reid_crops, generate_archive
 from training.train import train
 from training.train_config import TrainConfig
 from workers.discover import content_hash
+from workers.ingest_options import IngestOptions
 from workers.records import detection_id
 
 MARKER = ".kpr-demo"
@@ -125,7 +126,8 @@ def run_demo(config: DemoConfig) -> dict:
     timings["render_archive_s"] = time.perf_counter() - t
 
     t = _step(4, "ingesting the archive (Prefect flow, Ray stages, LanceDB store)")
-    ingest = ingest_archive(str(out / "archive"), str(out / "store"), str(out / "model"), target_fps=config.fps)
+    ingest = ingest_archive(IngestInputs(str(out / "archive"), str(out / "store"), str(out / "model")),
+                            IngestOptions(target_fps=config.fps))
     timings["ingest_s"] = time.perf_counter() - t
 
     t = _step(5, "querying every tracklet in the other cameras")

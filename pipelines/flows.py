@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 
 import ray.exceptions
 from prefect import flow, get_run_logger, task
@@ -14,8 +15,7 @@ from tqdm import tqdm
 from kpr_model.embeddings import ReIDEmbeddings
 from pipelines.errors import UserError
 from storage import Store, StoreError, detection_row, detections_table, tracklet_row, tracklets_table
-from workers.backends import BackendConfig
-from workers.discover import VideoTask, discover_videos
+from workers.discover import ArchiveFiles, VideoTask, discover_videos, list_video_files
 from workers.errors import WorkerError
 from workers.ingest_options import IngestOptions
 from workers.ray_stages import ensure_ray, run_videos
@@ -83,16 +83,41 @@ class IngestSummary:
         return "\n".join(lines)
 
 
-def ingest_options(target_fps: float = 5.0, backend: str = "annotations", detector_model: str | None = None,
-                   pose_model: str | None = None, openpifpaf_checkpoint: str | None = None, device: str = "cpu",
-                   segment_s: float = 60.0, detectors: int = 1, embedders: int = 1) -> IngestOptions:
-    """The checked IngestOptions of the flow's (and `kpr ingest`'s) parameters; WorkerError names a bad one."""
-    config = BackendConfig(name=backend, detector_model=detector_model, pose_model=pose_model,
-                           openpifpaf_checkpoint=openpifpaf_checkpoint, device=device)
-    options = IngestOptions(target_fps=target_fps, segment_s=segment_s, backend=config, device=device,
-                            detectors=detectors, embedders=embedders)
-    options.check()
-    return options
+@dataclass(frozen=True)
+class IngestInputs:
+    """What one ingestion reads and writes: an archive of videos, a LanceDB store (folder or URI), a KPR model.
+
+    Each is opened once, on first use, and kept with this value: `kpr ingest` opens them before
+    Prefect starts (a mistake is one line at once) and hands the flow what it opened; a deployment's
+    flow run opens them itself.
+    """
+
+    archive: str
+    db: str
+    model: str
+
+    @cached_property
+    def videos(self) -> ArchiveFiles:
+        """The archive's video files (ArchiveError when there are none)."""
+        return list_video_files(self.archive)
+
+    @cached_property
+    def model_id(self) -> str:
+        """The model's id (KPRModelError for a missing or unreadable model)."""
+        from kpr_model.model_files import model_id_of  # torch + timm: seconds to import, not needed to list a flow
+
+        return model_id_of(self.model)
+
+    @cached_property
+    def store(self) -> Store:
+        """The store, created when missing (StoreError when it cannot be)."""
+        return Store.open(self.db)
+
+    def open(self) -> None:
+        """List the archive, read the model id, then open the store, so that a mistake in any of them shows
+        before work starts (a bad archive or model leaves no new store behind)."""
+        for opened in ("videos", "model_id", "store"):
+            getattr(self, opened)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -140,15 +165,15 @@ def _tracklets(video: dict, result: EmbeddedVideo):
 
 
 @task(name="discover-videos")
-def discover(archive: str) -> list[VideoTask]:
+def discover(archive: ArchiveFiles) -> list[VideoTask]:
     """Hash every video of the archive (content hash = video_id)."""
     return discover_videos(archive)
 
 
 @task(name="ingest-videos", retries=INGEST_RETRIES, retry_delay_seconds=INGEST_RETRY_DELAY_S,
       retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
-def ingest_videos(tasks: list[VideoTask], db: str, model: str, model_id: str, options: IngestOptions,
-                  ray_address: str | None, summary: IngestSummary, progress: bool) -> IngestSummary:
+def ingest_videos(tasks: list[VideoTask], inputs: IngestInputs, options: IngestOptions, ray_address: str | None,
+                  summary: IngestSummary, progress: bool) -> IngestSummary:
     """Run the Ray stages over ``tasks`` and commit each video (detections + tracklets) as soon as it is embedded.
 
     Retried on transient errors only. Prefect hands every attempt the same ``summary``, so an attempt
@@ -159,7 +184,7 @@ def ingest_videos(tasks: list[VideoTask], db: str, model: str, model_id: str, op
     """
     logger = get_run_logger()
     summary.attempts += 1
-    store = Store.open(db)
+    store, model_id = inputs.store, inputs.model_id
     done, failed = store.done_video_ids(model_id), {uri for uri, _ in summary.failures}
     todo = [t for t in tasks if t.video_id not in done and t.uri not in failed]
     if len(todo) < len(tasks):
@@ -168,7 +193,7 @@ def ingest_videos(tasks: list[VideoTask], db: str, model: str, model_id: str, op
         return summary
     ensure_ray(ray_address)
     bar = tqdm(total=len(todo), desc="ingest", unit="video", disable=not progress)
-    for outcome in run_videos(todo, model, options):
+    for outcome in run_videos(todo, inputs.model, options):
         if outcome.error is not None:
             store.record_failure(_video_row(outcome.task, model_id, summary.run_id), outcome.error)
             summary.videos_failed += 1
@@ -194,32 +219,25 @@ def ingest_videos(tasks: list[VideoTask], db: str, model: str, model_id: str, op
 
 
 @flow(name="ingest-archive")
-def ingest_archive(archive: str, db: str, model: str, target_fps: float = 5.0, backend: str = "annotations",
-                   detector_model: str | None = None, pose_model: str | None = None,
-                   openpifpaf_checkpoint: str | None = None, device: str = "cpu", segment_s: float = 60.0,
-                   detectors: int = 1, embedders: int = 1, ray_address: str | None = None,
-                   progress: bool = True) -> dict:
-    """Ingest every new video of ``archive`` into the LanceDB store ``db`` with the KPR checkpoint ``model``.
+def ingest_archive(inputs: IngestInputs, options: IngestOptions = IngestOptions(),
+                   ray_address: str | None = None, progress: bool = True) -> dict:
+    """Ingest every new video of ``inputs.archive`` into the store ``inputs.db`` with the KPR model ``inputs.model``.
 
-    ``backend`` finds the people (annotations | yolox | openpifpaf, with its model files), ``device``
-    runs the models, ``segment_s`` splits videos into work items for ``detectors`` detection and
-    ``embedders`` embedding actors. Videos already done with the same model are skipped, so re-runs
+    ``options.backend`` finds the people (annotations | yolox | openpifpaf, with its model files),
+    ``options.device`` runs the models, ``options.segment_s`` splits videos into work items for the
+    detection and embedding actors. Videos already done with the same model are skipped, so re-runs
     and grown archives only do new work. Publishes the run report as the artifact ``ingest-report``.
     """
-    from kpr_model.model_files import model_id_of
-
     started = time.perf_counter()
-    options = ingest_options(target_fps, backend, detector_model, pose_model, openpifpaf_checkpoint, device,
-                             segment_s, detectors, embedders)
+    inputs.open()
     summary = IngestSummary(run_id=uuid.uuid4().hex[:12])
-    model_id = model_id_of(model)
-    tasks = discover(archive)
-    done = Store.open(db).done_video_ids(model_id)
+    tasks = discover(inputs.videos)
+    done = inputs.store.done_video_ids(inputs.model_id)
     todo = [t for t in tasks if t.video_id not in done]
     summary.videos_found, summary.videos_skipped = len(tasks), len(tasks) - len(todo)
     try:
         if todo:
-            summary = ingest_videos(todo, db, model, model_id, options, ray_address, summary, progress)
+            summary = ingest_videos(todo, inputs, options, ray_address, summary, progress)
     except Exception as exc:
         summary.aborted = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         raise

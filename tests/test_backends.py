@@ -158,7 +158,9 @@ def test_annotation_file_search_order_and_kpr_facts(tmp_path):
     (tmp_path / "a.txt").write_text("1,1,10,20,30,60\n")
     assert find_sidecar(tmp_path / "a.mp4").name == "a.json"
     assert video_camera_and_start(BackendConfig(), str(tmp_path / "a.mp4")) == ("north", 1.7e9)
-    assert video_camera_and_start(BackendConfig("yolox", detector_model="x.onnx"), str(tmp_path / "a.mp4")) == (None, None)
+    (tmp_path / "x.onnx").write_bytes(b"")
+    yolox = BackendConfig("yolox", detector_model=str(tmp_path / "x.onnx"))
+    assert video_camera_and_start(yolox, str(tmp_path / "a.mp4")) == (None, None)
     with pytest.raises(AnnotationError, match=r"b.mp4: no sidecar annotation file.*b.json, b.gt.txt, b.txt, gt/gt.txt"):
         AnnotationsBackend().detect(str(tmp_path / "b.mp4"), _frames([0]))
 
@@ -220,35 +222,39 @@ def test_fuzzed_annotation_files_parse_or_give_annotation_errors(tmp_path, image
                 assert p.track_id is None or isinstance(p.track_id, str)
 
 
-@pytest.mark.parametrize("config, problem", [
-    (BackendConfig("mmpose"), r"unknown detection backend 'mmpose' \(choices: annotations, yolox, openpifpaf\)"),
-    (BackendConfig("yolox"), "the yolox backend needs --detector-model"),
-    (BackendConfig("yolox", detector_model="/no/such.onnx"), "/no/such.onnx: YOLOX ONNX detector model not found"),
-    (BackendConfig(pose_model="/no/pose.tflite"), "/no/pose.tflite: MoveNet pose model not found"),
-    (BackendConfig("openpifpaf"), "the openpifpaf backend needs --openpifpaf-checkpoint"),
-    (BackendConfig("openpifpaf", openpifpaf_checkpoint="/no/ckpt.pkl"), "/no/ckpt.pkl: OpenPifPaf checkpoint not found"),
-    (BackendConfig("openpifpaf", pose_model="/no/pose.tflite"), "finds keypoints itself: drop --pose-model"),
-    (BackendConfig(min_score=1.5), r"min_score must be a number in \[0, 1\]"),
-    (BackendConfig(device="tpu"), "device must be 'cpu' or 'cuda"),
+@pytest.mark.parametrize("fields, problem", [
+    ({"name": "mmpose"}, r"unknown detection backend 'mmpose' \(choices: annotations, yolox, openpifpaf\)"),
+    ({"name": "yolox"}, "the yolox backend needs --detector-model"),
+    ({"name": "yolox", "detector_model": "/no/such.onnx"}, "/no/such.onnx: YOLOX ONNX detector model not found"),
+    ({"pose_model": "/no/pose.tflite"}, "/no/pose.tflite: MoveNet pose model not found"),
+    ({"name": "openpifpaf"}, "the openpifpaf backend needs --openpifpaf-checkpoint"),
+    ({"name": "openpifpaf", "openpifpaf_checkpoint": "/no/ckpt.pkl"}, "/no/ckpt.pkl: OpenPifPaf checkpoint not found"),
+    ({"name": "openpifpaf", "pose_model": "/no/pose.tflite"}, "finds keypoints itself: drop --pose-model"),
+    ({"min_score": 1.5}, r"min_score must be a number in \[0, 1\]"),
 ])
-def test_backend_choice_errors_are_one_clear_line(config, problem):
+def test_backend_choice_errors_are_one_clear_line_when_the_choice_is_made(fields, problem):
     with pytest.raises(WorkerError, match=problem):
-        make_backend(config)
+        BackendConfig(**fields)
+
+
+def test_only_the_model_backends_use_a_gpu(tmp_path):
+    detector = tmp_path / "yolox.onnx"
+    detector.write_bytes(b"")
+    yolox = BackendConfig("yolox", detector_model=str(detector))
+    assert yolox.uses_gpu("cuda:1") and not yolox.uses_gpu("cpu") and not BackendConfig().uses_gpu("cuda")
 
 
 def test_openpifpaf_backend_needs_the_package_or_loads_a_real_checkpoint(tmp_path):
     checkpoint = tmp_path / "not_a_model.pkl"
     checkpoint.write_bytes(b"not a pickle")
-    config = BackendConfig("openpifpaf", openpifpaf_checkpoint=str(checkpoint))
     try:
         import openpifpaf  # noqa: F401
     except ImportError:
         with pytest.raises(WorkerError, match=f"^{re.escape(INSTALL_HINT)}$"):
-            make_backend(config)
-        assert not config.uses_gpu() and BackendConfig("openpifpaf", device="cuda").uses_gpu()
+            BackendConfig("openpifpaf", openpifpaf_checkpoint=str(checkpoint))
         return
     with pytest.raises(WorkerError, match="not_a_model.pkl: not a loadable OpenPifPaf checkpoint"):
-        make_backend(config)
+        make_backend(BackendConfig("openpifpaf", openpifpaf_checkpoint=str(checkpoint)))
 
 
 def test_openpifpaf_random_weights_checkpoint_runs_on_a_frame(tmp_path):

@@ -285,8 +285,10 @@ BAD_INGESTS = [
     (["--backend", "openpifpaf", "--openpifpaf-checkpoint", "{tmp}/none.pkl"], "none.pkl: OpenPifPaf checkpoint not found"),
     (["--backend", "movenet"], "invalid choice: 'movenet'"),
     (["--device", "tpu"], "device must be 'cpu' or 'cuda"),
-    (["--detectors", "0"], "must be > 0"),
-    (["--segment-s", "-5"], "must be > 0"),
+    (["--detectors", "0"], "detectors must be at least 1, got 0"),
+    (["--segment-s", "-5"], "segment length must be positive seconds, got -5.0"),
+    (["--max-batches-in-flight", "1"], "max_batches_in_flight must be at least 2"),
+    (["--fps", "many"], "invalid float value: 'many'"),
 ]
 
 
@@ -304,6 +306,7 @@ def test_ingest_help_says_where_model_files_come_from(capsys):
         build_parser().parse_args(["ingest", "--help"])
     text = capsys.readouterr().out
     for flag in ("--backend {annotations,yolox,openpifpaf}", "--detector-model", "--pose-model",
-                 "--openpifpaf-checkpoint", "--device", "--segment-s", "--detectors", "--embedders"):
+                 "--openpifpaf-checkpoint", "--device", "--segment-s", "--detectors", "--embedders", "--batch-frames",
+                 "--max-batches-in-flight"):
         assert flag in text
     assert "README" in text and "YOLOX-Nano" in text and "TF Hub" in text and "trusted" in text

@@ -11,14 +11,14 @@ import pytest
 import ray.exceptions
 from prefect.states import Failed
 
-from kpr_model.model_files import model_id_of
 from pipelines.cli import main
 from pipelines.errors import UserError
-from pipelines.flows import IngestSummary, ingest_options, ingest_videos, is_transient, retry_if_transient
+from pipelines.flows import IngestInputs, IngestSummary, ingest_videos, is_transient, retry_if_transient
 from storage import Store, StoreError
 from workers.decode import probe_video, sample_indices
 from workers.discover import discover_videos
 from workers.errors import WorkerError
+from workers.ingest_options import IngestOptions
 
 pytestmark = pytest.mark.integration
 
@@ -72,6 +72,26 @@ def test_second_run_writes_nothing_and_says_so(ingested, tiny_checkpoint, capsys
     assert Store.open(str(db)).count_detections() == before
 
 
+def test_a_run_lists_the_archive_opens_the_store_and_reads_the_model_id_once(ingested, tiny_checkpoint, monkeypatch):
+    import kpr_model.model_files
+    import pipelines.flows
+
+    archive, db, _ = ingested
+    calls = []
+
+    def counted(name, function):
+        def call(*args, **kwargs):
+            calls.append(name)
+            return function(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(Store, "open", counted("store", Store.open))
+    monkeypatch.setattr(kpr_model.model_files, "model_id_of", counted("model_id", kpr_model.model_files.model_id_of))
+    monkeypatch.setattr(pipelines.flows, "list_video_files", counted("listing", pipelines.flows.list_video_files))
+    assert main(["ingest", str(archive), "--db", str(db), "--model", str(tiny_checkpoint), "--no-progress"]) == 0
+    assert sorted(calls) == ["listing", "model_id", "store"]
+
+
 def test_stored_tracklets_hold_the_aggregate_of_their_detections_and_answer_tracklet_queries(ingested):
     from kpr_model.distance import aggregate
     from storage import PersonSearch, SearchFilters, embeddings_of
@@ -108,7 +128,8 @@ def test_a_run_that_fails_for_good_still_publishes_its_report(small_archive, tin
     unit = np.ones((1, 8), np.float32) / np.sqrt(8)
     Store.open(str(db)).write_video(other, detections_table([row], ReIDEmbeddings(unit, np.stack([unit] * 8, 1),
                                                                                   np.ones((1, 8), np.float32))))
-    state = ingest_archive(str(small_archive), str(db), str(tiny_checkpoint), progress=False, return_state=True)
+    state = ingest_archive(IngestInputs(str(small_archive), str(db), str(tiny_checkpoint)), progress=False,
+                           return_state=True)
     assert state.is_failed()
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
@@ -169,13 +190,12 @@ def test_unreadable_video_is_recorded_and_the_rest_ingested(small_archive, tiny_
     assert (store.count_detections(), store.count_tracklets()) == sampled_annotations(small_archive, 5.0)
 
     # What a retry of the ingest task does on this store: only videos neither done nor already failed in its run.
-    tasks, model_id = discover_videos(str(archive)), model_id_of(str(tiny_checkpoint))
-    options = ingest_options()
+    inputs = IngestInputs(str(archive), str(db), str(tiny_checkpoint))
+    tasks = discover_videos(inputs.videos)
     reported = [(row["uri"], row["error"]) for row in store.video_rows(status="failed")]
-    retry = ingest_videos(tasks, str(db), str(tiny_checkpoint), model_id, options, None,
-                          IngestSummary("retry", failures=reported), False)
+    retry = ingest_videos(tasks, inputs, IngestOptions(), None, IngestSummary("retry", failures=reported), False)
     assert (retry.attempts, retry.videos_done, retry.videos_failed) == (1, 0, 0)
-    fresh = ingest_videos(tasks, str(db), str(tiny_checkpoint), model_id, options, None, IngestSummary("fresh"), False)
+    fresh = ingest_videos(tasks, inputs, IngestOptions(), None, IngestSummary("fresh"), False)
     assert (fresh.videos_done, sorted(Path(uri).name for uri, _ in fresh.failures)) == (0, ["broken.mp4", "empty.mp4"])
 
 

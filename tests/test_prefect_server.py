@@ -7,6 +7,7 @@ up by `prefect worker start --run-once`; the flow run reaches the head through R
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -181,8 +182,8 @@ def test_deployment_from_prefect_yaml_ingests_through_a_worker_and_a_ray_head(
     db = tmp_path / "db"
     _prefect(operator.env, "work-pool", "create", pool, "--type", "process")
     _prefect(operator.env, "deploy", "--name", DEPLOYMENT)
-    params = {"archive": small_archive, "db": db, "model": tiny_checkpoint, "backend": "annotations",
-              "detector_model": "null", "pose_model": "null", "segment_s": "2.0", "progress": "false"}
+    params = {"inputs": json.dumps({"archive": str(small_archive), "db": str(db), "model": str(tiny_checkpoint)}),
+              "options": json.dumps({"backend": {"name": "annotations"}, "segment_s": 2.0}), "progress": "false"}
     out = _prefect(operator.env, "deployment", "run", f"ingest-archive/{DEPLOYMENT}",
                    *[arg for name, value in params.items() for arg in ("--param", f"{name}={value}")])
     flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)

@@ -46,9 +46,13 @@ def test_training_deployment_overrides_are_training_settings():
     TrainConfig.from_dict({"data_root": "d", "out": "o", **deployment["parameters"]["overrides"]})
 
 
-def test_ingestion_deployment_runs_one_at_a_time_with_valid_parameters():
-    from pipelines.flows import ingest_archive
-    from workers.backends import BACKENDS
+def test_ingestion_deployment_runs_one_at_a_time_with_valid_parameters(tmp_path):
+    from prefect.exceptions import ParameterTypeError
+
+    from pipelines.flows import IngestInputs, ingest_archive
+    from workers.backends import BackendConfig
+    from workers.errors import WorkerError
+    from workers.ingest_options import IngestOptions
 
     config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     deployment = {d["name"]: d for d in config["deployments"]}["ingest-archive-nightly"]
@@ -56,7 +60,18 @@ def test_ingestion_deployment_runs_one_at_a_time_with_valid_parameters():
     assert deployment["concurrency_limit"]["collision_strategy"] in ("ENQUEUE", "CANCEL_NEW")
     assert [s["active"] for s in deployment["schedules"]] == [True]
     parameters = deployment["parameters"]
-    assert parameters["backend"] in BACKENDS
-    validated = ingest_archive.validate_parameters(parameters)
-    assert validated["detectors"] >= 1 and validated["embedders"] >= 1 and validated["segment_s"] > 0
     assert set(parameters) == set(inspect.signature(ingest_archive.fn).parameters)
+    backend = parameters["options"]["backend"]
+    for key in ("detector_model", "pose_model"):  # files of the operator's machine: empty stand-ins here
+        (tmp_path / key).write_bytes(b"")
+        backend[key] = str(tmp_path / key)
+    validated = ingest_archive.validate_parameters(parameters)
+    assert validated["inputs"] == IngestInputs(**parameters["inputs"])
+    assert validated["options"] == IngestOptions(**{**parameters["options"], "backend": BackendConfig(**backend)})
+    with pytest.raises(WorkerError, match=r"^segment length must be positive seconds, got -1.0$"):
+        ingest_archive.validate_parameters({**parameters, "options": {**parameters["options"], "segment_s": -1}})
+    with pytest.raises(WorkerError, match=r"^/no/model.onnx: YOLOX ONNX detector model not found$"):
+        ingest_archive.validate_parameters({**parameters, "options": {"backend": {"name": "yolox",
+                                                                                  "detector_model": "/no/model.onnx"}}})
+    with pytest.raises(ParameterTypeError, match="options.segment: Unexpected keyword argument"):
+        ingest_archive.validate_parameters({**parameters, "options": {"segment": 30}})

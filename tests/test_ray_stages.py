@@ -15,7 +15,7 @@ import torch
 
 from workers.backends import BackendConfig
 from workers.decode import probe_video, sample_indices
-from workers.discover import discover_videos
+from workers.discover import discover_videos, list_video_files
 from workers.errors import WorkerError
 from workers.ingest_options import IngestOptions
 from workers.ray_stages import StageStats, ensure_ray, run_videos
@@ -27,7 +27,7 @@ def local_ray():
 
 
 def _ingest(archive, model, **options) -> tuple[dict, StageStats]:
-    stats, tasks = StageStats(), discover_videos(archive)
+    stats, tasks = StageStats(), discover_videos(list_video_files(archive))
     return {o.task.uri: o for o in run_videos(tasks, str(model), IngestOptions(**options), stats)}, stats
 
 
@@ -88,12 +88,14 @@ def test_backpressure_bounds_live_frame_batches(small_archive, tiny_checkpoint, 
 
 
 def test_unusable_options_give_one_clear_error(small_archive, tiny_checkpoint):
-    tasks = discover_videos(small_archive)
     with pytest.raises(WorkerError, match="max_batches_in_flight must be at least 2"):
-        list(run_videos(tasks, str(tiny_checkpoint), IngestOptions(max_batches_in_flight=1)))
+        IngestOptions(max_batches_in_flight=1)
     with pytest.raises(WorkerError, match="unknown detection backend 'nope'"):
-        list(run_videos(tasks, str(tiny_checkpoint), IngestOptions(backend=BackendConfig(name="nope"))))
+        IngestOptions(backend=BackendConfig(name="nope"))
+    with pytest.raises(WorkerError, match="device must be 'cpu' or 'cuda"):
+        IngestOptions(device="tpu")
     if not torch.cuda.is_available():
+        tasks = discover_videos(list_video_files(small_archive))
         with pytest.raises(WorkerError, match="the Ray cluster has no GPU"):
             list(run_videos(tasks, str(tiny_checkpoint), IngestOptions(device="cuda")))
 
@@ -132,8 +134,9 @@ def test_a_decode_worker_that_dies_fails_only_its_video(shared_data, small_archi
     killer.start()
     backend = BackendConfig("yolox", detector_model=str(shared_data / "models" / "yolox_nano_416x416.onnx"))
     try:
-        outcomes = {Path(o.task.uri).name: o for o in run_videos(discover_videos(tmp_path), str(tiny_checkpoint),
-                                                                   IngestOptions(segment_s=1e6, backend=backend))}
+        tasks = discover_videos(list_video_files(tmp_path))
+        outcomes = {Path(o.task.uri).name: o
+                    for o in run_videos(tasks, str(tiny_checkpoint), IngestOptions(segment_s=1e6, backend=backend))}
     finally:
         stop.set()
         killer.join()

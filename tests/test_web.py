@@ -22,7 +22,7 @@ from pipelines.errors import UserError, user_error_types
 from pipelines.web.app import create_app, is_loopback, serve
 from storage import Store, StoreError, detection_row, detections_table
 from training.archive_truth import archive_truth
-from workers.discover import discover_videos
+from workers.discover import discover_videos, list_video_files
 from workers.video_job import extract_video_crops
 
 UPLOAD_LIMIT = 256 * 1024
@@ -72,7 +72,7 @@ def build_web_store(archive: Path, checkpoint: Path, db: Path, seed: int = 0) ->
     encoder = open_encoder(checkpoint)
     dim, num_parts = encoder.dim, encoder.num_parts
     rng = np.random.default_rng(seed)
-    tasks = discover_videos(archive)
+    tasks = discover_videos(list_video_files(archive))
     truth = archive_truth({t.uri: t.video_id for t in tasks})
     centres: dict[str, np.ndarray] = {}
     store = Store.open(str(db))

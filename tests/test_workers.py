@@ -122,7 +122,7 @@ def test_discovery_names_videos_by_content_and_camera_folder(tmp_path):
         _write_video(tmp_path / cam / "a.mp4", frames=frames)
     shutil.copy(tmp_path / "north" / "a.mp4", tmp_path / "south" / "copy_of_north.mp4")
     (tmp_path / "notes.txt").write_text("not a video")
-    tasks = discover_videos(tmp_path)
+    tasks = discover_videos(list_video_files(tmp_path))
     assert [(t.camera_id, t.uri.rsplit("/", 1)[-1]) for t in tasks] == [("north", "a.mp4"), ("south", "a.mp4")]
     assert tasks[0].video_id != tasks[1].video_id
     with pytest.raises(ArchiveError, match="archive not found"):

@@ -34,22 +34,19 @@ def _model_file(path: str, what: str) -> None:
 
 @dataclass(frozen=True)
 class BackendConfig:
-    """Which backend finds people and their keypoints, with its model files and device."""
+    """Which backend finds people and their keypoints, with its model files; checked when made, so a value is
+    always usable (where the models run and with how many threads is up to the worker that loads them)."""
 
     name: str = "annotations"
     detector_model: str | None = None
     pose_model: str | None = None
     openpifpaf_checkpoint: str | None = None
-    device: str = "cpu"
     min_score: float = 0.3
-    threads: int | None = None  # CPU threads of each model (None: the runtime's default, all cores)
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:
         """WorkerError with one clear line for an unknown backend, a missing file or package, or a bad option."""
         if self.name not in BACKENDS:
             raise WorkerError(f"unknown detection backend {self.name!r} (choices: {', '.join(BACKENDS)})")
-        if not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise WorkerError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
         if not (isinstance(self.min_score, (int, float)) and math.isfinite(self.min_score) and 0 <= self.min_score <= 1):
             raise WorkerError(f"min_score must be a number in [0, 1], got {self.min_score!r}")
         if self.name == "yolox":
@@ -64,9 +61,9 @@ class BackendConfig:
         if self.pose_model:
             _model_file(self.pose_model, "MoveNet pose model")
 
-    def uses_gpu(self) -> bool:
-        """True when the device is a GPU and the backend runs a model on it (MoveNet always runs on the CPU)."""
-        return self.device.startswith("cuda") and self.name in GPU_BACKENDS
+    def uses_gpu(self, device: str) -> bool:
+        """True when ``device`` is a GPU and the backend runs a model on it (MoveNet always runs on the CPU)."""
+        return device.startswith("cuda") and self.name in GPU_BACKENDS
 
 
 class TopDownPose:
@@ -82,17 +79,17 @@ class TopDownPose:
         return [self.pose.add_keypoints(frame.image, people) for frame, people in zip(frames, found)]
 
 
-def make_backend(config: BackendConfig) -> DetectionBackend:
-    """The backend ``config`` describes, its models loaded (build one per worker, not per video)."""
-    config.check()
+def make_backend(config: BackendConfig, device: str = "cpu", threads: int | None = None) -> DetectionBackend:
+    """The backend ``config`` describes, its models loaded on ``device`` with ``threads`` CPU threads each (None: the
+    runtime's default, all cores); build one per worker, not per video."""
     backend: DetectionBackend
     if config.name == "annotations":
         backend = AnnotationsBackend()
     elif config.name == "yolox":
-        backend = YoloxBackend(YoloxDetector(config.detector_model, config.device, config.min_score, threads=config.threads))
+        backend = YoloxBackend(YoloxDetector(config.detector_model, device, config.min_score, threads=threads))
     else:
-        backend = OpenPifPafBackend(config.openpifpaf_checkpoint, config.device, config.min_score)
-    return TopDownPose(backend, MoveNet(config.pose_model, config.threads)) if config.pose_model else backend
+        backend = OpenPifPafBackend(config.openpifpaf_checkpoint, device, config.min_score)
+    return TopDownPose(backend, MoveNet(config.pose_model, threads)) if config.pose_model else backend
 
 
 def video_camera_and_start(config: BackendConfig, video_uri: str) -> tuple[str | None, float | None]:

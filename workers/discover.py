@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from workers.errors import ArchiveError
 
@@ -28,7 +29,14 @@ def content_hash(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()[:32]
 
 
-def list_video_files(archive: str | Path) -> tuple[Path, list[Path]]:
+class ArchiveFiles(NamedTuple):
+    """An archive's root folder and every video file under it, sorted."""
+
+    root: Path
+    files: list[Path]
+
+
+def list_video_files(archive: str | Path) -> ArchiveFiles:
     """The archive's root folder and every video file under it (recursively, by extension), sorted.
 
     Cheap (no file is read), so callers can check an archive before starting any work.
@@ -46,19 +54,18 @@ def list_video_files(archive: str | Path) -> tuple[Path, list[Path]]:
             raise ArchiveError(f"cannot read archive {root}: {exc.strerror}") from None
     if not files:
         raise ArchiveError(f"no video files ({', '.join(sorted(VIDEO_EXTENSIONS))}) found in {Path(archive)}")
-    return root, files
+    return ArchiveFiles(root, files)
 
 
-def discover_videos(archive: str | Path) -> list[VideoTask]:
-    """Every distinct video of ``archive`` as a task named by its content hash.
+def discover_videos(archive: ArchiveFiles) -> list[VideoTask]:
+    """Every distinct video of a listed archive as a task named by its content hash.
 
     The camera id is the video's folder relative to the archive ("root" for files at its top). A file
     whose bytes equal an earlier one's (a copy) is the same video and is listed once, under its first path.
     """
-    root, files = list_video_files(archive)
     tasks: dict[str, VideoTask] = {}
-    for path in files:
-        relative = path.parent.relative_to(root)
+    for path in archive.files:
+        relative = path.parent.relative_to(archive.root)
         camera = relative.as_posix() if relative.parts else "root"
         try:
             video_id = content_hash(path)

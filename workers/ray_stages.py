@@ -20,7 +20,7 @@ import math
 import os
 import warnings
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import ray
@@ -84,8 +84,8 @@ def _decode(segment: Segment, target_fps: float | None, batch_frames: int):
 class DetectActor:
     """A Ray actor holding one FrameDetector, so detection models load once per actor."""
 
-    def __init__(self, config: BackendConfig):
-        self.detector = FrameDetector(config)
+    def __init__(self, config: BackendConfig, device: str, threads: int):
+        self.detector = FrameDetector(config, device, threads)
 
     def detect(self, task: VideoTask, start_time: float, frames) -> BatchCrops:
         return self.detector.detect(task, start_time, frames)
@@ -127,7 +127,7 @@ def _gpu_share(gpu_actors: int) -> float:
 
 def _start_actors(model: str, options: IngestOptions) -> tuple[list, list]:
     """The detect and embed actor pools, loaded and ready (WorkerError when a model cannot be loaded)."""
-    detect_gpu, embed_gpu = options.backend.uses_gpu(), options.device.startswith("cuda")
+    detect_gpu, embed_gpu = options.backend.uses_gpu(options.device), options.device.startswith("cuda")
     gpus = _gpu_share(options.detectors * detect_gpu + options.embedders * embed_gpu)
     cpus = ray.cluster_resources().get("CPU", 1)
     cpu_actors = options.detectors * (not detect_gpu) + options.embedders * (not embed_gpu)
@@ -136,8 +136,7 @@ def _start_actors(model: str, options: IngestOptions) -> tuple[list, list]:
     embed = EmbedActor.options(num_cpus=0 if embed_gpu else min(1.0, share), num_gpus=gpus * embed_gpu)
     # Each CPU actor computes with its share of the cores: more threads than cores only makes the stages fight.
     threads = max(1, min(int(share), os.cpu_count() or 1))
-    backend = options.backend if options.backend.threads else replace(options.backend, threads=threads)
-    detectors = [detect.remote(backend) for _ in range(options.detectors)]
+    detectors = [detect.remote(options.backend, options.device, threads) for _ in range(options.detectors)]
     embedders = [embed.remote(model, options.device, threads) for _ in range(options.embedders)]
     try:
         ray.get([actor.__ray_ready__.remote() for actor in detectors + embedders])
@@ -279,7 +278,6 @@ def run_videos(tasks: Sequence[VideoTask], model: str, options: IngestOptions = 
     A video whose plan, decoding, detection or embedding fails is yielded with its reason; the others go on.
     ``stats``, when given, is filled in as the run goes.
     """
-    options.check()
     ensure_ray()
     detectors, embedders = _start_actors(model, options)
     try:

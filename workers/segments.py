@@ -20,8 +20,6 @@ class Segment:
 
 def plan_segments(task: VideoTask, info: VideoInfo, segment_s: float) -> list[Segment]:
     """Cut ``task``'s video into consecutive segments of about ``segment_s`` seconds (one when its fps is unknown)."""
-    if not segment_s > 0:
-        raise ValueError(f"segment_s must be positive, got {segment_s}")
     frames = max(info.num_frames, 1)
     length = max(1, round(segment_s * info.fps)) if 0 < segment_s * info.fps < frames else frames
     starts = range(0, frames, length)

@@ -28,8 +28,8 @@ def plan_video(task: VideoTask, backend: BackendConfig, segment_s: float) -> tup
 class FrameDetector:
     """Holds one detection + pose backend (its models load once) and turns batches of frames into crops."""
 
-    def __init__(self, config: BackendConfig):
-        self.backend = make_backend(config)
+    def __init__(self, config: BackendConfig, device: str = "cpu", threads: int | None = None):
+        self.backend = make_backend(config, device, threads)
 
     def detect(self, task: VideoTask, start_time: float, frames: Sequence[DecodedFrame]) -> BatchCrops:
         """Detect people in ``frames`` of ``task``'s video; one record, crop and thumbnail per person."""
