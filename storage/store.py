@@ -439,7 +439,7 @@ class Store:
                                  f"but its detections D={own[0]}, K={own[1]}")
             target = self._tracklets_for_write(*shape)
         count = 0 if detections is None else detections.num_rows
-        new_rows = self._merge_detections(video, detections) if count else 0
+        new_rows = self._merge_detections(detections) if count else 0
         self._drop_stale(self._open_detections(), _DETECTION_ROWS, video["video_id"],
                          [] if detections is None else detections["detection_id"].to_pylist())
         if target is not None:
@@ -453,12 +453,8 @@ class Store:
         """Mark a video as failed with its error text, so the run report shows it and a re-run retries it."""
         self._upsert_video(_video_row(video, "failed", str(error), 0))
 
-    def _merge_detections(self, video: dict, table: pa.Table) -> int:
-        """Step 1 of write_video: the single merge_insert commit of one video's detections; returns rows inserted.
-
-        Checks the batch itself (a no-op cast when write_video already did), so it stands alone too.
-        """
-        table = _conform(video, table, _DETECTION_ROWS)
+    def _merge_detections(self, table: pa.Table) -> int:
+        """Step 1 of write_video: the single merge_insert commit of one video's conformed detections; rows inserted."""
         return self._merge(self._detections_for_write(*embedding_shape(table.schema)), _DETECTION_ROWS, table)
 
     @staticmethod

@@ -17,6 +17,7 @@ from pipelines.query import parse_parts, part_names
 from pipelines.query_image import QueryEncoder, decode_image
 from pipelines.query_prompt import prompt_from_json, read_prompt
 from storage import Store
+from support import png_bytes
 
 
 # Each command with an option only its own help shows: removing a command, or its option, fails the test.
@@ -178,17 +179,11 @@ def test_serve_refuses_bad_settings_in_one_line(tmp_path, capsys):
 
 # --- pipelines/query*.py: what `kpr search` and the web app share ---
 
-def _png(height: int, width: int, value: int = 90) -> bytes:
-    ok, data = cv2.imencode(".png", np.full((height, width, 3), value, np.uint8))
-    assert ok
-    return data.tobytes()
-
-
 def test_decode_image_gives_rgb_and_refuses_non_images():
     ok, data = cv2.imencode(".png", np.dstack([np.full((8, 4), c, np.uint8) for c in (10, 20, 30)]))  # BGR
     pixels = decode_image(data.tobytes())
     assert pixels.shape == (8, 4, 3) and pixels.dtype == np.uint8 and pixels[0, 0].tolist() == [30, 20, 10]
-    for bad, message in ((b"", "empty"), (b"hello", "not an image"), (_png(64, 64), "too large")):
+    for bad, message in ((b"", "empty"), (b"hello", "not an image"), (png_bytes(64, 64), "too large")):
         with pytest.raises(UserError, match=message):
             decode_image(bad, max_pixels=1000)
 
@@ -255,7 +250,7 @@ def test_query_encoder_uses_both_prompts(tmp_path):
     torch.nn.init.normal_(model.backbone.masks_patch_embed.weight, std=0.5)  # a trained tokenizer is not zero
     save_checkpoint(model, config, tmp_path / "prompted")
     encoder = QueryEncoder(tmp_path / "prompted")
-    image = decode_image(_png(64, 32))
+    image = decode_image(png_bytes(64, 32))
     with_negative = prompt_from_json({"positive": [{"joint": "nose", "x": 16, "y": 4}],
                                       "negative": [{"x": 16, "y": 40}]}, "kp")
     target_only = prompt_from_json({"positive": [{"joint": "nose", "x": 16, "y": 4}]}, "kp")

@@ -8,12 +8,7 @@ import torch
 
 from kpr_model.distance import aggregate, k_reciprocal_rerank, kpr_distance, part_distance, per_part_distances
 from kpr_model.embeddings import ReIDEmbeddings
-
-
-def _normalised(rng: np.random.Generator, *shape: int) -> np.ndarray:
-    """Random float32 vectors, L2-normalised along the last axis."""
-    x = rng.standard_normal(shape).astype(np.float32)
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+from support import random_unit
 
 
 def _reference(qf: np.ndarray, qv: np.ndarray, gf: np.ndarray, gv: np.ndarray) -> np.ndarray:
@@ -37,7 +32,7 @@ def _reference(qf: np.ndarray, qv: np.ndarray, gf: np.ndarray, gv: np.ndarray) -
 def _random_case(seed: int, q: int = 7, g: int = 29, p: int = 5, d: int = 16):
     """Random features and continuous visibility with some all-invisible query and gallery rows."""
     rng = np.random.default_rng(seed)
-    qf, gf = _normalised(rng, q, p, d), _normalised(rng, g, p, d)
+    qf, gf = random_unit(rng, q, p, d), random_unit(rng, g, p, d)
     qv = rng.uniform(0, 1, (q, p)).astype(np.float32) * (rng.uniform(0, 1, (q, p)) > 0.4)
     gv = rng.uniform(0, 1, (g, p)).astype(np.float32) * (rng.uniform(0, 1, (g, p)) > 0.4)
     qv[0] = 0.0
@@ -85,12 +80,12 @@ def test_visibility_is_binarised() -> None:
 def test_identical_visible_parts_give_zero_despite_other_parts() -> None:
     rng = np.random.default_rng(8)
     k, d = 6, 32
-    query = ReIDEmbeddings(_normalised(rng, 1, d), _normalised(rng, 1, k, d), np.ones((1, k), np.float32))
+    query = ReIDEmbeddings(random_unit(rng, 1, d), random_unit(rng, 1, k, d), np.ones((1, k), np.float32))
     query.visibility[0, 4:] = 0.0
     twin_parts = query.parts.copy()
-    twin_parts[0, 4:] = _normalised(rng, 2, d)
+    twin_parts[0, 4:] = random_unit(rng, 2, d)
     twin = ReIDEmbeddings(query.global_emb.copy(), twin_parts, np.ones((1, k), np.float32))
-    others = ReIDEmbeddings(_normalised(rng, 20, d), _normalised(rng, 20, k, d), np.ones((20, k), np.float32))
+    others = ReIDEmbeddings(random_unit(rng, 20, d), random_unit(rng, 20, k, d), np.ones((20, k), np.float32))
     gallery = ReIDEmbeddings.concat([others, twin])
     dist = kpr_distance(query, gallery)
     assert dist.shape == (1, 21) and dist.dtype == np.float32
@@ -110,7 +105,7 @@ def test_shape_mismatch_is_refused() -> None:
 def _embeddings(rng: np.random.Generator, n: int, k: int = 6, d: int = 8) -> ReIDEmbeddings:
     """Random unit embeddings with random visibility, some parts invisible."""
     vis = rng.uniform(0.1, 1.0, (n, k)).astype(np.float32) * (rng.uniform(0, 1, (n, k)) > 0.3)
-    return ReIDEmbeddings(_normalised(rng, n, d), _normalised(rng, n, k, d), vis)
+    return ReIDEmbeddings(random_unit(rng, n, d), random_unit(rng, n, k, d), vis)
 
 
 def test_part_query_uses_only_the_chosen_parts() -> None:
@@ -122,8 +117,8 @@ def test_part_query_uses_only_the_chosen_parts() -> None:
     expected = _reference(query.parts[:, sub], query.visibility[:, sub], gallery.parts[:, sub], gallery.visibility[:, sub])
     np.testing.assert_allclose(got, expected, atol=1e-4)
     changed = gallery.parts.copy()
-    changed[:, [0, 2, 3, 5]] = _normalised(rng, 9, 4, 8)
-    other = ReIDEmbeddings(_normalised(rng, 9, 8), changed, gallery.visibility)
+    changed[:, [0, 2, 3, 5]] = random_unit(rng, 9, 4, 8)
+    other = ReIDEmbeddings(random_unit(rng, 9, 8), changed, gallery.visibility)
     np.testing.assert_allclose(kpr_distance(query, other, parts=chosen), got, atol=1e-6)
     with pytest.raises(ValueError, match=r"valid part indices are 0\.\.5"):
         kpr_distance(query, gallery, parts=[6])

@@ -13,7 +13,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import yaml
 from test_ingest_search import sampled_annotations
 
 from storage import Store
+from support import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -36,13 +36,6 @@ BIN = Path(sys.executable).parent
 DEPLOYMENT = "ingest-archive-nightly"
 START_TIMEOUT_S = 60
 RUN_TIMEOUT_S = 120
-
-
-def _free_port() -> int:
-    """A TCP port nobody listens on right now (on loopback)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _ingest_deployment() -> dict:
@@ -104,7 +97,7 @@ def operator(tmp_path) -> Iterator[Operator]:
     Both run in their own process groups, stopped in teardown whatever the test did; a Ray process
     still alive afterwards (an orphan) fails the test.
     """
-    prefect_port, ray_port = _free_port(), _free_port()
+    prefect_port, ray_port = free_port(), free_port()
     token = secrets.token_hex(16)
     # Ray's socket paths must stay under 107 bytes: a short folder, not pytest's tmp_path.
     ray_tmp = tempfile.mkdtemp(prefix="kpr-ray-", dir="/tmp")
@@ -122,8 +115,8 @@ def operator(tmp_path) -> Iterator[Operator]:
     # the driver still reaches the head on 127.0.0.1, and the token keeps other users out.
     head = subprocess.Popen(
         [BIN / "ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(ray_port),
-         "--num-cpus", "2", "--include-dashboard", "false", "--dashboard-port", str(_free_port()),
-         "--dashboard-agent-listen-port", str(_free_port()), "--ray-client-server-port", str(_free_port()),
+         "--num-cpus", "2", "--include-dashboard", "false", "--dashboard-port", str(free_port()),
+         "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port()),
          "--temp-dir", ray_tmp, "--disable-usage-stats"],
         env={k: v for k, v in env.items() if k != "RAY_ADDRESS"}, stdout=ray_log.open("w"),
         stderr=subprocess.STDOUT, start_new_session=True)

@@ -23,6 +23,7 @@ from storage import (
     embeddings_of,
     group_hits,
 )
+from support import unit_rows
 from workers.crops import thumbnail_jpeg
 
 K, D = 8, 16
@@ -34,10 +35,6 @@ NO_LEGS = (3, 2)  # identity 3 in camera 2: legs and feet invisible
 FAINT = (1, 2)  # identity 1 in camera 2: visibility 0.2 everywhere
 MODEL_ID = "synthetic-model"
 _THUMBNAILS = [thumbnail_jpeg(np.full((64, 32, 3), 40 * person, np.uint8)) for person in range(IDENTITIES)]
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
 def identity_of(detection_id: str) -> int:
@@ -60,20 +57,20 @@ def camera_name(camera: int) -> str:
 def build_store(path: Path, dim: int = D, model_id: str = MODEL_ID) -> Store:
     """The synthetic store described in the module docstring (one video per camera, embedding size ``dim``)."""
     rng = np.random.default_rng(0)
-    base = _unit(rng.standard_normal((IDENTITIES, K, dim)))
+    base = unit_rows(rng.standard_normal((IDENTITIES, K, dim)))
     base[BOOTS_TWIN, FEET] = base[0, FEET]
     store = Store.open(str(path))
     for camera in range(CAMERAS):
         rows, embeddings = [], []
         for person in range(IDENTITIES):
             for n in range(PER_TRACK):
-                parts = _unit(base[person] + 0.08 * rng.standard_normal((K, dim)))
+                parts = unit_rows(base[person] + 0.08 * rng.standard_normal((K, dim)))
                 visibility = rng.uniform(0.8, 1.0, K).astype(np.float32)
                 if (person, camera) == NO_LEGS:
                     visibility[4:] = 0.0
                 if (person, camera) == FAINT:
                     visibility[:] = 0.2
-                embeddings.append(ReIDEmbeddings(_unit(parts.mean(axis=0))[None], parts[None], visibility[None]))
+                embeddings.append(ReIDEmbeddings(unit_rows(parts.mean(axis=0))[None], parts[None], visibility[None]))
                 rows.append(detection_row(det_id(camera, person, n), f"video{camera}", camera_name(camera),
                                           frame_index=10 * person + n, timestamp=T0 + 1000 * camera + 10 * person + n,
                                           bbox=[0, 0, 32, 64], model_id=model_id, track_id=track_id(camera, person),

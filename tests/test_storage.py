@@ -1,6 +1,10 @@
 """Store (idempotent per-video writes, schema checks) and PersonSearch (ANN + KPR re-rank) on real LanceDB."""
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import lancedb
@@ -20,45 +24,9 @@ from storage import (
     embeddings_of,
 )
 from storage.schema import VIDEOS, VERSION_KEY, videos_schema
+from support import MODEL_ID as MODEL, detections_of, random_embeddings, random_unit, sorted_rows, video_row
 
 DIM, PARTS = 32, 6
-MODEL = "kpr-test"
-
-
-def _unit(rng: np.random.Generator, *shape: int) -> np.ndarray:
-    """Random L2-normalised float32 vectors."""
-    x = rng.standard_normal(shape).astype(np.float32)
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
-def _random_embeddings(rng: np.random.Generator, n: int) -> ReIDEmbeddings:
-    """n random people with all parts visible."""
-    return ReIDEmbeddings(_unit(rng, n, DIM), _unit(rng, n, PARTS, DIM), np.ones((n, PARTS), np.float32))
-
-
-def _video(video_id: str, camera_id: str, start_time: float = 1_000.0) -> dict:
-    """A video dict as ingestion would pass it."""
-    return {"video_id": video_id, "uri": f"file:///archive/{video_id}.mp4", "camera_id": camera_id,
-            "start_time": start_time, "duration": 60.0, "num_frames": 1500, "model_id": MODEL, "run_id": "run-1"}
-
-
-def _detections(video: dict, embeddings: ReIDEmbeddings) -> pa.Table:
-    """One detection per embedding, a frame apart, with ids that need escaping in SQL."""
-    rows = [
-        detection_row(
-            detection_id=f"{video['video_id']}:f{i}-p0'", video_id=video["video_id"], camera_id=video["camera_id"],
-            frame_index=i, timestamp=video["start_time"] + i, bbox=(10.0, 20.0, 50.0, 120.0), model_id=MODEL,
-            det_score=0.9, keypoints=np.ones((17, 3)), track_id=f"{video['video_id']}:t{i % 3}",
-            thumbnail=b"\xff\xd8jpeg" + bytes([i % 256]), run_id="run-1",
-        )
-        for i in range(len(embeddings))
-    ]
-    return detections_table(rows, embeddings)
-
-
-def _sorted_rows(store: Store) -> list[dict]:
-    """All detection rows, sorted by id, for exact comparisons."""
-    return sorted(store.query_detections(None).to_pylist(), key=lambda r: r["detection_id"])
 
 
 @pytest.fixture
@@ -68,34 +36,61 @@ def store(tmp_path: Path) -> Store:
 
 
 def test_writing_a_video_twice_leaves_the_same_rows(store: Store) -> None:
-    video = _video("v1", "cam-1")
-    table = _detections(video, _random_embeddings(np.random.default_rng(0), 12))
+    video = video_row("v1", "cam-1")
+    table = detections_of(video, random_embeddings(np.random.default_rng(0), 12, PARTS, DIM))
     assert store.done_video_ids(MODEL) == set()
     assert store.write_video(video, table) == 12
-    first = _sorted_rows(store)
+    first = sorted_rows(store)
     assert store.write_video(video, table) == 0
-    assert _sorted_rows(store) == first
+    assert sorted_rows(store) == first
     assert store.count_detections() == 12 and store.count_videos() == 1
     assert store.done_video_ids(MODEL) == {"v1"} and store.done_video_ids("other-model") == set()
     assert store.video_rows()[0]["n_detections"] == 12
 
 
-def test_crash_between_detections_and_video_row_recovers_without_duplicates(store: Store) -> None:
-    video = _video("v1", "cam-1")
-    table = _detections(video, _random_embeddings(np.random.default_rng(1), 9))
-    assert store._merge_detections(video, table) == 9
+# A writer process that SIGKILLs itself the moment it starts committing a "videos" row: after the video's
+# detections are committed, before it is marked done. The hook is on LanceDB's own API, not the store's code.
+_DIE_BEFORE_VIDEO_ROW = """
+import json, os, signal, sys
+import pyarrow as pa
+from lancedb.table import LanceTable
+from storage import Store
+
+merge_insert = LanceTable.merge_insert
+
+def die_on_the_video_row(table, *args, **kwargs):
+    if table.name == "videos":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return merge_insert(table, *args, **kwargs)
+
+LanceTable.merge_insert = die_on_the_video_row
+db, video, batch = sys.argv[1:]
+Store.open(db).write_video(json.loads(video), pa.ipc.open_file(batch).read_all())
+"""
+
+
+def test_a_writer_killed_before_its_video_row_leaves_a_store_that_a_rewrite_completes(tmp_path: Path) -> None:
+    db, batch = tmp_path / "store", tmp_path / "batch.arrow"
+    video = video_row("v1", "cam-1")
+    table = detections_of(video, random_embeddings(np.random.default_rng(1), 9, PARTS, DIM))
+    with pa.ipc.new_file(batch, table.schema) as writer:
+        writer.write_table(table)
+    killed = subprocess.run([sys.executable, "-c", _DIE_BEFORE_VIDEO_ROW, str(db), json.dumps(video), str(batch)],
+                            capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    store = Store.open(str(db))
     assert store.done_video_ids(MODEL) == set() and store.count_detections() == 9
     assert store.write_video(video, table) == 0
     assert store.count_detections() == 9 and store.done_video_ids(MODEL) == {"v1"}
-    assert len({r["detection_id"] for r in _sorted_rows(store)}) == 9
+    assert len({r["detection_id"] for r in sorted_rows(store)}) == 9
 
 
 def test_rewrite_replaces_only_that_videos_rows(store: Store) -> None:
     rng = np.random.default_rng(2)
-    v1, v2 = _video("v1", "cam-1"), _video("v2", "cam-2")
-    store.write_video(v1, _detections(v1, _random_embeddings(rng, 5)))
-    store.write_video(v2, _detections(v2, _random_embeddings(rng, 4)))
-    shorter = _detections(v1, _random_embeddings(rng, 3))
+    v1, v2 = video_row("v1", "cam-1"), video_row("v2", "cam-2")
+    store.write_video(v1, detections_of(v1, random_embeddings(rng, 5, PARTS, DIM)))
+    store.write_video(v2, detections_of(v2, random_embeddings(rng, 4, PARTS, DIM)))
+    shorter = detections_of(v1, random_embeddings(rng, 3, PARTS, DIM))
     assert store.write_video(v1, shorter) == 0
     assert store.count_detections("v1") == 3 and store.count_detections("v2") == 4
     assert store.write_video(v1, []) == 0
@@ -103,9 +98,9 @@ def test_rewrite_replaces_only_that_videos_rows(store: Store) -> None:
 
 
 def test_dict_rows_and_lookups_by_escaped_ids(store: Store) -> None:
-    video = _video("cam:7/2024-01-01'x", "cam-7")
-    embeddings = _random_embeddings(np.random.default_rng(3), 4)
-    rows = _detections(video, embeddings).to_pylist()
+    video = video_row("cam:7/2024-01-01'x", "cam-7")
+    embeddings = random_embeddings(np.random.default_rng(3), 4, PARTS, DIM)
+    rows = detections_of(video, embeddings).to_pylist()
     assert store.write_video(video, rows) == 4
     wanted = [rows[2]["detection_id"], "missing", rows[0]["detection_id"], rows[2]["detection_id"]]
     assert store.detections_by_ids(wanted)["detection_id"].to_pylist() == [wanted[0], wanted[2]]
@@ -120,24 +115,24 @@ def test_dict_rows_and_lookups_by_escaped_ids(store: Store) -> None:
 
 
 def test_record_failure_then_success(store: Store) -> None:
-    video = _video("v9", "cam-1")
+    video = video_row("v9", "cam-1")
     store.record_failure(video, "decode error: moov atom not found")
     assert store.done_video_ids(MODEL) == set() and store.count_videos("failed") == 1
     assert store.video_rows("failed")[0]["error"] == "decode error: moov atom not found"
-    store.write_video(video, _detections(video, _random_embeddings(np.random.default_rng(4), 2)))
+    store.write_video(video, detections_of(video, random_embeddings(np.random.default_rng(4), 2, PARTS, DIM)))
     assert store.done_video_ids(MODEL) == {"v9"} and store.count_videos("failed") == 0 and store.count_videos("done") == 1
 
 
 def test_bad_batches_are_refused(store: Store) -> None:
     rng = np.random.default_rng(5)
-    video = _video("v1", "cam-1")
-    store.write_video(video, _detections(video, _random_embeddings(rng, 2)))
-    other_shape = ReIDEmbeddings(_unit(rng, 2, 16), _unit(rng, 2, PARTS, 16), np.ones((2, PARTS), np.float32))
+    video = video_row("v1", "cam-1")
+    store.write_video(video, detections_of(video, random_embeddings(rng, 2, PARTS, DIM)))
+    other_shape = ReIDEmbeddings(random_unit(rng, 2, 16), random_unit(rng, 2, PARTS, 16), np.ones((2, PARTS), np.float32))
     with pytest.raises(StoreError, match="D=32, K=6; refusing a batch with D=16"):
-        store.write_video(video, _detections(video, other_shape))
+        store.write_video(video, detections_of(video, other_shape))
     with pytest.raises(StoreError, match="another video_id"):
-        store.write_video(_video("v2", "cam-1"), _detections(video, _random_embeddings(rng, 2)))
-    table = _detections(video, _random_embeddings(rng, 2))
+        store.write_video(video_row("v2", "cam-1"), detections_of(video, random_embeddings(rng, 2, PARTS, DIM)))
+    table = detections_of(video, random_embeddings(rng, 2, PARTS, DIM))
     with pytest.raises(StoreError, match="duplicate detection_id"):
         store.write_video(video, pa.concat_tables([table, table]))
     assert store.count_detections() == 2
@@ -147,8 +142,8 @@ def test_reopen_sees_data_and_missing_store_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no store at"):
         Store.open(str(tmp_path / "absent"), create=False)
     store = Store.open(str(tmp_path / "s"))
-    video = _video("v1", "cam-1")
-    store.write_video(video, _detections(video, _random_embeddings(np.random.default_rng(6), 3)))
+    video = video_row("v1", "cam-1")
+    store.write_video(video, detections_of(video, random_embeddings(np.random.default_rng(6), 3, PARTS, DIM)))
     again = Store.open(str(tmp_path / "s"), create=False)
     assert again.count_detections() == 3 and again.embedding_shape == (DIM, PARTS)
 
@@ -171,19 +166,19 @@ def test_schema_version_mismatch_is_refused(tmp_path: Path) -> None:
 def planted(store: Store) -> dict:
     """A gallery over three cameras with a query, its true match (same visible parts) and a global-only decoy."""
     rng = np.random.default_rng(7)
-    query = _random_embeddings(rng, 1)
+    query = random_embeddings(rng, 1, PARTS, DIM)
     query.visibility[0, 4:] = 0.0
     target_parts = query.parts.copy()
-    target_parts[0, 4:] = _unit(rng, 2, DIM)
-    near_global = _unit(rng, 1, DIM)
+    target_parts[0, 4:] = random_unit(rng, 2, DIM)
+    near_global = random_unit(rng, 1, DIM)
     target_global = query.global_emb + 0.6 * near_global
-    decoy_global = query.global_emb + 0.05 * _unit(rng, 1, DIM)
+    decoy_global = query.global_emb + 0.05 * random_unit(rng, 1, DIM)
     target = ReIDEmbeddings(target_global / np.linalg.norm(target_global), target_parts, np.ones((1, PARTS), np.float32))
-    decoy = ReIDEmbeddings(decoy_global / np.linalg.norm(decoy_global), _unit(rng, 1, PARTS, DIM), np.ones((1, PARTS), np.float32))
-    videos = {"va": _video("va", "cam-a", 1_000.0), "vb": _video("vb", "cam-b", 2_000.0), "vc": _video("vc", "cam-c", 3_000.0)}
-    store.write_video(videos["va"], _detections(videos["va"], ReIDEmbeddings.concat([query, _random_embeddings(rng, 99)])))
-    store.write_video(videos["vb"], _detections(videos["vb"], ReIDEmbeddings.concat([_random_embeddings(rng, 50), target, _random_embeddings(rng, 49)])))
-    store.write_video(videos["vc"], _detections(videos["vc"], ReIDEmbeddings.concat([_random_embeddings(rng, 20), decoy, _random_embeddings(rng, 79)])))
+    decoy = ReIDEmbeddings(decoy_global / np.linalg.norm(decoy_global), random_unit(rng, 1, PARTS, DIM), np.ones((1, PARTS), np.float32))
+    videos = {"va": video_row("va", "cam-a", 1_000.0), "vb": video_row("vb", "cam-b", 2_000.0), "vc": video_row("vc", "cam-c", 3_000.0)}
+    store.write_video(videos["va"], detections_of(videos["va"], ReIDEmbeddings.concat([query, random_embeddings(rng, 99, PARTS, DIM)])))
+    store.write_video(videos["vb"], detections_of(videos["vb"], ReIDEmbeddings.concat([random_embeddings(rng, 50, PARTS, DIM), target, random_embeddings(rng, 49, PARTS, DIM)])))
+    store.write_video(videos["vc"], detections_of(videos["vc"], ReIDEmbeddings.concat([random_embeddings(rng, 20, PARTS, DIM), decoy, random_embeddings(rng, 79, PARTS, DIM)])))
     return {
         "store": store, "query": query, "query_id": "va:f0-p0'",
         "target_id": "vb:f50-p0'", "decoy_id": "vc:f20-p0'",
@@ -232,7 +227,7 @@ def test_unknown_detection_and_wrong_query_shape(planted: dict) -> None:
 
 
 def test_search_on_an_empty_store(store: Store) -> None:
-    assert PersonSearch(store).search(_random_embeddings(np.random.default_rng(8), 1)) == []
+    assert PersonSearch(store).search(random_embeddings(np.random.default_rng(8), 1, PARTS, DIM)) == []
 
 
 def test_indexed_and_compacted_store_gives_the_same_answer(planted: dict) -> None:
@@ -246,8 +241,8 @@ def test_indexed_and_compacted_store_gives_the_same_answer(planted: dict) -> Non
 
 
 def test_missing_keypoints_are_stored_as_zero_confidence(store: Store) -> None:
-    video = _video("v1", "cam-1")
+    video = video_row("v1", "cam-1")
     row = detection_row("v1:0", "v1", "cam-1", 0, 1_000.0, (0, 0, 5, 9), MODEL)
-    store.write_video(video, detections_table([row], _random_embeddings(np.random.default_rng(9), 1)))
+    store.write_video(video, detections_table([row], random_embeddings(np.random.default_rng(9), 1, PARTS, DIM)))
     stored = store.get_detection("v1:0")
     assert stored["keypoints"] == [0.0] * 51 and stored["thumbnail"] is None and stored["track_id"] is None

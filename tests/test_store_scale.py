@@ -12,17 +12,19 @@ import pytest
 from storage import PersonSearch, SearchFilters, Store, StoreError
 from storage.schema import DETECTIONS, VERSION_KEY
 from storage.store import AnnSettings, vector_index_plan
-from test_storage import DIM, _detections, _random_embeddings, _sorted_rows, _video
+from support import detections_of, random_embeddings, sorted_rows, video_row
 
 pytestmark = pytest.mark.filterwarnings("ignore:optimize\\(cleanup_older_than=0\\)")
+
+DIM, PARTS = 32, 6
 
 
 def _fill(store: Store, videos: int, per_video: int, first: int = 0) -> None:
     """Videos ``first``.. (one commit each, so one fragment each) over three cameras, 100 s apart."""
     rng = np.random.default_rng(first)
     for i in range(first, first + videos):
-        video = _video(f"v{i:03d}", f"cam-{i % 3}", 1_000.0 + 100.0 * i)
-        store.write_video(video, _detections(video, _random_embeddings(rng, per_video)))
+        video = video_row(f"v{i:03d}", f"cam-{i % 3}", 1_000.0 + 100.0 * i)
+        store.write_video(video, detections_of(video, random_embeddings(rng, per_video, PARTS, DIM)))
 
 
 def _ranking(store: Store, queries) -> list[list[tuple[str, float]]]:
@@ -55,10 +57,10 @@ def test_store_written_by_another_schema_version_is_refused_in_one_line(tmp_path
 def test_maintain_compacts_cleans_up_and_keeps_rows_and_search_results(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "db")
     _fill(store, videos=24, per_video=15)
-    rewritten = _video("v005", "cam-2", 1_500.0)
-    store.write_video(rewritten, _detections(rewritten, _random_embeddings(np.random.default_rng(1), 10)))
-    queries = _random_embeddings(np.random.default_rng(2), 3)
-    rows, ranking = _sorted_rows(store), _ranking(store, queries)
+    rewritten = video_row("v005", "cam-2", 1_500.0)
+    store.write_video(rewritten, detections_of(rewritten, random_embeddings(np.random.default_rng(1), 10, PARTS, DIM)))
+    queries = random_embeddings(np.random.default_rng(2), 3, PARTS, DIM)
+    rows, ranking = sorted_rows(store), _ranking(store, queries)
     versions_before = len(store._detections.list_versions())
 
     first = store.maintain(cleanup_older_than=None)
@@ -75,7 +77,7 @@ def test_maintain_compacts_cleans_up_and_keeps_rows_and_search_results(tmp_path:
     assert report["indexes"]["detections.camera_id"]["type"] == "BITMAP"
     assert report["indexes"]["detections.timestamp"]["indexed_rows"] == len(rows)
     reopened = Store.open(tmp_path / "db", create=False)
-    assert _sorted_rows(reopened) == rows
+    assert sorted_rows(reopened) == rows
     assert _ranking(reopened, queries) == ranking
 
 
@@ -101,7 +103,7 @@ def test_ann_probes_refinement_and_flat_filtering_trade_speed_for_exactness(tmp_
     _fill(store, videos=6, per_video=100)
     plan = store.build_vector_index()
     table = store.query_detections(None, columns=["camera_id", "vector"])
-    query = _random_embeddings(np.random.default_rng(3), 1).global_emb[0]
+    query = random_embeddings(np.random.default_rng(3), 1, PARTS, DIM).global_emb[0]
     squared = ((np.stack(table["vector"].to_numpy(zero_copy_only=False)) - query) ** 2).sum(axis=1)
 
     def distances(found: pa.Table) -> np.ndarray:
@@ -138,7 +140,7 @@ def test_cameras_time_range_pages_and_tracklets(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "db")
     assert store.cameras() == [] and store.time_range() is None and store.list_detections(None, 10).num_rows == 0
     _fill(store, videos=4, per_video=5)
-    store.record_failure(_video("broken", "cam-9"), "decode error")
+    store.record_failure(video_row("broken", "cam-9"), "decode error")
     assert store.cameras() == ["cam-0", "cam-1", "cam-2"]
     assert store.time_range() == (1_000.0, 1_304.0)
     pages = [store.list_detections(None, limit=6, offset=o) for o in range(0, 30, 6)]
@@ -161,4 +163,4 @@ def test_iter_detections_streams_every_row_once(tmp_path: Path) -> None:
     batches = list(store.iter_detections(["detection_id"], batch_rows=8))
     assert all(isinstance(b, pa.Table) and b.num_rows <= 8 for b in batches)
     ids = [i for b in batches for i in b["detection_id"].to_pylist()]
-    assert sorted(ids) == sorted(r["detection_id"] for r in _sorted_rows(store))
+    assert sorted(ids) == sorted(r["detection_id"] for r in sorted_rows(store))

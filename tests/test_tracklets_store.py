@@ -10,24 +10,10 @@ import pytest
 
 from kpr_model.embeddings import ReIDEmbeddings, aggregate
 from storage import TRACKLETS, Store, StoreError, detection_row, detections_table, tracklet_row, tracklets_table
+from support import MODEL_ID as MODEL, random_embeddings, video_row
 from workers.records import detection_id
 
 DIM, PARTS = 32, 6
-MODEL = "kpr-test"
-
-
-def _video(video_id: str) -> dict:
-    """A video dict as ingestion passes it."""
-    return {"video_id": video_id, "uri": f"/archive/{video_id}.mp4", "camera_id": "cam-1", "start_time": 1_000.0,
-            "duration": 10.0, "num_frames": 250, "model_id": MODEL, "run_id": "run-1"}
-
-
-def _embeddings(rng: np.random.Generator, n: int, dim: int = DIM) -> ReIDEmbeddings:
-    """n random unit embeddings with random visibility."""
-    def unit(*shape: int) -> np.ndarray:
-        x = rng.standard_normal(shape).astype(np.float32)
-        return x / np.linalg.norm(x, axis=-1, keepdims=True)
-    return ReIDEmbeddings(unit(n, dim), unit(n, PARTS, dim), rng.uniform(0, 1, (n, PARTS)).astype(np.float32))
 
 
 def _batch(video: dict, tracks: int, per_track: int, seed: int = 0) -> tuple[pa.Table, pa.Table]:
@@ -36,7 +22,7 @@ def _batch(video: dict, tracks: int, per_track: int, seed: int = 0) -> tuple[pa.
     vid = video["video_id"]
     detections, tracklets, aggregated = [], [], []
     for t in range(tracks):
-        embeddings = _embeddings(rng, per_track)
+        embeddings = random_embeddings(rng, per_track, PARTS, DIM, random_visibility=True)
         ids = [detection_id(vid, f, t) for f in range(per_track)]
         detections.append(detections_table([
             detection_row(ids[f], vid, "cam-1", f, 1_000.0 + f / 5, (10.0 * t, 0.0, 40.0, 90.0), MODEL, 0.9,
@@ -55,7 +41,7 @@ def _rows(store: Store) -> list[dict]:
 
 def test_rewriting_a_video_keeps_one_row_per_tracklet_and_drops_stale_ones(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "db")
-    v1, v2 = _video("video-one-0001"), _video("video-two-0002")
+    v1, v2 = video_row("video-one-0001"), video_row("video-two-0002")
     detections, tracklets = _batch(v1, tracks=3, per_track=4)
     store.write_video(v1, detections, tracklets)
     store.write_video(v2, *_batch(v2, tracks=2, per_track=2, seed=1))
@@ -80,7 +66,7 @@ def test_rewriting_a_video_keeps_one_row_per_tracklet_and_drops_stale_ones(tmp_p
 
 def test_a_store_without_a_tracklets_table_reads_as_none_and_maintain_compacts_it(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "db")
-    video = _video("video-old-0001")
+    video = video_row("video-old-0001")
     detections, tracklets = _batch(video, tracks=2, per_track=3)
     store.write_video(video, detections)
     assert TRACKLETS not in lancedb.connect(str(tmp_path / "db")).list_tables().tables
@@ -89,7 +75,7 @@ def test_a_store_without_a_tracklets_table_reads_as_none_and_maintain_compacts_i
     report = reader.maintain()
     assert report["tracklets"] == 0 and not any(name.startswith("tracklets.") for name in report["indexes"])
     for i in range(3):
-        other = _video(f"{i:04d}-video-new")
+        other = video_row(f"{i:04d}-video-new")
         store.write_video(other, *_batch(other, tracks=2, per_track=3, seed=i))
     report = store.maintain(cleanup_older_than=None)
     assert report["tracklets"] == 6 and report["indexes"]["tracklets.track_id"]["indexed_rows"] == 6
@@ -99,16 +85,16 @@ def test_a_store_without_a_tracklets_table_reads_as_none_and_maintain_compacts_i
 
 def test_bad_tracklets_are_refused_before_anything_is_written(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "db")
-    video = _video("video-bad-0001")
+    video = video_row("video-bad-0001")
     detections, tracklets = _batch(video, tracks=2, per_track=3)
     with pytest.raises(StoreError, match="tracklets carry another video_id"):
-        store.write_video(video, detections, _batch(_video("video-xyz-0002"), tracks=1, per_track=3)[1])
+        store.write_video(video, detections, _batch(video_row("video-xyz-0002"), tracks=1, per_track=3)[1])
     with pytest.raises(StoreError, match="duplicate track_id"):
         store.write_video(video, detections, pa.concat_tables([tracklets, tracklets]))
     assert store.count_detections() == 0 and store.done_video_ids(MODEL) == set()
     store.write_video(video, detections, tracklets)
     rows = [tracklet_row("t-x", video["video_id"], "cam-1", 0.0, 1.0, 1, None, None, MODEL)]
-    narrow = tracklets_table(rows, _embeddings(np.random.default_rng(0), 1, dim=8))
+    narrow = tracklets_table(rows, random_embeddings(np.random.default_rng(0), 1, PARTS, 8, random_visibility=True))
     with pytest.raises(StoreError, match="tracklets have D=8, K=6 but its detections D=32, K=6"):
         store.write_video(video, detections, narrow)
     with pytest.raises(StoreError, match="D=32, K=6; refusing tracklets with D=8"):

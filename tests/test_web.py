@@ -21,6 +21,7 @@ from kpr_model.model_files import open_encoder
 from pipelines.errors import UserError, user_error_types
 from pipelines.web.app import create_app, is_loopback, serve
 from storage import Store, StoreError, detection_row, detections_table
+from support import png_bytes, unit_rows
 from training.archive_truth import archive_truth
 from workers.discover import discover_videos, list_video_files
 from workers.video_job import extract_video_crops
@@ -83,8 +84,8 @@ def build_web_store(archive: Path, checkpoint: Path, db: Path, seed: int = 0) ->
         rows, parts, visibility = [], [], []
         for record, crop in zip(crops.records, crops.crops):
             who = truth[_truth_key(record.detection_id)].identity
-            centre = centres.setdefault(who, _unit(rng.normal(size=(num_parts, dim))))
-            parts.append(_unit(centre + rng.normal(scale=0.3 / np.sqrt(dim), size=centre.shape)))
+            centre = centres.setdefault(who, unit_rows(rng.normal(size=(num_parts, dim))))
+            parts.append(unit_rows(centre + rng.normal(scale=0.3 / np.sqrt(dim), size=centre.shape)))
             visibility.append([float(crop.keypoints[list(j), 2].max() > 0) for j in part_joints[:num_parts]])
             rows.append(detection_row(record.detection_id, task.video_id, facts.camera_id, record.frame_index,
                                       record.timestamp, record.bbox, encoder.model_id, record.det_score,
@@ -94,17 +95,12 @@ def build_web_store(archive: Path, checkpoint: Path, db: Path, seed: int = 0) ->
             if min(visibility[-1]) > 0:
                 out.whole.add(record.detection_id)
         part_array, vis_array = np.stack(parts).astype(np.float32), np.asarray(visibility, np.float32)
-        global_emb = _unit((part_array * vis_array[..., None]).sum(axis=1) + 1e-3)
+        global_emb = unit_rows((part_array * vis_array[..., None]).sum(axis=1) + 1e-3)
         video_row = {"video_id": task.video_id, "uri": task.uri, "camera_id": facts.camera_id,
                      "model_id": encoder.model_id, "start_time": facts.start_time, "duration": facts.duration,
                      "num_frames": facts.num_frames}
         store.write_video(video_row, detections_table(rows, ReIDEmbeddings(global_emb, part_array, vis_array)))
     return out
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm along the last axis."""
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
 def cameras_of(store: WebStore, identity: str) -> set[str]:
@@ -133,13 +129,6 @@ def web_store(small_archive, model, tmp_path_factory) -> WebStore:
 @pytest.fixture(scope="module")
 def client(web_store, model) -> TestClient:
     return TestClient(create_app(str(web_store.db), str(model), max_upload_bytes=UPLOAD_LIMIT))
-
-
-def _png(height: int = 96, width: int = 48) -> bytes:
-    """A small PNG person-sized crop."""
-    image = np.full((height, width, 3), 90, np.uint8)
-    image[10:50, 12:36] = (200, 40, 40)
-    return cv2.imencode(".png", image)[1].tobytes()
 
 
 def _hits(answer: dict) -> list[dict]:
@@ -207,13 +196,13 @@ def test_tracklet_query_skips_its_own_detections(client, web_store):
 def test_upload_and_prompted_detection_queries_are_embedded_with_their_keypoints(client, web_store):
     prompt = {"positive": [{"joint": "nose", "x": 24, "y": 12}, {"joint": 15, "x": 20, "y": 90}],
               "negative": [{"x": 5, "y": 40}]}
-    answer = client.post("/api/search", files={"image": ("crop.png", _png(), "image/png")},
+    answer = client.post("/api/search", files={"image": ("crop.png", png_bytes(96, 48), "image/png")},
                          data={"keypoints": json.dumps(prompt), "k": "4"})
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["query"] == {"kind": "image", "width": 48, "height": 96, "positive": 2, "negative": 1}
     assert body["count"] == 4
-    unprompted = client.post("/api/search", files={"image": ("crop.png", _png(), "image/png")}, data={"k": "4"}).json()
+    unprompted = client.post("/api/search", files={"image": ("crop.png", png_bytes(96, 48), "image/png")}, data={"k": "4"}).json()
     assert unprompted["query"]["positive"] == 0
     assert [h["distance"] for h in _hits(unprompted)] != [h["distance"] for h in _hits(body)], "the prompt was ignored"
     query = cross_camera_query(web_store)
@@ -241,13 +230,13 @@ QUERY, TRACK = "<a detection id>", "<its tracklet id>"
 BAD_SEARCHES = [
     ({"files": {"image": ("notes.txt", b"just some text", "text/plain")}}, 400, "not an image"),
     ({"files": {"image": ("empty.png", b"", "image/png")}}, 400, "empty image"),
-    ({"files": {"image": ("crop.png", _png())}, "data": {"keypoints": "{positive: ["}}, 400, "not valid JSON"),
-    ({"files": {"image": ("crop.png", _png())}, "data": {"keypoints": '{"positive": [{"joint": "nose", "x": 60, "y": 5}]}'}},
+    ({"files": {"image": ("crop.png", png_bytes(96, 48))}, "data": {"keypoints": "{positive: ["}}, 400, "not valid JSON"),
+    ({"files": {"image": ("crop.png", png_bytes(96, 48))}, "data": {"keypoints": '{"positive": [{"joint": "nose", "x": 60, "y": 5}]}'}},
      400, "outside the 48x96 image"),
-    ({"files": {"image": ("crop.png", _png())}, "data": {"keypoints": '{"positive": [{"joint": "tail", "x": 1, "y": 1}]}'}},
+    ({"files": {"image": ("crop.png", png_bytes(96, 48))}, "data": {"keypoints": '{"positive": [{"joint": "tail", "x": 1, "y": 1}]}'}},
      400, "joint must be a COCO keypoint"),
-    ({"files": {"image": ("crop.png", _png())}, "data": {"keypoints": '[[1, 2]]'}}, 400, "17 COCO keypoints"),
-    ({"files": {"image": ("crop.png", _png())}, "data": {"keypoints": "[" * 200_000}}, 400, "nested too deeply"),
+    ({"files": {"image": ("crop.png", png_bytes(96, 48))}, "data": {"keypoints": '[[1, 2]]'}}, 400, "17 COCO keypoints"),
+    ({"files": {"image": ("crop.png", png_bytes(96, 48))}, "data": {"keypoints": "[" * 200_000}}, 400, "nested too deeply"),
     ({"data": {"detection_id": "no-such-detection"}}, 404, "unknown detection id"),
     ({"data": {"detection_id": "nul\x00id"}}, 404, "unknown detection id"),
     ({"data": {"track_id": "nul\x00id"}}, 404, "unknown tracklet id"),
@@ -287,7 +276,7 @@ def test_every_user_error_type_is_answered_as_json(web_store):
 
 
 def test_uploads_over_the_limit_get_413_before_being_read(client):
-    big = _png() + b"\0" * UPLOAD_LIMIT
+    big = png_bytes(96, 48) + b"\0" * UPLOAD_LIMIT
     answer = client.post("/api/search", files={"image": ("big.png", big, "image/png")})
     assert answer.status_code == 413 and "upload too large" in answer.json()["error"]
 
@@ -336,7 +325,7 @@ def test_unexpected_host_headers_are_refused_when_restricted(web_store):
     assert guarded.get("/api/info").status_code == 200
     answer = guarded.get("/api/info", headers={"host": "attacker.example:8765"})
     assert answer.status_code == 400 and "Host" in answer.json()["error"]
-    no_model = guarded.post("/api/search", files={"image": ("crop.png", _png(), "image/png")})
+    no_model = guarded.post("/api/search", files={"image": ("crop.png", png_bytes(96, 48), "image/png")})
     assert no_model.status_code == 400 and "no model loaded" in no_model.json()["error"]
 
 

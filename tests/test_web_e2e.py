@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from support import free_port
 from test_web import WebStore, build_web_store, cameras_of, cross_camera_query, prompt_aware_checkpoint
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -21,13 +22,6 @@ SCREENSHOT = Path("/tmp/kpr_web_e2e.png")
 START_TIMEOUT_S = 120.0
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    """A TCP port that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_until_up(process: subprocess.Popen, port: int) -> None:
@@ -78,7 +72,7 @@ def served(small_archive, tmp_path_factory):
     folder = tmp_path_factory.mktemp("web_e2e")
     model = prompt_aware_checkpoint(folder / "model")
     store = build_web_store(small_archive, model, folder / "db")
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen([str(kpr), "serve", "--db", str(store.db), "--model", str(model),
                                 "--port", str(port), "--max-upload-mb", "1"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
