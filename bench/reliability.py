@@ -35,6 +35,7 @@ import pyarrow as pa
 
 from bench.results_io import RESULTS, command_line, write_result
 from kpr_model.distance import ReIDEmbeddings
+from kpr_model.keypoints import SIDECAR_FORMAT
 from storage import Store, StoreError, detection_row, detections_table, embeddings_of
 from workers.records import detection_id
 
@@ -86,7 +87,7 @@ def _tiny_video(path: Path, shade: int, frames: int = 12, size: tuple[int, int] 
 
 def _sidecar_text(frames: list[dict]) -> str:
     """A kpr-sidecar-v1 document with the given frame entries."""
-    return json.dumps({"format": "kpr-sidecar-v1", "camera_id": "bad", "start_time": 1767254400.0, "fps": 10.0,
+    return json.dumps({"format": SIDECAR_FORMAT, "camera_id": "bad", "start_time": 1767254400.0, "fps": 10.0,
                        "tracks": {}, "frames": frames})
 
 

@@ -2,7 +2,7 @@
 # Install the optional `openpifpaf` detection + pose backend into the project's virtualenv.
 # OpenPifPaf 0.13.11 pins torch 1.13 and compiles its decoder with -std=c++17, which the torch 2.x
 # headers of this project reject: build it from its source release with C++20 against the installed torch,
-# without its pins (see ../shared/design/ENVIRONMENT.md). Needs a C++ compiler; compiling takes minutes.
+# without its pins. Needs a C++ compiler; compiling takes minutes.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${KPR_VENV:-$root/.venv}"

@@ -148,8 +148,9 @@ def kpr_embeddings(encoder: KPREncoder, samples: Sequence[LoadedSample], prompte
 def part_attention_maps(encoder: KPREncoder, samples: Sequence[LoadedSample], prompted: bool) -> np.ndarray:
     """The K part attention maps [N, K, h, w] (softmax probabilities at feature resolution) of each sample."""
     images, prompts = prepare_crops([s.image for s in samples], *_prompts(samples, prompted), encoder.config)
-    output = encoder.model.eval()(images.to(encoder.device), prompts.to(encoder.device))
-    return output.part_maps[:, 1:].float().cpu().numpy()
+    with torch.no_grad():
+        features = encoder.model.eval().forward_features(images.to(encoder.device), prompts.to(encoder.device))
+    return features.part_maps[:, 1:].float().cpu().numpy()
 
 
 def _with_rerank(name: str, distance: Callable[[object, object], np.ndarray], query, gallery, data: SplitData,
