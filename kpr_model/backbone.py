@@ -27,6 +27,11 @@ embedding with the image one's patch size, embed dim and norm (``masks_patch_emb
 ``masks_patch_embed.norm``), its projection initialised to zero, its NHWC output added to the image
 patch tokens right after the image patch embedding. Prompts of another size than the image are
 resized bilinearly with align_corners=True (as the official ``_mask_embed``).
+
+Camera embedding (SIE, from TransReID, in the official ``PromptableTransformerBackbone``): with
+``config.camera_embeddings`` = cams > 0 the backbone holds ``sie_embed`` [cams, 1, C]; a pass given
+camera ids adds ``config.camera_embedding_scale`` x ``sie_embed[camera]`` to every token right after
+the prompt tokens; a pass without camera ids adds nothing (the official feature extractor's way).
 """
 from __future__ import annotations
 
@@ -53,6 +58,7 @@ class BackboneAdapter(nn.Module):
     stem_channels: int
     stem_stride: int
     stage_channels: tuple[int, ...]
+    channels_last: bool = True
 
     def stem(self, images: torch.Tensor) -> torch.Tensor:
         """Image tokens at 1 / stem_stride of the input: [N, C, h, w] (ResNet) or [N, h, w, C] (transformers)."""
@@ -73,6 +79,8 @@ class BackboneAdapter(nn.Module):
 
 class TimmResNetAdapter(BackboneAdapter):
     """timm ResNet family (resnet10t/18/34/50/...): stem = conv1..maxpool, stages = layer1..layer4."""
+
+    channels_last = False
 
     def __init__(self, model: ResNet, last_stride: int) -> None:
         super().__init__()
@@ -324,15 +332,32 @@ class PromptableBackbone(nn.Module):
         depths = [self.features.stage_channels[s - 1] for s in self.stages_used]
         self.out_channels = depths[-1]
         self.msf = MultiStageFusion(sum(depths), depths[-1]) if len(depths) > 1 else None
+        self.camera_scale = config.camera_embedding_scale
+        self.sie_embed = None
+        if config.camera_embeddings:
+            self.sie_embed = nn.Parameter(torch.zeros(config.camera_embeddings, 1, self.features.stem_channels))
+            nn.init.trunc_normal_(self.sie_embed, std=0.02)
 
-    def forward(self, images: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, prompts: torch.Tensor, cameras: torch.Tensor | None = None) -> torch.Tensor:
+        """Spatial features of ``images`` prompted by ``prompts``, with the camera term when ``cameras`` [N] is given."""
         tokens = self.features.stem(images)
         if prompts.shape[-2:] != images.shape[-2:]:
             prompts = F.interpolate(prompts, size=images.shape[-2:], mode="bilinear", align_corners=True)
         tokens = tokens + self.masks_patch_embed(prompts.to(tokens.dtype))
+        if cameras is not None:
+            tokens = tokens + self._camera_term(cameras.to(tokens.device)).to(tokens.dtype)
         outputs = self.features.stages(tokens, upto=self.stages_used[-1])
         selected = [outputs[s - 1] for s in self.stages_used]
         return self.msf(selected) if self.msf is not None else selected[0]
+
+    def _camera_term(self, cameras: torch.Tensor) -> torch.Tensor:
+        """camera_scale x sie_embed[camera] per image, shaped to add onto the stem's tokens."""
+        if self.sie_embed is None:
+            raise ValueError("camera ids were given but this model has no camera embeddings")
+        if cameras.ndim != 1 or (len(cameras) and not 0 <= int(cameras.min()) <= int(cameras.max()) < len(self.sie_embed)):
+            raise ValueError(f"camera ids must be a vector of values in [0, {len(self.sie_embed)}), got {cameras.tolist()}")
+        term = self.camera_scale * self.sie_embed[cameras.long(), 0]
+        return term[:, None, None, :] if self.features.channels_last else term[:, :, None, None]
 
     def load_backbone_weights(self, path: str | Path) -> None:
         """Load local backbone weights (.safetensors, or a torch file read with weights_only=True).

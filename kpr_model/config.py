@@ -26,6 +26,7 @@ from kpr_model.keypoints import PART_GROUPINGS, PROMPT_GROUPINGS
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SOLIDER_MEAN_STD = (0.5, 0.5, 0.5)
+CAMERA_FIELDS = ("camera_embeddings", "camera_embedding_scale", "camera_dataset")
 
 
 class KPRModelError(Exception):
@@ -70,6 +71,9 @@ class KPRConfig:
     image_size is (H, W), both multiples of 32. fusion_stages lists the backbone stages (1-based)
     fused by the multi-stage fusion; a single stage means no fusion (its features are used as is).
     gaussian_scale sets the keypoint heatmap radius: int(W / gaussian_scale) pixels.
+    camera_embeddings > 0 gives the backbone one learned camera embedding per camera of the dataset
+    ``camera_dataset`` (TransReID's SIE, as official checkpoints trained with the dataset's cameras hold);
+    a pass given camera ids adds ``camera_embedding_scale`` times that camera's embedding to the patch tokens.
     """
 
     backbone: str = "resnet50"
@@ -87,6 +91,9 @@ class KPRConfig:
     fusion_stages: tuple[int, ...] = (1, 2, 3, 4)
     loss: LossConfig = field(default_factory=LossConfig)
     backbone_args: dict[str, Any] = field(default_factory=dict)
+    camera_embeddings: int = 0
+    camera_embedding_scale: float = 3.0
+    camera_dataset: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
@@ -116,6 +123,8 @@ class KPRConfig:
             raise KPRConfigError(f"last_stride must be 1 or 2, got {self.last_stride}")
         if self.embed_dim <= 0 or self.num_classes < 0 or self.gaussian_scale <= 0:
             raise KPRConfigError("embed_dim and gaussian_scale must be > 0 and num_classes >= 0")
+        if self.camera_embeddings < 0:
+            raise KPRConfigError(f"camera_embeddings must be >= 0, got {self.camera_embeddings}")
 
     @property
     def num_prompt_channels(self) -> int:
@@ -137,6 +146,9 @@ class KPRConfig:
             data["backbone_args"] = json.loads(json.dumps(self.backbone_args))
         else:
             del data["backbone_args"]
+        for name in CAMERA_FIELDS:  # likewise left out at their defaults
+            if data[name] == KPRConfig.__dataclass_fields__[name].default:
+                del data[name]
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in data.items()}
 
     @classmethod

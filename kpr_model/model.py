@@ -121,12 +121,17 @@ class KPR(nn.Module):
         self.concat_parts_identity_classifier = BNNeck(k * d, config.num_classes)
         self.parts_identity_classifier = nn.ModuleList(BNNeck(d, config.num_classes) for _ in range(k))
 
-    def forward(self, images: torch.Tensor, prompts: torch.Tensor | None = None) -> KPROutput:
+    def forward(self, images: torch.Tensor, prompts: torch.Tensor | None = None,
+                cameras: torch.Tensor | None = None) -> KPROutput:
         """Training pass on normalised images [N, 3, H, W] and ``prompts`` [N, P + 2, Hp, Wp] or None (no prompt)."""
-        return self.forward_head(self.forward_features(images, prompts))
+        return self.forward_head(self.forward_features(images, prompts, cameras))
 
-    def forward_features(self, images: torch.Tensor, prompts: torch.Tensor | None = None) -> KPRFeatures:
-        """Prompted backbone features, their part maps and the part visibility: the part every pass shares."""
+    def forward_features(self, images: torch.Tensor, prompts: torch.Tensor | None = None,
+                         cameras: torch.Tensor | None = None) -> KPRFeatures:
+        """Prompted backbone features, their part maps and the part visibility: the part every pass shares.
+
+        ``cameras`` [N] (camera ids of a model with camera embeddings) adds the camera term; None leaves it out.
+        """
         n = images.shape[0]
         if prompts is None:
             prompts = empty_prompt(n, tuple(images.shape[-2:]), self.config, images.device)
@@ -134,7 +139,7 @@ class KPR(nn.Module):
             raise ValueError(
                 f"prompts must be [{n}, {self.config.num_prompt_channels}, H, W], got {tuple(prompts.shape)}"
             )
-        feats = self.backbone(images, prompts)
+        feats = self.backbone(images, prompts, cameras)
         pixel_logits = self.pixel_classifier(feats)
         maps = pixel_logits.softmax(dim=1)
         return KPRFeatures(features=feats, pixel_logits=pixel_logits, part_maps=maps,
@@ -163,14 +168,14 @@ class KPR(nn.Module):
                          embeddings=emb, id_logits=logits)
 
     def forward_reid(
-        self, images: torch.Tensor, prompts: torch.Tensor | None = None
+        self, images: torch.Tensor, prompts: torch.Tensor | None = None, cameras: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Test-time pass computing only what retrieval uses (spec section 5), no training-only head.
 
         Returns the L2-normalised BN-foreground embedding [N, D], the L2-normalised part embeddings
         [N, K, D] and the visibility [N, K], equal to those of ``forward`` on the same inputs.
         """
-        x = self.forward_features(images, prompts)
+        x = self.forward_features(images, prompts, cameras)
         foreground = self.foreground_after_pooling_dim_reduce(_pool_foreground(x.features, x.part_maps))
         holistic = self.foreground_identity_classifier.bn(foreground)
         parts = self.parts_after_pooling_dim_reduce(_pool_parts(x.features, x.part_maps))
