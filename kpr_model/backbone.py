@@ -339,7 +339,7 @@ class PromptableBackbone(nn.Module):
             nn.init.trunc_normal_(self.sie_embed, std=0.02)
 
     def forward(self, images: torch.Tensor, prompts: torch.Tensor, cameras: torch.Tensor | None = None) -> torch.Tensor:
-        """Spatial features of ``images`` prompted by ``prompts``, with the camera term when ``cameras`` [N] is given."""
+        """Spatial features of ``images`` prompted by ``prompts`` (+ the camera term when ``cameras`` [N] is given)."""
         tokens = self.features.stem(images)
         if prompts.shape[-2:] != images.shape[-2:]:
             prompts = F.interpolate(prompts, size=images.shape[-2:], mode="bilinear", align_corners=True)
@@ -354,8 +354,9 @@ class PromptableBackbone(nn.Module):
         """camera_scale x sie_embed[camera] per image, shaped to add onto the stem's tokens."""
         if self.sie_embed is None:
             raise ValueError("camera ids were given but this model has no camera embeddings")
-        if cameras.ndim != 1 or (len(cameras) and not 0 <= int(cameras.min()) <= int(cameras.max()) < len(self.sie_embed)):
-            raise ValueError(f"camera ids must be a vector of values in [0, {len(self.sie_embed)}), got {cameras.tolist()}")
+        count = len(self.sie_embed)
+        if cameras.ndim != 1 or (len(cameras) and not 0 <= int(cameras.min()) <= int(cameras.max()) < count):
+            raise ValueError(f"camera ids must be a vector of values in [0, {count}), got {cameras.tolist()}")
         term = self.camera_scale * self.sie_embed[cameras.long(), 0]
         return term[:, None, None, :] if self.features.channels_last else term[:, :, None, None]
 

@@ -70,9 +70,8 @@ def _rescale(kps: np.ndarray | None, scale: np.ndarray) -> np.ndarray | None:
     return None if kps is None else np.asarray(kps, dtype=np.float32) * scale
 
 
-BatchEmbedder = Callable[
-    [Sequence[np.ndarray], Sequence[np.ndarray | None] | None, Sequence[np.ndarray | None] | None], ReIDEmbeddings
-]
+BatchEmbedder = Callable[..., ReIDEmbeddings]
+"""(crops, keypoints, negative_keypoints[, cameras]) of one chunk -> its embeddings."""
 
 
 def embed_in_batches(
@@ -83,19 +82,22 @@ def embed_in_batches(
     embed_batch: BatchEmbedder,
     num_parts: int,
     dim: int,
+    cameras: Sequence[int] | None = None,
 ) -> ReIDEmbeddings:
-    """Apply ``embed_batch`` to consecutive chunks of at most ``batch_size`` crops (and keypoints); concatenate."""
+    """Apply ``embed_batch`` to consecutive chunks of at most ``batch_size`` crops (and keypoints); concatenate.
+
+    ``cameras`` (one camera id per crop), when given, is chunked alike and passed as a fourth argument.
+    """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be > 0, got {batch_size}")
     _check_lengths(len(crops), keypoints, negative_keypoints)
-    chunks = [
-        embed_batch(
-            crops[start:start + batch_size],
-            None if keypoints is None else keypoints[start:start + batch_size],
-            None if negative_keypoints is None else negative_keypoints[start:start + batch_size],
-        )
-        for start in range(0, len(crops), batch_size)
-    ]
+    if cameras is not None and len(cameras) != len(crops):
+        raise ValueError(f"cameras must have one entry per crop ({len(crops)}), got {len(cameras)}")
+    chunks = []
+    for start in range(0, len(crops), batch_size):
+        window = slice(start, start + batch_size)
+        per_crop = (keypoints, negative_keypoints) + (() if cameras is None else (cameras,))
+        chunks.append(embed_batch(crops[window], *(None if items is None else items[window] for items in per_crop)))
     if not chunks:
         return ReIDEmbeddings(np.zeros((0, dim), np.float32), np.zeros((0, num_parts, dim), np.float32),
                               np.zeros((0, num_parts), np.float32))
@@ -140,23 +142,29 @@ class KPREncoder(EncoderShape):
         keypoints: Sequence[np.ndarray | None] | None = None,
         negative_keypoints: Sequence[np.ndarray | None] | None = None,
         batch_size: int = 64,
+        cameras: Sequence[int] | None = None,
     ) -> ReIDEmbeddings:
         """Embeddings of HxWx3 uint8 RGB crops, optionally prompted by per-crop target and negative keypoints.
 
+        ``cameras`` (one camera id per crop, for a model with camera embeddings) adds the camera term as the
+        official test engine does; without them it is left out, as the official feature extractor does.
         The model runs in eval mode (its previous mode is restored), so a training loop can validate with it.
         """
         was_training = self.model.training
         self.model.eval()
         try:
             return embed_in_batches(crops, keypoints, negative_keypoints, batch_size, self._embed_batch,
-                                    self.num_parts, self.dim)
+                                    self.num_parts, self.dim, cameras)
         finally:
             self.model.train(was_training)
 
     @torch.inference_mode()
     def _embed_batch(self, crops: Sequence[np.ndarray], keypoints: Sequence[np.ndarray | None] | None,
-                     negative_keypoints: Sequence[np.ndarray | None] | None) -> ReIDEmbeddings:
+                     negative_keypoints: Sequence[np.ndarray | None] | None,
+                     cameras: Sequence[int] | None = None) -> ReIDEmbeddings:
         images, prompts = prepare_crops(crops, keypoints, negative_keypoints, self.config)
-        holistic, parts, visibility = self.model.forward_reid(images.to(self.device), prompts.to(self.device))
+        camera_ids = None if cameras is None else torch.as_tensor(np.asarray(cameras, np.int64), device=self.device)
+        holistic, parts, visibility = self.model.forward_reid(images.to(self.device), prompts.to(self.device),
+                                                              camera_ids)
         return ReIDEmbeddings(holistic.float().cpu().numpy(), parts.float().cpu().numpy(),
                               visibility.float().cpu().numpy())

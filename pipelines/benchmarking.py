@@ -9,7 +9,7 @@ from typing import Sequence
 from kpr_model.encoder import KPREncoder
 from pipelines.bench_report import write_report
 from pipelines.errors import UserError
-from training.benchmark import MODES, SplitData, run_benchmark
+from training.benchmark import MODES, SplitData, run_benchmark, uses_camera_term
 from training.omz_baseline import OmzReIDModel
 
 
@@ -31,6 +31,10 @@ def benchmark_checkpoint(model: str, datasets: dict[str, str], out: str, modes: 
     benchmarks = []
     for data in splits:
         print(f"benchmarking {data.name}: {len(data.query)} queries, {len(data.gallery)} gallery crops", file=sys.stderr)
+        if encoder.config.camera_embeddings:
+            print(f"camera embedding {'on' if uses_camera_term(encoder.config, data.name) else 'off'} for {data.name} "
+                  f"(it is added only on {encoder.config.camera_dataset or 'its training dataset'}, the dataset "
+                  "whose cameras it learned)", file=sys.stderr)
         benchmarks.append(run_benchmark(data, encoder, modes, encoders, rerank, top_k, queries_shown))
     meta = {"model": model, "model_id": encoder.model_id, "modes": list(modes), "baselines": baselines, "rerank": rerank,
             "wall_s": round(time.perf_counter() - started, 1), "command": command,

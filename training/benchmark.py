@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import torch
 
+from kpr_model.config import KPRConfig
 from kpr_model.distance import ReIDEmbeddings, kpr_distance, part_distance, per_part_distances
 from kpr_model.encoder import KPREncoder, prepare_crops
 from kpr_model.keypoints import group_names
@@ -132,6 +133,17 @@ def global_distance(query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
                          gallery[:, None].astype(np.float32), np.ones((len(gallery), 1), np.float32)).numpy()
 
 
+def uses_camera_term(config: KPRConfig, dataset: str) -> bool:
+    """Whether a model embeds ``dataset`` with its camera embedding: only on the dataset whose cameras it learned,
+    as the official test engine does (elsewhere the camera ids mean other cameras, and the term is left out)."""
+    return config.camera_embeddings > 0 and config.camera_dataset == dataset.lower()
+
+
+def _cameras(encoder: KPREncoder, samples: Sequence[LoadedSample], dataset: str) -> list[int] | None:
+    """The samples' camera ids when ``encoder``'s model applies its camera term on ``dataset``, else None."""
+    return [s.camid for s in samples] if uses_camera_term(encoder.config, dataset) else None
+
+
 def _prompts(samples: Sequence[LoadedSample], prompted: bool) -> tuple[list | None, list | None]:
     """Target and negative keypoints of ``samples`` for the encoder, or (None, None) without prompts."""
     if not prompted:
@@ -139,17 +151,23 @@ def _prompts(samples: Sequence[LoadedSample], prompted: bool) -> tuple[list | No
     return [s.keypoints for s in samples], [s.negatives for s in samples]
 
 
-def kpr_embeddings(encoder: KPREncoder, samples: Sequence[LoadedSample], prompted: bool) -> ReIDEmbeddings:
-    """KPR embeddings of ``samples``, prompted by their keypoints and negatives or not prompted at all."""
-    return encoder.embed([s.image for s in samples], *_prompts(samples, prompted))
+def kpr_embeddings(encoder: KPREncoder, samples: Sequence[LoadedSample], prompted: bool,
+                   dataset: str) -> ReIDEmbeddings:
+    """KPR embeddings of ``samples`` of ``dataset``, prompted by their keypoints and negatives or not prompted at all."""
+    return encoder.embed([s.image for s in samples], *_prompts(samples, prompted),
+                         cameras=_cameras(encoder, samples, dataset))
 
 
 @torch.inference_mode()
-def part_attention_maps(encoder: KPREncoder, samples: Sequence[LoadedSample], prompted: bool) -> np.ndarray:
+def part_attention_maps(encoder: KPREncoder, samples: Sequence[LoadedSample], prompted: bool,
+                        dataset: str) -> np.ndarray:
     """The K part attention maps [N, K, h, w] (softmax probabilities at feature resolution) of each sample."""
     images, prompts = prepare_crops([s.image for s in samples], *_prompts(samples, prompted), encoder.config)
+    cameras = _cameras(encoder, samples, dataset)
+    camera_ids = None if cameras is None else torch.tensor(cameras, device=encoder.device)
     with torch.no_grad():
-        features = encoder.model.eval().forward_features(images.to(encoder.device), prompts.to(encoder.device))
+        features = encoder.model.eval().forward_features(images.to(encoder.device), prompts.to(encoder.device),
+                                                         camera_ids)
     return features.part_maps[:, 1:].float().cpu().numpy()
 
 
@@ -174,11 +192,11 @@ def benchmark_split(data: SplitData, encoder: KPREncoder | None, modes: Sequence
     unprompted = None
     for mode in modes:
         if mode == "prompt":
-            query, gallery = (kpr_embeddings(encoder, s, True) for s in (data.query, data.gallery))
+            query, gallery = (kpr_embeddings(encoder, s, True, data.name) for s in (data.query, data.gallery))
             results += _with_rerank(mode, kpr_distance, query, gallery, data, rerank, keep=True)
             continue
         if unprompted is None:
-            unprompted = tuple(kpr_embeddings(encoder, s, False) for s in (data.query, data.gallery))
+            unprompted = tuple(kpr_embeddings(encoder, s, False, data.name) for s in (data.query, data.gallery))
         if mode == "no_prompt":
             results += _with_rerank(mode, kpr_distance, *unprompted, data, rerank, keep=True)
         else:
@@ -207,7 +225,8 @@ def ranking_examples(data: SplitData, results: Mapping[str, MethodResult], encod
     examples = []
     for i in np.unique(np.linspace(0, len(data.query) - 1, max(1, count)).round().astype(int)):
         shown = result.rankings[i][:top_k]
-        maps = part_attention_maps(encoder, [data.query[i], *(data.gallery[j] for j in shown)], mode == "prompt")
+        maps = part_attention_maps(encoder, [data.query[i], *(data.gallery[j] for j in shown)], mode == "prompt",
+                                   data.name)
         examples.append(RankingExample(
             mode, int(i), shown, result.distances[i, shown], truth.g_pids[shown] == truth.q_pids[i], maps,
             np.concatenate([query_emb.visibility[i:i + 1], gallery_emb.visibility[shown]]),
