@@ -20,6 +20,9 @@ Name mapping (official -> ours), P = prompt groups, ``B = backbone_appearance_fe
   pooling_dim_reduce.layers.*``, ``{global,background,foreground,concat_parts}_identity_classifier.*``,
   ``parts_identity_classifier.<k>.*``.
 
+- ``B.sie_embed`` [cameras, 1, D] -> ``backbone.sie_embed`` (the camera embedding) when the config has
+  camera_embeddings, which ``infer_config`` sets from the file (see below).
+
 Official tensors deliberately NOT loaded (``IGNORED`` documents each rule):
 
 - ``B.patch_embed.*``: the official ``PromptableTransformerBackbone`` stores ``self.patch_embed =
@@ -30,34 +33,58 @@ Official tensors deliberately NOT loaded (``IGNORED`` documents each rule):
   "spatialize_part_tokens"; the default "embed_heatmaps_patches" (ours) never reads it.
 - ``*_identity_classifier.classifier.weight`` (+ ``parts_identity_classifier.<k>.classifier``) only
   when the config has ``num_classes == 0``: training-time id classifiers, no effect on embeddings.
+- ``B.sie_embed`` when the config has no camera embeddings, and ``B.model.semantic_embed_*`` when its
+  semantic_weight is -1: the official test code builds the model without them and its non-strict
+  weight loader drops them.
 
 Anything else that is left over, or any parameter / buffer of ours without a source, raises
 ``OfficialImportError``: the import is strict.
 
 Only the SOLIDER Swin layout (``B.model.stages.*``) is handled; official checkpoints with timm
 Swin / ViT / ResNet / HRNet backbones use other names and are rejected with a clear error.
-Files are read with ``torch.load(weights_only=True)``: a file holding pickled non-tensor objects
-(e.g. a yacs training config) is refused instead of unpickling code (see ``load_official_file``).
+
+Files: a torchreid checkpoint (``{'state_dict', 'epoch', 'rank1', 'mAP', 'config', 'optimizer',
+'scheduler', ...}``, usually ``.pth.tar``) or a bare state dict, keys with or without ``module.``,
+read by ``kpr_model.torch_file`` (no code from the file runs, yacs is not needed). The config, when
+present, is read as plain data (``kpr_model.official_config``) and decides:
+
+- the semantic weight: the config's ``model.solider.semantic_weight``, else -1 (the official
+  SOLIDER test configurations: semantic layers unused); the caller may override it;
+- the camera embedding: imported when the file holds one and the config does not turn SIE off; it
+  is tied to the training dataset (``data.sources[0]``), and left out of every pass that is given no
+  camera ids (search and ingestion: an archive's cameras are not the dataset's); ``kpr bench`` on
+  that dataset passes them, as the official test engine does (coefficient ``sie_coe``, 3);
+- the input size, normalisation and keypoint threshold.
+
+``write_official_model`` turns a file into a project checkpoint folder, writing nothing on failure.
 """
 from __future__ import annotations
 
-import pickle
+import os
 import re
+import shutil
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
+from kpr_model.checkpoint import save_checkpoint
 from kpr_model.config import KPRConfig, KPRModelError
 from kpr_model.keypoints import PROMPT_GROUPINGS
 from kpr_model.model import KPR
+from kpr_model.official_config import OfficialSettings, official_settings
 from kpr_model.solider_swin import SOLIDER_ARCHS
-
+from kpr_model.torch_file import read_torch_file
 OFFICIAL_BACKBONE = "backbone_appearance_feature_extractor."
 IGNORED: dict[str, str] = {
     OFFICIAL_BACKBONE + "parts_embed": "part tokens of the unused 'spatialize_part_tokens' prompt strategy",
     OFFICIAL_BACKBONE + "patch_embed.*": "alias of backbone_appearance_feature_extractor.model.patch_embed.* "
     "(same module registered twice); checked equal, loaded once",
     "*identity_classifier*.classifier.weight": "training-only id classifiers, dropped when config.num_classes == 0",
+    OFFICIAL_BACKBONE + "sie_embed": "camera embedding, dropped when config.camera_embeddings == 0",
+    OFFICIAL_BACKBONE + "model.semantic_embed_*": "SOLIDER semantic layers, dropped when the semantic weight is -1",
 }
 
 
@@ -71,22 +98,26 @@ def official_prompt_order(num_prompt_channels: int) -> list[int]:
     return [0] + [2 + g for g in range(groups)] + [1]
 
 
-def infer_config(state: dict[str, torch.Tensor], **changes) -> KPRConfig:
-    """KPRConfig for an official SOLIDER state dict: the ``solider_swin_base`` preset with num_classes,
-    prompt grouping, embedding size and Swin shape read from the tensors (image size stays 384x128)."""
+def infer_config(state: dict[str, torch.Tensor], settings: OfficialSettings | None = None, **changes) -> KPRConfig:
+    """KPRConfig for an official SOLIDER state dict: the ``solider_swin_base`` preset with num_classes, prompt
+    grouping, embedding size, Swin shape and camera embedding read from the tensors, and what ``settings`` (the
+    file's config) says; semantic weight from the settings, else -1. ``changes`` override any field."""
+    settings = settings or OfficialSettings()
     b = OFFICIAL_BACKBONE
     try:
         prompt_channels = state[b + "masks_patch_embed.projection.weight"].shape[1]
         parts = state["pixel_classifier.classifier.weight"].shape[0] - 1
         embed = state["global_after_pooling_dim_reduce.layers.0.weight"].shape[0]
         swin_dim = state[b + "model.patch_embed.projection.weight"].shape[0]
-    except KeyError as exc:
+    except (KeyError, IndexError, AttributeError) as exc:
         raise OfficialImportError(f"not an official KPR SOLIDER state dict: missing {exc}") from exc
     classifier = state.get("global_identity_classifier.classifier.weight")
     num_classes = int(classifier.shape[0]) if classifier is not None else 0
     grouping = [name for name, groups in PROMPT_GROUPINGS.items() if len(groups) + 2 == prompt_channels]
     if not grouping:
         raise OfficialImportError(f"no prompt grouping has {prompt_channels - 2} groups")
+    if parts != 8:
+        raise OfficialImportError(f"official model has K={parts} parts; only the 'eight' grouping (K=8) is supported")
     depths, heads = [], []
     for i in range(8):
         blocks = {int(m.group(1)) for k in state if (m := re.match(rf"{re.escape(b)}model\.stages\.{i}\.blocks\.(\d+)\.", k))}
@@ -94,18 +125,19 @@ def infer_config(state: dict[str, torch.Tensor], **changes) -> KPRConfig:
             break
         depths.append(max(blocks) + 1)
         heads.append(int(state[f"{b}model.stages.{i}.blocks.0.attn.w_msa.relative_position_bias_table"].shape[1]))
-    # semantic_weight is a config value, not a tensor: -1 (off) unless the file has the semantic layers,
-    # then SOLIDER's ReID default 0.2 (pass backbone_args to override).
-    semantic = any(".semantic_embed_w." in k for k in state)
-    args = {"embed_dim": int(swin_dim), "depths": depths, "num_heads": heads, "semantic_weight": 0.2 if semantic else -1.0}
-    values = {
+    semantic = -1.0 if settings.semantic_weight is None else settings.semantic_weight
+    args = {"embed_dim": int(swin_dim), "depths": depths, "num_heads": heads, "semantic_weight": semantic}
+    values: dict[str, Any] = {
         "num_classes": num_classes,
         "prompt_grouping": grouping[0],
         "embed_dim": int(embed),
         "backbone_args": args,
+        **settings.config_changes(),
     }
-    if parts != 8:
-        raise OfficialImportError(f"official model has K={parts} parts; only the 'eight' grouping (K=8) is supported")
+    sie = state.get(b + "sie_embed")
+    if sie is not None and settings.camera_embedding:
+        values.update(camera_embeddings=int(sie.shape[0]), camera_embedding_scale=settings.camera_scale,
+                      camera_dataset=settings.dataset)
     values.update(changes)
     return KPRConfig.solider_swin_base(**values)
 
@@ -122,7 +154,10 @@ def map_official_state_dict(state: dict[str, torch.Tensor], config: KPRConfig) -
         )
     mapped: dict[str, torch.Tensor] = {}
     leftovers = []
+    semantic = float(config.backbone_args.get("semantic_weight", -1.0)) >= 0
     for key, value in state.items():
+        if key.startswith(b + "model.semantic_embed_") and not semantic:
+            continue
         if key.startswith(b + "model."):
             mapped["backbone.features.model." + key[len(b + "model."):]] = value
         elif key.startswith(b + "masks_patch_embed."):
@@ -143,6 +178,9 @@ def map_official_state_dict(state: dict[str, torch.Tensor], config: KPRConfig) -
                 raise OfficialImportError(f"{key} should be an alias of {twin} but differs from it (or it is missing)")
         elif key == b + "parts_embed":
             continue
+        elif key == b + "sie_embed":
+            if config.camera_embeddings:
+                mapped["backbone.sie_embed"] = value
         elif key.startswith(b):
             leftovers.append(key)
         elif config.num_classes == 0 and re.search(r"identity_classifier(\.\d+)?\.classifier\.weight$", key):
@@ -175,29 +213,104 @@ def import_official_state_dict(state: dict[str, torch.Tensor], config: KPRConfig
     return model.eval()
 
 
-def load_official_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensor dict of an official ``.pth`` read with ``torch.load(weights_only=True)`` (``state_dict`` unwrapped)."""
+@dataclass
+class OfficialFile:
+    """An official checkpoint file's contents: the state dict (``module.`` stripped), its config, its other records."""
+
+    state: dict[str, torch.Tensor]
+    config: dict | None
+    records: dict[str, Any]
+
+
+def read_official_file(path: str | Path) -> OfficialFile:
+    """The state dict, config and records (epoch, rank1, mAP) of a torchreid checkpoint or a bare state dict."""
     path = Path(path)
-    if not path.is_file():
-        raise OfficialImportError(f"official checkpoint not found: {path}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise OfficialImportError(
-            f"{path} holds pickled Python objects besides tensors (e.g. the training config), which "
-            "torch.load(weights_only=True) refuses; it is not unpickled here because that can run arbitrary code. "
-            "If you trust the file, extract its weights once, e.g. "
-            "torch.save(torch.load(path, weights_only=False)['state_dict'], 'kpr_state_dict.pth'), "
-            f"and import that file. ({str(exc).splitlines()[0]})"
-        ) from exc
-    for key in ("state_dict", "model"):
-        if isinstance(data, dict) and isinstance(data.get(key), dict):
-            data = data[key]
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+    data = read_torch_file(path)
+    if not isinstance(data, dict):
+        raise OfficialImportError(f"{path} holds a {type(data).__name__}, not a checkpoint or state dict")
+    state = next((data[key] for key in ("state_dict", "model") if isinstance(data.get(key), dict)), data)
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise OfficialImportError(f"{path} does not hold a state dict of tensors")
-    return data
+    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    records = {key: _plain_number(data[key]) for key in ("epoch", "rank1", "mAP") if state is not data and key in data}
+    config = data.get("config") if state is not data else None
+    return OfficialFile(state, config, {k: v for k, v in records.items() if v is not None})
+
+
+def _plain_number(value: Any) -> float | int | None:
+    """A number saved as a Python, numpy or one-element torch value, as a plain float or int (None otherwise)."""
+    if isinstance(value, torch.Tensor):
+        value = value.numpy() if value.numel() == 1 else None
+    if isinstance(value, (int, float, np.number, np.ndarray)) and np.size(value) == 1 and not isinstance(value, bool):
+        number = np.asarray(value).item()
+        return number if isinstance(number, int) else float(number)
+    return None
 
 
 def import_official_checkpoint(path: str | Path, config: KPRConfig | None = None) -> KPR:
-    """KPR model (eval mode) from an official KPR ``.pth`` file (see ``load_official_file``)."""
-    return import_official_state_dict(load_official_file(path), config)
+    """KPR model (eval mode) from an official KPR file; ``config`` defaults to the file's own (``infer_config``)."""
+    official = read_official_file(path)
+    return import_official_state_dict(official.state, config or infer_config(official.state,
+                                                                             official_settings(official.config)))
+
+
+@dataclass
+class OfficialImport:
+    """An imported official checkpoint: the model, its config, the metadata to save and what to tell the user."""
+
+    model: KPR
+    config: KPRConfig
+    metadata: dict[str, Any]
+    notes: list[str]
+
+
+def import_official_file(path: str | Path, semantic_weight: float | None = None,
+                         dataset_cameras: int | None = None) -> OfficialImport:
+    """Import an official file under its own config; ``semantic_weight`` overrides the config's, ``dataset_cameras``
+    (the training dataset's camera count) must match the file's camera embedding when given."""
+    path = Path(path)
+    official = read_official_file(path)
+    settings = official_settings(official.config)
+    source = "the checkpoint's config" if settings.semantic_weight is not None else "the official test configuration"
+    if semantic_weight is not None:
+        settings, source = replace(settings, semantic_weight=float(semantic_weight)), "the command line"
+    sie = official.state.get(OFFICIAL_BACKBONE + "sie_embed")
+    if dataset_cameras is not None and (sie is None or sie.shape[0] != dataset_cameras):
+        held = "no camera embedding" if sie is None else f"a camera embedding of {sie.shape[0]} cameras"
+        raise OfficialImportError(f"{path} holds {held}, not one of the {dataset_cameras} dataset cameras given")
+    config = infer_config(official.state, settings)
+    weight = float(config.backbone_args["semantic_weight"])
+    if weight >= 0 and not any(k.startswith(OFFICIAL_BACKBONE + "model.semantic_embed_") for k in official.state):
+        raise OfficialImportError(f"semantic weight {weight} (from {source}) needs SOLIDER's semantic layers, "
+                                  f"which {path} does not hold; use semantic weight -1")
+    model = import_official_state_dict(official.state, config)
+    notes = [f"semantic weight {weight:g} (from {source}){'; semantic layers unused' if weight < 0 else ''}"]
+    if config.camera_embeddings:
+        dataset = config.camera_dataset or "its training dataset"
+        notes.append(f"camera embedding of {config.camera_embeddings} cameras ({dataset}) imported; left out when "
+                     f"embedding crops without camera ids (search, ingestion), added by kpr bench on {dataset}")
+    elif sie is not None:
+        notes.append("camera embedding dropped: the checkpoint's config turns it off")
+    metadata = {"official_import": {"file": path.name, **official.records, "trained_on": settings.dataset,
+                                    "semantic_weight_from": source}}
+    return OfficialImport(model, config, metadata, notes)
+
+
+def write_official_model(path: str | Path, out: str | Path, semantic_weight: float | None = None,
+                         dataset_cameras: int | None = None) -> tuple[str, list[str]]:
+    """Import official file ``path`` as a project checkpoint folder ``out`` (which must not exist yet).
+
+    Returns (model_id, notes). Nothing is left at ``out`` when anything fails.
+    """
+    out = Path(out)
+    if out.exists():
+        raise OfficialImportError(f"{out} already exists; give a new folder for the imported model")
+    imported = import_official_file(path, semantic_weight, dataset_cameras)
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    try:
+        model_id = save_checkpoint(imported.model, imported.config, partial, imported.metadata)
+        os.replace(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return model_id, imported.notes

@@ -280,6 +280,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_official(args: argparse.Namespace) -> int:
+    from kpr_model.official_import import write_official_model
+
+    model_id, notes = write_official_model(args.file, args.out, args.semantic_weight, args.dataset_cameras)
+    for note in notes:
+        print(note, file=sys.stderr)
+    print(f"imported {args.file} as {args.out} (model_id {model_id})")
+    return 0
+
+
 def _bench_command(args: argparse.Namespace) -> str:
     """The `kpr bench` command line that reproduces ``args`` (recorded in the report)."""
     import shlex
@@ -493,6 +503,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries-shown", type=_non_negative(int), default=20,
                    help="queries on the ranking page, spread over the query list (default 20)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "import-official", help="turn an official KPR checkpoint file into a model folder for --model",
+        description="Reads an official KPR checkpoint (SOLIDER Swin-B): a torchreid .pth.tar (weights, training config,\n"
+                    "metrics, optimizer state) or a bare state dict, without running code from the file, and writes\n"
+                    "a model folder that kpr ingest, search, serve and bench take as --model. The file's training\n"
+                    "config decides the input size, normalisation, semantic weight (else -1, as the official test\n"
+                    "configurations) and the camera embedding, which only kpr bench on the training dataset adds.",
+        epilog="Example:\n  kpr import-official kpr_occ_duke_SOLIDER_75.12_84.25_41443413.pth.tar --out models/kpr_occ_duke",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", type=Path, help="official checkpoint file (.pth.tar or .pth)")
+    p.add_argument("--out", required=True, type=Path, help="model folder to create (must not exist)")
+    p.add_argument("--dataset-cameras", type=_positive(int), metavar="N",
+                   help="camera count of the dataset the file was trained on; the file's camera embedding must "
+                        "have as many (a check for files without a training config)")
+    p.add_argument("--semantic-weight", type=_bounded(float, -1.0, 1.0, True, "-1 (unused) or between 0 and 1"),
+                   metavar="W", help="SOLIDER semantic weight instead of the file's (-1: semantic layers unused)")
+    p.set_defaults(func=cmd_import_official)
     return parser
 
 

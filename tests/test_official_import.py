@@ -1,19 +1,28 @@
-"""Import of official KPR checkpoints: exact official names/shapes (spec TSV), strictness, prompt channel order."""
+"""Import of official KPR checkpoints: exact official names/shapes (spec TSV), strictness, prompt channel order,
+torchreid files read without their code, camera embedding, semantic weight, bad files."""
 from __future__ import annotations
 
+import sys
+import types
 from pathlib import Path
+from unittest.mock import patch
 
+import numpy as np
 import pytest
 import torch
 
-from kpr_model import KPR, KPRConfig, empty_prompt
+from kpr_model import KPR, KPRConfig, KPREncoder, KPRModelError, empty_prompt, load_checkpoint, read_checkpoint_info
 from kpr_model.official_import import (
     OfficialImportError,
     import_official_checkpoint,
+    import_official_file,
     import_official_state_dict,
     infer_config,
     official_prompt_order,
 )
+from pipelines.cli import main
+from training.benchmark import kpr_embeddings, uses_camera_term
+from training.samples import LoadedSample
 
 torch.set_num_threads(2)
 TSV = Path(__file__).resolve().parents[1].parent / "shared" / "design" / "kpr_official_state_dict.tsv"
@@ -107,21 +116,26 @@ def test_full_official_state_dict_imports_exactly(tsv_rows) -> None:
         assert torch.isfinite(first.embeddings[key]).all()
 
 
-@pytest.fixture(scope="module")
-def tiny_official() -> tuple[KPRConfig, dict[str, torch.Tensor], KPR]:
-    """A tiny SOLIDER KPR written out under official names (inverse of the import mapping)."""
-    config = KPRConfig.tiny_solider(num_classes=4)
+def tiny_model(**changes) -> KPR:
+    """A seeded tiny SOLIDER KPR (4 identities) whose prompt tokenizer and BN statistics are not at their init."""
     torch.manual_seed(0)
-    model = KPR(config).eval()
+    model = KPR(KPRConfig.tiny_solider(num_classes=4, **changes)).eval()
     with torch.no_grad():
         torch.nn.init.normal_(model.backbone.masks_patch_embed.projection.weight, std=0.3)
         for module in model.modules():
             if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
                 module.running_mean.normal_(0, 0.1)
+    return model
+
+
+def official_names(model: KPR) -> dict[str, torch.Tensor]:
+    """``model``'s state dict under the official names (inverse of the import mapping), as an official file holds it."""
     state = {}
     inverse = {0: 0, **{2 + g: 1 + g for g in range(8)}, 1: 9}  # official channel -> our channel
     for key, value in model.state_dict().items():
-        if key.startswith("backbone.features.model."):
+        if key == "backbone.sie_embed":
+            name = B + "sie_embed"
+        elif key.startswith("backbone.features.model."):
             name = B + "model." + key[len("backbone.features.model."):]
         elif key.startswith("backbone.masks_patch_embed."):
             name = B + "masks_patch_embed." + key[len("backbone.masks_patch_embed."):]
@@ -135,7 +149,14 @@ def tiny_official() -> tuple[KPRConfig, dict[str, torch.Tensor], KPR]:
     for key in [k for k in state if k.startswith(B + "model.patch_embed.")]:
         state[key.replace(B + "model.", B)] = state[key].clone()
     state[B + "parts_embed"] = torch.zeros(10, 1, 16)
-    return config, state, model
+    return state
+
+
+@pytest.fixture(scope="module")
+def tiny_official() -> tuple[KPRConfig, dict[str, torch.Tensor], KPR]:
+    """A tiny SOLIDER KPR, its config and its weights under official names."""
+    model = tiny_model()
+    return model.config, official_names(model), model
 
 
 def test_tiny_round_trip_gives_identical_outputs(tiny_official) -> None:
@@ -162,7 +183,7 @@ def test_import_is_strict(tiny_official) -> None:
     with pytest.raises(OfficialImportError, match="unexpected"):
         import_official_state_dict({**state, "foreground_attention_pooling_head.weight": torch.ones(1)}, config)
     with pytest.raises(OfficialImportError, match="no counterpart"):
-        import_official_state_dict({**state, B + "sie_embed": torch.ones(3, 1, 16)}, config)
+        import_official_state_dict({**state, B + "cls_token": torch.ones(1, 1, 16)}, config)
     tampered = dict(state)
     tampered[B + "patch_embed.norm.weight"] = tampered[B + "patch_embed.norm.weight"] + 1
     with pytest.raises(OfficialImportError, match="alias"):
@@ -175,8 +196,8 @@ def test_import_is_strict(tiny_official) -> None:
         import_official_state_dict(state, config.with_updates(num_classes=7))
 
 
-class _TrainingConfig:
-    """Stands for the yacs config object that official .pth files may pickle beside the weights."""
+class _Unlisted:
+    """An object of a class no allowlist knows, as a file that pickles arbitrary objects holds."""
 
 
 def test_checkpoint_files(tiny_official, tmp_path) -> None:
@@ -184,8 +205,201 @@ def test_checkpoint_files(tiny_official, tmp_path) -> None:
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 120}, tmp_path / "kpr.pth")
     imported = import_official_checkpoint(tmp_path / "kpr.pth", config)
     assert all(torch.equal(imported.state_dict()[k], v) for k, v in model.state_dict().items())
-    torch.save({"state_dict": state, "config": _TrainingConfig()}, tmp_path / "with_config.pth")
-    with pytest.raises(OfficialImportError, match="weights_only"):
-        import_official_checkpoint(tmp_path / "with_config.pth", config)
-    with pytest.raises(OfficialImportError, match="not found"):
+    torch.save({"state_dict": state, "extra": _Unlisted()}, tmp_path / "unlisted.pth")
+    with pytest.raises(KPRModelError, match="_Unlisted, which is not loaded"):
+        import_official_checkpoint(tmp_path / "unlisted.pth", config)
+    with pytest.raises(KPRModelError, match="not found"):
         import_official_checkpoint(tmp_path / "absent.pth", config)
+
+
+class CfgNode(dict):
+    """Stands for yacs' CfgNode, pickled under its module name: a dict carrying attributes of its own."""
+
+    __module__ = "yacs.config"
+
+    def __init__(self, init: dict | None = None) -> None:
+        super().__init__({k: CfgNode(v) if isinstance(v, dict) else v for k, v in (init or {}).items()})
+        self.__dict__["__immutable__"] = False
+
+
+def official_config(semantic_weight: float = -1.0, **sections) -> dict:
+    """A training config tree as torchreid saves it (the settings the import reads), sections overridden."""
+    tree = {
+        "data": {"sources": ["occluded_duke"], "targets": ["occluded_duke"], "height": 64, "width": 32,
+                 "norm_mean": [0.5, 0.5, 0.5], "norm_std": [0.5, 0.5, 0.5]},
+        "model": {"kpr": {"backbone": "solider_swin_base_patch4_window7_224", "test_embeddings": ["bn_foreg", "parts"],
+                          "keypoints": {"vis_thresh": 0.3, "prompt_preprocess": "cck8"}, "masks": {"preprocess": "eight"}},
+                  "solider": {"semantic_weight": semantic_weight},
+                  "transreid": {"cam_num": 8, "sie_camera": True, "sie_coe": 3.0, "sie_view": False}},
+        "test": {"dist_metric": "euclidean", "normalize_feature": True, "rerank": False},
+    }
+    for dotted, value in sections.items():
+        *path, last = dotted.split("__")
+        node = tree
+        for key in path:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return tree
+
+
+def save_torchreid_file(path: Path, model: KPR, config: dict | None, **extra) -> Path:
+    """Write ``model`` as torchreid's save_checkpoint does: weights under official names with ``module.``, the yacs
+    config, numpy metrics, optimizer and scheduler state. yacs.config is a stand-in module while saving only."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=120)
+    optimizer.state[next(iter(model.parameters()))] = {"step": torch.tensor(3.0), "exp_avg": torch.ones(2)}
+    state = {f"module.{k}": v for k, v in official_names(model).items()}
+    payload = {"state_dict": state, "epoch": 120, "rank1": np.float64(0.8425), "mAP": np.float32(0.7512),
+               "ssmd": np.array([0.1, 0.2]), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+               **extra}
+    if config is not None:
+        payload["config"] = CfgNode(config)
+    yacs, yacs_config = types.ModuleType("yacs"), types.ModuleType("yacs.config")
+    yacs_config.CfgNode, yacs.config = CfgNode, yacs_config
+    with patch.dict(sys.modules, {"yacs": yacs, "yacs.config": yacs_config}):
+        torch.save(payload, path)
+    assert "yacs.config" not in sys.modules
+    return path
+
+
+def embed(model: KPR, cameras: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """forward_reid of two seeded images, one with a keypoint prompt."""
+    config = model.config
+    images = torch.randn(2, 3, *config.image_size, generator=torch.Generator().manual_seed(5))
+    prompt = empty_prompt(2, config.image_size, config)
+    prompt[0, 2, 10:30], prompt[0, 0, 10:30] = 1.0, 0.0
+    with torch.no_grad():
+        return model.forward_reid(images, prompt, cameras)
+
+
+def test_torchreid_file_becomes_a_model_folder(tmp_path) -> None:
+    model = tiny_model()
+    path = save_torchreid_file(tmp_path / "kpr_occ_duke_SOLIDER.pth.tar", model, official_config())
+    assert main(["import-official", str(path), "--out", str(tmp_path / "model")]) == 0
+    imported, config, _ = load_checkpoint(tmp_path / "model")
+    assert config == model.config
+    assert all(torch.equal(imported.state_dict()[k], v) for k, v in model.state_dict().items())
+    _, _, metadata = read_checkpoint_info(tmp_path / "model")
+    assert metadata["official_import"] == {"file": path.name, "epoch": 120, "rank1": 0.8425,
+                                           "mAP": pytest.approx(0.7512), "trained_on": "occluded_duke",
+                                           "semantic_weight_from": "the checkpoint's config"}
+    encoder = KPREncoder.from_checkpoint(tmp_path / "model")  # what ingest, search, serve and bench open
+    assert encoder.embed([np.full((90, 40, 3), 120, np.uint8)]).parts.shape == (1, 8, 32)
+
+
+def test_bare_and_module_prefixed_state_dicts(tmp_path) -> None:
+    model = tiny_model()
+    state = official_names(model)
+    torch.save(state, tmp_path / "bare.pth")
+    torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "prefixed.pth")
+    for name in ("bare.pth", "prefixed.pth"):
+        imported = import_official_file(tmp_path / name)
+        # no config: the official Swin-B input size and semantic weight -1
+        assert imported.config == model.config.with_updates(image_size=(384, 128))
+        assert all(torch.equal(imported.model.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_camera_embedding_only_with_camera_ids(tmp_path) -> None:
+    model = tiny_model(camera_embeddings=8, camera_dataset="occluded_duke")
+    path = save_torchreid_file(tmp_path / "sie.pth.tar", model, official_config())
+    imported = import_official_file(path)
+    assert (imported.config.camera_embeddings, imported.config.camera_embedding_scale,
+            imported.config.camera_dataset) == (8, 3.0, "occluded_duke")
+    assert any("camera embedding of 8 cameras (occluded_duke)" in note for note in imported.notes)
+    sie = model.backbone.sie_embed.detach()
+    assert torch.equal(imported.model.backbone.sie_embed, sie)
+
+    without = KPR(model.config.with_updates(camera_embeddings=0, camera_dataset="")).eval()
+    without.load_state_dict({k: v for k, v in model.state_dict().items() if k != "backbone.sie_embed"})
+    for ours, reference in zip(embed(imported.model), embed(without)):  # no camera ids: the feature extractor's way
+        assert torch.equal(ours, reference)
+
+    cameras = torch.tensor([5, 2])  # the test engine's way: 3 x sie_embed[camera] added to the patch tokens
+    hook = without.backbone.features.model.patch_embed.register_forward_hook(
+        lambda _module, _inputs, tokens: tokens + 3.0 * sie[cameras][:, :, None, :])
+    reference = embed(without)
+    hook.remove()
+    for ours, expected in zip(embed(imported.model, cameras), reference):
+        assert torch.allclose(ours, expected, atol=1e-6)
+    assert not torch.allclose(embed(imported.model, cameras)[1], embed(imported.model)[1], atol=1e-4)
+
+    encoder = KPREncoder(imported.model, imported.config)
+    samples = [LoadedSample(np.full((90, 40, 3), 60 * i, np.uint8), np.zeros((17, 3), np.float32),
+                            np.zeros((0, 17, 3), np.float32), None, pid=i, camid=c) for i, c in enumerate([5, 2, 7])]
+    crops = [s.image for s in samples]
+    assert uses_camera_term(imported.config, "Occluded_Duke") and not uses_camera_term(imported.config, "market1501")
+    on = kpr_embeddings(encoder, samples, False, "occluded_duke")
+    assert np.array_equal(on.parts, encoder.embed(crops, cameras=[5, 2, 7]).parts)
+    assert np.array_equal(kpr_embeddings(encoder, samples, False, "market1501").parts, encoder.embed(crops).parts)
+
+    turned_off = save_torchreid_file(tmp_path / "sie_off.pth.tar", model,
+                                     official_config(model__transreid__sie_camera=False))
+    assert import_official_file(turned_off).config.camera_embeddings == 0
+
+
+def test_semantic_weight_follows_the_file_else_the_official_test_config(tmp_path) -> None:
+    args = dict(KPRConfig.tiny_solider().backbone_args, semantic_weight=0.2)
+    model = tiny_model(backbone_args=args)
+    with_config = save_torchreid_file(tmp_path / "semantic.pth.tar", model, official_config(semantic_weight=0.2))
+    imported = import_official_file(with_config)
+    assert imported.config == model.config
+    for ours, reference in zip(embed(imported.model), embed(model)):
+        assert torch.equal(ours, reference)
+
+    bare = tmp_path / "semantic_bare.pth"
+    torch.save(official_names(model), bare)
+    unused = import_official_file(bare)  # no config: the official test configuration, semantic layers dropped
+    assert unused.config.backbone_args["semantic_weight"] == -1.0
+    assert not any("semantic_embed" in k for k in unused.model.state_dict())
+    assert import_official_file(with_config, semantic_weight=-1.0).config.backbone_args["semantic_weight"] == -1.0
+    assert import_official_file(bare, semantic_weight=0.2).config == model.config.with_updates(image_size=(384, 128))
+    with pytest.raises(OfficialImportError, match="semantic layers"):
+        import_official_file(save_torchreid_file(tmp_path / "plain.pth.tar", tiny_model(), None), semantic_weight=0.2)
+
+
+def _truncated(tmp_path: Path) -> Path:
+    path = save_torchreid_file(tmp_path / "truncated.pth.tar", tiny_model(), official_config())
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+def _other_model(tmp_path: Path) -> Path:
+    torch.save({"state_dict": torch.nn.Conv2d(3, 8, 3).state_dict(), "epoch": 3}, tmp_path / "resnet.pth.tar")
+    return tmp_path / "resnet.pth.tar"
+
+
+def _unknown_object(tmp_path: Path) -> Path:
+    return save_torchreid_file(tmp_path / "unknown.pth.tar", tiny_model(), official_config(), hook=_Unlisted())
+
+
+def _unsupported_config(tmp_path: Path) -> Path:
+    config = official_config(model__kpr__test_embeddings=["globl", "parts"])
+    return save_torchreid_file(tmp_path / "globl.pth.tar", tiny_model(), config)
+
+
+def _wrong_camera_count(tmp_path: Path) -> Path:
+    model = tiny_model(camera_embeddings=8, camera_dataset="occluded_duke")
+    return save_torchreid_file(tmp_path / "cams.pth.tar", model, official_config())
+
+
+@pytest.mark.parametrize("make, extra, message", [
+    (_truncated, [], "not a complete torch file"),
+    (_other_model, [], "not an official KPR SOLIDER state dict"),
+    (_unknown_object, [], "pickled test_official_import._Unlisted, which is not loaded"),
+    (_unsupported_config, [], "model.kpr.test_embeddings=['globl', 'parts']; the project runs only"),
+    (_wrong_camera_count, ["--dataset-cameras", "6"], "not one of the 6 dataset cameras"),
+])
+def test_bad_files_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, make, extra, message) -> None:
+    path = make(tmp_path)
+    before = set(tmp_path.iterdir())
+    assert main(["import-official", str(path), "--out", str(tmp_path / "model"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kpr import-official: error: ") and err.count("\n") == 1 and message in err, err
+    assert set(tmp_path.iterdir()) == before
+
+
+def test_existing_folder_is_not_overwritten(tmp_path, capsys) -> None:
+    path = save_torchreid_file(tmp_path / "kpr.pth.tar", tiny_model(), official_config())
+    (tmp_path / "model").mkdir()
+    assert main(["import-official", str(path), "--out", str(tmp_path / "model")]) == 2
+    assert "already exists" in capsys.readouterr().err and not any((tmp_path / "model").iterdir())
