@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -105,6 +106,25 @@ def test_market_layout_errors_name_what_is_wrong(market: Path, tmp_path: Path) -
     shutil.rmtree(market / "query")
     with pytest.raises(DatasetError, match="missing query/"):
         load_dataset("market1501", market, "gallery")
+
+
+def test_without_masks_or_keypoints_folders_a_dataset_reads_with_a_note(market: Path, caplog) -> None:
+    shutil.rmtree(market / "masks")
+    with caplog.at_level(logging.WARNING):
+        train = load_dataset("market1501", market, "train")
+    assert all(s.mask_path is None and s.keypoints is not None for s in train)
+    assert f"no masks folder under {market} (expected {market / 'masks' / MASKS_DIR / 'bounding_box_train'})" \
+        in caplog.text and "training then skips the body-part attention loss" in caplog.text
+    (market / "masks" / "other_masks").mkdir(parents=True)
+    with pytest.raises(DatasetError, match=f"masks folder not found: .*{MASKS_DIR}/bounding_box_train"):
+        load_dataset("market1501", market, "train")
+    shutil.rmtree(market / "external_annotation")
+    shutil.rmtree(market / "masks")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        gallery = load_dataset("market1501", market, "gallery")
+    assert all(s.keypoints is None and s.mask_path is None for s in gallery)
+    assert "no keypoints folder" in caplog.text and "without keypoint prompts" in caplog.text
 
 
 def test_occluded_duke_names_cameras_and_mask_suffix(tmp_path: Path) -> None:
@@ -288,6 +308,8 @@ def test_occluded_posetrack_errors_name_what_is_missing(posetrack: Path, tmp_pat
     shutil.rmtree(reid / "masks" / "train")
     with pytest.raises(DatasetError, match="masks folder not found: .*occluded_posetrack_reid/masks/train"):
         load_dataset("occ_posetrack21", posetrack, "train")
+    shutil.rmtree(reid / "masks")
+    assert all(s.mask_path is None for s in load_dataset("occ_posetrack21", posetrack, "train"))
     _sampling(reid / "val_dataset_sampling.json", {201: "query", 999: "gallery"})
     with pytest.raises(DatasetError, match="val_dataset_sampling.json are missing from .*posetrack_data/val .*id 999"):
         load_dataset("occ_posetrack21", posetrack, "gallery")

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "query", "gallery")
 DEFAULT_KP_DIR = "pifpaf_keypoints_pifpaf_maskrcnn_filtering"
@@ -83,6 +86,22 @@ def require_file(path: Path, what: str) -> Path:
     return path
 
 
+def annotation_folder(root: Path, sub: str | Path, what: str, without: str) -> Path | None:
+    """``root / sub``, or None with a logged note when the dataset has no ``root`` folder at all.
+
+    ``without`` says what reading the dataset without it means. A ``root`` that exists but lacks ``sub``
+    (another annotation set, or an incomplete download) raises DatasetError naming the missing folder.
+    """
+    if not root.is_dir():
+        log.warning("no %s under %s (expected %s): %s", what, root.parent, root / sub, without)
+        return None
+    return require_dir(root / sub, what)
+
+
+NO_KEYPOINTS = "reading it without keypoint prompts (each crop gets the empty prompt)"
+NO_MASKS = "reading it without part masks (training then skips the body-part attention loss)"
+
+
 def dataset_root(root: str | Path, folder: str) -> Path:
     """The dataset folder: ``root/<folder>`` (the official name under a data root) if present, else ``root``."""
     base = require_dir(Path(root), "dataset root")
@@ -131,17 +150,20 @@ def external_annotations(base: Path, folder: str, images: Sequence[Path], kp_dir
     """Per image, its KPR annotation files (None where absent, or for all when the folder name is None).
 
     Keypoints: ``<base>/external_annotation/<kp_dir>/<folder>/<image name>_keypoints.json``; masks:
-    ``<base>/masks/<masks_dir>/<folder>/<image stem><masks_suffix>``. A missing annotation folder, or one
-    holding none of these images' files, raises DatasetError naming it.
+    ``<base>/masks/<masks_dir>/<folder>/<image stem><masks_suffix>``. A dataset without any
+    ``external_annotation/`` (or ``masks/``) folder is read without keypoints (or masks), with a logged
+    note; a missing annotation folder under it, or one holding none of these images' files, raises
+    DatasetError naming it.
     """
     keypoint_files: list[Path | None] = [None] * len(images)
     mask_files: list[Path | None] = [None] * len(images)
-    if kp_dir:
-        kp_folder = require_dir(base / "external_annotation" / kp_dir / folder, "keypoints folder")
+    kp_folder = kp_dir and annotation_folder(base / "external_annotation", Path(kp_dir) / folder,
+                                             "keypoints folder", NO_KEYPOINTS)
+    if kp_folder:
         keypoint_files = existing_annotations([kp_folder / f"{i.name}_keypoints.json" for i in images],
                                               "keypoints files")
-    if masks_dir:
-        mask_folder = require_dir(base / "masks" / masks_dir / folder, "masks folder")
+    mask_folder = masks_dir and annotation_folder(base / "masks", Path(masks_dir) / folder, "masks folder", NO_MASKS)
+    if mask_folder:
         mask_files = existing_annotations([mask_folder / f"{i.stem}{masks_suffix}" for i in images], "mask files")
     return keypoint_files, mask_files
 

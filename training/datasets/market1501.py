@@ -4,7 +4,7 @@ Layout (KPR's, and what ``training.synthetic.export_reid_crops`` writes)::
 
     <root>/bounding_box_train/  query/  bounding_box_test/        images <pid>_c<cam>...jpg
     <root>/external_annotation/<kp_dir>/<split folder>/<image>.jpg_keypoints.json
-    <root>/masks/<masks_dir>/<split folder>/<image stem><masks_suffix>
+    <root>/masks/<masks_dir>/<split folder>/<image stem><masks_suffix>   part masks (see ``part_masks``)
 
 Market-1501 names look like ``0002_c1s1_000451_03.jpg`` (pid -1 = junk box, skipped; pid 0 =
 distractor, kept), Occluded-Duke's like ``0001_c2_f0046182.jpg``. Cameras are 1-based in names,
@@ -37,10 +37,11 @@ def read_market_layout(root: str | Path, split: str, kp_dir: str | None = DEFAUL
                        cameras: int | None = None) -> list[ReIDSample]:
     """Samples of one split ("train", "query", "gallery" or its folder name), sorted by file name, raw pids.
 
-    ``kp_dir`` / ``masks_dir`` name the annotation sub-folders (None: no keypoints / masks). A missing
-    split folder (all three must exist) or annotation folder, a malformed name or a camera outside
-    1..``cameras`` raises DatasetError naming it; an image without its own keypoints or mask file gets
-    None there, but an annotation folder holding none of the split's files is an error (wrong naming).
+    ``kp_dir`` / ``masks_dir`` name the annotation sub-folders (None: no keypoints / masks; a dataset
+    without any ``external_annotation/`` or ``masks/`` folder is read so too, with a logged note). A
+    missing split folder (all three must exist) or annotation sub-folder, a malformed name or a camera
+    outside 1..``cameras`` raises DatasetError naming it; an image without its own keypoints or mask file
+    gets None there, but an annotation folder holding none of the split's files is an error (wrong naming).
     """
     base = require_dir(Path(root), "dataset root")
     missing = [name for name in SPLIT_FOLDERS.values() if not (base / name).is_dir()]

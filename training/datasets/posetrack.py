@@ -10,7 +10,8 @@ Layout (``PoseTrack21``)::
     occluded_posetrack_reid/{train,val}_dataset_sampling.json
         pandas' column layout {"id": {k: detection id}, "split": {k: "train" | "query" | "gallery" | "none"}}
     occluded_posetrack_reid/images/<set>/<vid_id>/<person_id>_<vid_id>_<image_id>.jpg   crops (cut on first read)
-    occluded_posetrack_reid/masks/<set>/<vid_id>/<person_id>_<vid_id>_<image_id>.npy    part labels
+    occluded_posetrack_reid/masks/<set>/<vid_id>/<person_id>_<vid_id>_<image_id>.npy    part masks
+        (the authors': PifPaf confidence fields [36, 96, 32] kept inside a SAM mask; see ``part_masks``)
 
 Train samples come from the train set, query and gallery from the val set. A crop is the box clipped
 to the frame, resized to exactly 128x384 when wider than 128 or taller than 384 (as KPR cuts them).
@@ -30,8 +31,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from training.datasets.common import (DatasetError, ReIDSample, existing_annotations, no_negatives, require_dir,
-                                      require_file)
+from training.datasets.common import (NO_MASKS, DatasetError, ReIDSample, annotation_folder, existing_annotations,
+                                      no_negatives, require_dir, require_file)
 
 SETS: dict[str, str] = {"train": "train", "query": "val", "gallery": "val"}
 REID_FOLDER = "occluded_posetrack_reid"
@@ -194,9 +195,10 @@ def read_occluded_posetrack(root: str | Path, split: str, masks: bool = True,
     """Samples of one split, sorted by detection id, with raw PoseTrack21 person ids.
 
     Missing crops are cut from the frames into ``crops_dir`` (default: the official
-    ``occluded_posetrack_reid/images/<set>``). ``masks``: look up the part-label files (the masks
-    folder must exist). A missing folder, sampling file or frame, or a sampled detection absent
-    from the annotations raises DatasetError naming it.
+    ``occluded_posetrack_reid/images/<set>``). ``masks``: look up the part mask files (without any
+    ``occluded_posetrack_reid/masks/`` folder the split is read without them, with a logged note). A
+    missing folder, sampling file or frame, or a sampled detection absent from the annotations raises
+    DatasetError naming it.
     """
     if split not in SETS:
         raise DatasetError(f"unknown split {split!r}; expected one of {list(SETS)}")
@@ -213,7 +215,7 @@ def read_occluded_posetrack(root: str | Path, split: str, masks: bool = True,
     if not chosen:
         raise DatasetError(f"{sampling_path} chooses no {split!r} detections")
     crops = Path(crops_dir) if crops_dir is not None else reid / "images" / set_name
-    mask_folder = require_dir(reid / "masks" / set_name, "masks folder") if masks else None
+    mask_folder = annotation_folder(reid / "masks", set_name, "masks folder", NO_MASKS) if masks else None
     cameras = {video: index for index, video in enumerate(tracking.videos)}
     frame_sizes: dict[str, tuple[int, int]] = {}
     samples = [_sample(tracking.detections[det_id], tracking, crops, mask_folder, cameras, frame_sizes)
