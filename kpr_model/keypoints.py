@@ -6,6 +6,10 @@ Prompt groupings (spec section 1, official ``coco_keypoints_transforms.py``):
 The "eight" target part grouping (the K = 8 parts of the Occluded-Duke SOLIDER config) has the same
 names, order and keypoints as cck8. A group's heatmap is the max of its keypoints' heatmaps.
 
+The human-parsing masks the KPR authors publish are PifPaf confidence fields: 17 keypoint fields then
+19 connection fields (``PIFPAF_FIELDS``), grouped into the K parts by ``PIFPAF_PART_FIELDS`` (official
+``pifpaf_mask_transform.py``; a part takes the max of its fields).
+
 ``SIDECAR_FORMAT`` names the project's own annotation file (people with COCO-17 keypoints per frame):
 the synthetic world writes it and ingestion reads it, so both take the name from here.
 """
@@ -60,6 +64,46 @@ _CCK6: dict[str, tuple[str, ...]] = {
 PROMPT_GROUPINGS: dict[str, dict[str, tuple[str, ...]]] = {"cck8": _CCK8, "cck6": _CCK6}
 PART_GROUPINGS: dict[str, dict[str, tuple[str, ...]]] = {"eight": _CCK8}
 
+PIFPAF_CONNECTIONS: tuple[str, ...] = (
+    "left_ankle_to_left_knee",
+    "left_knee_to_left_hip",
+    "right_ankle_to_right_knee",
+    "right_knee_to_right_hip",
+    "left_hip_to_right_hip",
+    "left_shoulder_to_left_hip",
+    "right_shoulder_to_right_hip",
+    "left_shoulder_to_right_shoulder",
+    "left_shoulder_to_left_elbow",
+    "right_shoulder_to_right_elbow",
+    "left_elbow_to_left_wrist",
+    "right_elbow_to_right_wrist",
+    "left_eye_to_right_eye",
+    "nose_to_left_eye",
+    "nose_to_right_eye",
+    "left_eye_to_left_ear",
+    "right_eye_to_right_ear",
+    "left_ear_to_left_shoulder",
+    "right_ear_to_right_shoulder",
+)
+PIFPAF_FIELDS: tuple[str, ...] = COCO_KEYPOINTS + PIFPAF_CONNECTIONS
+
+PIFPAF_PART_FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
+    "eight": {
+        "head": _HEAD + ("left_eye_to_right_eye", "nose_to_left_eye", "nose_to_right_eye", "left_eye_to_left_ear",
+                         "right_eye_to_right_ear", "left_ear_to_left_shoulder", "right_ear_to_right_shoulder"),
+        "left_arm": ("left_shoulder", "left_elbow", "left_wrist", "left_shoulder_to_left_elbow",
+                     "left_elbow_to_left_wrist"),
+        "right_arm": ("right_shoulder", "right_elbow", "right_wrist", "right_shoulder_to_right_elbow",
+                      "right_elbow_to_right_wrist"),
+        "torso": ("left_hip", "right_hip", "left_hip_to_right_hip", "left_shoulder_to_left_hip",
+                  "right_shoulder_to_right_hip", "left_shoulder_to_right_shoulder"),
+        "left_leg": ("left_knee", "left_ankle_to_left_knee", "left_knee_to_left_hip", "left_hip_to_right_hip"),
+        "right_leg": ("right_knee", "right_ankle_to_right_knee", "right_knee_to_right_hip"),
+        "left_foot": ("left_ankle",),
+        "right_foot": ("right_ankle",),
+    },
+}
+
 
 def group_names(grouping: str) -> tuple[str, ...]:
     """Ordered group names of a prompt grouping ("cck8", "cck6") or part grouping ("eight")."""
@@ -69,6 +113,14 @@ def group_names(grouping: str) -> tuple[str, ...]:
 def group_keypoint_indices(grouping: str) -> tuple[tuple[int, ...], ...]:
     """COCO keypoint indices of each group, in group order."""
     return tuple(tuple(KEYPOINT_INDEX[k] for k in kps) for kps in _lookup(grouping).values())
+
+
+def pifpaf_field_indices(grouping: str) -> tuple[tuple[int, ...], ...]:
+    """Indices into ``PIFPAF_FIELDS`` of each part of a part grouping, in the grouping's part order."""
+    table = PIFPAF_PART_FIELDS.get(grouping)
+    if table is None:
+        raise ValueError(f"no PifPaf field grouping {grouping!r}; known: {sorted(PIFPAF_PART_FIELDS)}")
+    return tuple(tuple(PIFPAF_FIELDS.index(f) for f in fields) for fields in table.values())
 
 
 def _lookup(grouping: str) -> dict[str, tuple[str, ...]]:

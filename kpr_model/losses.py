@@ -63,8 +63,15 @@ def batch_hard_triplet(dist: torch.Tensor, pids: torch.Tensor, margin: float) ->
 def body_part_attention_loss(
     pixel_logits: torch.Tensor, part_labels: torch.Tensor, label_smoothing: float
 ) -> torch.Tensor:
-    """Pixel-wise cross-entropy of logits [N, K + 1, Hf, Wf] against labels [N, H, W] resized by nearest."""
-    if part_labels.shape[-2:] != pixel_logits.shape[-2:]:
+    """Pixel-wise cross-entropy of logits [N, K + 1, Hf, Wf] against part targets.
+
+    Targets are labels [N, H, W] (resized by nearest) or background + part probabilities [N, K + 1, H, W],
+    resized bilinearly to [Hf, Wf] and then labelled by their argmax, as the official engine does.
+    """
+    if part_labels.dim() == 4:
+        probabilities = F.interpolate(part_labels.float(), size=pixel_logits.shape[-2:], mode="bilinear")
+        part_labels = probabilities.argmax(dim=1)
+    elif part_labels.shape[-2:] != pixel_logits.shape[-2:]:
         resized = F.interpolate(part_labels[:, None].float(), size=pixel_logits.shape[-2:], mode="nearest")
         part_labels = resized[:, 0]
     return F.cross_entropy(pixel_logits, part_labels.long(), label_smoothing=label_smoothing)
@@ -80,7 +87,8 @@ class KPRLoss(nn.Module):
     def forward(
         self, output: KPROutput, pids: torch.Tensor, part_labels: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss of one batch: ``pids`` [N] identity labels, ``part_labels`` [N, H, W] or None (term skipped)."""
+        """Loss of one batch: ``pids`` [N] identity labels, ``part_labels`` part targets (see
+        ``body_part_attention_loss``) or None (term skipped)."""
         cfg = self.config
         terms: list[torch.Tensor] = []
         log: dict[str, float] = {}

@@ -10,6 +10,7 @@ import decord
 import numpy as np
 import pytest
 
+from kpr_model.config import KPRConfig
 from training.datasets import DatasetError
 from training.datasets.common import read_keypoints_file
 from training.datasets.market1501 import read_reid_layout
@@ -228,7 +229,7 @@ def test_crops_layout_reads_back_with_disjoint_identities(crops: Path) -> None:
                 assert rows[1] < rows[4] < min(rows[7], rows[8])
     assert any(len(s.negative_keypoints) for samples in splits.values() for s in samples)
     first = splits["train"][0]
-    item = load_samples([first])[0]
+    item = load_samples([first], KPRConfig.tiny())[0]
     assert item.image.dtype == np.uint8 and item.image.shape[2] == 3
     assert item.mask.shape == item.image.shape[:2]
     assert (item.pid, item.camid) == (first.pid, first.camid)

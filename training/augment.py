@@ -1,4 +1,4 @@
-"""Joint augmentation of a ReID sample: image, target/negative keypoints and part-label mask move together.
+"""Joint augmentation of a ReID sample: image, target/negative keypoints and part mask move together.
 
 ``augment`` transforms one sample; ``bipo`` then adds KPR's batch-wise inter-person occlusion.
 """
@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from kpr_model.keypoints import COCO_KEYPOINTS, group_names
+from training.datasets.part_masks import foreground, is_part_confidences, resized_confidences
 
 
 def _twin(name: str) -> str:
@@ -28,10 +29,13 @@ def _mirror_index(names: tuple[str, ...]) -> np.ndarray:
 
 
 KEYPOINT_MIRROR = _mirror_index(COCO_KEYPOINTS)
-PART_LABEL_MIRROR = np.concatenate([[0], 1 + _mirror_index(group_names("eight"))])
+PART_MIRROR = _mirror_index(group_names("eight"))
+PART_LABEL_MIRROR = np.concatenate([[0], 1 + PART_MIRROR])
 
 Sample = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]
-"""(image HxWx3 uint8, target keypoints [17, 3], negative keypoints [M, 17, 3], part labels HxW or None)."""
+"""(image HxWx3 uint8, target keypoints [17, 3], negative keypoints [M, 17, 3], part mask or None).
+
+The part mask is labels HxW or part confidences [K, h, w]; ``augment`` brings the latter to the image's size."""
 
 
 @dataclass
@@ -80,14 +84,16 @@ def _fraction(name: str, value: object) -> float:
 
 def augment(image: np.ndarray, keypoints: np.ndarray, negatives: np.ndarray, mask: np.ndarray | None,
             rng: np.random.Generator, cfg: AugmentConfig) -> Sample:
-    """One random augmentation of (image HxWx3 uint8, keypoints [17,3], negatives [M,17,3], mask HxW or None)."""
+    """One random augmentation of (image HxWx3 uint8, keypoints [17,3], negatives [M,17,3], part mask or None)."""
     h, w = image.shape[:2]
+    if mask is not None and is_part_confidences(mask):
+        mask = resized_confidences(mask, h, w)
     keypoints, negatives = keypoints.copy(), negatives.copy()
     scale = rng.uniform(*cfg.crop_scale)
     ch, cw = max(1, round(h * scale)), max(1, round(w * scale))
     y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
     image = image[y0:y0 + ch, x0:x0 + cw]
-    mask = None if mask is None else mask[y0:y0 + ch, x0:x0 + cw]
+    mask = None if mask is None else mask[..., y0:y0 + ch, x0:x0 + cw]
     for kps in (keypoints, *negatives):
         kps[:, 0] -= x0
         kps[:, 1] -= y0
@@ -96,7 +102,9 @@ def augment(image: np.ndarray, keypoints: np.ndarray, negatives: np.ndarray, mas
     if rng.random() < cfg.flip_p:
         image = image[:, ::-1]
         if mask is not None:
-            mask = PART_LABEL_MIRROR[mask[:, ::-1]].astype(mask.dtype)
+            flipped = mask[..., ::-1]
+            mirrored = flipped[PART_MIRROR] if is_part_confidences(mask) else PART_LABEL_MIRROR[flipped]
+            mask = mirrored.astype(mask.dtype)
         keypoints = _flip_skeleton(keypoints, cw)
         negatives = np.stack([_flip_skeleton(n, cw) for n in negatives]) if len(negatives) else negatives
     gain = rng.uniform(1 - cfg.brightness, 1 + cfg.brightness) * rng.uniform(1 - cfg.channel_gain, 1 + cfg.channel_gain, 3)
@@ -142,13 +150,14 @@ def occlude(item: Sample, occluder: Sample, overlap: float, rng: np.random.Gener
     and left or right so that its box covers ``overlap`` of the item's box. Under the pasted pixels the
     part labels become background and the item's keypoints (target and negatives) lose their
     confidence, as in the official BIPO; the occluder's keypoints that land on its pasted pixels become
-    one more negative skeleton (its other keypoints get confidence 0).
+    one more negative skeleton (its other keypoints get confidence 0). The pasted person's shape is its
+    mask's ``foreground``; under it part confidences become 0 as well.
     """
     image, keypoints, negatives, mask = item
     height, width = image.shape[:2]
     o_image, o_keypoints, _, o_mask = occluder
     sprite = cv2.resize(o_image, (width, height), interpolation=cv2.INTER_LINEAR)
-    shape = cv2.resize((o_mask > 0).astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
+    shape = cv2.resize(foreground(o_mask).astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
     cover_x = rng.uniform(overlap, 1.0)
     dy = round((1.0 - overlap / cover_x) * height)
     dx = round((1.0 - cover_x) * width) * (1 if rng.random() < 0.5 else -1)

@@ -73,8 +73,8 @@ def _worker_loop(loop_config: dict) -> None:
     cfg = TrainConfig.from_dict(loop_config)
     torch.set_num_threads(cfg.cpus_per_worker)
     split = TrainingSplit.of(cfg)
-    samples, labels = split.load()
     config = cfg.model_config(num_classes=split.num_classes)
+    samples, labels = split.load(config)
     run_loop(cfg.loop_settings(), config, samples, labels, RayWorkerContext(), cfg.augment, cfg.backbone_weights)
 
 

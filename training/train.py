@@ -47,8 +47,8 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.workers:
         result = train_on_ray(cfg, split.num_classes)
     else:
-        samples, labels = split.load()
         config = cfg.model_config(split.num_classes)
+        samples, labels = split.load(config)
         result = run_loop(cfg.loop_settings(), config, samples, labels, LocalContext(), cfg.augment, cfg.backbone_weights)
     return finish(cfg, result)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kpr_model.config import KPRConfig
 from training.datasets import ReIDSample, load_dataset
 from training.samples import LoadedSample, load_samples
 from training.train_config import TrainConfig, TrainConfigError
@@ -28,7 +29,7 @@ class TrainingSplit:
             )
         return cls(samples, identities)
 
-    def load(self) -> tuple[list[LoadedSample], list[int]]:
-        """The training crops in memory and their identity labels."""
-        loaded = load_samples(self.samples)
+    def load(self, parts: KPRConfig) -> tuple[list[LoadedSample], list[int]]:
+        """The training crops in memory, part masks grouped into ``parts``' K parts, and their identity labels."""
+        loaded = load_samples(self.samples, parts)
         return loaded, [sample.pid for sample in loaded]
