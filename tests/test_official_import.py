@@ -17,6 +17,7 @@ from kpr_model.official_import import (
     import_official_checkpoint,
     import_official_file,
     import_official_state_dict,
+    write_official_model,
     infer_config,
     official_prompt_order,
 )
@@ -152,6 +153,24 @@ def official_names(model: KPR) -> dict[str, torch.Tensor]:
     return state
 
 
+def test_full_size_torchreid_file_with_camera_embedding(tsv_rows, tmp_path) -> None:
+    state = official_like_state(tsv_rows)
+    state[B + "sie_embed"] = torch.randn(8, 1, 128) * 0.02
+    for i, dim in enumerate((256, 512, 1024, 1024)):  # SOLIDER's semantic layers, unused under semantic weight -1
+        for kind in ("w", "b"):
+            state[f"{B}model.semantic_embed_{kind}.{i}.weight"] = torch.randn(dim, 2)
+            state[f"{B}model.semantic_embed_{kind}.{i}.bias"] = torch.zeros(dim)
+    config = official_config(data__height=384, data__width=128)
+    path = save_torchreid_file(tmp_path / "kpr_occ_duke_SOLIDER.pth.tar", state, config)
+    model_id, notes = write_official_model(path, tmp_path / "model")
+    model, imported, loaded_id = load_checkpoint(tmp_path / "model")
+    assert loaded_id == model_id and imported.image_size == (384, 128) and imported.num_classes == 702
+    assert (imported.camera_embeddings, imported.camera_dataset) == (8, "occluded_duke")
+    assert torch.equal(model.backbone.sie_embed, state[B + "sie_embed"])
+    assert not any("semantic_embed" in k for k in model.state_dict())
+    assert notes[0] == "semantic weight -1 (from the checkpoint's config); semantic layers unused"
+
+
 @pytest.fixture(scope="module")
 def tiny_official() -> tuple[KPRConfig, dict[str, torch.Tensor], KPR]:
     """A tiny SOLIDER KPR, its config and its weights under official names."""
@@ -242,14 +261,16 @@ def official_config(semantic_weight: float = -1.0, **sections) -> dict:
     return tree
 
 
-def save_torchreid_file(path: Path, model: KPR, config: dict | None, **extra) -> Path:
-    """Write ``model`` as torchreid's save_checkpoint does: weights under official names with ``module.``, the yacs
-    config, numpy metrics, optimizer and scheduler state. yacs.config is a stand-in module while saving only."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
+def save_torchreid_file(path: Path, model: KPR | dict[str, torch.Tensor], config: dict | None, **extra) -> Path:
+    """Write ``model`` (or a state dict under official names) as torchreid's save_checkpoint does: weights with
+    ``module.``, the yacs config, numpy metrics, optimizer and scheduler state. yacs.config is a stand-in module
+    while saving only."""
+    head = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.Adam(head.parameters(), lr=2e-4)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=120)
-    optimizer.state[next(iter(model.parameters()))] = {"step": torch.tensor(3.0), "exp_avg": torch.ones(2)}
-    state = {f"module.{k}": v for k, v in official_names(model).items()}
-    payload = {"state_dict": state, "epoch": 120, "rank1": np.float64(0.8425), "mAP": np.float32(0.7512),
+    optimizer.state[head.weight] = {"step": torch.tensor(3.0), "exp_avg": torch.ones(2, 4)}
+    official = official_names(model) if isinstance(model, KPR) else model
+    payload = {"state_dict": {f"module.{k}": v for k, v in official.items()}, "epoch": 120, "rank1": np.float64(0.8425), "mAP": np.float32(0.7512),
                "ssmd": np.array([0.1, 0.2]), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                **extra}
     if config is not None:
