@@ -1,19 +1,19 @@
 """Product-facing KPR encoder: RGB person crops (+ optional keypoint prompts) -> ``ReIDEmbeddings``.
 
-Used by ingestion workers and search. Crops of any size are resized to ``config.image_size``
-(keypoints rescaled with them), normalised, prompted and embedded in eval mode by
-``KPR.forward_reid``, which computes no training-only head. Outputs follow the official test
-embeddings (spec section 5): L2-normalised BN-foreground embedding as the holistic vector,
-L2-normalised part embeddings, and the part visibility.
+Used by ingestion workers and search. Crops of any size are resized to ``config.image_size`` as
+the official test transform does (keypoints rescaled with them), normalised, prompted and
+embedded in eval mode by ``KPR.forward_reid``, which computes no training-only head. Outputs
+follow the official test embeddings (spec section 5): L2-normalised BN-foreground embedding as
+the holistic vector, L2-normalised part embeddings, and the part visibility.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from kpr_model.checkpoint import load_checkpoint
 from kpr_model.config import KPRConfig
@@ -30,20 +30,21 @@ def prepare_crops(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised images [N, 3, H, W] and prompts [N, P + 2, H, W] from HxWx3 uint8 RGB crops.
 
-    Keypoints ([17, 3] per crop) and negatives ([M, 17, 3] per crop) are in each crop's pixels.
+    As the official test transform: OpenCV bilinear resize of the uint8 crop (no antialiasing),
+    then (pixel / 255 - mean) / std. Keypoints ([17, 3] per crop) and negatives ([M, 17, 3] per
+    crop) are in each crop's pixels.
     """
     n = len(crops)
     _check_lengths(n, keypoints, negative_keypoints)
     size = config.image_size
-    images, scales = [], []
     for crop in crops:
         _check_crop(crop)
-        pixels = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float()
-        images.append(F.interpolate(pixels, size=size, mode="bilinear", align_corners=False, antialias=True)[0])
-        scales.append(np.array([size[1] / crop.shape[1], size[0] / crop.shape[0], 1.0], dtype=np.float32))
-    batch = torch.stack(images) / 255.0 if images else torch.zeros(0, 3, *size)
+    resized = [cv2.resize(np.ascontiguousarray(c), size[::-1], interpolation=cv2.INTER_LINEAR) for c in crops]
+    pixels = torch.from_numpy(np.stack(resized)) if resized else torch.zeros(0, *size, 3, dtype=torch.uint8)
+    batch = pixels.permute(0, 3, 1, 2).float() / 255.0
     mean = torch.tensor(config.norm_mean).view(1, 3, 1, 1)
     std = torch.tensor(config.norm_std).view(1, 3, 1, 1)
+    scales = [np.array([size[1] / c.shape[1], size[0] / c.shape[0], 1.0], dtype=np.float32) for c in crops]
     positive = None if keypoints is None else [_rescale(k, s) for k, s in zip(keypoints, scales)]
     negative = None if negative_keypoints is None else [_rescale(k, s) for k, s in zip(negative_keypoints, scales)]
     prompts = keypoints_to_prompt([None] * n if positive is None else positive, negative, size, config)

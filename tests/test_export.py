@@ -29,8 +29,9 @@ torch.set_num_threads(2)
 
 EMB_TOL = 1e-4
 # Parity of binary visibility needs every pixel's argmax to be unambiguous: the winning part-map
-# probability must beat the runner-up by far more than the float error between the two runtimes.
-ARGMAX_MARGIN = 1e-3
+# probability must beat the runner-up by far more than the float error between the two runtimes
+# (about 1e-6 on these models; randomly initialised Swin part maps have runners-up within 1e-3).
+ARGMAX_MARGIN = 1e-4
 
 CROP_SIZES = ((64, 32), (120, 50), (33, 17), (200, 90), (48, 48), (96, 40), (70, 30))
 

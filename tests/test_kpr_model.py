@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -352,6 +353,20 @@ def test_prepare_crops_rescales_keypoints(tiny: KPRConfig) -> None:
     _, big = prepare_crops([crop], [skeleton(2.0, 2.0)], None, tiny)
     direct = keypoints_to_prompt(skeleton()[None], None, tiny.image_size, tiny)
     assert torch.allclose(big, direct)
+
+
+def test_prepare_crops_resizes_as_the_official_test_transform(tiny: KPRConfig) -> None:
+    """Bilinear on uint8 without antialiasing: a 4x smaller image samples pixels 4i + 1 and 4i + 2 of every four."""
+    columns = np.tile(np.array([200, 40, 80, 0], np.uint8), 32)
+    crop = np.repeat(np.repeat(columns[None, :, None], 4 * 64, axis=0), 3, axis=2)
+    images, _ = prepare_crops([crop], None, None, tiny)
+    mean, std = np.array(tiny.norm_mean), np.array(tiny.norm_std)
+    expected = (60 / 255 - mean) / std  # (40 + 80) / 2; an antialiased resize would mix in 200 and 0
+    np.testing.assert_allclose(images[0].numpy(), np.broadcast_to(expected[:, None, None], (3, 64, 32)), atol=1e-6)
+    odd = np.random.default_rng(2).integers(0, 256, (97, 41, 3), dtype=np.uint8)
+    opencv = cv2.resize(odd, (32, 64), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1) / 255.0
+    np.testing.assert_allclose(prepare_crops([odd], None, None, tiny)[0][0].numpy(),
+                               (opencv - mean[:, None, None]) / std[:, None, None], atol=1e-6)
 
 
 def test_checkpoint_round_trip(tmp_path, tiny: KPRConfig, tiny_model: KPR) -> None:
