@@ -32,7 +32,7 @@ def prepare_crops(
 
     As the official test transform: OpenCV bilinear resize of the uint8 crop (no antialiasing),
     then (pixel / 255 - mean) / std. Keypoints ([17, 3] per crop) and negatives ([M, 17, 3] per
-    crop) are in each crop's pixels.
+    crop) are in each crop's pixels and follow the resize (``_rescale``).
     """
     n = len(crops)
     _check_lengths(n, keypoints, negative_keypoints)
@@ -44,9 +44,11 @@ def prepare_crops(
     batch = pixels.permute(0, 3, 1, 2).float() / 255.0
     mean = torch.tensor(config.norm_mean).view(1, 3, 1, 1)
     std = torch.tensor(config.norm_std).view(1, 3, 1, 1)
-    scales = [np.array([size[1] / c.shape[1], size[0] / c.shape[0], 1.0], dtype=np.float32) for c in crops]
-    positive = None if keypoints is None else [_rescale(k, s) for k, s in zip(keypoints, scales)]
-    negative = None if negative_keypoints is None else [_rescale(k, s) for k, s in zip(negative_keypoints, scales)]
+    shapes = [c.shape for c in crops]
+    positive = None if keypoints is None else [_rescale(k, s, size) for k, s in zip(keypoints, shapes)]
+    negative = None if negative_keypoints is None else [
+        _rescale(k, s, size) for k, s in zip(negative_keypoints, shapes)
+    ]
     prompts = keypoints_to_prompt([None] * n if positive is None else positive, negative, size, config)
     return (batch - mean) / std, prompts
 
@@ -67,8 +69,23 @@ def _check_crop(crop: np.ndarray) -> None:
         raise ValueError(f"empty crop of shape {crop.shape}")
 
 
-def _rescale(kps: np.ndarray | None, scale: np.ndarray) -> np.ndarray | None:
-    return None if kps is None else np.asarray(kps, dtype=np.float32) * scale
+def _rescale(kps: np.ndarray | None, crop_shape: tuple[int, ...], size: tuple[int, int]) -> np.ndarray | None:
+    """Keypoints [..., 3] moved from a crop's pixels to the network input's; those outside the crop dropped.
+
+    Inside means 0 <= x < crop width and 0 <= y < crop height on the crop's own pixel grid, before
+    any scaling, as the official loader decides (x == width is outside); a dropped keypoint becomes
+    (0, 0, 0). A kept one stays below the input's width and height after float32 rounding, so the
+    prompt keeps it too.
+    """
+    if kps is None:
+        return None
+    points = np.asarray(kps, dtype=np.float64)
+    height, width = crop_shape[:2]
+    x, y = points[..., 0], points[..., 1]
+    inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
+    scaled = (points * np.array([size[1] / width, size[0] / height, 1.0])).astype(np.float32)
+    scaled[..., :2] = np.minimum(scaled[..., :2], np.nextafter(np.array(size[::-1], np.float32), np.float32(0)))
+    return np.where(inside[..., None], scaled, np.float32(0))
 
 
 BatchEmbedder = Callable[..., ReIDEmbeddings]

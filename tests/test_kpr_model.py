@@ -369,6 +369,24 @@ def test_prepare_crops_resizes_as_the_official_test_transform(tiny: KPRConfig) -
                                (opencv - mean[:, None, None]) / std[:, None, None], atol=1e-6)
 
 
+def test_a_keypoint_on_the_crop_border_is_outside_it(tiny: KPRConfig) -> None:
+    """x == crop width or y == crop height is dropped, judged in the crop's pixels: in a 97x41 crop, float32 scaling
+    once turned x = 41 into 31.99999 on the 32-wide input and kept it. Anything inside stays inside."""
+    crop = np.zeros((97, 41, 3), np.uint8)
+
+    def head(x: float, y: float) -> torch.Tensor:
+        kps = np.zeros((17, 3), np.float64)
+        kps[KEYPOINT_INDEX["nose"]] = (x, y, 0.9)
+        return prepare_crops([crop], [kps], [kps[None]], tiny)[1][0]
+
+    for x, y in ((41.0, 50.0), (20.0, 97.0), (-0.01, 50.0), (20.0, float("nan"))):
+        prompt = head(x, y)
+        assert prompt[channel(tiny, "head")].max() == 0 and prompt[-1].max() == 0
+    for x, y in ((40.99, 96.99), (np.nextafter(41.0, 0.0), np.nextafter(97.0, 0.0))):
+        prompt = head(x, y)
+        assert prompt[channel(tiny, "head"), 63, 31] == 1.0 and prompt[-1, 63, 31] == 1.0
+
+
 def test_checkpoint_round_trip(tmp_path, tiny: KPRConfig, tiny_model: KPR) -> None:
     model_id = save_checkpoint(tiny_model, tiny, tmp_path / "a", metadata={"epoch": 3})
     assert save_checkpoint(tiny_model, tiny, tmp_path / "b") == model_id == read_model_id(tmp_path / "a")
