@@ -36,11 +36,12 @@ class ReIDEmbeddings:
     def test_stack(self) -> tuple[np.ndarray, np.ndarray]:
         """Holistic + part embeddings stacked as the spec's test embeddings: [N, K+1, D], [N, K+1].
 
-        The holistic entry is visible when any part is (foreground visibility = max over parts).
+        The holistic entry is always visible: the official foreground visibility is a max over all
+        part-map channels, background included, so it is never 0, and a crop whose part maps are
+        all background is still ranked by its foreground embedding.
         """
         feats = np.concatenate([self.global_emb[:, None, :], self.parts], axis=1)
-        fg_vis = self.visibility.max(axis=1, keepdims=True) if self.num_parts else np.ones((len(self), 1), np.float32)
-        vis = np.concatenate([fg_vis, self.visibility], axis=1).astype(np.float32)
+        vis = np.concatenate([np.ones((len(self), 1)), self.visibility], axis=1).astype(np.float32)
         return feats.astype(np.float32), vis
 
     def select(self, index) -> "ReIDEmbeddings":

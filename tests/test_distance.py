@@ -152,6 +152,19 @@ def _normalised_mean(x: np.ndarray) -> np.ndarray:
     return mean / np.linalg.norm(mean)
 
 
+def test_a_crop_without_visible_parts_is_ranked_by_its_foreground_embedding() -> None:
+    """The holistic entry is always visible, as officially: a query whose part maps are all background still
+    compares its foreground embedding instead of getting one constant distance to everything."""
+    rng = np.random.default_rng(7)
+    query = ReIDEmbeddings(random_unit(rng, 1, 16), random_unit(rng, 1, 4, 16), np.zeros((1, 4), np.float32))
+    gallery = ReIDEmbeddings(random_unit(rng, 5, 16), random_unit(rng, 5, 4, 16), np.ones((5, 4), np.float32))
+    gallery.visibility[0] = 0.0
+    np.testing.assert_allclose(kpr_distance(query, gallery)[0],
+                               np.linalg.norm(gallery.global_emb - query.global_emb, axis=1), atol=1e-5)
+    np.testing.assert_allclose(kpr_distance(gallery, gallery)[0, 1:],
+                               np.linalg.norm(gallery.global_emb[1:] - gallery.global_emb[0], axis=1), atol=1e-5)
+
+
 def _rerank_reference(q_g, q_q, g_g, k1: int, k2: int, lam: float) -> np.ndarray:
     """Zhong et al. 2017 read literally, with Python sets over all probe + gallery items (float64).
 
