@@ -11,8 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
+from kpr_model.config import KPRConfig
 from training.datasets import DATASETS, DatasetError, load_dataset
 from training.datasets.market1501 import read_reid_layout
+from training.samples import load_samples
 from training.synthetic import WorldConfig, export_reid_crops
 
 KP_DIR = "pifpaf_keypoints_pifpaf_maskrcnn_filtering"
@@ -301,6 +303,14 @@ def test_occluded_posetrack_cuts_crops_and_maps_keypoints(posetrack: Path) -> No
     again = load_dataset("occ_posetrack21", posetrack, "train")
     assert os.stat(first.image_path).st_mtime_ns == stamp, "existing crops are reused"
     np.testing.assert_array_equal(again[0].keypoints, first.keypoints)
+
+
+def test_occluded_posetrack_reads_the_authors_pifpaf_field_masks(posetrack: Path) -> None:
+    fields = np.zeros((36, 96, 32), np.float32)  # pose_on_img_crops: 17 + 19 PifPaf fields at 96x32
+    fields[15, 80:] = 0.9  # the left ankle field feeds the left foot, index 6 of the "eight" parts
+    np.save(posetrack / "occluded_posetrack_reid" / "masks" / "val" / "000002" / "31_000002_20001.npy", fields)
+    mask = load_samples(load_dataset("occ_posetrack21", posetrack, "query"), KPRConfig.tiny())[0].mask
+    assert mask.shape == (8, 96, 32) and mask[6, 80:].min() == pytest.approx(0.9) and mask[:6].max() == 0
 
 
 def test_occluded_posetrack_errors_name_what_is_missing(posetrack: Path, tmp_path: Path) -> None:
