@@ -152,12 +152,24 @@ def per_part_distances(query: ReIDEmbeddings, gallery: ReIDEmbeddings) -> np.nda
     return np.where(mutual, np.linalg.norm(diff, axis=-1), np.nan).astype(np.float32)
 
 
+def _normalised(dist: np.ndarray) -> np.ndarray:
+    """d' of the standard re-ranking, in place: row i is column i of d^2 divided by that column's maximum.
+
+    A column of zeros stays zero. The result is a transposed view of ``dist``, which it overwrites.
+    """
+    np.square(dist, out=dist)
+    peak = dist.max(axis=0)
+    dist /= np.where(peak > 0, peak, 1.0).astype(dist.dtype)
+    return dist.T
+
+
 def _nearest(dist: np.ndarray, count: int, block: int = 1024) -> np.ndarray:
-    """Indices [N, count] of each item's nearest items: the item itself first, then by distance.
+    """Indices [N, min(count, N)] of each item's nearest items: itself first, then by distance, ties by index.
 
     Rows are ranked ``block`` at a time, so only a block of the [N, N] matrix is ever copied.
     """
     n = len(dist)
+    count = min(count, n)
     out = np.empty((n, count), dtype=np.int64)
     for start in range(0, n, block):
         ranked = np.array(dist[start : start + block], dtype=np.float64)
@@ -167,79 +179,102 @@ def _nearest(dist: np.ndarray, count: int, block: int = 1024) -> np.ndarray:
             candidates = np.argpartition(ranked, count - 1, axis=1)[:, :count]
         else:
             candidates = np.broadcast_to(np.arange(n), ranked.shape)
-        order = np.take_along_axis(ranked, candidates, axis=1).argsort(axis=1, kind="stable")
+        values = np.take_along_axis(ranked, candidates, axis=1)
+        order = np.lexsort((candidates, values), axis=1)
         out[start : start + block] = np.take_along_axis(candidates, order, axis=1)
     return out
 
 
-def _reciprocal_sets(nearest: np.ndarray, k: int) -> list[np.ndarray]:
-    """R(i, k) for every item i: the members of N(i, k) that have i in their own N(j, k).
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The concatenated index ranges starts[i] .. starts[i] + lengths[i] - 1, in order."""
+    return np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
 
-    N(i, k) is i plus its k nearest other items, so every R(i, k) holds i itself.
+
+def _row_starts(rows: np.ndarray, n: int) -> np.ndarray:
+    """Where each row 0..n-1 begins in sorted row indices, and the end: [n + 1]."""
+    return np.searchsorted(rows, np.arange(n + 1))
+
+
+def _reciprocal_pairs(nearest: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """R(i, k) for every item i as (i, j) index pairs sorted by i: the j of N(i, k) that have i in N(j, k).
+
+    N(i, k) is the first k + 1 entries of i's ranking (i itself and its k nearest others), so every
+    R(i, k) holds i itself.
     """
     top = nearest[:, : k + 1]
-    mutual = (top[top] == np.arange(len(top))[:, None, None]).any(axis=2)
-    return [row[keep] for row, keep in zip(top, mutual)]
+    items = np.arange(len(top))
+    mutual = (top[top] == items[:, None, None]).any(axis=2)
+    return np.broadcast_to(items[:, None], top.shape)[mutual], top[mutual]
 
 
-def _expanded_sets(nearest: np.ndarray, k1: int) -> list[np.ndarray]:
-    """R*(i, k1): R(i, k1) plus R(q, k1/2) of each q in it that shares at least 2/3 of its members with R(i, k1)."""
-    full = _reciprocal_sets(nearest, k1)
-    half = _reciprocal_sets(nearest, max(1, round(k1 / 2)))
-    in_base = np.zeros(len(nearest), dtype=bool)
-    expanded = []
-    for base in full:
-        in_base[base] = True
-        extra = [half[q] for q in base if in_base[half[q]].sum() >= 2.0 / 3.0 * len(half[q])]
-        in_base[base] = False
-        expanded.append(np.unique(np.concatenate([base, *extra])))
-    return expanded
+def _expanded_pairs(nearest: np.ndarray, k1: int) -> tuple[np.ndarray, np.ndarray]:
+    """R*(i, k1) for every item i as (i, j) index pairs sorted by i, then j.
+
+    R*(i, k1) is R(i, k1) plus R(c, round(k1 / 2)) of each c in it with over 2/3 of its members in R(i, k1).
+    """
+    n = len(nearest)
+    rows, cols = _reciprocal_pairs(nearest, k1)
+    half_rows, half_cols = _reciprocal_pairs(nearest, int(np.around(k1 / 2)))
+    half_start = _row_starts(half_rows, n)
+    sizes = np.diff(half_start)[cols]
+    owner = np.repeat(np.arange(len(rows)), sizes)
+    candidates = rows[owner] * n + half_cols[_ranges(half_start[cols], sizes)]
+    base = rows * n + cols
+    shared = np.bincount(owner, weights=np.isin(candidates, base), minlength=len(rows))
+    keys = np.unique(np.concatenate([base, candidates[(shared > 2.0 / 3.0 * sizes)[owner]]]))
+    return keys // n, keys % n
 
 
-def _sparse_mean(rows: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """The mean of sparse vectors given as (indices, values) pairs, as one (indices, values) pair."""
-    indices = np.concatenate([r[0] for r in rows])
-    values = np.concatenate([r[1] for r in rows])
-    unique, inverse = np.unique(indices, return_inverse=True)
-    return unique, np.bincount(inverse, weights=values, minlength=len(unique)) / len(rows)
+def _expanded_queries(rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
+                      neighbours: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sparse V (rows sorted) with each row i replaced by the mean of the rows neighbours[i] [N, k]."""
+    n, k = neighbours.shape
+    start = _row_starts(rows, n)
+    sizes = np.diff(start)[neighbours.ravel()]
+    taken = _ranges(start[neighbours.ravel()], sizes)
+    keys, inverse = np.unique(np.repeat(np.arange(n), k).repeat(sizes) * n + cols[taken], return_inverse=True)
+    return keys // n, keys % n, np.bincount(inverse, weights=values[taken]) / k
 
 
-def _jaccard(encoded: list[tuple[np.ndarray, np.ndarray]], num_query: int) -> np.ndarray:
+def _jaccard(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, num_query: int, n: int) -> np.ndarray:
     """1 - sum_j min(V_p,j, V_g,j) / sum_j max(V_p,j, V_g,j) for every query p and gallery item g [Q, G].
 
-    The sparse vectors of the gallery are indexed by column, so each query only visits the
-    gallery entries that share one of its non-zero columns; sum max = sum V_p + sum V_g - sum min.
+    V [n, n] is sparse (rows sorted) over the Q queries then the G gallery items. The gallery entries are
+    indexed by column, so each query only visits those that share one of its non-zero columns;
+    sum max = sum V_p + sum V_g - sum min.
     """
-    gallery = encoded[num_query:]
-    rows = np.concatenate([np.full(len(idx), g) for g, (idx, _) in enumerate(gallery)]).astype(np.int64)
-    cols = np.concatenate([idx for idx, _ in gallery])
-    vals = np.concatenate([v for _, v in gallery])
-    order = np.argsort(cols, kind="stable")
-    rows, cols, vals = rows[order], cols[order], vals[order]
-    start = np.searchsorted(cols, np.arange(len(encoded) + 1))
-    g_sums = np.array([v.sum() for _, v in gallery])
-    result = np.empty((num_query, len(gallery)))
-    for p, (q_cols, q_vals) in enumerate(encoded[:num_query]):
-        lengths = start[q_cols + 1] - start[q_cols]
-        offsets = np.repeat(start[q_cols] - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
-        mins = np.minimum(np.repeat(q_vals, lengths), vals[offsets])
-        inter = np.bincount(rows[offsets], weights=mins, minlength=len(gallery))
-        result[p] = 1.0 - inter / (q_vals.sum() + g_sums - inter)
+    in_gallery = rows >= num_query
+    order = np.argsort(cols[in_gallery], kind="stable")
+    g_rows, g_cols, g_values = (a[in_gallery][order] for a in (rows - num_query, cols, values))
+    num_gallery = n - num_query
+    g_sums = np.bincount(g_rows, weights=g_values, minlength=num_gallery)
+    col_start = _row_starts(g_cols, n)
+    row_start = _row_starts(rows, num_query)
+    result = np.empty((num_query, num_gallery))
+    for p in range(num_query):
+        q_cols, q_values = cols[row_start[p] : row_start[p + 1]], values[row_start[p] : row_start[p + 1]]
+        sizes = col_start[q_cols + 1] - col_start[q_cols]
+        taken = _ranges(col_start[q_cols], sizes)
+        inter = np.bincount(g_rows[taken], weights=np.minimum(np.repeat(q_values, sizes), g_values[taken]),
+                            minlength=num_gallery)
+        result[p] = 1.0 - inter / (q_values.sum() + g_sums - inter)
     return result
 
 
 def k_reciprocal_rerank(
     q_g: np.ndarray, q_q: np.ndarray, g_g: np.ndarray, k1: int = 20, k2: int = 6, lambda_value: float = 0.3
 ) -> np.ndarray:
-    """Re-ranked distance [Q, G] by k-reciprocal encoding (Zhong et al., CVPR 2017).
+    """Re-ranked distance [Q, G]: the standard k-reciprocal re-ranking (Zhong et al., CVPR 2017), as torchreid's.
 
-    Over all Q + G items with the given distances d: R*(i, k1) is the k1-reciprocal set of i with
-    the 1/2 k1 expansion (eq. 3); i's k-reciprocal feature V_i has exp(-d(i, j)) at the members j
-    of R*(i, k1), 0 elsewhere (eq. 7); local query expansion replaces V_i by the mean of V over
-    the k2 nearest items of i, i itself included (eq. 11; k2 = 1: none); d_J is the Jaccard
-    distance of eq. 10 and the result (1 - lambda) d_J + lambda d (eq. 12). Each item counts as
-    its own nearest neighbour, and k1, k2 are capped by the number of items. Distances are used
-    as given (the authors' code also squares and max-normalises them first).
+    Over all Q + G items, d' is the squared distance of ``_normalised`` (each item's distances to
+    all others divided by their maximum). Each item's ranking puts itself first (as d'(i, i) = 0
+    does), then the others by d', ties by index; N(i, k) is its first k + 1 items and R(i, k) the
+    members j of N(i, k) with i in N(j, k) (eq. 2). R*(i, k1) is R(i, k1) plus every R(c, round(k1/2))
+    of c in R(i, k1) with more than 2/3 of its members in R(i, k1) (eq. 3). V_i holds exp(-d'(i, j))
+    at the members j of R*(i, k1), scaled to sum 1, 0 elsewhere (eq. 7); local query expansion
+    replaces V_i by the mean of V over i's first k2 items (eq. 11; k2 = 1: none). d_J is the
+    Jaccard distance of eq. 10 and the result (1 - lambda) d_J + lambda d' (eq. 12). Sizes beyond
+    the number of items mean all items.
     """
     q_g, q_q, g_g = (np.asarray(d, dtype=np.float32) for d in (q_g, q_q, g_g))
     num_q, num_g = q_g.shape if q_g.ndim == 2 else (-1, -1)
@@ -248,13 +283,13 @@ def k_reciprocal_rerank(
     if k1 < 1 or k2 < 1 or not 0.0 <= lambda_value <= 1.0:
         raise ValueError(f"need k1 >= 1, k2 >= 1 and 0 <= lambda_value <= 1, got {k1}, {k2}, {lambda_value}")
     if num_q == 0 or num_g == 0:
-        return q_g.astype(np.float32)
-    dist = np.block([[q_q, q_g], [q_g.T, g_g]])
-    n = len(dist)
-    k1, k2 = min(k1, n - 1), min(k2, n)
+        return q_g
+    dist = _normalised(np.block([[q_q, q_g], [q_g.T, g_g]]))
     nearest = _nearest(dist, max(k1 + 1, k2))
-    encoded = [(m, np.exp(-dist[i, m].astype(np.float64))) for i, m in enumerate(_expanded_sets(nearest, k1))]
+    rows, cols = _expanded_pairs(nearest, k1)
+    weights = np.exp(-dist[rows, cols].astype(np.float64))
+    values = weights / np.bincount(rows, weights=weights)[rows]
     if k2 > 1:
-        encoded = [_sparse_mean([encoded[j] for j in nearest[i, :k2]]) for i in range(n)]
-    jaccard = _jaccard(encoded, num_q)
-    return ((1.0 - lambda_value) * jaccard + lambda_value * q_g).astype(np.float32)
+        rows, cols, values = _expanded_queries(rows, cols, values, nearest[:, :k2])
+    jaccard = _jaccard(rows, cols, values, num_q, len(dist))
+    return ((1.0 - lambda_value) * jaccard + lambda_value * dist[:num_q, num_q:]).astype(np.float32)
