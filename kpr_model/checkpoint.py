@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT_NAME = "kpr-checkpoint"
 FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(KPRModelError):
@@ -105,6 +107,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint {path}: weights do not fit the config: {exc}".splitlines()[0]) from exc
+    if config.camera_embeddings:
+        log.info("%s: its camera embedding (%d cameras of %s) is left out of embeddings made without camera ids, "
+                 "as the official feature extractor does; an archive's cameras are not the dataset's", path,
+                 config.camera_embeddings, config.camera_dataset or "its training dataset")
     return model.to(device).eval(), config, model_id
 
 

@@ -2,6 +2,7 @@
 torchreid files read without their code, camera embedding, semantic weight, bad files."""
 from __future__ import annotations
 
+import logging
 import sys
 import types
 from pathlib import Path
@@ -153,7 +154,7 @@ def official_names(model: KPR) -> dict[str, torch.Tensor]:
     return state
 
 
-def test_full_size_torchreid_file_with_camera_embedding(tsv_rows, tmp_path) -> None:
+def test_full_size_torchreid_file_with_camera_embedding(tsv_rows, tmp_path, caplog) -> None:
     state = official_like_state(tsv_rows)
     state[B + "sie_embed"] = torch.randn(8, 1, 128) * 0.02
     for i, dim in enumerate((256, 512, 1024, 1024)):  # SOLIDER's semantic layers, unused under semantic weight -1
@@ -163,7 +164,10 @@ def test_full_size_torchreid_file_with_camera_embedding(tsv_rows, tmp_path) -> N
     config = official_config(data__height=384, data__width=128)
     path = save_torchreid_file(tmp_path / "kpr_occ_duke_SOLIDER.pth.tar", state, config)
     model_id, notes = write_official_model(path, tmp_path / "model")
-    model, imported, loaded_id = load_checkpoint(tmp_path / "model")
+    with caplog.at_level(logging.INFO, logger="kpr_model.checkpoint"):
+        model, imported, loaded_id = load_checkpoint(tmp_path / "model")
+    said = "camera embedding (8 cameras of occluded_duke) is left out"
+    assert [said in record.getMessage() for record in caplog.records] == [True]
     assert loaded_id == model_id and imported.image_size == (384, 128) and imported.num_classes == 702
     assert (imported.camera_embeddings, imported.camera_dataset) == (8, "occluded_duke")
     assert torch.equal(model.backbone.sie_embed, state[B + "sie_embed"])
