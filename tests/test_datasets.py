@@ -177,7 +177,7 @@ def test_occluded_reid_query_is_occluded_gallery_is_whole_body(occluded_reid: Pa
         load_dataset("occluded_reid", occluded_reid, "gallery")
 
 
-def test_partial_reid_pifpaf_files_beside_images(tmp_path: Path) -> None:
+def test_partial_reid_pifpaf_files_beside_images(tmp_path: Path, caplog) -> None:
     root = tmp_path / "Partial_REID"
     for folder, names in {"partial_body_images": ["001_01.jpg", "002_01.jpg"],
                           "whole_body_images": ["001_01.jpg", "002_01.jpg", "002_02.jpg"]}.items():
@@ -196,6 +196,12 @@ def test_partial_reid_pifpaf_files_beside_images(tmp_path: Path) -> None:
     assert [(s.pid, s.camid) for s in load_dataset("partial_reid", root, "gallery")] == [(1, 1), (2, 1), (2, 1)]
     (root / "partial_body_images").rename(root / "occluded_body_images")
     assert len(load_dataset("partial_reid", root, "query", masks=False)) == 2
+    for pifpaf_file in root.glob("occluded_body_images/*.jpg.*"):
+        pifpaf_file.unlink()
+    with caplog.at_level(logging.WARNING):
+        bare = load_dataset("partial_reid", root, "query")
+    assert all(s.keypoints is None and s.mask_path is None for s in bare)
+    assert "no mask files beside the images in" in caplog.text and "without keypoint prompts" in caplog.text
     shutil.rmtree(root / "occluded_body_images")
     with pytest.raises(DatasetError, match="query folder not found: .*partial_body_images"):
         load_dataset("partial_reid", root, "query")

@@ -135,6 +135,17 @@ def existing_annotations(expected: Sequence[Path], what: str) -> list[Path | Non
     return found
 
 
+def annotations_beside(images: Sequence[Path], suffix: str, what: str, without: str) -> list[Path | None]:
+    """Per image, its ``<image><suffix>`` file beside it (None where absent); all None, with a logged
+    note (``without`` says what that means), when no image has one."""
+    expected = [Path(f"{image}{suffix}") for image in images]
+    if expected and not any(path.is_file() for path in expected):
+        log.warning("no %s beside the images in %s (such as %s): %s", what, expected[0].parent, expected[0].name,
+                    without)
+        return [None] * len(expected)
+    return existing_annotations(expected, what)
+
+
 def build_samples(images: Sequence[Path], pids: Sequence[int], camids: Sequence[int],
                   keypoint_files: Sequence[Path | None], mask_files: Sequence[Path | None]) -> list[ReIDSample]:
     """Samples from per-image identity, camera and annotation files (keypoints read now, masks by path)."""

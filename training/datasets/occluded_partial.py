@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.datasets.common import (DEFAULT_KP_DIR, DEFAULT_MASKS_DIR, DatasetError, ReIDSample, build_samples,
-                                      existing_annotations, external_annotations, list_images, pid_prefix,
-                                      require_dir)
+from training.datasets.common import (DEFAULT_KP_DIR, DEFAULT_MASKS_DIR, NO_KEYPOINTS, NO_MASKS, DatasetError,
+                                      ReIDSample, annotations_beside, build_samples, external_annotations,
+                                      list_images, pid_prefix, require_dir)
 
 CAMIDS: dict[str, int] = {"query": 0, "gallery": 1}
 OCCLUDED_FOLDERS: dict[str, str] = {"query": "occluded_body_images", "gallery": "whole_body_images"}
@@ -57,14 +57,14 @@ def _partial_folder(base: Path, split: str) -> Path:
 def read_partial_reid(root: str | Path, split: str, keypoints: bool = True, masks: bool = True) -> list[ReIDSample]:
     """Partial-ReID query (partial body) or gallery (whole body) samples, sorted by file name.
 
-    ``keypoints`` / ``masks``: read the PifPaf files beside each image (DatasetError when none exists).
+    ``keypoints`` / ``masks``: read the PifPaf files beside each image (without any, the split is read
+    without them, with a logged note).
     """
     _check_test_split(split, "Partial-ReID")
     images = list_images(_partial_folder(require_dir(Path(root), "dataset root"), split), (".jpg",))
     none: list[Path | None] = [None] * len(images)
-    keypoint_files = (existing_annotations([Path(f"{i}.predictions.json") for i in images], "keypoints files")
+    keypoint_files = (annotations_beside(images, ".predictions.json", "keypoints files", NO_KEYPOINTS)
                       if keypoints else none)
-    mask_files = (existing_annotations([Path(f"{i}.confidence_fields.npy") for i in images], "mask files")
-                  if masks else none)
+    mask_files = annotations_beside(images, ".confidence_fields.npy", "mask files", NO_MASKS) if masks else none
     return build_samples(images, [pid_prefix(i) for i in images], [CAMIDS[split]] * len(images),
                          keypoint_files, mask_files)
