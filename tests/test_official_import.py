@@ -173,6 +173,9 @@ def test_full_size_torchreid_file_with_camera_embedding(tsv_rows, tmp_path, capl
     assert torch.equal(model.backbone.sie_embed, state[B + "sie_embed"])
     assert not any("semantic_embed" in k for k in model.state_dict())
     assert notes[0] == "semantic weight -1 (from the checkpoint's config); semantic layers unused"
+    semantic = import_official_file(path, semantic_weight=0.2).model.state_dict()  # SOLIDER's own shapes load
+    assert torch.equal(semantic["backbone.features.model.semantic_embed_b.3.weight"],
+                       state[B + "model.semantic_embed_b.3.weight"])
 
 
 @pytest.fixture(scope="module")
