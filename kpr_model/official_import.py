@@ -273,11 +273,11 @@ def import_official_file(path: str | Path, semantic_weight: float | None = None,
     settings = official_settings(official.config)
     source = "the checkpoint's config" if settings.semantic_weight is not None else "the official test configuration"
     if semantic_weight is not None:
-        settings, source = replace(settings, semantic_weight=float(semantic_weight)), "the command line"
+        settings, source = replace(settings, semantic_weight=float(semantic_weight)), "the override"
     sie = official.state.get(OFFICIAL_BACKBONE + "sie_embed")
     if dataset_cameras is not None and (sie is None or sie.shape[0] != dataset_cameras):
         held = "no camera embedding" if sie is None else f"a camera embedding of {sie.shape[0]} cameras"
-        raise OfficialImportError(f"{path} holds {held}, not one of the {dataset_cameras} dataset cameras given")
+        raise OfficialImportError(f"{path} holds {held}, but its training dataset was said to have {dataset_cameras}")
     config = infer_config(official.state, settings)
     weight = float(config.backbone_args["semantic_weight"])
     if weight >= 0 and not any(k.startswith(OFFICIAL_BACKBONE + "model.semantic_embed_") for k in official.state):

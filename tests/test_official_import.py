@@ -415,7 +415,7 @@ def _wrong_camera_count(tmp_path: Path) -> Path:
     (_other_model, [], "not an official KPR SOLIDER state dict"),
     (_unknown_object, [], "pickled test_official_import._Unlisted, which is not loaded"),
     (_unsupported_config, [], "model.kpr.test_embeddings=['globl', 'parts']; the project runs only"),
-    (_wrong_camera_count, ["--dataset-cameras", "6"], "not one of the 6 dataset cameras"),
+    (_wrong_camera_count, ["--dataset-cameras", "6"], "of 8 cameras, but its training dataset was said to have 6"),
 ])
 def test_bad_files_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, make, extra, message) -> None:
     path = make(tmp_path)
