@@ -48,8 +48,10 @@ Files: a torchreid checkpoint (``{'state_dict', 'epoch', 'rank1', 'mAP', 'config
 read by ``kpr_model.torch_file`` (no code from the file runs, yacs is not needed). The config, when
 present, is read as plain data (``kpr_model.official_config``) and decides:
 
-- the semantic weight: the config's ``model.solider.semantic_weight``, else -1 (the official
-  SOLIDER test configurations: semantic layers unused); the caller may override it;
+- the semantic weight: the value of the official test configuration of the checkpoint's training
+  dataset where it sets one (Occluded-Duke and Market-1501: -1, semantic layers unused; the official
+  test run takes it from the test yaml, not from the file), else the config's
+  ``model.solider.semantic_weight``, else -1; the caller may override it;
 - the camera embedding: imported when the file holds one and the config does not turn SIE off; it
   is tied to the training dataset (``data.sources[0]``), and left out of every pass that is given no
   camera ids (search and ingestion: an archive's cameras are not the dataset's); ``kpr bench`` on
@@ -86,6 +88,11 @@ IGNORED: dict[str, str] = {
     OFFICIAL_BACKBONE + "sie_embed": "camera embedding, dropped when config.camera_embeddings == 0",
     OFFICIAL_BACKBONE + "model.semantic_embed_*": "SOLIDER semantic layers, dropped when the semantic weight is -1",
 }
+
+
+# model.solider.semantic_weight of the official SOLIDER test configurations (configs/kpr/solider/*_test.yaml)
+# that set it; the others keep the training value.
+OFFICIAL_TEST_SEMANTIC_WEIGHT = {"occluded_duke": -1.0, "market1501": -1.0}
 
 
 class OfficialImportError(KPRModelError):
@@ -272,6 +279,9 @@ def import_official_file(path: str | Path, semantic_weight: float | None = None,
     official = read_official_file(path)
     settings = official_settings(official.config)
     source = "the checkpoint's config" if settings.semantic_weight is not None else "the official test configuration"
+    if settings.dataset in OFFICIAL_TEST_SEMANTIC_WEIGHT:
+        source = f"the official {settings.dataset} test configuration"
+        settings = replace(settings, semantic_weight=OFFICIAL_TEST_SEMANTIC_WEIGHT[settings.dataset])
     if semantic_weight is not None:
         settings, source = replace(settings, semantic_weight=float(semantic_weight)), "the override"
     sie = official.state.get(OFFICIAL_BACKBONE + "sie_embed")

@@ -509,8 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reads an official KPR checkpoint (SOLIDER Swin-B): a torchreid .pth.tar (weights, training config,\n"
                     "metrics, optimizer state) or a bare state dict, without running code from the file, and writes\n"
                     "a model folder that kpr ingest, search, serve and bench take as --model. The file's training\n"
-                    "config decides the input size, normalisation, semantic weight (else -1, as the official test\n"
-                    "configurations) and the camera embedding, which only kpr bench on the training dataset adds.",
+                    "config decides the input size, normalisation and the camera embedding (which only kpr bench\n"
+                    "on the training dataset adds). The SOLIDER semantic weight is the official test configuration's\n"
+                    "(-1, semantic layers unused, for Occluded-Duke and Market-1501), else the file's, else -1.",
         epilog="Example:\n  kpr import-official kpr_occ_duke_SOLIDER_75.12_84.25_41443413.pth.tar --out models/kpr_occ_duke",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", type=Path, help="official checkpoint file (.pth.tar or .pth)")
@@ -519,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="camera count of the dataset the file was trained on; the file's camera embedding must "
                         "have as many (a check for files without a training config)")
     p.add_argument("--semantic-weight", type=_bounded(float, -1.0, 1.0, True, "-1 (unused) or between 0 and 1"),
-                   metavar="W", help="SOLIDER semantic weight instead of the file's (-1: semantic layers unused)")
+                   metavar="W", help="SOLIDER semantic weight to use instead (-1: semantic layers unused)")
     p.set_defaults(func=cmd_import_official)
     return parser
 

@@ -172,7 +172,7 @@ def test_full_size_torchreid_file_with_camera_embedding(tsv_rows, tmp_path, capl
     assert (imported.camera_embeddings, imported.camera_dataset) == (8, "occluded_duke")
     assert torch.equal(model.backbone.sie_embed, state[B + "sie_embed"])
     assert not any("semantic_embed" in k for k in model.state_dict())
-    assert notes[0] == "semantic weight -1 (from the checkpoint's config); semantic layers unused"
+    assert notes[0] == "semantic weight -1 (from the official occluded_duke test configuration); semantic layers unused"
     semantic = import_official_file(path, semantic_weight=0.2).model.state_dict()  # SOLIDER's own shapes load
     assert torch.equal(semantic["backbone.features.model.semantic_embed_b.3.weight"],
                        state[B + "model.semantic_embed_b.3.weight"])
@@ -310,7 +310,7 @@ def test_torchreid_file_becomes_a_model_folder(tmp_path) -> None:
     _, _, metadata = read_checkpoint_info(tmp_path / "model")
     assert metadata["official_import"] == {"file": path.name, "epoch": 120, "rank1": 0.8425,
                                            "mAP": pytest.approx(0.7512), "trained_on": "occluded_duke",
-                                           "semantic_weight_from": "the checkpoint's config"}
+                                           "semantic_weight_from": "the official occluded_duke test configuration"}
     encoder = KPREncoder.from_checkpoint(tmp_path / "model")  # what ingest, search, serve and bench open
     assert encoder.embed([np.full((90, 40, 3), 120, np.uint8)]).parts.shape == (1, 8, 32)
 
@@ -365,11 +365,18 @@ def test_camera_embedding_only_with_camera_ids(tmp_path) -> None:
     assert import_official_file(turned_off).config.camera_embeddings == 0
 
 
-def test_semantic_weight_follows_the_file_else_the_official_test_config(tmp_path) -> None:
+def test_semantic_weight_follows_the_official_test_config_else_the_file(tmp_path) -> None:
     args = dict(KPRConfig.tiny_solider().backbone_args, semantic_weight=0.2)
     model = tiny_model(backbone_args=args)
+    # Occluded-Duke's official test configuration runs -1 whatever the training config said.
     with_config = save_torchreid_file(tmp_path / "semantic.pth.tar", model, official_config(semantic_weight=0.2))
-    imported = import_official_file(with_config)
+    occluded_duke = import_official_file(with_config)
+    assert occluded_duke.config.backbone_args["semantic_weight"] == -1.0
+    assert occluded_duke.notes[0].startswith("semantic weight -1 (from the official occluded_duke test configuration)")
+    # PoseTrack's test configuration does not set it: the file's own value.
+    posetrack = save_torchreid_file(tmp_path / "posetrack.pth.tar", model,
+                                    official_config(semantic_weight=0.2, data__sources=["occ_PoseTrack21"]))
+    imported = import_official_file(posetrack)
     assert imported.config == model.config
     for ours, reference in zip(embed(imported.model), embed(model)):
         assert torch.equal(ours, reference)
@@ -381,6 +388,7 @@ def test_semantic_weight_follows_the_file_else_the_official_test_config(tmp_path
     assert not any("semantic_embed" in k for k in unused.model.state_dict())
     assert import_official_file(with_config, semantic_weight=-1.0).config.backbone_args["semantic_weight"] == -1.0
     assert import_official_file(bare, semantic_weight=0.2).config == model.config.with_updates(image_size=(384, 128))
+    assert import_official_file(with_config, semantic_weight=0.2).config.backbone_args["semantic_weight"] == 0.2
     with pytest.raises(OfficialImportError, match="semantic layers"):
         import_official_file(save_torchreid_file(tmp_path / "plain.pth.tar", tiny_model(), None), semantic_weight=0.2)
 
