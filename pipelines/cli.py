@@ -487,7 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example:\n  kpr bench --model ckpt --data synthetic=crops --data occluded_duke=/data --out report \\\n"
                "      --baseline omz_0248=models/person-reidentification-retail-0248.onnx",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, type=Path, help="KPR checkpoint folder (from `kpr train`)")
+    p.add_argument("--model", required=True, type=Path,
+                   help="KPR checkpoint folder (from `kpr train` or `kpr import-official`)")
     p.add_argument("--data", required=True, action="append", metavar="NAME=ROOT",
                    help="dataset name (synthetic, market1501, occluded_duke, occluded_reid, partial_reid, "
                         "occ_posetrack21) and its folder; repeatable")
