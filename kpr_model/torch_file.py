@@ -16,6 +16,7 @@ Only the zip format that ``torch.save`` writes since torch 1.6 is read.
 """
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import pickle
 import zipfile
@@ -101,6 +102,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self.storages: dict[str, torch.Tensor] = {}
 
     def find_class(self, module: str, name: str) -> Any:
+        # torch.save writes pickle protocol 2, which names Python 2 modules (a yacs config's set is __builtin__.set)
+        module, name = _compat_pickle.NAME_MAPPING.get(
+            (module, name), (_compat_pickle.IMPORT_MAPPING.get(module, module), name))
         if module in ("torch", "torch.cuda") and name in STORAGE_DTYPES:
             return _StorageKind(STORAGE_DTYPES[name])
         if (module, name) in ALLOWED_GLOBALS:

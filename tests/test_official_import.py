@@ -239,13 +239,14 @@ def test_checkpoint_files(tiny_official, tmp_path) -> None:
 
 
 class CfgNode(dict):
-    """Stands for yacs' CfgNode, pickled under its module name: a dict carrying attributes of its own."""
+    """Stands for yacs' CfgNode, pickled under its module name: a dict carrying yacs' own attributes (a set among them)."""
 
     __module__ = "yacs.config"
 
     def __init__(self, init: dict | None = None) -> None:
         super().__init__({k: CfgNode(v) if isinstance(v, dict) else v for k, v in (init or {}).items()})
-        self.__dict__["__immutable__"] = False
+        self.__dict__.update({"__immutable__": False, "__deprecated_keys__": set(), "__renamed_keys__": {},
+                              "__new_allowed__": False})
 
 
 def official_config(semantic_weight: float = -1.0, **sections) -> dict:
