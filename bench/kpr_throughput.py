@@ -18,7 +18,7 @@ import timm
 import torch
 from torch import nn
 
-from bench.results_io import RESULTS, command_line, write_result
+from bench.results_io import RESULTS, write_or_fail
 from kpr_model.config import KPRConfig, KPRModelError
 from kpr_model.export import KPRInferenceGraph
 from kpr_model.model import KPR
@@ -192,13 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        result = run_benchmark(args) | {"command": command_line("bench.kpr_throughput", argv), "note": args.note}
-    except (KPRModelError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    write_result(args.output, result)
-    return 0
+    return write_or_fail(args.output, "bench.kpr_throughput", argv, args.note, lambda: run_benchmark(args),
+                         (KPRModelError, ValueError))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -27,6 +27,19 @@ def write_result(path: Path | str, result: dict, echo: bool = True) -> None:
     if echo:
         _show(result)
     _save(path, result)
+
+
+def write_or_fail(path: Path | str, module: str, argv: Sequence[str] | None, note: str,
+                  produce: Callable[[], dict], errors: tuple[type[BaseException], ...]) -> int:
+    """Write ``produce()``'s result with its command and ``note`` to ``path`` (exit code 0), or print one of
+    ``errors`` as one line ``error: ...`` and write nothing (exit code 2)."""
+    try:
+        result = produce() | {"command": command_line(module, argv), "note": note}
+    except errors as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    write_result(path, result)
+    return 0
 
 
 def merge_result(path: Path | str, result: dict, placeholders: Iterable[str] = ()) -> None:
