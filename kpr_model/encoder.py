@@ -74,8 +74,9 @@ def _rescale(kps: np.ndarray | None, crop_shape: tuple[int, ...], size: tuple[in
 
     Inside means 0 <= x < crop width and 0 <= y < crop height on the crop's own pixel grid, before
     any scaling, as the official loader decides (x == width is outside); a dropped keypoint becomes
-    (0, 0, 0). A kept one stays below the input's width and height after float32 rounding, so the
-    prompt keeps it too.
+    (0, 0, 0). The prompt draws a keypoint at its integer pixel, so a kept one is truncated to that
+    pixel here, in float64 as officially (a float32 cast first would turn 191.99999999999997 into 192),
+    and stays inside the input.
     """
     if kps is None:
         return None
@@ -83,9 +84,9 @@ def _rescale(kps: np.ndarray | None, crop_shape: tuple[int, ...], size: tuple[in
     height, width = crop_shape[:2]
     x, y = points[..., 0], points[..., 1]
     inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
-    scaled = (points * np.array([size[1] / width, size[0] / height, 1.0])).astype(np.float32)
-    scaled[..., :2] = np.minimum(scaled[..., :2], np.nextafter(np.array(size[::-1], np.float32), np.float32(0)))
-    return np.where(inside[..., None], scaled, np.float32(0))
+    scaled = points * np.array([size[1] / width, size[0] / height, 1.0])
+    scaled[..., :2] = np.minimum(np.floor(scaled[..., :2]), np.array(size[::-1]) - 1)
+    return np.where(inside[..., None], scaled, 0.0).astype(np.float32)
 
 
 BatchEmbedder = Callable[..., ReIDEmbeddings]

@@ -387,6 +387,16 @@ def test_a_keypoint_on_the_crop_border_is_outside_it(tiny: KPRConfig) -> None:
         assert prompt[channel(tiny, "head"), 63, 31] == 1.0 and prompt[-1, 63, 31] == 1.0
 
 
+def test_a_scaled_keypoint_lands_on_the_pixel_the_official_loader_truncates_it_to(tiny: KPRConfig) -> None:
+    """y = 49 in a 98-high crop is 31.999999999999996 on the 64-high input: pixel 31 officially (float64, then int);
+    a float32 cast first would round it to 32."""
+    kps = np.zeros((17, 3), np.float64)
+    kps[KEYPOINT_INDEX["nose"]] = (20.0, 49.0, 0.9)
+    prompt = prepare_crops([np.zeros((98, 41, 3), np.uint8)], [kps], None, tiny)[1][0]
+    head = prompt[channel(tiny, "head")]
+    assert head[31, 15] == 1.0 and head.max() == 1.0 and head[32, 15] < 1.0
+
+
 def test_checkpoint_round_trip(tmp_path, tiny: KPRConfig, tiny_model: KPR) -> None:
     model_id = save_checkpoint(tiny_model, tiny, tmp_path / "a", metadata={"epoch": 3})
     assert save_checkpoint(tiny_model, tiny, tmp_path / "b") == model_id == read_model_id(tmp_path / "a")
