@@ -2,8 +2,10 @@
 
 The defaults follow the KPR paper and its official code: a ResNet-50 backbone at 256x128, K = 8
 target parts ("eight" grouping), cck8 keypoint prompts, 512-d embeddings and the GiLt + body-part
-attention loss weights. ``KPRConfig.tiny()`` and ``KPRConfig.demo()`` are small variants for unit
-tests and the CPU demo.
+attention loss weights. The other official grouping pair, K = 5 "five_v" parts with cck6 prompts (the
+Market-1501, Occluded-ReID and Partial-ReID releases), is ``num_parts=5, part_grouping="five_v",
+prompt_grouping="cck6"`` (``kpr_model.keypoints``). ``KPRConfig.tiny()`` and ``KPRConfig.demo()``
+are small variants for unit tests and the CPU demo.
 
 Backbones (``backbone``): a timm ResNet name ("resnet50", "resnet10t", ...), a timm Swin / Swin-v2
 name ("swin_base_patch4_window7_224", built at ``image_size``), a timm ViT name

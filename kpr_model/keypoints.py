@@ -3,12 +3,18 @@
 Prompt groupings (spec section 1, official ``coco_keypoints_transforms.py``):
 - cck8: head, left_arm, right_arm, torso, left_leg, right_leg, left_foot, right_foot
 - cck6: head, left_arm, right_arm, left_leg, right_leg, torso
-The "eight" target part grouping (the K = 8 parts of the Occluded-Duke SOLIDER config) has the same
-names, order and keypoints as cck8. A group's heatmap is the max of its keypoints' heatmaps.
+A group's heatmap is the max of its keypoints' heatmaps.
+
+Target part groupings (the K parts of ``masks.preprocess``):
+- eight (K = 8, Occluded-Duke and Occluded-PoseTrack SOLIDER configs): the names, order and keypoints of cck8
+- five_v (K = 5, Market-1501, Occluded-ReID and Partial-ReID SOLIDER configs, the official default):
+  head, upper_arms_torso, lower_arms_torso, legs, feet; its keypoints are the keypoint fields of its
+  PifPaf table below (the official code defines five_v by that table only)
 
 The human-parsing masks the KPR authors publish are PifPaf confidence fields: 17 keypoint fields then
 19 connection fields (``PIFPAF_FIELDS``), grouped into the K parts by ``PIFPAF_PART_FIELDS`` (official
-``pifpaf_mask_transform.py``; a part takes the max of its fields).
+``pifpaf_mask_transform.py``: ``CombinePifPafIntoEightBodyMasks``, ``CombinePifPafIntoFiveVerticalParts``;
+a part takes the max of its fields).
 
 ``SIDECAR_FORMAT`` names the project's own annotation file (people with COCO-17 keypoints per frame):
 the synthetic world writes it and ingestion reads it, so both take the name from here.
@@ -62,7 +68,6 @@ _CCK6: dict[str, tuple[str, ...]] = {
 }
 
 PROMPT_GROUPINGS: dict[str, dict[str, tuple[str, ...]]] = {"cck8": _CCK8, "cck6": _CCK6}
-PART_GROUPINGS: dict[str, dict[str, tuple[str, ...]]] = {"eight": _CCK8}
 
 PIFPAF_CONNECTIONS: tuple[str, ...] = (
     "left_ankle_to_left_knee",
@@ -102,12 +107,34 @@ PIFPAF_PART_FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
         "left_foot": ("left_ankle",),
         "right_foot": ("right_ankle",),
     },
+    "five_v": {
+        "head": _HEAD + ("left_eye_to_right_eye", "nose_to_left_eye", "nose_to_right_eye", "left_eye_to_left_ear",
+                         "right_eye_to_right_ear", "left_ear_to_left_shoulder", "right_ear_to_right_shoulder"),
+        "upper_arms_torso": ("left_elbow", "right_elbow", "left_shoulder_to_left_elbow",
+                             "right_shoulder_to_right_elbow", "left_shoulder", "right_shoulder",
+                             "left_shoulder_to_right_shoulder"),
+        "lower_arms_torso": ("left_wrist", "right_wrist", "left_elbow_to_left_wrist", "right_elbow_to_right_wrist",
+                             "left_hip", "right_hip", "right_shoulder_to_right_hip"),
+        "legs": ("left_hip", "right_hip", "left_knee", "right_knee", "left_ankle_to_left_knee", "left_knee_to_left_hip",
+                 "right_ankle_to_right_knee", "right_knee_to_right_hip"),
+        "feet": ("left_ankle", "right_ankle"),
+    },
+}
+PART_GROUPINGS: dict[str, dict[str, tuple[str, ...]]] = {
+    "eight": _CCK8,
+    "five_v": {part: tuple(f for f in fields if f in KEYPOINT_INDEX)
+               for part, fields in PIFPAF_PART_FIELDS["five_v"].items()},
 }
 
 
 def group_names(grouping: str) -> tuple[str, ...]:
-    """Ordered group names of a prompt grouping ("cck8", "cck6") or part grouping ("eight")."""
+    """Ordered group names of a prompt grouping ("cck8", "cck6") or part grouping ("eight", "five_v")."""
     return tuple(_lookup(grouping))
+
+
+def part_grouping_of(num_parts: int) -> str | None:
+    """The part grouping with ``num_parts`` parts (each K has at most one), None when there is none."""
+    return next((name for name, parts in PART_GROUPINGS.items() if len(parts) == num_parts), None)
 
 
 def group_keypoint_indices(grouping: str) -> tuple[tuple[int, ...], ...]:

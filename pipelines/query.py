@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from kpr_model.embeddings import ReIDEmbeddings
-from kpr_model.keypoints import group_names
+from kpr_model.keypoints import group_names, part_grouping_of
 from pipelines.errors import UserError
 from pipelines.query_image import QueryEncoder, read_query_image
 from pipelines.query_prompt import KeypointPrompt
@@ -138,8 +138,10 @@ class QuerySearch:
 
 
 def part_names(num_parts: int) -> list[str]:
-    """Display names of the K parts: the "eight" grouping's names when K == 8, else "part 1".."part K"."""
-    return list(group_names("eight")) if num_parts == 8 else [f"part {i}" for i in range(1, num_parts + 1)]
+    """Display names of the K parts: those of the part grouping with K parts (eight: K = 8, five_v: K = 5), else
+    "part 1".."part K" (the store knows K, not the grouping)."""
+    grouping = part_grouping_of(num_parts)
+    return list(group_names(grouping)) if grouping else [f"part {i}" for i in range(1, num_parts + 1)]
 
 
 def _normalised(name: str) -> str:

@@ -234,6 +234,8 @@ def test_prompt_files_in_every_form(tmp_path):
 def test_parse_parts_takes_names_and_numbers():
     assert parse_parts(["left_foot", "8", "Right Foot"], 8) == [6, 7]
     assert parse_parts(["2"], 3) == [1] and part_names(3) == ["part 1", "part 2", "part 3"]
+    assert part_names(5) == ["head", "upper_arms_torso", "lower_arms_torso", "legs", "feet"]  # five_v
+    assert parse_parts(["Lower arms torso", "5"], 5) == [2, 4]
     with pytest.raises(UserError, match="left_foot"):
         parse_parts(["0"], 8)
 

@@ -368,7 +368,7 @@ def test_train_config_former_parser_bugs(tmp_path, content):
 KPR_BASE = KPRConfig.tiny().to_dict()
 KPR_VALUES = {
     "backbone": TEXT, "image_size": st.lists(st.integers(-64, 512), max_size=3), "num_parts": st.integers(0, 9),
-    "part_grouping": st.sampled_from(["eight", "six"]), "prompt_grouping": st.sampled_from(["cck8", "cck6", "x"]),
+    "part_grouping": st.sampled_from(["eight", "five_v", "six"]), "prompt_grouping": st.sampled_from(["cck8", "cck6", "x"]),
     "embed_dim": st.integers(-1, 64), "vis_thresh": st.floats(), "norm_std": st.lists(st.floats(-1, 1), max_size=4),
     "fusion_stages": st.lists(st.integers(0, 5), max_size=5), "last_stride": st.integers(0, 3),
     "backbone_args": st.dictionaries(TEXT, JSON, max_size=3),

@@ -29,7 +29,8 @@ from kpr_model import (
     read_model_id,
     save_checkpoint,
 )
-from kpr_model.keypoints import KEYPOINT_INDEX
+from kpr_model.config import KPRConfigError
+from kpr_model.keypoints import KEYPOINT_INDEX, PART_GROUPINGS, part_grouping_of
 from kpr_model.losses import batch_hard_triplet, part_averaged_distances
 
 torch.set_num_threads(2)
@@ -135,6 +136,29 @@ def test_part_labels_from_keypoints(tiny: KPRConfig) -> None:
     assert labels[0, 60, 20] == 1 + names.index("left_foot")  # left ankle is in leg and foot: foot wins
     assert labels[0, 16, 10] == 1 + names.index("torso")  # right shoulder is in right arm and torso
     assert labels[0, 0, 0] == 0 and labels[1].max() == 0
+
+
+def test_five_v_parts_with_cck6_prompts() -> None:
+    config = KPRConfig.tiny(num_classes=3, num_parts=5, part_grouping="five_v", prompt_grouping="cck6")
+    assert group_names("five_v") == ("head", "upper_arms_torso", "lower_arms_torso", "legs", "feet")
+    assert len({len(PART_GROUPINGS[g]) for g in PART_GROUPINGS}) == len(PART_GROUPINGS)  # K names the grouping
+    assert (part_grouping_of(5), part_grouping_of(8), part_grouping_of(3)) == ("five_v", "eight", None)
+    with pytest.raises(KPRConfigError, match="num_parts=8 does not match part_grouping 'five_v'"):
+        KPRConfig.tiny(part_grouping="five_v")
+    labels = keypoints_to_part_labels([skeleton()], config.image_size, config)
+    assert labels[0, 6, 16] == 1  # head
+    assert labels[0, 26, 24] == 2 and labels[0, 16, 10] == 2  # left elbow, right shoulder
+    assert labels[0, 34, 8] == 3  # right wrist
+    assert labels[0, 36, 20] == 4  # left hip is in lower arms + torso and legs: the later group wins
+    assert labels[0, 60, 12] == 5  # right ankle
+    torch.manual_seed(0)
+    model = KPR(config).eval()
+    images = torch.randn(2, 3, *config.image_size)
+    prompts = keypoints_to_prompt([skeleton(), None], None, config.image_size, config)
+    with torch.no_grad():
+        out = model(images, prompts)
+    assert prompts.shape == (2, 8, 64, 32) and out.pixel_logits.shape[1] == 6
+    assert out.embeddings["parts"].shape == (2, 5, 32) and out.visibility.shape == (2, 5)
 
 
 # ---------------------------------------------------------------- model

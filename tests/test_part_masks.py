@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from kpr_model.config import KPRConfig
-from kpr_model.losses import body_part_attention_loss
+from kpr_model.losses import KPRLoss, body_part_attention_loss
+from kpr_model.model import KPR
 from training.augment import AugmentConfig, augment, occlude
 from training.datasets import DatasetError, load_dataset
 from training.datasets.part_masks import group_pifpaf_fields, read_part_mask
@@ -56,6 +57,28 @@ def test_each_field_feeds_the_parts_of_the_official_eight_grouping():
     lit = _fields(left_elbow=0.4, left_wrist=1.6, left_shoulder_to_left_elbow=0.9, right_eye=-0.5)
     grouped = group_pifpaf_fields(lit, "eight")
     assert np.all(grouped[LEFT_ARM] == 1.0) and np.all(grouped[HEAD] == 0.0)  # max of the fields, clipped to [0, 1]
+
+
+def test_each_field_feeds_the_parts_of_the_official_five_v_grouping():
+    head, upper, lower, legs, feet = range(5)
+    expected = {  # official CombinePifPafIntoFiveVerticalParts, field by field (two connections feed no part)
+        "nose": [head], "left_eye": [head], "right_eye": [head], "left_ear": [head], "right_ear": [head],
+        "left_shoulder": [upper], "right_shoulder": [upper], "left_elbow": [upper], "right_elbow": [upper],
+        "left_wrist": [lower], "right_wrist": [lower], "left_hip": [lower, legs], "right_hip": [lower, legs],
+        "left_knee": [legs], "right_knee": [legs], "left_ankle": [feet], "right_ankle": [feet],
+        "left_ankle_to_left_knee": [legs], "left_knee_to_left_hip": [legs], "right_ankle_to_right_knee": [legs],
+        "right_knee_to_right_hip": [legs], "left_hip_to_right_hip": [], "left_shoulder_to_left_hip": [],
+        "right_shoulder_to_right_hip": [lower], "left_shoulder_to_right_shoulder": [upper],
+        "left_shoulder_to_left_elbow": [upper], "right_shoulder_to_right_elbow": [upper],
+        "left_elbow_to_left_wrist": [lower], "right_elbow_to_right_wrist": [lower], "left_eye_to_right_eye": [head],
+        "nose_to_left_eye": [head], "nose_to_right_eye": [head], "left_eye_to_left_ear": [head],
+        "right_eye_to_right_ear": [head], "left_ear_to_left_shoulder": [head], "right_ear_to_right_shoulder": [head],
+    }
+    assert set(expected) == set(FIELD)
+    for name, parts in expected.items():
+        grouped = group_pifpaf_fields(_fields(**{name: 0.7}), "five_v")
+        assert grouped.shape == (5, 12, 5) and grouped.dtype == np.float32
+        assert [k for k in range(5) if grouped[k].max() > 0] == parts, name
 
 
 def test_targets_are_background_below_half_then_the_strongest_part_at_feature_resolution():
@@ -190,11 +213,11 @@ def test_augmentation_moves_part_confidences_with_the_image():
     parts[LEFT_ARM, :, 0] = 0.9  # the crop's left edge
     keep_all = AugmentConfig(flip_p=1.0, crop_scale=(1.0, 1.0), bipo_p=0.0)
     _, _, _, flipped = augment(image, np.zeros((17, 3), np.float32), np.zeros((0, 17, 3), np.float32), parts,
-                               np.random.default_rng(0), keep_all)
+                               np.random.default_rng(0), keep_all, "eight")
     assert flipped.shape == (8, 96, 40) and flipped[LEFT_ARM].max() == 0
     assert flipped[RIGHT_ARM, :, -1].min() == pytest.approx(0.9) and flipped[RIGHT_ARM, :, 0].max() == 0
     cropped = augment(image, np.zeros((17, 3), np.float32), np.zeros((0, 17, 3), np.float32), parts,
-                      np.random.default_rng(1), AugmentConfig(flip_p=0.0, crop_scale=(0.5, 0.5)))
+                      np.random.default_rng(1), AugmentConfig(flip_p=0.0, crop_scale=(0.5, 0.5)), "eight")
     assert cropped[3].shape == (8, *cropped[0].shape[:2])
     occluder = (np.full((96, 40, 3), 200, np.uint8), np.zeros((17, 3), np.float32), np.zeros((0, 17, 3), np.float32),
                 np.full((8, 12, 5), 0.1, np.float32))
@@ -204,6 +227,23 @@ def test_augmentation_moves_part_confidences_with_the_image():
     pasted = occluded[0][..., 0] == 200
     assert pasted.any() and not pasted[:20].any()
     assert np.all(occluded[3][:, pasted] == 0) and np.all(occluded[3][:, ~pasted] == 0.7)
+
+
+def test_five_v_masks_train_five_parts(tmp_path):
+    config = KPRConfig.tiny(num_classes=4, num_parts=5, part_grouping="five_v", prompt_grouping="cck6")
+    root = _occluded_duke(tmp_path)
+    loaded = load_samples(load_dataset("occluded_duke", root, "train"), config)
+    assert all(s.mask.shape == (5, 12, 5) for s in loaded)
+    assert np.allclose(loaded[0].mask[:, 5, 0], [0.9, 0, 0.8, 0.8, 0.7])  # nose; left hip in two parts; right ankle
+    keep_all = AugmentConfig(flip_p=1.0, crop_scale=(1.0, 1.0), bipo_p=0.0)
+    items = [augment(*s.arrays(), np.random.default_rng(i), keep_all, config.part_grouping)
+             for i, s in enumerate(loaded[:4])]
+    assert np.allclose(items[0][3][:, 60, -1], [0.9, 0, 0.8, 0.8, 0.7])  # flipped: no left/right part to swap
+    images, prompts, targets = make_batch(items, config)
+    assert prompts.shape == (4, 8, 64, 32) and targets.shape == (4, 6, 64, 32)
+    model = KPR(config)
+    loss, losses = KPRLoss(config.loss)(model(images, prompts), torch.tensor([0, 0, 1, 1]), targets)
+    assert torch.isfinite(loss) and losses["part_attention"] > 0
 
 
 def test_a_training_run_on_the_official_layout_trains_the_part_attention(tmp_path):

@@ -244,6 +244,24 @@ def test_groupings_match_official_tables() -> None:
             assert sorted(idx) == sorted(KEYPOINT_INDEX[n] for n in names)
 
 
+def test_cck6_puts_each_keypoint_in_its_official_channel() -> None:
+    # official cck6 prompt: [background, negative, head, left_arm, right_arm, left_leg, right_leg, torso]
+    official_channel = {
+        "nose": 2, "left_eye": 2, "right_eye": 2, "left_ear": 2, "right_ear": 2,
+        "left_shoulder": 7, "right_shoulder": 7, "left_elbow": 3, "right_elbow": 4, "left_wrist": 3, "right_wrist": 4, "left_hip": 7, "right_hip": 7,
+        "left_knee": 5, "right_knee": 6, "left_ankle": 5, "right_ankle": 6,
+    }
+    config = KPRConfig.tiny(prompt_grouping="cck6")
+    for name, channel in official_channel.items():
+        target = np.zeros((17, 3), np.float32)
+        kp(target, name, 16.0, 30.0, 0.9)
+        official = to_official_order(keypoints_to_prompt([target], None, config.image_size, config))[0]
+        assert official.shape == (8, 64, 32)
+        lit = [c for c in range(8) if official[c, 30, 16] == 1.0]
+        assert lit == [channel], name
+        assert official[0, 30, 16] == 0.0 and official[1].max() == 0.0
+
+
 def test_empty_prompt_is_official_empty() -> None:
     config = KPRConfig.solider_swin_base()
     prompt = keypoints_to_prompt([None], None, config.image_size, config)

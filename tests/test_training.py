@@ -33,7 +33,8 @@ def test_flip_moves_keypoints_and_part_labels_together():
     keypoints = np.zeros((17, 3), np.float32)
     keypoints[KEYPOINT_INDEX["left_elbow"]] = (3, 15, 1)
     cfg = AugmentConfig(flip_p=1.0, crop_scale=(1.0, 1.0), drop_all_keypoints_p=0.0, drop_random_keypoints_p=0.0)
-    _, kps, _, flipped = augment(image, keypoints, np.zeros((0, 17, 3), np.float32), mask, np.random.default_rng(0), cfg)
+    _, kps, _, flipped = augment(image, keypoints, np.zeros((0, 17, 3), np.float32), mask, np.random.default_rng(0),
+                                 cfg, "eight")
     right_elbow = kps[KEYPOINT_INDEX["right_elbow"]]
     assert right_elbow[2] == 1 and right_elbow[0] == 20 - 1 - 3
     assert flipped[15, 16] == 3 and (flipped == 2).sum() == 0

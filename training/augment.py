@@ -29,8 +29,6 @@ def _mirror_index(names: tuple[str, ...]) -> np.ndarray:
 
 
 KEYPOINT_MIRROR = _mirror_index(COCO_KEYPOINTS)
-PART_MIRROR = _mirror_index(group_names("eight"))
-PART_LABEL_MIRROR = np.concatenate([[0], 1 + PART_MIRROR])
 
 Sample = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]
 """(image HxWx3 uint8, target keypoints [17, 3], negative keypoints [M, 17, 3], part mask or None).
@@ -83,8 +81,10 @@ def _fraction(name: str, value: object) -> float:
 
 
 def augment(image: np.ndarray, keypoints: np.ndarray, negatives: np.ndarray, mask: np.ndarray | None,
-            rng: np.random.Generator, cfg: AugmentConfig) -> Sample:
-    """One random augmentation of (image HxWx3 uint8, keypoints [17,3], negatives [M,17,3], part mask or None)."""
+            rng: np.random.Generator, cfg: AugmentConfig, grouping: str) -> Sample:
+    """One random augmentation of (image HxWx3 uint8, keypoints [17,3], negatives [M,17,3], part mask or None).
+
+    The mask's parts are those of the part grouping ``grouping``; a flip swaps its left_* and right_* parts."""
     h, w = image.shape[:2]
     if mask is not None and is_part_confidences(mask):
         mask = resized_confidences(mask, h, w)
@@ -102,8 +102,8 @@ def augment(image: np.ndarray, keypoints: np.ndarray, negatives: np.ndarray, mas
     if rng.random() < cfg.flip_p:
         image = image[:, ::-1]
         if mask is not None:
-            flipped = mask[..., ::-1]
-            mirrored = flipped[PART_MIRROR] if is_part_confidences(mask) else PART_LABEL_MIRROR[flipped]
+            flipped, mirror = mask[..., ::-1], _mirror_index(group_names(grouping))
+            mirrored = flipped[mirror] if is_part_confidences(mask) else np.concatenate([[0], 1 + mirror])[flipped]
             mask = mirrored.astype(mask.dtype)
         keypoints = _flip_skeleton(keypoints, cw)
         negatives = np.stack([_flip_skeleton(n, cw) for n in negatives]) if len(negatives) else negatives

@@ -162,7 +162,7 @@ def run_loop(
                 break
             progress = max(step / total_steps, elapsed / budget_s if budget_s else 0.0)
             _set_lr(optimizer, settings.lr, lr_factor(progress, warmup), fixbase)
-            items = [augment(*samples[i].arrays(), rng, augment_config) for i in batch_indices]
+            items = [augment(*samples[i].arrays(), rng, augment_config, config.part_grouping) for i in batch_indices]
             items = bipo(items, [samples[i].arrays() for i in batch_indices], [labels[i] for i in batch_indices],
                          rng, augment_config)
             images, prompts, part_labels = make_batch(items, config)
