@@ -6,6 +6,8 @@ The import takes from it what the network and the test settings need, by the off
 - ``data.sources[0]``: the dataset the model was trained on (whose cameras the camera embedding knows)
 - ``data.height`` / ``data.width``, ``data.norm_mean`` / ``data.norm_std``: input size and normalisation
 - ``model.kpr.keypoints.vis_thresh``: keypoints at or below it are not prompted
+- ``model.kpr.keypoints.prompt_preprocess`` / ``model.kpr.masks.preprocess``: the prompt and part groupings
+  (``GROUPINGS``: cck8 or cck6, eight or five_v; the project's names are the official ones)
 - ``model.solider.semantic_weight``: SOLIDER's semantic weight (-1: semantic layers unused)
 - ``model.transreid.sie_camera`` / ``sie_coe``: whether the camera embedding is built, and its coefficient
 
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kpr_model.config import KPRModelError
+from kpr_model.keypoints import PART_GROUPINGS, PROMPT_GROUPINGS
 
 SOLIDER_BACKBONE = "solider_swin_base_patch4_window7_224"
 REQUIRED: dict[str, Any] = {
@@ -37,6 +40,10 @@ REQUIRED: dict[str, Any] = {
     "test.dist_metric": "euclidean",
     "test.normalize_feature": True,
 }
+GROUPINGS: dict[str, dict[str, dict]] = {
+    "model.kpr.keypoints.prompt_preprocess": PROMPT_GROUPINGS,
+    "model.kpr.masks.preprocess": PART_GROUPINGS,
+}
 _ABSENT = object()
 
 
@@ -53,6 +60,8 @@ class OfficialSettings:
     norm_mean: tuple[float, float, float] | None = None
     norm_std: tuple[float, float, float] | None = None
     vis_thresh: float | None = None
+    prompt_grouping: str | None = None
+    part_grouping: str | None = None
     semantic_weight: float | None = None
     camera_embedding: bool = True
     camera_scale: float = 3.0
@@ -103,6 +112,11 @@ def official_settings(config: dict | None) -> OfficialSettings:
             raise OfficialConfigError(
                 f"the checkpoint's config sets {dotted}={value!r}; the project runs only {wanted!r}"
             )
+    groupings = [_typed(config, dotted, str) for dotted in GROUPINGS]
+    for (dotted, known), name in zip(GROUPINGS.items(), groupings):
+        if name is not None and name not in known:
+            raise OfficialConfigError(f"the checkpoint's config sets {dotted}={name!r}; the project runs only "
+                                      f"{' or '.join(map(repr, known))}")
     sources = setting(config, "data.sources")
     height, width = _typed(config, "data.height", int), _typed(config, "data.width", int)
     sie = _typed(config, "model.transreid.sie_camera", bool)
@@ -113,6 +127,8 @@ def official_settings(config: dict | None) -> OfficialSettings:
         norm_mean=_typed(config, "data.norm_mean", float, 3),
         norm_std=_typed(config, "data.norm_std", float, 3),
         vis_thresh=_typed(config, "model.kpr.keypoints.vis_thresh", float),
+        prompt_grouping=groupings[0],
+        part_grouping=groupings[1],
         semantic_weight=_typed(config, "model.solider.semantic_weight", float),
         camera_embedding=True if sie is None else sie,
         camera_scale=3.0 if coefficient is None else coefficient,

@@ -56,7 +56,11 @@ present, is read as plain data (``kpr_model.official_config``) and decides:
   is tied to the training dataset (``data.sources[0]``), and left out of every pass that is given no
   camera ids (search and ingestion: an archive's cameras are not the dataset's); ``kpr bench`` on
   that dataset passes them, as the official test engine does (coefficient ``sie_coe``, 3);
-- the input size, normalisation and keypoint threshold.
+- the input size, normalisation and keypoint threshold;
+- the prompt and part groupings (``model.kpr.keypoints.prompt_preprocess``, ``model.kpr.masks.preprocess``:
+  cck8 and eight for Occluded-Duke and Occluded-PoseTrack, cck6 and five_v for Market-1501, Occluded-ReID and
+  Partial-ReID), checked against the tensors' prompt channels and parts; a file without a config gets the
+  only groupings of its tensors' sizes.
 
 ``write_official_model`` turns a file into a project checkpoint folder, writing nothing on failure.
 """
@@ -74,7 +78,7 @@ import torch
 
 from kpr_model.checkpoint import save_checkpoint
 from kpr_model.config import KPRConfig, KPRModelError
-from kpr_model.keypoints import PROMPT_GROUPINGS
+from kpr_model.keypoints import PART_GROUPINGS, PROMPT_GROUPINGS
 from kpr_model.model import KPR
 from kpr_model.official_config import OfficialSettings, official_settings
 from kpr_model.solider_swin import SOLIDER_ARCHS
@@ -106,9 +110,10 @@ def official_prompt_order(num_prompt_channels: int) -> list[int]:
 
 
 def infer_config(state: dict[str, torch.Tensor], settings: OfficialSettings | None = None, **changes) -> KPRConfig:
-    """KPRConfig for an official SOLIDER state dict: the ``solider_swin_base`` preset with num_classes, prompt
-    grouping, embedding size, Swin shape and camera embedding read from the tensors, and what ``settings`` (the
-    file's config) says; semantic weight from the settings, else -1. ``changes`` override any field."""
+    """KPRConfig for an official SOLIDER state dict: the ``solider_swin_base`` preset with num_classes, prompt and
+    part groupings (named by ``settings``, else the only ones of the tensors' sizes), embedding size, Swin shape and
+    camera embedding read from the tensors, and what ``settings`` (the file's config) says; semantic weight from
+    the settings, else -1. ``changes`` override any field."""
     settings = settings or OfficialSettings()
     b = OFFICIAL_BACKBONE
     try:
@@ -120,11 +125,8 @@ def infer_config(state: dict[str, torch.Tensor], settings: OfficialSettings | No
         raise OfficialImportError(f"not an official KPR SOLIDER state dict: missing {exc}") from exc
     classifier = state.get("global_identity_classifier.classifier.weight")
     num_classes = int(classifier.shape[0]) if classifier is not None else 0
-    grouping = [name for name, groups in PROMPT_GROUPINGS.items() if len(groups) + 2 == prompt_channels]
-    if not grouping:
-        raise OfficialImportError(f"no prompt grouping has {prompt_channels - 2} groups")
-    if parts != 8:
-        raise OfficialImportError(f"official model has K={parts} parts; only the 'eight' grouping (K=8) is supported")
+    prompt_grouping = _grouping("prompt groups", PROMPT_GROUPINGS, prompt_channels - 2, settings.prompt_grouping)
+    part_grouping = _grouping("parts", PART_GROUPINGS, parts, settings.part_grouping)
     depths, heads = [], []
     for i in range(8):
         blocks = {int(m.group(1)) for k in state if (m := re.match(rf"{re.escape(b)}model\.stages\.{i}\.blocks\.(\d+)\.", k))}
@@ -136,7 +138,9 @@ def infer_config(state: dict[str, torch.Tensor], settings: OfficialSettings | No
     args = {"embed_dim": int(swin_dim), "depths": depths, "num_heads": heads, "semantic_weight": semantic}
     values: dict[str, Any] = {
         "num_classes": num_classes,
-        "prompt_grouping": grouping[0],
+        "prompt_grouping": prompt_grouping,
+        "num_parts": parts,
+        "part_grouping": part_grouping,
         "embed_dim": int(embed),
         "backbone_args": args,
         **settings.config_changes(),
@@ -147,6 +151,21 @@ def infer_config(state: dict[str, torch.Tensor], settings: OfficialSettings | No
                       camera_dataset=settings.dataset)
     values.update(changes)
     return KPRConfig.solider_swin_base(**values)
+
+
+def _grouping(kind: str, known: dict[str, dict], count: int, named: str | None) -> str:
+    """The grouping the file's config names, which must have the ``count`` groups its tensors hold; without a
+    name, the only known grouping of that size."""
+    if named is not None:
+        if len(known[named]) != count:
+            raise OfficialImportError(f"the checkpoint's config names the {named!r} grouping ({len(known[named])} "
+                                      f"{kind}) but its tensors hold {count} {kind}")
+        return named
+    sized = [name for name, groups in known.items() if len(groups) == count]
+    if len(sized) != 1:
+        sizes = ", ".join(f"{name} ({len(groups)})" for name, groups in known.items())
+        raise OfficialImportError(f"official model has {count} {kind}; the project runs {sizes}")
+    return sized[0]
 
 
 def map_official_state_dict(state: dict[str, torch.Tensor], config: KPRConfig) -> dict[str, torch.Tensor]:

@@ -133,7 +133,8 @@ def tiny_model(**changes) -> KPR:
 def official_names(model: KPR) -> dict[str, torch.Tensor]:
     """``model``'s state dict under the official names (inverse of the import mapping), as an official file holds it."""
     state = {}
-    inverse = {0: 0, **{2 + g: 1 + g for g in range(8)}, 1: 9}  # official channel -> our channel
+    groups = model.config.num_prompt_channels - 2
+    inverse = {0: 0, **{2 + g: 1 + g for g in range(groups)}, 1: groups + 1}  # official channel -> our channel
     for key, value in model.state_dict().items():
         if key == "backbone.sie_embed":
             name = B + "sie_embed"
@@ -142,7 +143,7 @@ def official_names(model: KPR) -> dict[str, torch.Tensor]:
         elif key.startswith("backbone.masks_patch_embed."):
             name = B + "masks_patch_embed." + key[len("backbone.masks_patch_embed."):]
             if name.endswith("projection.weight"):
-                value = value[:, [inverse[i] for i in range(10)]]
+                value = value[:, [inverse[i] for i in range(groups + 2)]]
         elif key.startswith("backbone.msf.dim_reduce."):
             name = "msf.dim_reduce.layers." + key[len("backbone.msf.dim_reduce."):]
         else:
@@ -150,7 +151,7 @@ def official_names(model: KPR) -> dict[str, torch.Tensor]:
         state[name] = value.clone()
     for key in [k for k in state if k.startswith(B + "model.patch_embed.")]:
         state[key.replace(B + "model.", B)] = state[key].clone()
-    state[B + "parts_embed"] = torch.zeros(10, 1, 16)
+    state[B + "parts_embed"] = torch.zeros(groups + 2, 1, 16)
     return state
 
 
@@ -316,6 +317,34 @@ def test_torchreid_file_becomes_a_model_folder(tmp_path) -> None:
     assert encoder.embed([np.full((90, 40, 3), 120, np.uint8)]).parts.shape == (1, 8, 32)
 
 
+FIVE_V = {"num_parts": 5, "part_grouping": "five_v", "prompt_grouping": "cck6"}
+
+
+def test_market_style_five_part_cck6_file_imports_with_identical_embeddings(tmp_path) -> None:
+    model = tiny_model(**FIVE_V)
+    assert model.backbone.masks_patch_embed.projection.weight.shape[1] == 8  # background, 6 groups, negative
+    market = official_config(data__sources=["market1501"], model__kpr__keypoints__prompt_preprocess="cck6",
+                             model__kpr__masks__preprocess="five_v", model__transreid__sie_camera=False)
+    path = save_torchreid_file(tmp_path / "kpr_market_SOLIDER.pth.tar", model, market)
+    assert main(["import-official", str(path), "--out", str(tmp_path / "model")]) == 0
+    imported, config, _ = load_checkpoint(tmp_path / "model")
+    assert config == model.config
+    assert (config.num_parts, config.part_grouping, config.prompt_grouping) == (5, "five_v", "cck6")
+    assert all(torch.equal(imported.state_dict()[k], v) for k, v in model.state_dict().items())
+    for ours, reference in zip(embed(imported), embed(model)):
+        assert torch.equal(ours, reference)
+    encoder = KPREncoder.from_checkpoint(tmp_path / "model")
+    assert encoder.embed([np.full((90, 40, 3), 120, np.uint8)]).parts.shape == (1, 5, 32)
+
+    bare = tmp_path / "bare.pth"  # no config: the only groupings of 6 prompt groups and 5 parts
+    torch.save(official_names(model), bare)
+    assert import_official_file(bare).config == model.config.with_updates(image_size=(384, 128))
+    eight = save_torchreid_file(tmp_path / "eight.pth.tar", model,
+                                official_config(model__kpr__keypoints__prompt_preprocess="cck6"))  # masks: eight
+    with pytest.raises(OfficialImportError, match="names the 'eight' grouping .8 parts. but its tensors hold 5 parts"):
+        import_official_file(eight)
+
+
 def test_bare_and_module_prefixed_state_dicts(tmp_path) -> None:
     model = tiny_model()
     state = official_names(model)
@@ -414,6 +443,16 @@ def _unsupported_config(tmp_path: Path) -> Path:
     return save_torchreid_file(tmp_path / "globl.pth.tar", tiny_model(), config)
 
 
+def _unknown_grouping(tmp_path: Path) -> Path:
+    config = official_config(model__kpr__masks__preprocess="six")
+    return save_torchreid_file(tmp_path / "six.pth.tar", tiny_model(), config)
+
+
+def _grouping_of_other_size(tmp_path: Path) -> Path:
+    config = official_config(model__kpr__keypoints__prompt_preprocess="cck6")
+    return save_torchreid_file(tmp_path / "cck6.pth.tar", tiny_model(), config)
+
+
 def _wrong_camera_count(tmp_path: Path) -> Path:
     model = tiny_model(camera_embeddings=8, camera_dataset="occluded_duke")
     return save_torchreid_file(tmp_path / "cams.pth.tar", model, official_config())
@@ -424,6 +463,8 @@ def _wrong_camera_count(tmp_path: Path) -> Path:
     (_other_model, [], "not an official KPR SOLIDER state dict"),
     (_unknown_object, [], "pickled test_official_import._Unlisted, which is not loaded"),
     (_unsupported_config, [], "model.kpr.test_embeddings=['globl', 'parts']; the project runs only"),
+    (_unknown_grouping, [], "model.kpr.masks.preprocess='six'; the project runs only 'eight' or 'five_v'"),
+    (_grouping_of_other_size, [], "names the 'cck6' grouping (6 prompt groups) but its tensors hold 8 prompt groups"),
     (_wrong_camera_count, ["--dataset-cameras", "6"], "of 8 cameras, but its training dataset was said to have 6"),
 ])
 def test_bad_files_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, make, extra, message) -> None:
