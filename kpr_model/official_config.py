@@ -4,6 +4,7 @@ torchreid saves its yacs config beside the weights (read as nested dicts by ``kp
 The import takes from it what the network and the test settings need, by the official names:
 
 - ``data.sources[0]``: the dataset the model was trained on (whose cameras the camera embedding knows)
+- ``data.targets``: the datasets it was tested on
 - ``data.height`` / ``data.width``, ``data.norm_mean`` / ``data.norm_std``: input size and normalisation
 - ``model.kpr.keypoints.vis_thresh``: keypoints at or below it are not prompted
 - ``model.kpr.keypoints.prompt_preprocess`` / ``model.kpr.masks.preprocess``: the prompt and part groupings
@@ -56,6 +57,7 @@ class OfficialSettings:
     """What an official checkpoint's config says about the model and its test settings (None: not said)."""
 
     dataset: str = ""
+    targets: tuple[str, ...] = ()
     image_size: tuple[int, int] | None = None
     norm_mean: tuple[float, float, float] | None = None
     norm_std: tuple[float, float, float] | None = None
@@ -117,12 +119,13 @@ def official_settings(config: dict | None) -> OfficialSettings:
         if name is not None and name not in known:
             raise OfficialConfigError(f"the checkpoint's config sets {dotted}={name!r}; the project runs only "
                                       f"{' or '.join(map(repr, known))}")
-    sources = setting(config, "data.sources")
+    sources, targets = setting(config, "data.sources"), setting(config, "data.targets")
     height, width = _typed(config, "data.height", int), _typed(config, "data.width", int)
     sie = _typed(config, "model.transreid.sie_camera", bool)
     coefficient = _typed(config, "model.transreid.sie_coe", float)
     return OfficialSettings(
         dataset=str(sources[0]).lower() if isinstance(sources, (list, tuple)) and sources else "",
+        targets=tuple(str(t).lower() for t in targets) if isinstance(targets, (list, tuple)) else (),
         image_size=(height, width) if height is not None and width is not None else None,
         norm_mean=_typed(config, "data.norm_mean", float, 3),
         norm_std=_typed(config, "data.norm_std", float, 3),

@@ -49,8 +49,9 @@ read by ``kpr_model.torch_file`` (no code from the file runs, yacs is not needed
 present, is read as plain data (``kpr_model.official_config``) and decides:
 
 - the semantic weight: the value of the official test configuration of the checkpoint's training
-  dataset where it sets one (Occluded-Duke and Market-1501: -1, semantic layers unused; the official
-  test run takes it from the test yaml, not from the file), else the config's
+  dataset where it sets one (Occluded-Duke and Market-1501 trained and tested on themselves: -1,
+  semantic layers unused; the official test run takes it from the test yaml, not from the file),
+  else the config's
   ``model.solider.semantic_weight``, else -1; the caller may override it;
 - the camera embedding: imported when the file holds one and the config does not turn SIE off; it
   is tied to the training dataset (``data.sources[0]``), and left out of every pass that is given no
@@ -95,7 +96,8 @@ IGNORED: dict[str, str] = {
 
 
 # model.solider.semantic_weight of the official SOLIDER test configurations (configs/kpr/solider/*_test.yaml)
-# that set it; the others keep the training value.
+# that set it: those that train and test on one dataset. The others keep the training value, among them the
+# Occluded-ReID and Partial-ReID ones, trained on market1501 and tested on other targets.
 OFFICIAL_TEST_SEMANTIC_WEIGHT = {"occluded_duke": -1.0, "market1501": -1.0}
 
 
@@ -298,7 +300,7 @@ def import_official_file(path: str | Path, semantic_weight: float | None = None,
     official = read_official_file(path)
     settings = official_settings(official.config)
     source = "the checkpoint's config" if settings.semantic_weight is not None else "the official test configuration"
-    if settings.dataset in OFFICIAL_TEST_SEMANTIC_WEIGHT:
+    if settings.dataset in OFFICIAL_TEST_SEMANTIC_WEIGHT and set(settings.targets) <= {settings.dataset}:
         source = f"the official {settings.dataset} test configuration"
         settings = replace(settings, semantic_weight=OFFICIAL_TEST_SEMANTIC_WEIGHT[settings.dataset])
     if semantic_weight is not None:

@@ -408,6 +408,13 @@ def test_semantic_weight_follows_the_official_test_config_else_the_file(tmp_path
                                     official_config(semantic_weight=0.2, data__sources=["occ_PoseTrack21"]))
     imported = import_official_file(posetrack)
     assert imported.config == model.config
+    # Trained on Market-1501 but tested on Occluded-ReID: that test configuration does not set it either.
+    occluded_reid = save_torchreid_file(tmp_path / "occ_reid.pth.tar", model, official_config(
+        semantic_weight=0.2, data__sources=["market1501"], data__targets=["market1501", "occluded_reid"]))
+    assert import_official_file(occluded_reid).config.backbone_args["semantic_weight"] == 0.2
+    market = save_torchreid_file(tmp_path / "market.pth.tar", model, official_config(
+        semantic_weight=0.2, data__sources=["market1501"], data__targets=["market1501"]))
+    assert import_official_file(market).config.backbone_args["semantic_weight"] == -1.0
     for ours, reference in zip(embed(imported.model), embed(model)):
         assert torch.equal(ours, reference)
 
