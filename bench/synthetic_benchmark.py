@@ -27,9 +27,9 @@ from bench.shared_data import add_shared_option
 from kpr_model.checkpoint import read_checkpoint_info
 from kpr_model.distance import kpr_distance
 from kpr_model.encoder import KPREncoder
+from kpr_model.global_onnx import GlobalOnnxEncoder
 from training.benchmark import global_distance, leave_one_out, read_crop_list
 from training.datasets import ReIDSample, load_dataset
-from training.omz_baseline import OmzReIDModel
 from training.synthetic import CropExport, WorldConfig, export_reid_crops
 from training.synthetic.crops import ANNOTATION_NAME, GALLERY_DIR, QUERY_DIR, TRAIN_DIR
 
@@ -121,7 +121,7 @@ def rank_real_crops(model: Path, models_dir: Path, csv_path: Path) -> dict:
     kpr_embeddings = KPREncoder.from_checkpoint(model).embed(images)
     distances = {"kpr_no_prompt": kpr_distance(kpr_embeddings, kpr_embeddings)}
     for name, file in OMZ.items():
-        vectors = OmzReIDModel(models_dir / file).embed(images)
+        vectors = GlobalOnnxEncoder(models_dir / file).vectors(images)
         distances[name] = global_distance(vectors, vectors)
     methods = {}
     for name, matrix in distances.items():

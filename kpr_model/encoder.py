@@ -21,6 +21,8 @@ from kpr_model.embeddings import ReIDEmbeddings
 from kpr_model.model import KPR
 from kpr_model.prompts import keypoints_to_prompt
 
+KPR_KIND = "kpr"
+
 
 def prepare_crops(
     crops: Sequence[np.ndarray],
@@ -38,7 +40,7 @@ def prepare_crops(
     _check_lengths(n, keypoints, negative_keypoints)
     size = config.image_size
     for crop in crops:
-        _check_crop(crop)
+        check_crop(crop)
     resized = [cv2.resize(np.ascontiguousarray(c), size[::-1], interpolation=cv2.INTER_LINEAR) for c in crops]
     pixels = torch.from_numpy(np.stack(resized)) if resized else torch.zeros(0, *size, 3, dtype=torch.uint8)
     batch = pixels.permute(0, 3, 1, 2).float() / 255.0
@@ -59,7 +61,8 @@ def _check_lengths(n: int, keypoints: Sequence | None, negative_keypoints: Seque
             raise ValueError(f"{name} must have one entry per crop ({n}), got {len(items)}")
 
 
-def _check_crop(crop: np.ndarray) -> None:
+def check_crop(crop: np.ndarray) -> None:
+    """Refuse anything but a non-empty HxWx3 uint8 (RGB) array."""
     if not isinstance(crop, np.ndarray) or crop.dtype != np.uint8 or crop.ndim != 3 or crop.shape[2] != 3:
         raise ValueError(
             "crops must be HxWx3 uint8 RGB numpy arrays, got "
@@ -124,8 +127,9 @@ def embed_in_batches(
 
 
 class EncoderShape:
-    """Embedding size and part count of an encoder, read from its ``config``."""
+    """Kind, embedding size and part count of a KPR encoder, read from its ``config``."""
 
+    kind = KPR_KIND
     config: KPRConfig
 
     @property

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from kpr_model.embeddings import ReIDEmbeddings
 from kpr_model.encoder import EncoderShape, embed_in_batches, prepare_crops
@@ -19,9 +20,11 @@ from kpr_model.onnx_session import OnnxModelError, open_onnx_session
 class OnnxKPREncoder(EncoderShape):
     """Embeds person crops with an exported KPR ONNX model through onnxruntime (drop-in for ``KPREncoder``)."""
 
-    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None,
+                 session: ort.InferenceSession | None = None) -> None:
+        """Open ``path`` on ``device`` (or use ``session``, already opened on it)."""
         self.path = Path(path)
-        self.session = open_onnx_session(self.path, device, threads)
+        self.session = session or open_onnx_session(self.path, device, threads)
         self.config, self.model_id = parse_onnx_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
         inputs = tuple(i.name for i in self.session.get_inputs())
         outputs = tuple(o.name for o in self.session.get_outputs())

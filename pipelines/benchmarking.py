@@ -7,10 +7,10 @@ from datetime import datetime, timezone
 from typing import Sequence
 
 from kpr_model.encoder import KPREncoder
+from kpr_model.global_onnx import GlobalOnnxEncoder
 from pipelines.bench_report import write_report
 from pipelines.errors import UserError
 from training.benchmark import MODES, SplitData, run_benchmark, uses_camera_term
-from training.omz_baseline import OmzReIDModel
 
 
 def benchmark_checkpoint(model: str, datasets: dict[str, str], out: str, modes: Sequence[str] = MODES,
@@ -26,7 +26,7 @@ def benchmark_checkpoint(model: str, datasets: dict[str, str], out: str, modes: 
         raise UserError(f"baseline names must differ from the KPR modes {', '.join(MODES)}")
     started = time.perf_counter()
     encoder = KPREncoder.from_checkpoint(model)
-    encoders = {name: OmzReIDModel(path).embed for name, path in baselines.items()}
+    encoders = {name: GlobalOnnxEncoder(path).vectors for name, path in baselines.items()}
     splits = [SplitData.load(name, root) for name, root in datasets.items()]
     benchmarks = []
     for data in splits:

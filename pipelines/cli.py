@@ -496,8 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", type=_bench_modes, default=("prompt", "no_prompt", "global"),
                    help="comma-separated modes among prompt,no_prompt,global (default all three)")
     p.add_argument("--baseline", action="append", metavar="NAME=ONNX",
-                   help="also score an Open Model Zoo-style global ReID ONNX model (NHWC BGR 0..255 input, one "
-                        "embedding output, cosine), e.g. person-reidentification-retail-0248; repeatable")
+                   help="also score a global ReID ONNX model (one image in, one embedding out, cosine; layout and "
+                        "size read from the file, BGR 0..255 pixels unless its metadata says otherwise), e.g. "
+                        "person-reidentification-retail-0248; repeatable")
     p.add_argument("--rerank", action="store_true",
                    help="also report every method after k-reciprocal re-ranking (as <method>+rerank)")
     p.add_argument("--top-k", type=_positive(int), default=10, help="gallery crops shown per query (default 10)")

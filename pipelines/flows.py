@@ -5,6 +5,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import ray.exceptions
 from prefect import flow, get_run_logger, task
@@ -20,6 +21,9 @@ from workers.errors import WorkerError
 from workers.ingest_options import IngestOptions
 from workers.ray_stages import ensure_ray, run_videos
 from workers.records import EmbeddedVideo
+
+if TYPE_CHECKING:
+    from kpr_model.model_files import ModelFacts
 
 INGEST_RETRIES = 2
 INGEST_RETRY_DELAY_S = 30
@@ -95,6 +99,7 @@ class IngestInputs:
     archive: str
     db: str
     model: str
+    model_input: str | None = None  # pixel coding of a global ReID ONNX model (None: the file's, else BGR 0..255)
 
     @cached_property
     def videos(self) -> ArchiveFiles:
@@ -102,11 +107,16 @@ class IngestInputs:
         return list_video_files(self.archive)
 
     @cached_property
-    def model_id(self) -> str:
-        """The model's id (KPRModelError for a missing or unreadable model)."""
-        from kpr_model.model_files import model_id_of  # torch + timm: seconds to import, not needed to list a flow
+    def model_facts(self) -> ModelFacts:
+        """The model's id, kind and shape (KPRModelError for a missing or unreadable model)."""
+        from kpr_model.model_files import model_facts  # torch + timm: seconds to import, not needed to list a flow
 
-        return model_id_of(self.model)
+        return model_facts(self.model, self.model_input)
+
+    @property
+    def model_id(self) -> str:
+        """The model's id."""
+        return self.model_facts.model_id
 
     @cached_property
     def store(self) -> Store:
@@ -116,7 +126,7 @@ class IngestInputs:
     def open(self) -> None:
         """List the archive, read the model id, then open the store, so that a mistake in any of them shows
         before work starts (a bad archive or model leaves no new store behind)."""
-        for opened in ("videos", "model_id", "store"):
+        for opened in ("videos", "model_facts", "store"):
             getattr(self, opened)
 
 

@@ -14,10 +14,10 @@ import torch
 from kpr_model.checkpoint import load_checkpoint
 from kpr_model.distance import k_reciprocal_rerank, kpr_distance
 from kpr_model.encoder import KPREncoder
+from kpr_model.global_onnx import GlobalOnnxEncoder
 from pipelines.cli import main
 from training.benchmark import MODES, RERANKED, SplitData, benchmark_split, global_distance, leave_one_out, read_crop_list
 from training.evaluation import GroundTruth, evaluate
-from training.omz_baseline import OmzReIDModel
 from training.synthetic import WorldConfig, export_reid_crops
 
 OMZ_MODELS = ("person-reidentification-retail-0248.onnx", "person-reidentification-retail-0287.onnx")
@@ -121,7 +121,7 @@ def test_leave_one_out_never_counts_the_query_itself():
     (["--model", "{ckpt}", "--data", "imagenet={crops}"], "unknown dataset 'imagenet'"),
     (["--model", "{ckpt}", "--data", "synthetic={tmp}/missing"], "dataset root not found"),
     (["--model", "{ckpt}", "--data", "synthetic"], "--data takes NAME=ROOT"),
-    (["--model", "{ckpt}", "--data", "synthetic={crops}", "--baseline", "omz={tmp}/x.onnx"], "model not found"),
+    (["--model", "{ckpt}", "--data", "synthetic={crops}", "--baseline", "omz={tmp}/x.onnx"], "ONNX model file not found"),
     (["--model", "{ckpt}", "--data", "synthetic={crops}", "--modes", "prompt,parts"], "expected distinct modes"),
     (["--model", "{ckpt}", "--data", "synthetic={crops}", "--baseline", "global={tmp}/x.onnx"], "must differ from the KPR modes"),
 ])
@@ -137,7 +137,7 @@ def test_bench_user_mistakes_are_one_line_and_exit_2(argv, expected, crops, tiny
 def test_omz_baseline_ranks_the_same_real_person_first(shared_data, model_file):
     images, pids = read_crop_list(shared_data / "reid" / "one_by_one_crops" / "crops.csv")
     assert len(images) == 18 and len(set(pids)) == 6
-    embeddings = OmzReIDModel(shared_data / "models" / model_file).embed(images)
+    embeddings = GlobalOnnxEncoder(shared_data / "models" / model_file).vectors(images)
     metrics = leave_one_out(global_distance(embeddings, embeddings), pids)
     assert metrics.rank1 == 1.0 and metrics.map == 1.0
     cosine = embeddings @ embeddings.T

@@ -86,7 +86,7 @@ def test_a_run_lists_the_archive_opens_the_store_and_reads_the_model_id_once(ing
         return call
 
     monkeypatch.setattr(Store, "open", counted("store", Store.open))
-    monkeypatch.setattr(kpr_model.model_files, "model_id_of", counted("model_id", kpr_model.model_files.model_id_of))
+    monkeypatch.setattr(kpr_model.model_files, "model_facts", counted("model_id", kpr_model.model_files.model_facts))
     monkeypatch.setattr(pipelines.flows, "list_video_files", counted("listing", pipelines.flows.list_video_files))
     assert main(["ingest", str(archive), "--db", str(db), "--model", str(tiny_checkpoint), "--no-progress"]) == 0
     assert sorted(calls) == ["listing", "model_id", "store"]

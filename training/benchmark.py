@@ -2,7 +2,7 @@
 
 Modes: ``prompt`` (the dataset's target keypoints and negative keypoints as prompts, KPR part
 distance), ``no_prompt`` (no keypoints, KPR part distance) and ``global`` (the holistic embedding of
-the un-prompted pass alone). Any global encoder (crops -> vectors, e.g. ``training.omz_baseline``)
+the un-prompted pass alone). Any global encoder (crops -> vectors, e.g. ``kpr_model.global_onnx``)
 is scored like ``global``. Distances come from ``kpr_model.distance``, metrics from
 ``training.evaluation`` (the one protocol: the dataset's own same-camera rule, optional re-ranking).
 """
@@ -30,7 +30,7 @@ MODES: tuple[str, ...] = ("prompt", "no_prompt", "global")
 RERANKED = "+rerank"
 
 GlobalEncoder = Callable[[Sequence[np.ndarray]], np.ndarray]
-"""RGB uint8 person crops -> one embedding per crop [N, D] (a global ReID model such as the OMZ baseline)."""
+"""RGB uint8 person crops -> one embedding per crop [N, D] (a global ReID model such as an OMZ model)."""
 
 
 @dataclass
