@@ -3,9 +3,11 @@
 Online, in frame order (ideas of SORT / DeepSORT / ByteTrack): each live track predicts its box at
 the frame's time with a constant velocity; detections are assigned to tracks by the Hungarian
 algorithm on a cost mixing ``1 - IoU`` (predicted vs detected box) with the cosine distance of
-the KPR global embedding to the track's running appearance; gated pairs are never assigned;
-unmatched detections start new tracks; a track unseen for more than ``max_gap_s`` seconds ends.
-Gaps are measured in seconds, not frames, so the same settings work at any sampling fps.
+the KPR global embedding to the track's running appearance; gated pairs are never assigned:
+a box further from the track's last box than a person moves in the time between them, a box of
+another scale, or one that looks too different; unmatched detections start new tracks; a track
+unseen for more than ``max_gap_s`` seconds ends. Gaps and speeds are measured in seconds and box
+heights, not frames and pixels, so the same settings work at any sampling fps and image size.
 """
 from __future__ import annotations
 
@@ -27,6 +29,11 @@ _FORBIDDEN = 1e6
 class TrackerConfig:
     """How detections are linked: cost weights, gates, how long a track survives unseen, what is kept.
 
+    Motion gate: a detection ``dt`` seconds after a track's last box of height ``h`` is admissible
+    only when its centre lies within ``h * (max_speed * dt + motion_slack)`` pixels of that box's
+    centre (``max_speed`` in box heights per second: 3 is a sprint, a walk is below 1; the slack
+    absorbs the detector's jitter) and the two heights differ by at most a factor ``max_scale_change``.
+
     cost = ``iou_weight`` * (1 - IoU) + (1 - ``iou_weight``) * cosine distance. A pair is admissible
     when its cosine distance is at most ``max_appearance_distance`` and either its IoU is at least
     ``min_iou`` or its cosine distance is at most ``reid_distance`` (appearance alone may re-link a
@@ -44,6 +51,9 @@ class TrackerConfig:
     appearance_momentum: float = 0.8
     velocity_momentum: float = 0.5
     min_detections: int = 1
+    max_speed: float = 3.0
+    motion_slack: float = 0.5
+    max_scale_change: float = 2.0
 
     def __post_init__(self) -> None:
         for name in ("iou_weight", "min_iou", "appearance_momentum", "velocity_momentum"):
@@ -56,6 +66,11 @@ class TrackerConfig:
             raise WorkerError(f"tracker max_gap_s must be >= 0 seconds, got {self.max_gap_s}")
         if self.min_detections < 1:
             raise WorkerError(f"tracker min_detections must be >= 1, got {self.min_detections}")
+        if not (self.max_speed >= 0 and self.motion_slack >= 0):
+            raise WorkerError(f"tracker max_speed and motion_slack must be >= 0 box heights, "
+                              f"got {self.max_speed} and {self.motion_slack}")
+        if not self.max_scale_change >= 1:
+            raise WorkerError(f"tracker max_scale_change must be >= 1, got {self.max_scale_change}")
 
 
 @dataclass
@@ -93,6 +108,21 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return overlap / np.maximum(union, 1e-9)
 
 
+def _centres(boxes: np.ndarray) -> np.ndarray:
+    """Centre (x, y) of each (x, y, w, h) row."""
+    return boxes[:, :2] + boxes[:, 2:] / 2
+
+
+def reachable(last: np.ndarray, dt: np.ndarray, boxes: np.ndarray, config: TrackerConfig) -> np.ndarray:
+    """[T, D] whether each detection box could be the person of each track's ``last`` box ``dt`` seconds later:
+    its centre within the distance a person moves in that time, its height within the scale change allowed."""
+    shift = np.linalg.norm(_centres(last)[:, None] - _centres(boxes)[None], axis=-1)
+    height = last[:, 3:4]
+    near = shift <= height * (config.max_speed * dt[:, None] + config.motion_slack)
+    ratio = np.maximum(height, boxes[None, :, 3]) / np.maximum(np.minimum(height, boxes[None, :, 3]), 1e-9)
+    return near & (ratio <= config.max_scale_change)
+
+
 def _assign(tracks: list[_Track], boxes: np.ndarray, embs: np.ndarray, t: float,
             config: TrackerConfig) -> list[tuple[int, int]]:
     """(track, detection) pairs of one frame: minimum total cost among admissible pairs (Hungarian)."""
@@ -100,7 +130,10 @@ def _assign(tracks: list[_Track], boxes: np.ndarray, embs: np.ndarray, t: float,
         return []
     iou = box_iou(np.stack([track.predict(t) for track in tracks]), boxes)
     distance = 1.0 - np.stack([track.appearance for track in tracks]) @ embs.T
-    admissible = (distance <= config.max_appearance_distance) & ((iou >= config.min_iou) | (distance <= config.reid_distance))
+    moved = reachable(np.stack([track.box for track in tracks]), np.array([t - track.time for track in tracks]),
+                      boxes, config)
+    admissible = moved & (distance <= config.max_appearance_distance) & (
+        (iou >= config.min_iou) | (distance <= config.reid_distance))
     cost = config.iou_weight * (1.0 - iou) + (1.0 - config.iou_weight) * distance
     rows, cols = linear_sum_assignment(np.where(admissible, cost, _FORBIDDEN))
     return [(int(r), int(c)) for r, c in zip(rows, cols) if admissible[r, c]]
