@@ -62,7 +62,8 @@ def _quiet_prefect() -> None:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from pipelines.flows import IngestInputs, ingest_archive
 
-    backend = BackendConfig(args.backend, args.detector_model, args.pose_model, args.openpifpaf_checkpoint)
+    backend = BackendConfig(args.backend, args.detector_model, args.pose_model, args.openpifpaf_checkpoint,
+                            min_score=args.min_score, min_box_height=args.min_box_height)
     options = IngestOptions(target_fps=args.fps, segment_s=args.segment_s, backend=backend, device=args.device,
                             detectors=args.detectors, embedders=args.embedders, batch_frames=args.batch_frames,
                             max_batches_in_flight=args.max_batches_in_flight)
@@ -81,7 +82,8 @@ def _print_ingest_summary(summary: dict) -> None:
     else:
         print(f"videos: {summary['videos_found']} found, {summary['videos_skipped']} already done, "
               f"{summary['videos_done']} ingested, {summary['videos_failed']} failed")
-        print(f"detections written: {summary['detections_written']}, tracklets written: {summary['tracklets_written']}  "
+        print(f"detections written: {summary['detections_written']} ({summary['detections_dropped']} boxes under "
+              f"--min-box-height dropped), tracklets written: {summary['tracklets_written']}  "
               f"|  {summary['frames_per_s']:.1f} sampled frames/s, "
               f"{summary['detections_per_s']:.1f} detections/s  |  {summary['wall_s']:.1f} s  |  run {summary['run_id']}")
     for uri, reason in summary["failures"]:
@@ -356,6 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MoveNet SinglePose .tflite: keypoints for detections without any (yolox, MOT boxes)")
     p.add_argument("--openpifpaf-checkpoint", metavar="FILE",
                    help="local OpenPifPaf checkpoint (needed with --backend openpifpaf)")
+    p.add_argument("--min-score", type=float, default=BackendConfig.min_score, metavar="F",
+                   help="detector score threshold in [0, 1] (yolox, openpifpaf; default %(default)s)")
+    p.add_argument("--min-box-height", type=float, default=BackendConfig.min_box_height, metavar="PX",
+                   help="detector boxes shorter than this many pixels are dropped before pose and embedding: too "
+                        "small to re-identify (yolox, openpifpaf; default %(default)s)")
     p.add_argument("--device", default=IngestOptions.device,
                    help="where the detector and KPR run: cpu or cuda[:N] (default %(default)s)")
     p.add_argument("--segment-s", type=float, default=IngestOptions.segment_s,

@@ -46,6 +46,7 @@ class IngestSummary:
     videos_done: int = 0
     videos_failed: int = 0
     detections_written: int = 0
+    detections_dropped: int = 0        # boxes too small to re-identify (below the backend's min_box_height)
     tracklets_written: int = 0
     frames_sampled: int = 0
     attempts: int = 0
@@ -218,8 +219,10 @@ def ingest_videos(tasks: list[VideoTask], inputs: IngestInputs, options: IngestO
             summary.tracklets_written += 0 if tracklets is None else tracklets.num_rows
             summary.videos_done += 1
             summary.frames_sampled += outcome.result.frames_sampled
-            logger.info("done %s (%s): %d detections, %d tracklets", outcome.task.uri, video["camera_id"],
-                        len(outcome.result.records), len(outcome.result.tracklets))
+            summary.detections_dropped += outcome.result.dropped
+            logger.info("done %s (%s): %d detections, %d tracklets, %d small boxes dropped", outcome.task.uri,
+                        video["camera_id"], len(outcome.result.records), len(outcome.result.tracklets),
+                        outcome.result.dropped)
         bar.update(1)
         bar.set_postfix(detections=summary.detections_written, failed=summary.videos_failed)
     bar.close()

@@ -1,13 +1,20 @@
-"""The per-video tracker: people crossing keep their identities, gaps are measured in seconds, ids are stable."""
+"""The per-video tracker: people crossing keep their identities, nobody teleports, gaps are measured in seconds,
+ids are stable; detector boxes too small or too unsure are dropped before tracking."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from kpr_model.embeddings import ReIDEmbeddings
+from pipelines.cli import main
+from workers.backends import BackendConfig
+from workers.discover import VideoTask
 from workers.errors import WorkerError
-from workers.records import DetectionRecord, detection_id
+from workers.records import DecodedFrame, DetectionRecord, detection_id
 from workers.track import TrackerConfig, track_video
+from workers.video_job import FrameDetector
 
 DIM, PARTS = 16, 4
 VIDEO = "0123456789abcdef-video"
@@ -21,13 +28,15 @@ def _appearances(people: int, seed: int = 0) -> np.ndarray:
     return basis[:people]
 
 
-def _scene(paths: dict[int, list[tuple[float, float, float] | None]], fps: float, seed: int = 1):
+def _scene(paths: dict[int, list[tuple[float, float, float] | None]], fps: float, seed: int = 1,
+           looks: np.ndarray | None = None, height: float = 150.0):
     """Detections of people following ``paths`` (per frame: (x, y, det_score) or None when unseen), in frame order.
 
-    Returns the records, their embeddings (each person's appearance + small noise) and each record's true person.
+    Returns the records, their embeddings (each person's appearance ``looks`` + small noise) and each record's
+    true person; every box is ``height`` pixels tall unless a path step gives a fourth value, its height.
     """
     rng = np.random.default_rng(seed)
-    looks = _appearances(len(paths))
+    looks = _appearances(len(paths)) if looks is None else looks
     records, people, embs = [], [], []
     frames = max(len(path) for path in paths.values())
     for frame in range(frames):
@@ -35,9 +44,9 @@ def _scene(paths: dict[int, list[tuple[float, float, float] | None]], fps: float
             seen = path[frame] if frame < len(path) else None
             if seen is None:
                 continue
-            x, y, score = seen
+            x, y, score, h = (*seen, height)[:4]
             records.append(DetectionRecord(
-                detection_id(VIDEO, frame, ordinal), frame, 1_000.0 + frame / fps, np.array([x, y, 60.0, 150.0], np.float32),
+                detection_id(VIDEO, frame, ordinal), frame, 1_000.0 + frame / fps, np.array([x, y, 0.4 * h, h], np.float32),
                 score, np.zeros((17, 3), np.float32), "", f"jpeg-{frame}-{person}".encode()))
             people.append(person)
             noisy = looks[person] + 0.05 * rng.standard_normal(DIM)
@@ -83,6 +92,32 @@ def test_people_crossing_and_turning_back_keep_their_identities() -> None:
     records, embeddings, people = _scene(_meet_and_turn_back(), fps=5.0)
     track_video(VIDEO, records, embeddings, motion_only)
     assert _identity_report(records, people)[0] < 1.0
+
+
+def test_two_similar_looking_people_crossing_paths_keep_their_ids() -> None:
+    # Two people dressed alike (cosine distance about 0.1, as a real model gives) walk through each other:
+    # motion carries each along its own line, and neither jumps to the other's side.
+    looks = _appearances(2)
+    alike = np.stack([looks[0], 0.95 * looks[0] + 0.31 * looks[1]])
+    paths = {0: _walk(0, 100, 25, 3, 20), 1: _walk(475, 160, -25, -3, 20)}
+    records, embeddings, people = _scene(paths, fps=5.0, looks=alike / np.linalg.norm(alike, axis=1, keepdims=True))
+    track_video(VIDEO, records, embeddings)
+    assert _identity_report(records, people) == (1.0, 2)
+
+
+def test_a_box_teleporting_across_the_frame_or_changing_scale_starts_a_new_tracklet() -> None:
+    # Same look throughout: only motion and scale can tell that these are not one person's steps.
+    walk = _walk(0, 50, 10, 0, 5)
+    teleport = walk + _walk(900, 400, 10, 0, 5)          # 0.2 s later, 6 box heights away
+    shrink = walk + [(x, y + 100, s, 50.0) for x, y, s in _walk(50, 50, 10, 0, 5)]  # a bag where feet were
+    for path in (teleport, shrink):
+        records, embeddings, _ = _scene({0: path}, fps=5.0)
+        tracklets = track_video(VIDEO, records, embeddings)
+        assert [t.n_detections for t in tracklets] == [5, 5]
+    # A person walking fast (2 box heights per second) is followed whatever the sampling rate.
+    for fps in (2.0, 10.0):
+        records, embeddings, _ = _scene({0: _walk(0, 50, 300 / fps, 0, int(4 * fps))}, fps=fps)
+        assert len(track_video(VIDEO, records, embeddings)) == 1
 
 
 @pytest.mark.parametrize("fps", [2.0, 25.0])
@@ -152,4 +187,44 @@ def test_short_tracks_are_dropped_with_min_detections_and_bad_input_is_refused()
         track_video(VIDEO, records, embeddings.select(slice(0, 6)))
     with pytest.raises(WorkerError, match="max_gap_s must be >= 0"):
         TrackerConfig(max_gap_s=-1)
+    with pytest.raises(WorkerError, match="max_scale_change must be >= 1"):
+        TrackerConfig(max_scale_change=0.5)
     assert track_video(VIDEO, [], None) == []
+
+
+def test_small_and_unsure_detector_boxes_are_dropped_before_pose_and_counted(shared_data: Path) -> None:
+    import decord
+
+    video = shared_data / "video" / "meva_school_G330_annotated.mp4"
+    reader = decord.VideoReader(str(video), num_threads=1)
+    frames = [DecodedFrame(i, i / 30, reader[i].asnumpy()) for i in (0, 300, 900)]
+    task = VideoTask("meva", str(video), "gym")
+    models = shared_data / "models"
+
+    def detect(**options) -> tuple[list[float], list[float], int]:
+        config = BackendConfig("yolox", str(models / "yolox_nano_416x416.onnx"),
+                               str(models / "movenet_singlepose_lightning_int8.tflite"), **options)
+        batch = FrameDetector(config).detect(task, 0.0, frames)
+        assert len(batch.crops) == len(batch.records)
+        return [float(r.bbox[3]) for r in batch.records], [r.det_score for r in batch.records], batch.dropped
+
+    heights, scores, dropped = detect(min_box_height=0, min_score=0.3)
+    assert dropped == 0 and min(scores) >= 0.3 and min(heights) < 48  # a crowded gym: many people far away
+    tall, _, dropped = detect(min_box_height=48, min_score=0.3)
+    assert min(tall) >= 48 and dropped == sum(h < 48 for h in heights) and len(tall) + dropped == len(heights)
+    _, sure, _ = detect(min_box_height=0, min_score=0.6)
+    assert min(sure) >= 0.6 and len(sure) == sum(s >= 0.6 for s in scores)
+
+
+BAD_OPTIONS = [(["--min-box-height", "-1"], "min_box_height must be a number of pixels >= 0, got -1.0"),
+               (["--min-score", "1.5"], "min_score must be a number in [0, 1], got 1.5"),
+               (["--min-score", "high"], "invalid float value: 'high'")]
+
+
+@pytest.mark.parametrize(("args", "expected"), BAD_OPTIONS, ids=[e for _, e in BAD_OPTIONS])
+def test_bad_detection_thresholds_are_one_line_and_exit_2(tmp_path, capsys, args, expected) -> None:
+    db = tmp_path / "db"
+    assert main(["ingest", str(tmp_path), "--db", str(db), "--model", str(tmp_path / "ckpt"), "--no-progress", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0] and err[0].startswith("kpr ingest: error:")
+    assert not db.exists()

@@ -4,8 +4,10 @@
   (kpr-sidecar-v1, PoseTrack21, COCO, MOT: workers/annotations.py);
 - ``yolox``: person boxes from a YOLOX ONNX file (``detector_model``);
 - ``openpifpaf``: boxes + keypoints from an OpenPifPaf checkpoint (optional extra).
-With ``pose_model`` (a MoveNet SinglePose .tflite), detections without keypoints (YOLOX boxes, MOT
-boxes) get theirs top-down from MoveNet.
+A detector's boxes (yolox, openpifpaf) below ``min_score`` or shorter than ``min_box_height`` pixels
+are dropped first (too unsure or too small to re-identify, and they would cost pose and embedding
+time); annotation files are taken as they are. With ``pose_model`` (a MoveNet SinglePose
+.tflite), detections without keypoints (YOLOX boxes, MOT boxes) get theirs top-down from MoveNet.
 """
 from __future__ import annotations
 
@@ -41,7 +43,8 @@ class BackendConfig:
     detector_model: str | None = None
     pose_model: str | None = None
     openpifpaf_checkpoint: str | None = None
-    min_score: float = 0.3
+    min_score: float = 0.3         # detector score threshold (yolox, openpifpaf)
+    min_box_height: float = 48.0   # detector boxes shorter than this many pixels are dropped (yolox, openpifpaf)
 
     def __post_init__(self) -> None:
         """WorkerError with one clear line for an unknown backend, a missing file or package, or a bad option."""
@@ -49,6 +52,8 @@ class BackendConfig:
             raise WorkerError(f"unknown detection backend {self.name!r} (choices: {', '.join(BACKENDS)})")
         if not (isinstance(self.min_score, (int, float)) and math.isfinite(self.min_score) and 0 <= self.min_score <= 1):
             raise WorkerError(f"min_score must be a number in [0, 1], got {self.min_score!r}")
+        if not (isinstance(self.min_box_height, (int, float)) and 0 <= self.min_box_height < math.inf):
+            raise WorkerError(f"min_box_height must be a number of pixels >= 0, got {self.min_box_height!r}")
         if self.name == "yolox":
             if not self.detector_model:
                 raise WorkerError("the yolox backend needs --detector-model: a YOLOX ONNX file (see README)")
@@ -66,12 +71,32 @@ class BackendConfig:
         return device.startswith("cuda") and self.name in GPU_BACKENDS
 
 
-class TopDownPose:
-    """Another backend's detections, those without keypoints given MoveNet's."""
+class SmallBoxFilter:
+    """Another backend's detections without boxes shorter than ``min_height`` pixels; ``dropped`` counts them."""
 
-    def __init__(self, detector: DetectionBackend, pose: MoveNet):
+    def __init__(self, detector: DetectionBackend, min_height: float):
+        self.detector, self.min_height, self.dropped = detector, min_height, 0
+        self.name = detector.name
+
+    def detect(self, video_uri: str, frames: Sequence[DecodedFrame]) -> list[list[PersonDetection]]:
+        """The detector's people of each frame that are at least ``min_height`` pixels tall."""
+        found = self.detector.detect(video_uri, frames)
+        kept = [[person for person in people if person.bbox[3] >= self.min_height] for people in found]
+        self.dropped += sum(len(people) for people in found) - sum(len(people) for people in kept)
+        return kept
+
+
+class TopDownPose:
+    """Another backend's (filtered) detections, those without keypoints given MoveNet's."""
+
+    def __init__(self, detector: SmallBoxFilter, pose: MoveNet):
         self.detector, self.pose = detector, pose
         self.name = f"{detector.name}+movenet"
+
+    @property
+    def dropped(self) -> int:
+        """Boxes the filter before pose dropped so far."""
+        return self.detector.dropped
 
     def detect(self, video_uri: str, frames: Sequence[DecodedFrame]) -> list[list[PersonDetection]]:
         """The detector's people of each frame, with keypoints for all of them."""
@@ -79,9 +104,11 @@ class TopDownPose:
         return [self.pose.add_keypoints(frame.image, people) for frame, people in zip(frames, found)]
 
 
-def make_backend(config: BackendConfig, device: str = "cpu", threads: int | None = None) -> DetectionBackend:
+def make_backend(config: BackendConfig, device: str = "cpu",
+                 threads: int | None = None) -> SmallBoxFilter | TopDownPose:
     """The backend ``config`` describes, its models loaded on ``device`` with ``threads`` CPU threads each (None: the
-    runtime's default, all cores); build one per worker, not per video."""
+    runtime's default, all cores), small boxes dropped before pose; build one per worker, not per video.
+    Its ``dropped`` counts the boxes dropped for their size."""
     backend: DetectionBackend
     if config.name == "annotations":
         backend = AnnotationsBackend()
@@ -89,7 +116,8 @@ def make_backend(config: BackendConfig, device: str = "cpu", threads: int | None
         backend = YoloxBackend(YoloxDetector(config.detector_model, device, config.min_score, threads=threads))
     else:
         backend = OpenPifPafBackend(config.openpifpaf_checkpoint, device, config.min_score)
-    return TopDownPose(backend, MoveNet(config.pose_model, threads)) if config.pose_model else backend
+    sized = SmallBoxFilter(backend, 0.0 if config.name == "annotations" else config.min_box_height)
+    return TopDownPose(sized, MoveNet(config.pose_model, threads)) if config.pose_model else sized
 
 
 def video_camera_and_start(config: BackendConfig, video_uri: str) -> tuple[str | None, float | None]:

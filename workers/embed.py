@@ -12,12 +12,14 @@ def assemble_video(facts: VideoFacts, batches: Iterable[EmbeddedBatch]) -> Embed
     """Stitch a video's embedded batches (any order) in frame order and link its detections into tracklets."""
     batches = list(batches)
     frames = sum(batch.frames for batch in batches)
+    dropped = sum(batch.dropped for batch in batches)
     found = sorted((b for b in batches if b.records), key=lambda b: b.records[0].frame_index)
     records = [record for batch in found for record in batch.records]
     if not found:
-        return EmbeddedVideo(facts, records, None, [], frames)
+        return EmbeddedVideo(facts, records, None, [], frames, dropped)
     embeddings = ReIDEmbeddings.concat([batch.embeddings for batch in found])
-    return EmbeddedVideo(facts, records, embeddings, track_video(facts.task.video_id, records, embeddings), frames)
+    tracklets = track_video(facts.task.video_id, records, embeddings)
+    return EmbeddedVideo(facts, records, embeddings, tracklets, frames, dropped)
 
 
 class Embedder:
@@ -38,7 +40,7 @@ class Embedder:
 
     def embed_batch(self, batch: BatchCrops) -> EmbeddedBatch:
         """Embed one batch's crops; their pixels are not kept."""
-        return EmbeddedBatch(batch.frames, batch.records, self.embed_crops(batch.crops))
+        return EmbeddedBatch(batch.frames, batch.records, self.embed_crops(batch.crops), batch.dropped)
 
     def embed_video(self, facts: VideoFacts, crops: BatchCrops) -> EmbeddedVideo:
         """Embed and track a whole video's crops in this process; their pixels are not kept."""

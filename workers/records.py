@@ -66,20 +66,24 @@ class PersonCrop:
 
 @dataclass(frozen=True)
 class BatchCrops:
-    """The detections of one batch of frames: records and their crops (row-aligned), and how many frames it had."""
+    """The detections of one batch of frames: records and their crops (row-aligned), how many frames it had and
+    how many boxes were dropped as too small."""
 
     frames: int
     records: list[DetectionRecord]
     crops: list[PersonCrop]
+    dropped: int
 
 
 @dataclass(frozen=True)
 class EmbeddedBatch:
-    """One batch of frames' detection records with their embeddings (row-aligned; None without detections)."""
+    """One batch of frames' detection records with their embeddings (row-aligned; None without detections) and how
+    many boxes were dropped as too small."""
 
     frames: int
     records: list[DetectionRecord]
     embeddings: ReIDEmbeddings | None
+    dropped: int
 
 
 @dataclass(frozen=True)
@@ -98,10 +102,12 @@ class Tracklet:
 @dataclass(frozen=True)
 class EmbeddedVideo:
     """A video ready for the store: its facts, detection records in frame order with their embeddings
-    (row-aligned; None without detections), its tracklets, and how many frames were sampled."""
+    (row-aligned; None without detections), its tracklets, how many frames were sampled and how many boxes
+    were dropped as too small."""
 
     facts: VideoFacts
     records: list[DetectionRecord]
     embeddings: ReIDEmbeddings | None
     tracklets: list[Tracklet]
     frames_sampled: int
+    dropped: int

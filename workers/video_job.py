@@ -34,6 +34,7 @@ class FrameDetector:
     def detect(self, task: VideoTask, start_time: float, frames: Sequence[DecodedFrame]) -> BatchCrops:
         """Detect people in ``frames`` of ``task``'s video; one record, crop and thumbnail per person."""
         records, crops = [], []
+        dropped_before = self.backend.dropped
         for frame, detections in zip(frames, self.backend.detect(task.uri, frames)):
             for ordinal, (det, crop) in enumerate(zip(detections, cut_person_crops(frame.image, detections))):
                 track = f"{task.video_id[:12]}-t{det.track_id}" if det.track_id is not None else ""
@@ -41,7 +42,7 @@ class FrameDetector:
                     detection_id(task.video_id, frame.frame_index, ordinal), frame.frame_index,
                     start_time + frame.time_s, det.bbox, det.score, det.keypoints, track, thumbnail_jpeg(crop.image)))
                 crops.append(crop)
-        return BatchCrops(len(frames), records, crops)
+        return BatchCrops(len(frames), records, crops, self.backend.dropped - dropped_before)
 
 
 def extract_video_crops(task: VideoTask, target_fps: float | None, backend: BackendConfig = BackendConfig(),
@@ -53,4 +54,4 @@ def extract_video_crops(task: VideoTask, target_fps: float | None, backend: Back
     batches = [detector.detect(task, facts.start_time, frames)
                for frames in iter_frame_batches(task.uri, target_fps, batch_frames)]
     return facts, BatchCrops(sum(b.frames for b in batches), [r for b in batches for r in b.records],
-                             [c for b in batches for c in b.crops])
+                             [c for b in batches for c in b.crops], sum(b.dropped for b in batches))
