@@ -67,7 +67,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     options = IngestOptions(target_fps=args.fps, segment_s=args.segment_s, backend=backend, device=args.device,
                             detectors=args.detectors, embedders=args.embedders, batch_frames=args.batch_frames,
                             max_batches_in_flight=args.max_batches_in_flight)
-    inputs = IngestInputs(str(args.archive), str(args.db), str(args.model))
+    inputs = IngestInputs(str(args.archive), str(args.db), str(args.model), args.model_input, args.replace_model)
     inputs.open()  # before Prefect starts: a bad archive, model or store is one line at once
     print(f"ingesting {len(inputs.videos.files)} video file(s) from {args.archive} into {args.db} "
           f"({args.backend} backend)", file=sys.stderr)
@@ -103,8 +103,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                   prompt=read_prompt(args.keypoints) if args.keypoints else None,
                   cameras=tuple(args.camera) if args.camera else None, parts=tuple(args.part or ()),
                   since=args.since, until=args.until, min_visibility=args.min_visibility, k=args.k,
-                  rerank=args.rerank, same_camera=args.same_camera)
-    encoder = QueryEncoder(args.model, store) if args.image and args.model else None
+                  rerank=args.rerank, same_camera=args.same_camera, global_only=args.global_only)
+    encoder = QueryEncoder(args.model, store, args.model_input) if args.image and args.model else None
     missing_model = "--image needs --model CHECKPOINT (the model the store was built with)"
     result = QuerySearch(store, encoder, missing_model).run(query)
     hits, parts, names = result.hits, result.parts, result.part_names
@@ -118,6 +118,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         if parts:
             title += " (parts: " + ", ".join(names[p] for p in parts) + ")"
         summary = {"results": len(hits), "parts": ", ".join(names[p] for p in parts) if parts else "whole body",
+                   "distance": "cosine of the global vectors" if result.global_only else "KPR part distance",
                    "minimum visibility": args.min_visibility, "k-reciprocal re-ranking": "on" if args.rerank else "off"}
         page = _write_page(args.html, title, _query_thumbnail(store, args, result), hits, parts, names, args.group,
                            summary)
@@ -142,6 +143,12 @@ def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _visibility(hit, parts: list[int] | None) -> str:
+    """The hit's mean visibility over ``parts`` as printed, "-" for a global model's hit (it has no parts)."""
+    value = hit.mean_visibility(parts)
+    return "-" if math.isnan(value) else f"{value:.2f}"
+
+
 def _print_hits(hits, parts: list[int] | None) -> None:
     """One line per hit: rank, distance, camera, UTC time, frame, track, visibility of the queried parts, id."""
     if not hits:
@@ -153,7 +160,7 @@ def _print_hits(hits, parts: list[int] | None) -> None:
           f"{'vis':>4}  detection")
     for rank, hit in enumerate(hits, 1):
         print(f"{rank:>4}  {hit.distance:>8.4f}  {hit.camera_id:<{cam_w}}  {_when(hit.timestamp):<19}  {hit.frame_index:>6}  "
-              f"{hit.track_id or '-':<{track_w}}  {hit.mean_visibility(parts):>4.2f}  {hit.detection_id}")
+              f"{hit.track_id or '-':<{track_w}}  {_visibility(hit, parts):>4}  {hit.detection_id}")
 
 
 def _print_groups(hits, parts: list[int] | None) -> None:
@@ -174,7 +181,7 @@ def _print_groups(hits, parts: list[int] | None) -> None:
                   f"{_when(min(times))} .. {_when(max(times))}")
             for hit in track.hits:
                 print(f"    {rank[hit.detection_id]:>4}  {hit.distance:>8.4f}  {_when(hit.timestamp)}  frame {hit.frame_index:>6}  "
-                      f"vis {hit.mean_visibility(parts):.2f}  {hit.detection_id}")
+                      f"vis {_visibility(hit, parts)}  {hit.detection_id}")
 
 
 def _write_page(path: Path, title: str, query_thumb: bytes | None, hits, parts: list[int] | None,
@@ -215,7 +222,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from pipelines.web.app import serve
 
     return serve(db=args.db, model=None if args.model is None else str(args.model), host=args.host, port=args.port,
-                 max_upload_mb=args.max_upload_mb)
+                 max_upload_mb=args.max_upload_mb, model_input=args.model_input)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -321,6 +328,13 @@ def _bench_modes(text: str) -> tuple[str, ...]:
     return modes
 
 
+def _model_input_option(parser: argparse.ArgumentParser) -> None:
+    """--model-input: how a global ReID ONNX model wants its pixels (the model file checks the name)."""
+    parser.add_argument("--model-input", metavar="CODING",
+                        help="pixel coding of a global ReID .onnx model: bgr255, rgb255, rgb01 or imagenet (default: "
+                             "the file's reid_input metadata, else bgr255 as Open Model Zoo models want)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kpr", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -347,7 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("archive", type=Path, help="folder of videos (one sub-folder per camera) or a single video")
     p.add_argument("--db", required=True, help="LanceDB store: a local folder (created if missing) or an object-store URI")
-    p.add_argument("--model", required=True, help="KPR model: a checkpoint folder (from `kpr train` or `kpr demo`) or an exported .onnx file")
+    p.add_argument("--model", required=True,
+                   help="KPR model (a checkpoint folder from `kpr train` or `kpr demo`, or an exported .onnx file) or a "
+                        "global person-ReID .onnx file (e.g. person-reidentification-retail-0248.onnx); one model per "
+                        "store")
+    _model_input_option(p)
+    p.add_argument("--replace-model", action="store_true",
+                   help="the store holds another model's embeddings: drop them and re-embed every video the store "
+                        "lists (from its recorded location) and the archive's new ones with --model")
     # Defaults and checks of the knobs are IngestOptions' own (it refuses a bad value with one line).
     p.add_argument("--fps", type=float, default=IngestOptions.target_fps,
                    help="frames sampled per second of video (default %(default)s)")
@@ -399,7 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON keypoint prompt for --image, in crop pixels: 17 COCO [x, y, conf] (optionally with "
                         "negative_keypoints of occluding people), or clicked points {\"positive\": [{\"joint\": "
                         "\"left_ankle\", \"x\": 20, \"y\": 90}], \"negative\": [{\"x\": 5, \"y\": 40}]}")
-    p.add_argument("--model", help="KPR checkpoint folder or .onnx file, needed with --image (the store's model)")
+    p.add_argument("--model", help="the store's model (checkpoint folder or .onnx file), needed with --image")
+    _model_input_option(p)
+    p.add_argument("--global-only", action="store_true",
+                   help="rank by the cosine distance of the global vectors alone, without parts (always so for a "
+                        "store of a global ReID model)")
     p.add_argument("--db", required=True, help="LanceDB store written by `kpr ingest`")
     p.add_argument("-k", "--k", type=_positive(int), default=10, help="number of results (default 10)")
     p.add_argument("--part", action="append", metavar="NAME|NUMBER",
@@ -431,7 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Serves a web page to search the store by detection, tracklet or uploaded crop "
                                    "(with clicked keypoints), with filters and grouped results.")
     p.add_argument("--db", required=True, help="LanceDB store written by `kpr ingest`")
-    p.add_argument("--model", type=Path, help="the store's KPR model, needed for image queries")
+    p.add_argument("--model", type=Path, help="the store's model (checkpoint folder or .onnx file), needed for image "
+                                              "queries")
+    _model_input_option(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=_bounded(int, 1, 65535, True, "a port number 1..65535"), default=8765,
                    help="port (default 8765)")

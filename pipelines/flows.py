@@ -16,6 +16,7 @@ from tqdm import tqdm
 from kpr_model.embeddings import ReIDEmbeddings
 from pipelines.errors import UserError
 from storage import Store, StoreError, detection_row, detections_table, tracklet_row, tracklets_table
+from storage.schema import GLOBAL_KIND
 from workers.discover import ArchiveFiles, VideoTask, discover_videos, list_video_files
 from workers.errors import WorkerError
 from workers.ingest_options import IngestOptions
@@ -90,7 +91,10 @@ class IngestSummary:
 
 @dataclass(frozen=True)
 class IngestInputs:
-    """What one ingestion reads and writes: an archive of videos, a LanceDB store (folder or URI), a KPR model.
+    """What one ingestion reads and writes: an archive of videos, a LanceDB store (folder or URI), a model.
+
+    A store holds one model's embeddings: a model other than the store's is refused unless
+    ``replace_model`` asks to re-embed the whole store with it.
 
     Each is opened once, on first use, and kept with this value: `kpr ingest` opens them before
     Prefect starts (a mistake is one line at once) and hands the flow what it opened; a deployment's
@@ -101,6 +105,7 @@ class IngestInputs:
     db: str
     model: str
     model_input: str | None = None  # pixel coding of a global ReID ONNX model (None: the file's, else BGR 0..255)
+    replace_model: bool = False     # re-embed the whole store with `model` when it holds another model's embeddings
 
     @cached_property
     def videos(self) -> ArchiveFiles:
@@ -124,11 +129,47 @@ class IngestInputs:
         """The store, created when missing (StoreError when it cannot be)."""
         return Store.open(self.db)
 
+    @property
+    def model_record(self) -> dict:
+        """The model as the store records it (Store.model)."""
+        return asdict(self.model_facts)
+
     def open(self) -> None:
-        """List the archive, read the model id, then open the store, so that a mistake in any of them shows
-        before work starts (a bad archive or model leaves no new store behind)."""
+        """List the archive, read the model id, open the store and check that it holds this model (or none, or
+        ``replace_model``), so that a mistake in any of them shows before work starts (a bad archive or model
+        leaves no new store behind)."""
         for opened in ("videos", "model_facts", "store"):
             getattr(self, opened)
+        held = self.store.model()
+        if held is not None and held["model_id"] != self.model_id and not self.replace_model:
+            raise UserError(f"the store at {self.db} holds embeddings of model {_described(held)}, not of {self.model} "
+                            f"(model {_described(self.model_record)}); a store holds one model: pass --replace-model "
+                            "to re-embed the whole store with this one, or ingest into another store")
+
+    def adopt_model(self) -> bool:
+        """Make this model the store's (recording it, or replacing the store's as ``replace_model`` allows);
+        whether another model's embeddings were dropped for it."""
+        held = self.store.model()
+        if held is not None and held["model_id"] != self.model_id:
+            self.store.replace_model(self.model_record)
+            return True
+        if held is None or held != self.model_record:
+            self.store.set_model(self.model_record)
+        return False
+
+
+def _described(model: dict) -> str:
+    """A store model record in words: its id, kind and shape."""
+    parts = f"{model['num_parts']} parts, " if model["kind"] != GLOBAL_KIND else ""
+    return f"{model['model_id']} ({model['kind']}, {parts}D={model['dim']})"
+
+
+def store_listed_videos(store: Store, model_id: str, known: list[VideoTask]) -> list[VideoTask]:
+    """Videos the store lists under another model (left by a model replacement) that ``known`` lacks, as tasks
+    at their recorded uri: they are re-embedded with ``model_id`` too."""
+    seen = {task.video_id for task in known}
+    return [VideoTask(row["video_id"], row["uri"], row["camera_id"]) for row in store.video_rows()
+            if row["model_id"] != model_id and row["video_id"] not in seen]
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -204,7 +245,7 @@ def ingest_videos(tasks: list[VideoTask], inputs: IngestInputs, options: IngestO
         return summary
     ensure_ray(ray_address)
     bar = tqdm(total=len(todo), desc="ingest", unit="video", disable=not progress)
-    for outcome in run_videos(todo, inputs.model, options):
+    for outcome in run_videos(todo, inputs.model, options, model_input=inputs.model_input):
         if outcome.error is not None:
             store.record_failure(_video_row(outcome.task, model_id, summary.run_id), outcome.error)
             summary.videos_failed += 1
@@ -243,8 +284,12 @@ def ingest_archive(inputs: IngestInputs, options: IngestOptions = IngestOptions(
     """
     started = time.perf_counter()
     inputs.open()
+    if inputs.adopt_model():
+        get_run_logger().warning("dropped the store's embeddings of its former model: every video it lists is "
+                                 "re-embedded with %s (model %s)", inputs.model, inputs.model_id)
     summary = IngestSummary(run_id=uuid.uuid4().hex[:12])
     tasks = discover(inputs.videos)
+    tasks += store_listed_videos(inputs.store, inputs.model_id, tasks)
     done = inputs.store.done_video_ids(inputs.model_id)
     todo = [t for t in tasks if t.video_id not in done]
     summary.videos_found, summary.videos_skipped = len(tasks), len(tasks) - len(todo)

@@ -30,7 +30,8 @@ class ResultSection:
     """One query and its ranked hits; ``correct`` (optional, same length as hits) colours hits green/red.
 
     ``part_names`` label the per-part distances shown under each hit ("part i" when empty);
-    ``visibility_parts`` are the queried parts whose mean visibility each caption shows (all when None).
+    ``visibility_parts`` are the queried parts whose mean visibility each caption shows (all when None; none for
+    a global model's hits, which have no parts).
     """
 
     title: str
@@ -71,7 +72,7 @@ def _section(section: ResultSection) -> str:
         css = "" if section.correct is None else ("hit" if section.correct[i] else "miss")
         extra = section.hit_captions[i] if i < len(section.hit_captions) else ""
         caption = (f"#{i + 1} {html.escape(hit.camera_id)}<br>d={hit.distance:.3f}<br>{_time(hit.timestamp)}"
-                   f"<br>vis {hit.mean_visibility(section.visibility_parts):.2f}"
+                   f"{'' if hit.visibility is None else f'<br>vis {hit.mean_visibility(section.visibility_parts):.2f}'}"
                    f"{'<br>' + html.escape(extra) if extra else ''}{_parts_table(hit, section.part_names)}")
         figures.append(f"<figure class='{css}' title='{html.escape(hit.detection_id)}'>{_img(hit.thumbnail)}{caption}</figure>")
     return f"<h2>{html.escape(section.title)}</h2><div class='row'>{''.join(figures)}</div>"

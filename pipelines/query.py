@@ -43,6 +43,7 @@ class Query:
     k: int = 10
     rerank: bool = False
     same_camera: bool = False
+    global_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,9 @@ class QueryResult:
     """The hits of a query, best first, and what the query turned out to be.
 
     ``kind`` is "detection", "tracklet" or "image"; ``parts`` the 0-based queried parts (None: the
-    whole body) among the store's ``part_names``; ``crop`` the RGB pixels that were embedded (an
-    image, or a stored detection's thumbnail re-embedded with a prompt), None for stored embeddings.
+    whole body) among the store's ``part_names`` (none for a global model's store); ``crop`` the RGB
+    pixels that were embedded (an image, or a stored detection's thumbnail re-embedded with a prompt),
+    None for stored embeddings; ``global_only`` whether the hits were ranked by the global vectors alone.
     """
 
     hits: list[SearchHit]
@@ -59,6 +61,7 @@ class QueryResult:
     parts: list[int] | None
     part_names: list[str]
     crop: np.ndarray | None = None
+    global_only: bool = False
 
 
 class QuerySearch:
@@ -85,23 +88,30 @@ class QuerySearch:
         shape = self.store.embedding_shape
         if shape is None:
             raise UserError(f"the store at {self.store.uri} holds no detections yet (run `kpr ingest` first)")
-        names = part_names(shape[1])
+        global_model = self.search.global_model
+        global_only = global_model or query.global_only
+        if global_model and (query.parts or query.prompt is not None):
+            raise UserError("the store's model is a global ReID model: it has no body parts and takes no keypoints")
+        if query.global_only and query.parts:
+            raise UserError("a global-only search compares whole-body vectors: choose no body parts")
+        names = [] if global_model else part_names(shape[1])
         parts = parse_parts(query.parts, shape[1]) if query.parts else None
         filters = self._filters(query)
-        options = {"k": query.k, "parts": parts, "rerank": query.rerank}
+        options = {"k": query.k, "parts": parts, "rerank": query.rerank, "global_only": global_only}
         if query.track_id is not None:
             if query.prompt is not None:
                 raise UserError("keypoints go with an image or a detection, not with a tracklet")
             hits = self.search.by_tracklet(query.track_id, other_cameras_only=not query.same_camera, filters=filters,
                                            **options)
-            return QueryResult(hits, "tracklet", parts, names)
+            return QueryResult(hits, "tracklet", parts, names, global_only=global_only)
         if query.detection_id is None:
             embedding, crop = self._embed(query.image, query.prompt)
-            return QueryResult(self.search.search(embedding, filters=filters, **options), "image", parts, names, crop)
+            return QueryResult(self.search.search(embedding, filters=filters, **options), "image", parts, names, crop,
+                               global_only)
         embedding, crop = (None, None) if query.prompt is None else self._prompted_detection(query)
         hits = self.search.by_detection(query.detection_id, other_cameras_only=not query.same_camera, filters=filters,
                                         query=embedding, **options)
-        return QueryResult(hits, "detection", parts, names, crop)
+        return QueryResult(hits, "detection", parts, names, crop, global_only)
 
     def check_cameras(self, cameras: Sequence[str]) -> None:
         """Refuse camera names the store does not have, naming the known ones."""

@@ -1,4 +1,4 @@
-"""Image queries: decode a person crop and embed it, with its keypoint prompt, by the store's KPR model."""
+"""Image queries: decode a person crop and embed it, with its keypoint prompt, by the store's model."""
 from __future__ import annotations
 
 import io
@@ -53,19 +53,19 @@ def read_query_image(image: bytes | Path) -> np.ndarray:
 
 
 class QueryEncoder:
-    """The store's KPR model, opened once, turning a query crop (and its keypoint prompt) into an embedding."""
+    """The store's model (KPR or global), opened once, turning a query crop (and its keypoint prompt) into an embedding."""
 
-    def __init__(self, model: str | Path, store: Store | None = None) -> None:
+    def __init__(self, model: str | Path, store: Store | None = None, input_coding: str | None = None) -> None:
+        """Open ``model`` (``input_coding``: a global ONNX model's pixel coding); refuse it unless it is ``store``'s model."""
         try:
-            self._encoder = open_encoder(model)
+            self._encoder = open_encoder(model, input_coding=input_coding)
         except KPRModelError as exc:
             raise UserError(str(exc)) from None
         self.model_id = self._encoder.model_id
-        if store is not None:
-            stored = {v["model_id"] for v in store.video_rows("done")}
-            if stored and self.model_id not in stored:
-                raise UserError(f"model {model} is model {self.model_id}, but the store holds embeddings of "
-                                f"{', '.join(sorted(stored))}")
+        held = None if store is None else store.model()
+        if held is not None and held["model_id"] != self.model_id:
+            raise UserError(f"model {model} is model {self.model_id}, but the store at {store.uri} holds embeddings "
+                            f"of model {held['model_id']}: query with the model the store was built with")
 
     def embed(self, image_rgb: np.ndarray, prompt: KeypointPrompt | None = None) -> ReIDEmbeddings:
         """One-row embedding of an RGB crop, prompted by its keypoint prompt when given."""

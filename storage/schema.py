@@ -21,6 +21,10 @@ TRACKLETS = "tracklets"
 VIDEOS = "videos"
 NUM_KEYPOINTS = 17
 
+# The kinds of model a store records as its own (Store.model): part-based KPR, or a global ReID model.
+KPR_KIND = "kpr"
+GLOBAL_KIND = "global"
+
 VERSION_KEY = b"kpr_schema_version"
 DIM_KEY = b"kpr_embedding_dim"
 PARTS_KEY = b"kpr_num_parts"

@@ -1,11 +1,15 @@
 """Person search: ANN on the global vector with where-prefilters, exact KPR part-distance re-rank,
 optional k-reciprocal re-ranking, and grouping of the hits by camera and tracklet.
+
+Global-only search ranks by the cosine distance of the global vectors alone: always for a store of a
+global ReID model (it has no parts), on request for a KPR store (to compare with the part distance).
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +23,7 @@ from kpr_model.distance import (
     per_part_distances,
 )
 from storage import sql
-from storage.schema import NotFoundError, StoreError, embeddings_of
+from storage.schema import GLOBAL_KIND, NotFoundError, StoreError, embeddings_of
 from storage.store import Store
 
 __all__ = [
@@ -51,10 +55,12 @@ class SearchHit:
     """One search result: where the person was seen, and how close it is to the query.
 
     distance is what the hits are ranked by: the KPR part distance (over the queried parts only
-    for a part query), or the k-reciprocal re-ranked distance when re-ranking was asked for;
-    ann_distance is the euclidean distance of the global vectors that selected the candidate
-    (PQ-approximate once an ANN index exists); part_distances [K] is the euclidean distance per
-    part, NaN where the part is not visible in both (for display).
+    for a part query), the cosine distance of the global vectors in a global-only search, or the
+    k-reciprocal re-ranked distance when re-ranking was asked for; ann_distance is the euclidean
+    distance of the global vectors that selected the candidate (PQ-approximate once an ANN index
+    exists); part_distances [K] is the euclidean distance per part, NaN where the part is not
+    visible in both (for display; None in a global-only search); visibility [K] is None for a
+    global model's hits, which have no parts.
     """
 
     detection_id: str
@@ -67,11 +73,13 @@ class SearchHit:
     distance: float
     ann_distance: float
     thumbnail: bytes | None
-    visibility: np.ndarray
+    visibility: np.ndarray | None
     part_distances: np.ndarray | None = None
 
     def mean_visibility(self, parts: Sequence[int] | None = None) -> float:
-        """Mean visibility over the 0-based ``parts`` (all K when None): what min_visibility bounds."""
+        """Mean visibility over the 0-based ``parts`` (all K when None): what min_visibility bounds (NaN: no parts)."""
+        if self.visibility is None:
+            return math.nan
         values = self.visibility if parts is None else self.visibility[list(parts)]
         return float(np.mean(values))
 
@@ -173,18 +181,25 @@ class PersonSearch:
         self.store = store
 
     def search(self, query: ReIDEmbeddings, k: int = 10, filters: SearchFilters = SearchFilters(),
-               parts: Sequence[int] | None = None, rerank: bool = False, candidates: int = DEFAULT_CANDIDATES) -> list[SearchHit]:
+               parts: Sequence[int] | None = None, rerank: bool = False, candidates: int = DEFAULT_CANDIDATES,
+               global_only: bool = False) -> list[SearchHit]:
         """Top-``k`` detections for one query embedding, best first.
 
         ANN top-``candidates`` under ``filters`` (x PART_POOL_FACTOR for a part query), exact KPR
-        re-rank (only the 0-based ``parts`` when given), then optional k-reciprocal re-ranking.
+        re-rank (only the 0-based ``parts`` when given) or, ``global_only`` (always for a global
+        model's store), cosine distance of the global vectors, then optional k-reciprocal re-ranking.
         """
-        return self._ranked(query, k, filters, parts, rerank, candidates)
+        return self._ranked(query, k, filters, parts, rerank, candidates, global_only)
+
+    @property
+    def global_model(self) -> bool:
+        """Whether the store's model is a global ReID model (no parts), so that every search is global-only."""
+        return (self.store.model() or {}).get("kind") == GLOBAL_KIND
 
     def by_detection(self, detection_id: str, k: int = 10, other_cameras_only: bool = True,
                      filters: SearchFilters = SearchFilters(), parts: Sequence[int] | None = None,
                      rerank: bool = False, candidates: int = DEFAULT_CANDIDATES,
-                     query: ReIDEmbeddings | None = None) -> list[SearchHit]:
+                     query: ReIDEmbeddings | None = None, global_only: bool = False) -> list[SearchHit]:
         """Search with a stored detection as the query (itself excluded; its camera too by default).
 
         ``query`` stands in for its stored embedding, e.g. its thumbnail re-embedded with a keypoint prompt.
@@ -193,11 +208,13 @@ class PersonSearch:
         own_camera = [row["camera_id"]] if other_cameras_only else []
         filters = replace(filters, exclude_cameras=[*filters.exclude_cameras, *own_camera],
                           exclude_detection_ids=[*filters.exclude_detection_ids, detection_id])
-        return self._ranked(embeddings_of([row]) if query is None else query, k, filters, parts, rerank, candidates)
+        return self._ranked(embeddings_of([row]) if query is None else query, k, filters, parts, rerank, candidates,
+                            global_only)
 
     def by_tracklet(self, track_id: str, k: int = 10, other_cameras_only: bool = True,
                     filters: SearchFilters = SearchFilters(), parts: Sequence[int] | None = None,
-                    rerank: bool = False, candidates: int = DEFAULT_CANDIDATES) -> list[SearchHit]:
+                    rerank: bool = False, candidates: int = DEFAULT_CANDIDATES,
+                    global_only: bool = False) -> list[SearchHit]:
         """Search with a stored tracklet: its aggregated embedding as the query, all its detections excluded.
 
         Its camera is excluded too by default (a tracklet lies within one video).
@@ -206,7 +223,7 @@ class PersonSearch:
         own_cameras = cameras if other_cameras_only else []
         filters = replace(filters, exclude_cameras=[*filters.exclude_cameras, *own_cameras],
                           exclude_track_ids=[*filters.exclude_track_ids, track_id])
-        return self._ranked(query, k, filters, parts, rerank, candidates)
+        return self._ranked(query, k, filters, parts, rerank, candidates, global_only)
 
     def _tracklet_query(self, track_id: str) -> tuple[ReIDEmbeddings, list[str]]:
         """A tracklet's aggregated embedding and camera(s): its `tracklets` row, else (a store written before
@@ -223,8 +240,9 @@ class PersonSearch:
         raise NotFoundError(f"unknown tracklet id {track_id!r}")
 
     def _ranked(self, query: ReIDEmbeddings, k: int, filters: SearchFilters, parts: Sequence[int] | None,
-                rerank: bool, candidates: int) -> list[SearchHit]:
-        """ANN candidates under the filters, re-ranked by exact KPR distance (then k-reciprocal), best ``k`` first."""
+                rerank: bool, candidates: int, global_only: bool) -> list[SearchHit]:
+        """ANN candidates under the filters, re-ranked by exact KPR or global cosine distance (then k-reciprocal),
+        best ``k`` first."""
         if len(query) != 1:
             raise ValueError(f"search takes one query embedding, got {len(query)}")
         if k < 1 or candidates < 1:
@@ -236,6 +254,11 @@ class PersonSearch:
             raise StoreError(
                 f"query has D={query.dim}, K={query.num_parts} but the store holds D={shape[0]}, K={shape[1]}"
             )
+        global_model = self.global_model
+        if (global_model or global_only) and parts is not None:
+            raise StoreError("the store's model is a global ReID model, which has no body parts to choose" if global_model
+                             else "a global-only search compares whole-body vectors: it takes no body parts")
+        global_only = global_only or global_model
         chosen = _checked_parts(query, parts)
         pool = max(k, candidates * (PART_POOL_FACTOR if chosen is not None else 1))
         where = filters.where(chosen if chosen is not None else range(query.num_parts))
@@ -243,12 +266,20 @@ class PersonSearch:
         if not found.num_rows:
             return []
         gallery = embeddings_of(found)
-        distances = kpr_distance(query, gallery, parts=chosen)[0]
+        distance = _cosine_distance if global_only else partial(kpr_distance, parts=chosen)
+        distances = distance(query, gallery)[0]
         if rerank:
-            distances = k_reciprocal_rerank(distances[None], kpr_distance(query, query, parts=chosen),
-                                            kpr_distance(gallery, gallery, parts=chosen))[0]
+            distances = k_reciprocal_rerank(distances[None], distance(query, query), distance(gallery, gallery))[0]
         order = np.argsort(distances, kind="stable")[:k]
-        return _hits(found.take(pa.array(order)), gallery.select(order), distances[order], query)
+        ranked = gallery.select(order)
+        per_part = None if global_only else per_part_distances(query, ranked)
+        return _hits(found.take(pa.array(order)), None if global_model else ranked.visibility, distances[order],
+                     per_part)
+
+
+def _cosine_distance(query: ReIDEmbeddings, gallery: ReIDEmbeddings) -> np.ndarray:
+    """1 - cosine similarity of the (unit) global vectors, [Q, G]: the distance of a global-only search."""
+    return (1.0 - query.global_emb.astype(np.float64) @ gallery.global_emb.astype(np.float64).T).astype(np.float32)
 
 
 def _checked_parts(query: ReIDEmbeddings, parts: Sequence[int] | None) -> list[int] | None:
@@ -264,10 +295,10 @@ def _checked_parts(query: ReIDEmbeddings, parts: Sequence[int] | None) -> list[i
     return chosen
 
 
-def _hits(rows: pa.Table, gallery: ReIDEmbeddings, distances: np.ndarray, query: ReIDEmbeddings) -> list[SearchHit]:
-    """SearchHits for the ranked store rows and their embeddings."""
+def _hits(rows: pa.Table, visibility: np.ndarray | None, distances: np.ndarray,
+          per_part: np.ndarray | None) -> list[SearchHit]:
+    """SearchHits for the ranked store rows, their visibility and per-part distances (None: not shown)."""
     ann = np.sqrt(np.maximum(rows["_distance"].to_numpy(zero_copy_only=False), 0.0))
-    per_part = per_part_distances(query, gallery)
     return [
         SearchHit(
             detection_id=row["detection_id"],
@@ -280,8 +311,8 @@ def _hits(rows: pa.Table, gallery: ReIDEmbeddings, distances: np.ndarray, query:
             distance=float(distances[i]),
             ann_distance=float(ann[i]),
             thumbnail=row["thumbnail"],
-            visibility=gallery.visibility[i],
-            part_distances=per_part[i],
+            visibility=None if visibility is None else visibility[i],
+            part_distances=None if per_part is None else per_part[i],
         )
         for i, row in enumerate(rows.select(list(_META_COLUMNS)).to_pylist())
     ]

@@ -22,6 +22,7 @@ from kpr_model.distance import ReIDEmbeddings
 from storage import sql
 from storage.schema import (
     DETECTIONS,
+    KPR_KIND,
     TRACKLETS,
     VIDEOS,
     NotFoundError,
@@ -47,6 +48,8 @@ _SCALAR_INDEXES = {
                  ("camera_id", Bitmap)),
     TRACKLETS: (("track_id", BTree), ("video_id", BTree)),
 }
+# Field metadata of the videos table's `model_id` column that records the store's model (see Store.model).
+STORE_MODEL_KEY = "kpr:store_model"
 # Field metadata of the `vector` column that records how its ANN index was built (and on how many rows).
 VECTOR_INDEX_KEY = "kpr:vector_index"
 VECTOR_INDEX_TYPES = ("IVF_PQ", "IVF_HNSW_SQ")
@@ -588,6 +591,41 @@ class Store:
             return None
         recorded = (table.schema.field("vector").metadata or {}).get(VECTOR_INDEX_KEY.encode())
         return json.loads(recorded) if recorded else {}
+
+    def model(self) -> dict | None:
+        """The model whose embeddings the store holds: {"model_id", "kind" ("kpr" or "global"), "num_parts", "dim"}.
+
+        None before anything was written. Recorded in the videos table's schema, so reading it scans
+        nothing; a store written before the record existed answers from its rows (the model of its
+        latest done video, a KPR model of the stored shape).
+        """
+        recorded = (self._videos.schema.field("model_id").metadata or {}).get(STORE_MODEL_KEY.encode())
+        if recorded:
+            return json.loads(recorded)
+        shape, done = self.embedding_shape, self.video_rows("done")
+        if shape is None or not done:
+            return None
+        latest = max(done, key=lambda row: row["ingested_at"] or 0.0)
+        return {"model_id": latest["model_id"], "kind": KPR_KIND, "num_parts": shape[1], "dim": shape[0]}
+
+    def set_model(self, model: dict) -> None:
+        """Record ``model`` (as `model` returns it) as the model of the store's embeddings."""
+        self._videos.update_field_metadata({"path": "model_id", "metadata": {STORE_MODEL_KEY: json.dumps(model)}})
+
+    def replace_model(self, model: dict) -> None:
+        """Make ``model`` the store's model: drop every detection and tracklet (the old model's), then record it.
+
+        Video rows stay: they name the old model, so an ingestion with the new one re-embeds them from
+        their uri. Search never sees two models' embeddings; a crash part-way leaves the old model
+        recorded, so repeating the call finishes the replacement.
+        """
+        existing = _table_names(self._db)
+        for name in (DETECTIONS, TRACKLETS):
+            if name in existing:
+                self._db.drop_table(name)
+        self._detections = self._tracklets = self._shape = None
+        self._keys_declared -= {_DETECTION_ROWS.key, _TRACKLET_ROWS.key}
+        self.set_model(model)
 
     def done_video_ids(self, model_id: str) -> set[str]:
         """Ids of all videos fully ingested with ``model_id``."""

@@ -266,7 +266,7 @@ def test_query_encoder_uses_both_prompts(tmp_path):
 
 def test_query_encoder_refuses_another_stores_model(tiny_checkpoint, tmp_path):
     build_store(tmp_path / "db")
-    with pytest.raises(UserError, match="the store holds embeddings of synthetic-model"):
+    with pytest.raises(UserError, match="holds embeddings of model synthetic-model"):
         QueryEncoder(tiny_checkpoint, Store.open(str(tmp_path / "db"), create=False))
     with pytest.raises(UserError, match="nomodel"):
         QueryEncoder(tmp_path / "nomodel")

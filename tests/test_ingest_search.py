@@ -112,18 +112,21 @@ def test_stored_tracklets_hold_the_aggregate_of_their_detections_and_answer_trac
 
 
 def test_a_run_that_fails_for_good_still_publishes_its_report(small_archive, tiny_checkpoint, tmp_path):
-    """A store of 8-d embeddings refuses the tiny model's 32-d rows: a permanent error ends the run, with a report."""
+    """A store of 8-d embeddings under the tiny model's id (a damaged store: the model check passes) refuses its
+    32-d rows: a permanent error ends the run, with a report."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     from kpr_model.embeddings import ReIDEmbeddings
+    from kpr_model.model_files import model_facts
     from pipelines.flows import ingest_archive
     from storage import detection_row, detections_table
 
     db = tmp_path / "db"
+    model_id = model_facts(tiny_checkpoint).model_id
     other = {"video_id": "other", "uri": "/elsewhere/other.mp4", "camera_id": "cam9", "start_time": 0.0,
-             "duration": 1.0, "num_frames": 10, "model_id": "other-model", "run_id": "r"}
-    row = detection_row("other:0", "other", "cam9", 0, 0.0, (0.0, 0.0, 10.0, 20.0), "other-model", 1.0,
+             "duration": 1.0, "num_frames": 10, "model_id": model_id, "run_id": "r"}
+    row = detection_row("other:0", "other", "cam9", 0, 0.0, (0.0, 0.0, 10.0, 20.0), model_id, 1.0,
                         np.zeros((17, 3)), "", b"", "r")
     unit = np.ones((1, 8), np.float32) / np.sqrt(8)
     Store.open(str(db)).write_video(other, detections_table([row], ReIDEmbeddings(unit, np.stack([unit] * 8, 1),

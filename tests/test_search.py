@@ -219,3 +219,19 @@ def test_a_query_of_another_shape_is_refused(search):
     query = ReIDEmbeddings(np.ones((1, D), np.float32), np.ones((1, K + 1, D), np.float32), np.ones((1, K + 1), np.float32))
     with pytest.raises(StoreError, match="K=9"):
         search.search(query)
+
+
+def test_global_only_ranks_a_kpr_store_by_the_cosine_of_the_global_vectors(search):
+    hits = search.by_detection(det_id(0, 2, 0), k=12, global_only=True)
+    query = embeddings_of([search.store.get_detection(det_id(0, 2, 0))])
+    gallery = embeddings_of(search.store.detections_by_ids([h.detection_id for h in hits]))
+    np.testing.assert_allclose([h.distance for h in hits], 1 - gallery.global_emb @ query.global_emb[0], atol=1e-5)
+    assert [h.distance for h in hits] == sorted(h.distance for h in hits)
+    assert hits[0].part_distances is None and hits[0].visibility.shape == (K,)
+    with pytest.raises(StoreError, match="takes no body parts"):
+        search.by_detection(det_id(0, 2, 0), global_only=True, parts=FEET)
+
+
+def test_a_store_without_a_model_record_names_the_model_of_its_rows(search):
+    assert search.store.model() == {"model_id": MODEL_ID, "kind": "kpr", "num_parts": K, "dim": D}
+    assert not search.global_model

@@ -23,12 +23,13 @@ def assemble_video(facts: VideoFacts, batches: Iterable[EmbeddedBatch]) -> Embed
 
 
 class Embedder:
-    """Holds one KPR encoder (checkpoint folder or ONNX file) and embeds crops with their keypoint prompts."""
+    """Holds one encoder (KPR checkpoint folder or ONNX file, or a global ReID ONNX model) and embeds crops with
+    their keypoint prompts (``model_input``: a global model's pixel coding)."""
 
-    def __init__(self, model: str, device: str = "cpu", batch_size: int = 64):
+    def __init__(self, model: str, device: str = "cpu", batch_size: int = 64, model_input: str | None = None):
         from kpr_model.model_files import open_encoder  # torch + timm: seconds to import, only embed workers need it
 
-        self.encoder = open_encoder(model, device=device)
+        self.encoder = open_encoder(model, device=device, input_coding=model_input)
         self.batch_size = batch_size
 
     def embed_crops(self, crops: list[PersonCrop]) -> ReIDEmbeddings | None:

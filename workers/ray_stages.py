@@ -95,11 +95,11 @@ class DetectActor:
 class EmbedActor:
     """A Ray actor holding one Embedder, so the KPR model loads once per actor."""
 
-    def __init__(self, model: str, device: str, torch_threads: int):
+    def __init__(self, model: str, device: str, torch_threads: int, model_input: str | None):
         import torch
 
         torch.set_num_threads(torch_threads)
-        self.embedder = Embedder(model, device=device)
+        self.embedder = Embedder(model, device=device, model_input=model_input)
 
     def embed(self, batch: BatchCrops) -> EmbeddedBatch:
         return self.embedder.embed_batch(batch)
@@ -125,7 +125,7 @@ def _gpu_share(gpu_actors: int) -> float:
     return min(1.0, gpus / gpu_actors) if gpu_actors else 0.0
 
 
-def _start_actors(model: str, options: IngestOptions) -> tuple[list, list]:
+def _start_actors(model: str, options: IngestOptions, model_input: str | None) -> tuple[list, list]:
     """The detect and embed actor pools, loaded and ready (WorkerError when a model cannot be loaded)."""
     detect_gpu, embed_gpu = options.backend.uses_gpu(options.device), options.device.startswith("cuda")
     gpus = _gpu_share(options.detectors * detect_gpu + options.embedders * embed_gpu)
@@ -137,7 +137,7 @@ def _start_actors(model: str, options: IngestOptions) -> tuple[list, list]:
     # Each CPU actor computes with its share of the cores: more threads than cores only makes the stages fight.
     threads = max(1, min(int(share), os.cpu_count() or 1))
     detectors = [detect.remote(options.backend, options.device, threads) for _ in range(options.detectors)]
-    embedders = [embed.remote(model, options.device, threads) for _ in range(options.embedders)]
+    embedders = [embed.remote(model, options.device, threads, model_input) for _ in range(options.embedders)]
     try:
         ray.get([actor.__ray_ready__.remote() for actor in detectors + embedders])
     except ray.exceptions.RayError as exc:
@@ -272,14 +272,16 @@ class _Driver:
 
 
 def run_videos(tasks: Sequence[VideoTask], model: str, options: IngestOptions = IngestOptions(),
-               stats: StageStats | None = None) -> Iterator[VideoOutcome]:
+               stats: StageStats | None = None, model_input: str | None = None) -> Iterator[VideoOutcome]:
     """Process ``tasks`` on Ray and yield one outcome per video as soon as it is done (any order).
+
+    ``model_input`` is the pixel coding of a global ReID ONNX ``model`` (None: the file's, else BGR 0..255).
 
     A video whose plan, decoding, detection or embedding fails is yielded with its reason; the others go on.
     ``stats``, when given, is filled in as the run goes.
     """
     ensure_ray()
-    detectors, embedders = _start_actors(model, options)
+    detectors, embedders = _start_actors(model, options, model_input)
     try:
         yield from _Driver(detectors, embedders, options, stats or StageStats()).run(tasks)
     finally:

@@ -49,6 +49,7 @@ class StoreFacts:
     detections: int
     videos: int
     num_parts: int | None
+    global_model: bool
 
 
 class SearchService:
@@ -57,9 +58,9 @@ class SearchService:
     Routes run in a thread pool; QuerySearch runs the encoder (one model on the CPU) under a lock.
     """
 
-    def __init__(self, db: str, model: str | None = None) -> None:
+    def __init__(self, db: str, model: str | None = None, model_input: str | None = None) -> None:
         self.store = Store.open(db, create=False)
-        encoder = None if model is None else QueryEncoder(model, self.store)
+        encoder = None if model is None else QueryEncoder(model, self.store, model_input)
         self.queries = QuerySearch(self.store, encoder, missing_model=NO_MODEL)
         self.image_queries = encoder is not None
         self._facts: StoreFacts | None = None
@@ -70,12 +71,14 @@ class SearchService:
         if self._facts is None or time.monotonic() - self._facts_at > FACTS_TTL_S:
             shape = self.store.embedding_shape
             self._facts = StoreFacts(tuple(self.store.cameras()), self.store.time_range(), self.store.count_detections(),
-                                     self.store.count_videos("done"), None if shape is None else shape[1])
+                                     self.store.count_videos("done"), None if shape is None else shape[1],
+                                     self.queries.search.global_model)
             self._facts_at = time.monotonic()
         return self._facts
 
     def info(self, max_upload_bytes: int) -> dict:
-        """The page's start-up facts: cameras, time range, part and joint names, counts, whether images can be queried."""
+        """The page's start-up facts: cameras, time range, part and joint names (none for a global model's store),
+        counts, whether images can be queried and whether the store's model is a global one."""
         facts = self.facts()
         return {
             "store": self.store.uri,
@@ -83,7 +86,8 @@ class SearchService:
             "videos": facts.videos,
             "cameras": list(facts.cameras),
             "time_range": None if facts.time_range is None else list(facts.time_range),
-            "parts": [] if facts.num_parts is None else part_names(facts.num_parts),
+            "parts": [] if facts.num_parts is None or facts.global_model else part_names(facts.num_parts),
+            "global_model": facts.global_model,
             "joints": list(COCO_KEYPOINTS),
             "image_queries": self.image_queries,
             "max_upload_bytes": max_upload_bytes,
@@ -112,6 +116,7 @@ class SearchService:
         result = self.queries.run(query)
         names = None if result.parts is None else [result.part_names[p] for p in result.parts]
         return {"query": query_json(query, result), "parts": names, "count": len(result.hits),
+                "global_only": result.global_only,
                 "groups": groups_json(result.hits, result.parts),
                 "elapsed_ms": finite(1000 * (time.perf_counter() - started))}
 
@@ -156,12 +161,13 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(db: str, model: str | None = None, max_upload_bytes: int = 8 * 2**20,
-               allowed_hosts: list[str] | None = None) -> FastAPI:
-    """The web app over the store at ``db``; with ``model`` (the store's model) image and keypoint queries work.
+               allowed_hosts: list[str] | None = None, model_input: str | None = None) -> FastAPI:
+    """The web app over the store at ``db``; with ``model`` (the store's model; ``model_input``: a global ONNX
+    model's pixel coding) image and keypoint queries work.
 
     Request bodies over ``max_upload_bytes`` get a 413; ``allowed_hosts`` (None: any) restricts the Host header.
     """
-    service = SearchService(str(db), None if model is None else str(model))
+    service = SearchService(str(db), None if model is None else str(model), model_input)
     app = FastAPI(title="kpr person search", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     _add_error_handlers(app)
     app.add_middleware(RequestGuard, max_body_bytes=max_upload_bytes, allowed_hosts=allowed_hosts)
@@ -200,6 +206,7 @@ def create_app(db: str, model: str | None = None, max_upload_bytes: int = 8 * 2*
         k: Annotated[int, Form(ge=1, le=K_MAX)] = 10,
         rerank: Annotated[bool, Form()] = False,
         same_camera: Annotated[bool, Form()] = False,
+        global_only: Annotated[bool, Form()] = False,
     ) -> dict:
         prompt = _blank(keypoints)
         query = Query(
@@ -207,7 +214,7 @@ def create_app(db: str, model: str | None = None, max_upload_bytes: int = 8 * 2*
             image=None if image is None else image.file.read(), prompt=None if prompt is None else prompt_from_text(prompt),
             cameras=None if cameras is None else tuple(c.strip() for c in cameras if c.strip()), parts=tuple(parts or ()),
             since=_blank(since), until=_blank(until), min_visibility=min_visibility, k=k, rerank=rerank,
-            same_camera=same_camera)
+            same_camera=same_camera, global_only=global_only)
         return service.run(query)
 
     return app
@@ -243,13 +250,13 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def serve(db: str, model: str | None = None, host: str = "127.0.0.1", port: int = 8765,
-          max_upload_mb: float = 8.0) -> int:
+          max_upload_mb: float = 8.0, model_input: str | None = None) -> int:
     """Run the web app on ``host``:``port`` until interrupted (loopback by default; other hosts get a warning)."""
     if not max_upload_mb > 0:
         raise UserError(f"--max-upload-mb must be > 0, got {max_upload_mb}")
     loopback, shown = is_loopback(host), _url_host(host)
     allowed = ["127.0.0.1", "localhost", "[::1]", shown.lower()] if loopback else None
-    app = create_app(db, model, int(max_upload_mb * 2**20), allowed_hosts=allowed)
+    app = create_app(db, model, int(max_upload_mb * 2**20), allowed_hosts=allowed, model_input=model_input)
     sock = _listen(host, port)
     bound = sock.getsockname()[1]
     if not loopback:

@@ -13,6 +13,7 @@ const state = {
   positive: [],       // [{joint, x, y}] in crop pixels
   negative: [],       // [{x, y}] in crop pixels
   pickOffset: 0,
+  globalOnly: false,  // whether the shown hits were ranked by the global vectors alone
 };
 
 const $ = (id) => document.getElementById(id);
@@ -62,8 +63,10 @@ async function loadInfo() {
   info.parts.forEach((name) => $("parts").append(checkbox("part", name, false)));
   info.joints.forEach((name, index) => $("joint").append(element("option", {value: String(index)}, name.replace("_", " "))));
   $("k").max = String(info.k_max);
+  $("global-only").checked = info.global_model;
+  $("global-only").disabled = info.global_model;
   $("upload").disabled = !info.image_queries;
-  $("prompt-tools").disabled = !info.image_queries;
+  $("prompt-tools").disabled = !info.image_queries || info.global_model;  // a global model takes no keypoints
 }
 
 function checkbox(kind, value, checked) {
@@ -253,6 +256,7 @@ function searchForm() {
   form.append("min_visibility", $("min-visibility").value);
   form.append("k", $("k").value);
   form.append("rerank", String($("rerank").checked));
+  form.append("global_only", String($("global-only").checked));
   form.append("same_camera", String($("same-camera").checked));
   return form;
 }
@@ -283,6 +287,7 @@ function describeQuery(query) {
 }
 
 function renderResults(answer) {
+  state.globalOnly = answer.global_only;
   const cameras = answer.groups.length;
   const parts = answer.parts ? ` · parts: ${answer.parts.join(", ")}` : "";
   $("status").textContent = answer.count
@@ -319,14 +324,17 @@ function hitCard(hit) {
   card.append(element("img", {src: hit.thumbnail, alt: hit.detection_id, loading: "lazy"}));
   const caption = element("figcaption");
   caption.append(element("div", {class: "rank"}, `#${hit.rank}`));
-  caption.append(element("div", {class: "distance", title: "KPR distance"}, formatDistance(hit.distance)));
+  const measure = state.globalOnly ? "cosine distance of the global vectors" : "KPR distance";
+  caption.append(element("div", {class: "distance", title: measure}, formatDistance(hit.distance)));
   caption.append(element("div", {class: "time"}, utc(hit.timestamp).slice(11)));
-  const visibility = hit.query_visibility === null ? 0 : hit.query_visibility;
-  const bar = element("div", {class: "visibility", title: `visibility ${visibility.toFixed(2)}`});
-  const fill = element("div", {class: "fill"});
-  fill.style.width = `${Math.round(visibility * 100)}%`;
-  bar.append(fill);
-  caption.append(bar, partBars(hit));
+  if (hit.visibility) {
+    const visibility = hit.query_visibility === null ? 0 : hit.query_visibility;
+    const bar = element("div", {class: "visibility", title: `visibility ${visibility.toFixed(2)}`});
+    const fill = element("div", {class: "fill"});
+    fill.style.width = `${Math.round(visibility * 100)}%`;
+    bar.append(fill);
+    caption.append(bar, partBars(hit));
+  }
   card.append(caption);
   card.addEventListener("click", () => chooseDetection({detection_id: hit.detection_id, camera_id: hit.camera_id,
     timestamp: hit.timestamp, track_id: hit.track_id, thumbnail: hit.thumbnail}));
