@@ -118,3 +118,15 @@ class KPRLoss(nn.Module):
         total = torch.stack(terms).sum() if terms else output.pixel_logits.sum() * 0.0
         log["loss"] = float(total.detach())
         return total, log
+
+
+def relational_distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean squared gap between the pairwise cosine similarities of student [N, D] and teacher [N, Dt] embeddings.
+
+    Matching the batch's similarity structure rather than the vectors lets a teacher of another dimension
+    (a global ReID model trained on real people) teach KPR which crops look alike.
+    """
+    s = F.normalize(student, dim=-1)
+    t = F.normalize(teacher, dim=-1)
+    off_diagonal = ~torch.eye(len(s), dtype=torch.bool, device=s.device)
+    return F.mse_loss((s @ s.T)[off_diagonal], (t @ t.T)[off_diagonal])

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from kpr_model.config import KPRConfig
-from kpr_model.losses import KPRLoss
-from kpr_model.model import KPR
+from kpr_model.losses import KPRLoss, relational_distillation_loss
+from kpr_model.model import KPR, KPROutput
 from training.augment import AugmentConfig, augment, bipo
 from training.pk_sampler import PKSampler
 from training.samples import LoadedSample, make_batch
@@ -60,6 +60,21 @@ class LoopSettings:
     seed: int
     max_minutes: float | None
     checkpoint_every: int
+
+
+@dataclass
+class Distillation:
+    """A teacher's embedding of every training sample [N, Dt] and the weight of the relational loss that matches
+    the batch's pairwise similarities of KPR's (BN) foreground and concatenated part embeddings to the teacher's."""
+
+    embeddings: np.ndarray
+    weight: float
+
+    def loss(self, output: KPROutput, batch_indices: list[int], device: torch.device) -> torch.Tensor:
+        """The weighted relational loss of one batch (``output`` the KPROutput of the samples ``batch_indices``)."""
+        teacher = torch.from_numpy(self.embeddings[batch_indices]).to(device)
+        return self.weight * (relational_distillation_loss(output.embeddings["bn_foreground"], teacher)
+                              + relational_distillation_loss(output.embeddings["concat_parts"], teacher))
 
 
 @dataclass
@@ -109,8 +124,13 @@ def run_loop(
     ctx: WorkerContext,
     augment_config: AugmentConfig,
     backbone_weights: str | None = None,
+    initial_state: dict[str, torch.Tensor] | None = None,
+    distillation: Distillation | None = None,
 ) -> LoopResult:
     """Train a KPR of ``config`` on ``samples`` (``labels`` = 0-based identity per sample) as worker ``ctx.rank``.
+
+    ``initial_state`` (a trained model's weights) starts it from that model, every tensor whose shape fits
+    (identity classifiers of another number of identities start afresh); ``distillation`` adds a teacher.
 
     Every worker sees the same PK epoch permutation and takes its own share of the batches, so
     world_size workers do one epoch's work together. Resumes from ``ctx.restored_state()`` when a
@@ -120,6 +140,8 @@ def run_loop(
     model = KPR(config)
     if backbone_weights:
         model.load_backbone_weights(backbone_weights)
+    if initial_state is not None:
+        _load_fitting(model, initial_state)
     model.to(ctx.device)
     optimizer = _optimizer(model, settings)
     start_epoch, step, spent_s, history = 0, 0, 0.0, []
@@ -170,6 +192,10 @@ def run_loop(
             output = trained(images.to(ctx.device), prompts.to(ctx.device))
             loss, log = criterion(output, targets.to(ctx.device),
                                   None if part_labels is None else part_labels.to(ctx.device))
+            if distillation is not None:
+                distilled = distillation.loss(output, batch_indices, ctx.device)
+                loss = loss + distilled
+                log = {**log, "distill": float(distilled.detach()), "loss": float(loss.detach())}
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -195,6 +221,12 @@ def run_loop(
     return LoopResult(model=model.eval(), steps=step, epochs_completed=len(history), train_s=round(train_s, 1),
                       samples_per_s=throughput(step, train_s), last_losses={k: float(v) for k, v in log.items()},
                       history=history)
+
+
+def _load_fitting(model: KPR, state: dict[str, torch.Tensor]) -> None:
+    """Copy into ``model`` every tensor of ``state`` whose name and shape it has."""
+    own = model.state_dict()
+    model.load_state_dict({k: v for k, v in state.items() if k in own and own[k].shape == v.shape}, strict=False)
 
 
 def _state(model: KPR, optimizer: torch.optim.Optimizer, epoch: int, step: int, train_s: float,

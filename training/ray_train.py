@@ -13,6 +13,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable, Protocol
 
 import ray.train
 import ray.train.torch
@@ -20,12 +21,24 @@ import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from kpr_model.config import KPRConfig
 from kpr_model.model import KPR
 from training.loop import LoopResult, run_loop
 from training.train_config import TrainConfig
 from training.training_split import TrainingSplit
 
 STATE_FILE = "train_state.pt"
+
+
+class RaySettings(Protocol):
+    """Where a run trains on Ray: the fields of a training or adaptation config that ``fit_on_ray`` reads."""
+
+    workers: int
+    use_gpu: bool
+    cpus_per_worker: int
+    storage_path: str | None
+    run_name: str
+    max_failures: int
 
 
 class RayWorkerContext:
@@ -78,22 +91,35 @@ def _worker_loop(loop_config: dict) -> None:
     run_loop(cfg.loop_settings(), config, samples, labels, RayWorkerContext(), cfg.augment, cfg.backbone_weights)
 
 
-def train_on_ray(cfg: TrainConfig, num_classes: int) -> LoopResult:
-    """Run the TorchTrainer for ``cfg`` and return the final model and its history (from the last checkpoint)."""
-    storage = str(Path(cfg.storage_path or Path(cfg.out).resolve().parent / "kpr_runs").resolve())
+def fit_on_ray(worker_loop: Callable[[dict], None], loop_config: dict, cfg: RaySettings, out: str) -> dict:
+    """Run ``worker_loop(loop_config)`` on ``cfg.workers`` Ray Train workers; the training state of its last checkpoint.
+
+    Checkpoints go to ``cfg.storage_path``/``cfg.run_name`` (default kpr_runs/ beside ``out``).
+    """
+    storage = str(Path(cfg.storage_path or Path(out).resolve().parent / "kpr_runs").resolve())
     trainer = TorchTrainer(
-        _worker_loop,
-        train_loop_config=asdict(cfg),
+        worker_loop,
+        train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=RunConfig(name=cfg.run_name, storage_path=storage,
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
-    state = read_state(trainer.fit().checkpoint)
-    model = KPR(cfg.model_config(num_classes=num_classes))
+    return read_state(trainer.fit().checkpoint)
+
+
+def result_of(state: dict, config: KPRConfig) -> LoopResult:
+    """The LoopResult of a Ray run's final training state: its model rebuilt for ``config`` and its history."""
+    model = KPR(config)
     model.load_state_dict(state["model"])
     history = state["history"]
     return LoopResult(model=model.eval(), steps=state["step"], epochs_completed=state["epoch"],
                       train_s=round(state["train_s"], 1), samples_per_s=state["samples_per_s"],
                       last_losses=history[-1]["losses"] if history else {}, history=history)
+
+
+def train_on_ray(cfg: TrainConfig, num_classes: int) -> LoopResult:
+    """Run the TorchTrainer for ``cfg`` and return the final model and its history (from the last checkpoint)."""
+    state = fit_on_ray(_worker_loop, asdict(cfg), cfg, cfg.out)
+    return result_of(state, cfg.model_config(num_classes=num_classes))

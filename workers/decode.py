@@ -120,3 +120,17 @@ def iter_frame_batches(path: str | Path, target_fps: float | None = None, batch_
         except Exception as exc:
             raise DecodeError(f"{path}: decoding failed at frame {int(chunk[0])} ({str(exc).splitlines()[0][:200]})") from None
         yield [DecodedFrame(int(index), float(time_s), image) for index, time_s, image in zip(chunk, times, pixels)]
+
+
+def decode_frames(path: str | Path, indices: list[int], batch_size: int = 16) -> Iterator[tuple[int, np.ndarray]]:
+    """(frame index, RGB pixels) of the given frames of a video, in ascending order, ``batch_size`` at a time."""
+    reader, pixels = _open(path)
+    wanted = sorted({i for i in indices if 0 <= i < len(reader)})
+    batch_size = max(1, min(batch_size, MAX_BATCH_BYTES // (3 * pixels)))
+    for start in range(0, len(wanted), batch_size):
+        chunk = wanted[start:start + batch_size]
+        try:
+            frames = reader.get_batch(chunk).asnumpy()
+        except Exception as exc:  # decord's DECORDError and friends
+            raise DecodeError(f"{path}: decoding failed at frame {chunk[0]} ({str(exc).splitlines()[0][:200]})") from None
+        yield from zip(chunk, frames)
