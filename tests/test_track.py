@@ -88,7 +88,7 @@ def test_people_crossing_and_turning_back_keep_their_identities() -> None:
     assert [t.track_id for t in tracklets] == [f"{PREFIX}-t1", f"{PREFIX}-t2", f"{PREFIX}-t3"]
     assert [t.n_detections for t in tracklets] == [21, 21, 21]
     # Motion alone predicts the two walking through each other: appearance is what keeps them apart.
-    motion_only = TrackerConfig(iou_weight=1.0, max_appearance_distance=2.0, reid_distance=0.0)
+    motion_only = TrackerConfig(iou_weight=1.0, appearance_gate=float("inf"), reid_gate=0.0)
     records, embeddings, people = _scene(_meet_and_turn_back(), fps=5.0)
     track_video(VIDEO, records, embeddings, motion_only)
     assert _identity_report(records, people)[0] < 1.0
@@ -118,6 +118,26 @@ def test_a_box_teleporting_across_the_frame_or_changing_scale_starts_a_new_track
     for fps in (2.0, 10.0):
         records, embeddings, _ = _scene({0: _walk(0, 50, 300 / fps, 0, int(4 * fps))}, fps=fps)
         assert len(track_video(VIDEO, records, embeddings)) == 1
+
+
+def _squeezed(embeddings: ReIDEmbeddings, factor: float) -> ReIDEmbeddings:
+    """The same detections as a model whose cosine distances are all ``factor`` times these would give them."""
+    axis = _appearances(DIM)[-1]  # orthogonal to every person's look
+    flat = embeddings.global_emb - np.outer(embeddings.global_emb @ axis, axis)
+    flat /= np.linalg.norm(flat, axis=1, keepdims=True)
+    squeezed = np.sqrt(1.0 - factor) * axis + np.sqrt(factor) * flat
+    return ReIDEmbeddings(squeezed.astype(np.float32), embeddings.parts, embeddings.visibility)
+
+
+def test_the_appearance_gates_follow_the_models_own_distance_scale() -> None:
+    # A model whose distances are ten times smaller (everyone within 0.1 of everyone, as a model trained on other
+    # data sees a crowd) links the same tracks: the gates are in units of the video's distance between two people.
+    records, embeddings, people = _scene(_meet_and_turn_back(), fps=5.0)
+    track_video(VIDEO, records, embeddings)
+    expected = [r.track_id for r in records]
+    again, _, _ = _scene(_meet_and_turn_back(), fps=5.0)
+    track_video(VIDEO, again, _squeezed(embeddings, 0.1))
+    assert [r.track_id for r in again] == expected and _identity_report(again, people) == (1.0, 3)
 
 
 @pytest.mark.parametrize("fps", [2.0, 25.0])

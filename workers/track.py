@@ -3,7 +3,9 @@
 Online, in frame order (ideas of SORT / DeepSORT / ByteTrack): each live track predicts its box at
 the frame's time with a constant velocity; detections are assigned to tracks by the Hungarian
 algorithm on a cost mixing ``1 - IoU`` (predicted vs detected box) with the cosine distance of
-the KPR global embedding to the track's running appearance; gated pairs are never assigned:
+the global embedding to the track's running appearance, measured in units of the video's own
+distance between two different people (so the same settings fit models whose distances differ
+in scale: a synthetic-trained KPR, Open Model Zoo's global models); gated pairs are never assigned:
 a box further from the track's last box than a person moves in the time between them, a box of
 another scale, or one that looks too different; unmatched detections start new tracks; a track
 unseen for more than ``max_gap_s`` seconds ends. Gaps and speeds are measured in seconds and box
@@ -34,10 +36,14 @@ class TrackerConfig:
     centre (``max_speed`` in box heights per second: 3 is a sprint, a walk is below 1; the slack
     absorbs the detector's jitter) and the two heights differ by at most a factor ``max_scale_change``.
 
-    cost = ``iou_weight`` * (1 - IoU) + (1 - ``iou_weight``) * cosine distance. A pair is admissible
-    when its cosine distance is at most ``max_appearance_distance`` and either its IoU is at least
-    ``min_iou`` or its cosine distance is at most ``reid_distance`` (appearance alone may re-link a
-    person whose predicted box drifted away during a gap). ``appearance_momentum`` and
+    Appearance: a video's scale is the median cosine distance between two detections of one frame
+    whose boxes do not overlap (two different people, whatever the model), or ``default_scale`` when
+    the video has fewer than ``min_scale_pairs`` such pairs (people seen one at a time). With
+    d = cosine distance / scale, cost = ``iou_weight`` * (1 - IoU) + (1 - ``iou_weight``) * d; a pair
+    is admissible when d is at most ``appearance_gate`` (looks no further apart than two different
+    people typically do) and either its IoU is at least ``min_iou`` or d is at most ``reid_gate``
+    (appearance alone may re-link a person whose predicted box drifted away during a gap).
+    ``appearance_momentum`` and
     ``velocity_momentum`` smooth the track's appearance and velocity (0 = latest observation only).
     Tracks with fewer than ``min_detections`` detections are dropped: their records get track_id ""
     (search shows them as single detections); the default 1 keeps every track, singletons included.
@@ -45,8 +51,10 @@ class TrackerConfig:
 
     iou_weight: float = 0.5
     min_iou: float = 0.1
-    max_appearance_distance: float = 0.5
-    reid_distance: float = 0.25
+    appearance_gate: float = 1.0
+    reid_gate: float = 0.5
+    default_scale: float = 0.5
+    min_scale_pairs: int = 20
     max_gap_s: float = 2.0
     appearance_momentum: float = 0.8
     velocity_momentum: float = 0.5
@@ -59,9 +67,14 @@ class TrackerConfig:
         for name in ("iou_weight", "min_iou", "appearance_momentum", "velocity_momentum"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise WorkerError(f"tracker {name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("max_appearance_distance", "reid_distance"):
-            if not 0.0 <= getattr(self, name) <= 2.0:
-                raise WorkerError(f"tracker {name} must be a cosine distance in [0, 2], got {getattr(self, name)}")
+        for name in ("appearance_gate", "reid_gate"):
+            if not getattr(self, name) >= 0.0:
+                raise WorkerError(f"tracker {name} must be >= 0 (in units of the video's distance scale), "
+                                  f"got {getattr(self, name)}")
+        if not 0.0 < self.default_scale <= 2.0:
+            raise WorkerError(f"tracker default_scale must be a cosine distance in (0, 2], got {self.default_scale}")
+        if self.min_scale_pairs < 1:
+            raise WorkerError(f"tracker min_scale_pairs must be >= 1, got {self.min_scale_pairs}")
         if self.max_gap_s < 0:
             raise WorkerError(f"tracker max_gap_s must be >= 0 seconds, got {self.max_gap_s}")
         if self.min_detections < 1:
@@ -123,17 +136,17 @@ def reachable(last: np.ndarray, dt: np.ndarray, boxes: np.ndarray, config: Track
     return near & (ratio <= config.max_scale_change)
 
 
-def _assign(tracks: list[_Track], boxes: np.ndarray, embs: np.ndarray, t: float,
+def _assign(tracks: list[_Track], boxes: np.ndarray, embs: np.ndarray, t: float, scale: float,
             config: TrackerConfig) -> list[tuple[int, int]]:
     """(track, detection) pairs of one frame: minimum total cost among admissible pairs (Hungarian)."""
     if not tracks or not len(boxes):
         return []
     iou = box_iou(np.stack([track.predict(t) for track in tracks]), boxes)
-    distance = 1.0 - np.stack([track.appearance for track in tracks]) @ embs.T
+    distance = (1.0 - np.stack([track.appearance for track in tracks]) @ embs.T) / scale
     moved = reachable(np.stack([track.box for track in tracks]), np.array([t - track.time for track in tracks]),
                       boxes, config)
-    admissible = moved & (distance <= config.max_appearance_distance) & (
-        (iou >= config.min_iou) | (distance <= config.reid_distance))
+    admissible = moved & (distance <= config.appearance_gate) & (
+        (iou >= config.min_iou) | (distance <= config.reid_gate))
     cost = config.iou_weight * (1.0 - iou) + (1.0 - config.iou_weight) * distance
     rows, cols = linear_sum_assignment(np.where(admissible, cost, _FORBIDDEN))
     return [(int(r), int(c)) for r, c in zip(rows, cols) if admissible[r, c]]
@@ -144,10 +157,27 @@ def _frame_order(record: DetectionRecord) -> tuple[float, int, str]:
     return record.timestamp, record.frame_index, record.detection_id
 
 
+def appearance_scale(records: list[DetectionRecord], indices: list[int], global_emb: np.ndarray,
+                     config: TrackerConfig) -> float:
+    """The median cosine distance between two people seen at once (same frame, boxes apart) among the records at
+    ``indices``; ``config.default_scale`` with fewer than ``config.min_scale_pairs`` such pairs."""
+    distances = []
+    for _, frame in groupby(sorted(indices, key=lambda i: _frame_order(records[i])), key=lambda i: records[i].frame_index):
+        frame = list(frame)
+        if len(frame) < 2:
+            continue
+        boxes = np.stack([np.asarray(records[i].bbox, np.float64) for i in frame])
+        apart = np.triu(box_iou(boxes, boxes) == 0, k=1)
+        distances.append((1.0 - global_emb[frame] @ global_emb[frame].T)[apart])
+    found = np.concatenate(distances) if distances else np.zeros(0)
+    return float(np.median(found)) if len(found) >= config.min_scale_pairs else config.default_scale
+
+
 def _link(records: list[DetectionRecord], indices: list[int], global_emb: np.ndarray,
           config: TrackerConfig) -> list[list[int]]:
     """Link the records at ``indices`` into tracks; returns each track's record indices, tracks in order of first appearance."""
     order = sorted(indices, key=lambda i: _frame_order(records[i]))
+    scale = max(appearance_scale(records, indices, global_emb, config), 1e-6)
     live: list[_Track] = []
     finished: list[_Track] = []
     for (t, _), frame in groupby(order, key=lambda i: (records[i].timestamp, records[i].frame_index)):
@@ -157,7 +187,7 @@ def _link(records: list[DetectionRecord], indices: list[int], global_emb: np.nda
         boxes = np.stack([np.asarray(records[i].bbox, np.float64) for i in frame])
         embs = global_emb[frame]
         matched = set()
-        for r, c in _assign(live, boxes, embs, t, config):
+        for r, c in _assign(live, boxes, embs, t, scale, config):
             live[r].update(frame[c], boxes[c], t, embs[c], config)
             matched.add(c)
         live += [_Track([frame[c]], boxes[c], t, embs[c]) for c in range(len(frame)) if c not in matched]
