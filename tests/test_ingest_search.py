@@ -256,7 +256,7 @@ def test_query_model_must_match_the_store(ingested, tmp_path, capsys):
     crop = tmp_path / "q.png"
     cv2.imwrite(str(crop), np.full((64, 32, 3), 90, np.uint8))
     assert main(["search", "--db", str(db), "--image", str(crop), "--model", str(other)]) == 2
-    _one_error_line(capsys, "the store holds embeddings of")
+    _one_error_line(capsys, "query with the model the store was built with")
 
 
 def test_ingest_with_an_exported_onnx_model_matches_pytorch(ingested, tiny_checkpoint, tmp_path):
