@@ -79,12 +79,9 @@ def ingest(video: Path, db: Path, model: str, shared: Path, fps: float, extra: l
     return time.perf_counter() - started
 
 
-def score(db: Path, truth: list[dict]) -> dict:
-    """The figures of the module docstring, from the ingested store."""
-    from storage import PersonSearch, Store
-
-    store = Store.open(str(db), create=False)
-    rows = store.query_detections(None, ["detection_id", "frame_index", "bbox", "track_id"]).to_pylist()
+def match_truth(rows: list[dict], truth: list[dict]) -> list[dict]:
+    """The ground-truth boxes that a detection row (detection_id, frame_index, bbox, track_id) matches with
+    IoU >= 0.5 in their frame, each with that detection's id and track id."""
     by_frame: dict[int, list[dict]] = {}
     for row in rows:
         by_frame.setdefault(row["frame_index"], []).append(row)
@@ -93,15 +90,33 @@ def score(db: Path, truth: list[dict]) -> dict:
         best = max(by_frame.get(gt["frame"], []), key=lambda r: iou(np.array(r["bbox"]), gt["box"]), default=None)
         if best is not None and iou(np.array(best["bbox"]), gt["box"]) >= 0.5:
             matched.append({**gt, "detection_id": best["detection_id"], "track_id": best["track_id"]})
+    return matched
+
+
+def identity_counts(matched: list[dict]) -> tuple[int, int]:
+    """(people whose three matched boxes all lie in one tracklet, tracklets holding matched boxes of two people)."""
+    tracks_of: dict[int, set[str]] = {}
+    people_of_track: dict[str, set[int]] = {}
+    for m in matched:
+        tracks_of.setdefault(m["person"], set()).add(m["track_id"])
+        people_of_track.setdefault(m["track_id"], set()).add(m["person"])
+    in_one = sum(len(t) == 1 and sum(m["person"] == p for m in matched) == 3 for p, t in tracks_of.items())
+    return in_one, sum(len(p) > 1 for p in people_of_track.values())
+
+
+def score(db: Path, truth: list[dict]) -> dict:
+    """The figures of the module docstring, from the ingested store."""
+    from storage import PersonSearch, Store
+
+    store = Store.open(str(db), create=False)
+    rows = store.query_detections(None, ["detection_id", "frame_index", "bbox", "track_id"]).to_pylist()
+    matched = match_truth(rows, truth)
     spans = person_spans(truth)
 
     def person_at(frame: int) -> int | None:
         return next((p for p, (lo, hi) in spans.items() if lo <= frame <= hi), None)
 
-    tracks_of = {p: {m["track_id"] for m in matched if m["person"] == p} for p in spans}
-    people_of_track: dict[str, set[int]] = {}
-    for m in matched:
-        people_of_track.setdefault(m["track_id"], set()).add(m["person"])
+    people_in_one_tracklet, tracklets_shared = identity_counts(matched)
     search = PersonSearch(store)
     rank1, precision, average_precision = [], [], []
     for m in matched:
@@ -120,9 +135,8 @@ def score(db: Path, truth: list[dict]) -> dict:
         "gt_boxes": len(truth),
         "gt_boxes_matched": len(matched),
         "people": len(spans),
-        "people_in_one_tracklet": sum(len(t) == 1 and len([m for m in matched if m["person"] == p]) == 3
-                                      for p, t in tracks_of.items()),
-        "tracklets_shared_by_people": sum(len(p) > 1 for p in people_of_track.values()),
+        "people_in_one_tracklet": people_in_one_tracklet,
+        "tracklets_shared_by_people": tracklets_shared,
         "queries": len(matched),
         "rank1": round(float(np.mean(rank1)), 3) if rank1 else 0.0,
         "precision_at_10": round(float(np.mean(precision)), 3) if precision else 0.0,
