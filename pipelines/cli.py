@@ -262,6 +262,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from pipelines.adapt_flow import AdaptInputs, adapt_model
+
+    AdaptInputs(str(args.db), str(args.model), str(args.out), args.teacher).check()  # one line before Prefect starts
+    overrides = {key: value for key, value in (
+        ("epochs", args.epochs), ("max_minutes", args.max_minutes), ("workers", args.workers),
+        ("use_gpu", True if args.gpu else None), ("threads", args.threads),
+        ("part_masks", False if args.no_part_masks else None), ("distill_weight", args.distill_weight),
+    ) if value is not None}
+    selection = {"cross_camera": False} if args.no_cross_camera else {}
+    result = adapt_model(str(args.db), str(args.model), str(args.out), args.teacher, overrides, selection,
+                         args.ray_address)
+    source = result["source"]
+    print(f"checkpoint {result['checkpoint']} (model_id {result['model_id']}): adapted from {result['adapted_from']} "
+          f"on {source['crops']} crops of {source['tracklets']} tracklets ({source['pseudo_identities']} "
+          f"pseudo-identities, {source['cameras']} cameras) in {result['steps']} steps, {result['train_s']:.0f} s")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.demo import DemoConfig, run_demo
 
@@ -499,6 +518,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-name", help="run name under --storage; re-running the same name resumes it")
     p.add_argument("--ray-address", help="existing Ray cluster (default: RAY_ADDRESS or a local Ray)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "adapt", help="adapt a KPR checkpoint to an ingested archive, without labels",
+        description="Fine-tunes a KPR checkpoint on the archive ingested into --db: each tracklet is a pseudo-identity\n"
+                    "(tracklets of two cameras merged when mutually nearest and similar, never two that overlap in\n"
+                    "time in one camera), crops are cut again from the videos at full resolution, the detector's\n"
+                    "keypoints are the prompts and draw part pseudo-masks for the part classifier, and with --teacher\n"
+                    "a global ReID ONNX model's similarities are distilled. Runs the Prefect flow adapt-model; with\n"
+                    "--workers N > 0 training runs on N Ray Train workers. Ingest the archive again with --out as\n"
+                    "--model (into a new store) to search it with the adapted model.",
+        epilog="Example:\n  kpr adapt --db store --model ckpt --out ckpt_adapted \\\n"
+               "      --teacher models/person-reidentification-retail-0248.onnx",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--db", required=True, help="LanceDB store written by kpr ingest (its videos must still be readable)")
+    p.add_argument("--model", required=True, type=Path, help="KPR checkpoint folder to start from")
+    p.add_argument("--out", required=True, type=Path, help="checkpoint folder to create (must not exist)")
+    p.add_argument("--teacher", metavar="ONNX",
+                   help="global ReID ONNX model to distil from (e.g. person-reidentification-retail-0248.onnx); "
+                        "it also decides which tracklets of two cameras are merged")
+    p.add_argument("--epochs", type=_positive(int), help="training epochs (defaults: README, Adapting to your archive)")
+    p.add_argument("--max-minutes", type=_positive(float),
+                   help="stop training after this many minutes")
+    p.add_argument("--workers", type=_non_negative(int), help="Ray Train DDP workers (default 0: in this process)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per Ray Train worker")
+    p.add_argument("--threads", type=_positive(int), help="torch CPU threads when training in this process")
+    p.add_argument("--no-part-masks", action="store_true", help="do not train the part classifier on keypoint masks")
+    p.add_argument("--no-cross-camera", action="store_true", help="never merge tracklets of different cameras")
+    p.add_argument("--distill-weight", type=_non_negative(float),
+                   help="weight of the teacher's relational loss (0: the teacher only decides merges)")
+    p.add_argument("--ray-address", help="existing Ray cluster (default: RAY_ADDRESS or a local Ray)")
+    p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser("demo", help="synthetic archive -> train KPR -> ingest -> cross-camera search, with a report",
                        description="Generates a synthetic multi-camera archive, trains a small KPR model on held-out "
