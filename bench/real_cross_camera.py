@@ -27,7 +27,8 @@ A hybrid method (``--hybrid NAME=KPR_METHOD+GLOBAL_METHOD``) ranks by ``--hybrid
 global model's distance (sqrt(2 - 2 cos)) + the rest x KPR's part distance, on the KPR store's
 tracklets and detections (the global store's embeddings of the same detection ids).
 
-``all_invisible_rate`` (KPR methods): share of the stored detections (all cameras) with >= 5 keypoints
+``all_invisible_rate`` (KPR methods; global models have no parts and are left out): share of the
+stored detections (all cameras; ``all_invisible_rate_by_camera``: per camera) with >= 5 keypoints
 of confidence >= 0.3 whose parts all have visibility < 0.5. Writes bench/results/real_cross_camera.json
 and a montage of hits (bench/results/real_cross_camera_montage.png). Derived videos and stores are
 kept in ``--work`` and reused: a method's store is keyed by its name and model file.
@@ -199,6 +200,9 @@ class StoreView:
 
         size = self.gallery_size(cameras)
         hits = self.search.by_tracklet(track, k=size, candidates=size, filters=SearchFilters(cameras=list(cameras)))
+        if len(hits) != size:
+            raise RuntimeError(f"search ranked {len(hits)} of the {size} detections of {', '.join(cameras)}: "
+                               "the scores would be of a partial ranking")
         return self.ranking(track, [hit.track_id for hit in hits], [hit.thumbnail for hit in hits])
 
     def ranking(self, track: str, hit_tracks: list[str | None], hit_thumbnails: list[bytes | None]) -> Ranking:
@@ -218,11 +222,14 @@ class StoreView:
                                      np.stack(self.detections["vector"].to_numpy(zero_copy_only=False))))
         return self._vectors
 
-    def invisible_rate(self) -> float | None:
-        """all_invisible_rate over every stored detection."""
+    def invisible_rates(self) -> tuple[float | None, dict[str, float | None]]:
+        """all_invisible_rate over every stored detection, and over each camera's."""
         keypoints = np.stack(self.detections["keypoints"].to_numpy(zero_copy_only=False)).reshape(-1, 17, 3)
         visibility = np.stack(self.detections["visibility"].to_numpy(zero_copy_only=False))
-        return all_invisible_rate(keypoints, visibility)
+        cameras = np.array(self.detections["camera_id"].to_pylist())
+        return all_invisible_rate(keypoints, visibility), {
+            camera: all_invisible_rate(keypoints[cameras == camera], visibility[cameras == camera])
+            for camera in sorted(set(cameras))}
 
 
 def offset_of(camera: str) -> int:
@@ -322,8 +329,8 @@ def crop_tests(methods: list[Method], hybrids: list[Hybrid], shared: Path) -> di
 
 
 def video_tests(methods: list[Method], hybrids: list[Hybrid], spans: dict[int, tuple[int, int]]
-                ) -> tuple[dict[str, dict[str, list[Ranking]]], dict[str, float | None]]:
-    """Every video test's rankings per method, and each KPR method's all_invisible_rate."""
+                ) -> tuple[dict[str, dict[str, list[Ranking]]], dict[str, tuple[float | None, dict[str, float | None]]]]:
+    """Every video test's rankings per method, and each KPR method's all_invisible_rate (overall, per camera)."""
     views = {method.name: StoreView(method, spans) for method in methods}
     rankings: dict[str, dict[str, list[Ranking]]] = {test: {} for test in VIDEO_TESTS}
     for test in VIDEO_TESTS:
@@ -335,7 +342,7 @@ def video_tests(methods: list[Method], hybrids: list[Hybrid], spans: dict[int, t
             rankings[test][hybrid.name] = video_test(
                 lambda view, track, cameras: hybrid_rank(view, global_view, track, cameras, hybrid.weight),
                 views[hybrid.kpr.name], test)
-    invisible = {method.name: views[method.name].invisible_rate() for method in methods if not method.is_global}
+    invisible = {method.name: views[method.name].invisible_rates() for method in methods if not method.is_global}
     return rankings, invisible
 
 
@@ -416,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "tests": tests,
         "methods": {name: mean_over_tests(tests, name) for name in names},
-        "all_invisible_rate": invisible,
+        "all_invisible_rate": {name: overall for name, (overall, _) in invisible.items()},
+        "all_invisible_rate_by_camera": {name: by_camera for name, (_, by_camera) in invisible.items()},
         "models": {method.name: method.model for method in methods},
         "hybrids": {hybrid.name: {"kpr": hybrid.kpr.name, "global": hybrid.global_.name, "global_weight": hybrid.weight}
                     for hybrid in hybrids},
