@@ -63,8 +63,8 @@ from bench.montage import write_montage
 from bench.real_video import CROPS, DETECTOR, POSE, VIDEO, ground_truth, person_spans
 from bench.results_io import RESULTS, command_line, write_result
 from bench.shared_data import add_shared_option
+from bench.tracking import MEVA_VIDEO
 
-MEVA_VIDEO = "video/meva_school_G330_annotated.mp4"
 OMZ_DEFAULTS = {"omz_0248": "models/person-reidentification-retail-0248.onnx",
                 "omz_0287": "models/person-reidentification-retail-0287.onnx"}
 MIN_QUERY_DETECTIONS = 5
@@ -361,20 +361,24 @@ def montage_rows(rankings: dict[str, list[Ranking]]) -> dict:
 
 
 def parse_methods(args: argparse.Namespace) -> tuple[list[Method], list[Hybrid]]:
-    """The methods and hybrids asked for (OMZ defaults first unless ``--only``); SystemExit with one line on a mistake."""
+    """The methods and hybrids asked for (OMZ defaults first unless ``--only``); ValueError naming a mistake."""
+    from kpr_model.config import KPRModelError
     from kpr_model.model_files import model_facts
 
     named = {} if args.only else {name: str(args.shared / path) for name, path in OMZ_DEFAULTS.items()}
     for item in args.method:
         name, sep, model = item.partition("=")
         if not sep or not name or not model:
-            raise SystemExit(f"error: --method takes NAME=MODEL, got {item!r}")
+            raise ValueError(f"--method takes NAME=MODEL, got {item!r}")
         named[name] = model
     methods = []
     for name, model in named.items():
         if not Path(model).exists():
-            raise SystemExit(f"error: model of method {name} not found: {model}")
-        kind = model_facts(model).kind
+            raise ValueError(f"model of method {name} not found: {model}")
+        try:
+            kind = model_facts(model).kind
+        except KPRModelError as exc:
+            raise ValueError(f"method {name}: {exc}") from None
         methods.append(Method(name, model, args.work / "stores" / store_key(name, model), kind == "global"))
     by_name = {method.name: method for method in methods}
     hybrids = []
@@ -382,10 +386,10 @@ def parse_methods(args: argparse.Namespace) -> tuple[list[Method], list[Hybrid]]
         name, sep, pair = item.partition("=")
         kpr, plus, global_ = pair.partition("+")
         if not sep or not plus or kpr not in by_name or global_ not in by_name:
-            raise SystemExit(f"error: --hybrid takes NAME=KPR_METHOD+GLOBAL_METHOD of the methods "
+            raise ValueError(f"--hybrid takes NAME=KPR_METHOD+GLOBAL_METHOD of the methods "
                              f"{', '.join(by_name)}, got {item!r}")
         if by_name[kpr].is_global or not by_name[global_].is_global:
-            raise SystemExit(f"error: --hybrid {item}: {kpr} must be a KPR model and {global_} a global one")
+            raise ValueError(f"--hybrid {item}: {kpr} must be a KPR model and {global_} a global one")
         hybrids.append(Hybrid(name, by_name[kpr], by_name[global_], args.hybrid_weight))
     return methods, hybrids
 
@@ -410,7 +414,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0.0 <= args.hybrid_weight <= 1.0:
         parser.error(f"--hybrid-weight must be in [0, 1], got {args.hybrid_weight}")
-    methods, hybrids = parse_methods(args)
+    try:
+        methods, hybrids = parse_methods(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     archives = prepare_archive(args.shared, args.work)
     for method in methods:
         ingest_method(method, args.shared, archives, args.fps, args.meva_fps)

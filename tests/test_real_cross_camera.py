@@ -107,3 +107,19 @@ def test_help_runs_without_shared_data(capsys):
     with pytest.raises(SystemExit) as stop:
         real_cross_camera.main(["--help"])
     assert stop.value.code == 0 and "--hybrid" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--method", "kpr"], "--method takes NAME=MODEL"),
+    (["--method", "kpr={tmp}/nowhere"], "model of method kpr not found"),
+    (["--method", "bad={tmp}/bad.onnx"], "method bad:"),
+    (["--method", "kpr={ckpt}", "--hybrid", "h=kpr+omz"], "--hybrid takes NAME=KPR_METHOD+GLOBAL_METHOD"),
+])
+def test_method_mistakes_are_one_line_and_exit_2(argv, expected, tiny_checkpoint, tmp_path, capsys):
+    (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    values = {"tmp": tmp_path, "ckpt": tiny_checkpoint}
+    work = tmp_path / "work"
+    assert real_cross_camera.main(["--only", "--work", str(work), *(a.format(**values) for a in argv)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
+    assert not work.exists()
