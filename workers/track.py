@@ -36,15 +36,15 @@ class TrackerConfig:
     centre (``max_speed`` in box heights per second: 3 is a sprint, a walk is below 1; the slack
     absorbs the detector's jitter) and the two heights differ by at most a factor ``max_scale_change``.
 
-    Appearance: a video's scale is the median cosine distance between two detections of one frame
-    whose boxes do not overlap (two different people, whatever the model), or ``default_scale`` when
-    the video has fewer than ``min_scale_pairs`` such pairs (people seen one at a time). With
-    d = cosine distance / scale, cost = ``iou_weight`` * (1 - IoU) + (1 - ``iou_weight``) * d; a pair
-    is admissible when d is at most ``appearance_gate`` (looks no further apart than two different
-    people typically do) and either its IoU is at least ``min_iou`` or d is at most ``reid_gate``
-    (appearance alone may re-link a person whose predicted box drifted away during a gap).
-    ``appearance_momentum`` and
-    ``velocity_momentum`` smooth the track's appearance and velocity (0 = latest observation only).
+    Appearance: a video's scale, measured over the whole video before linking, is the median cosine
+    distance between two detections of one frame whose boxes do not overlap (two different people,
+    whatever the model), or ``default_scale`` when the video has fewer than ``min_scale_pairs`` such
+    pairs (people seen one at a time). With d = cosine distance / scale, cost = ``iou_weight`` *
+    (1 - IoU) + (1 - ``iou_weight``) * d; a pair is admissible when d is at most ``appearance_gate``
+    (looks no further apart than two different people typically do) and either its IoU is at least
+    ``min_iou`` or d is at most ``reid_gate`` (appearance alone may re-link a person whose predicted
+    box drifted away during a gap). ``appearance_momentum`` and ``velocity_momentum`` smooth the
+    track's appearance and velocity (0 = latest observation only).
     Tracks with fewer than ``min_detections`` detections are dropped: their records get track_id ""
     (search shows them as single detections); the default 1 keeps every track, singletons included.
     """
