@@ -12,12 +12,15 @@ import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from pipelines.errors import UserError, user_error_types
-from workers.backends import BACKENDS, BackendConfig
+from pipelines.errors import UserError, is_user_error
+from pipelines.interrupts import EXIT_INTERRUPTED, second_ctrl_c_exits, start_prefect_server
+from workers.backends import (BACKENDS, BackendConfig, check_annotation_files, check_device_here,
+                              check_model_files)
 from workers.ingest_options import IngestOptions
 
 EXIT_ERROR = 2
 EXIT_PARTIAL = 1
+DETECTOR_MODEL_ENV, POSE_MODEL_ENV = "KPR_DETECTOR_MODEL", "KPR_POSE_MODEL"  # the yolox backend's files, if set
 
 
 def _bounded(kind: type, low: float, high: float, low_inclusive: bool, what: str):
@@ -60,20 +63,50 @@ def _quiet_prefect() -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from pipelines.flows import IngestInputs, ingest_archive
+    from workers.ray_address import check_ray_address
 
-    backend = BackendConfig(args.backend, args.detector_model, args.pose_model, args.openpifpaf_checkpoint,
+    backend = BackendConfig(*_backend_choice(args), args.openpifpaf_checkpoint,
                             min_score=args.min_score, min_box_height=args.min_box_height)
     options = IngestOptions(target_fps=args.fps, segment_s=args.segment_s, backend=backend, device=args.device,
                             detectors=args.detectors, embedders=args.embedders, batch_frames=args.batch_frames,
                             max_batches_in_flight=args.max_batches_in_flight)
+    # Every mistake is one line before Ray or Prefect start and before a new store is made; the cheap checks
+    # come before Prefect, LanceDB and PyTorch are even imported.
+    check_model_files(backend)
+    if args.ray_address or os.environ.get("RAY_ADDRESS"):
+        check_ray_address(args.ray_address)
+    else:
+        check_device_here(options.device)
+    from pipelines.flows import IngestInputs, ingest_archive
+
     inputs = IngestInputs(str(args.archive), str(args.db), str(args.model), args.model_input, args.replace_model)
-    inputs.open()  # before Prefect starts: a bad archive, model or store is one line at once
+    check_annotation_files(backend, inputs.videos.files)
+    inputs.open()
     print(f"ingesting {len(inputs.videos.files)} video file(s) from {args.archive} into {args.db} "
-          f"({args.backend} backend)", file=sys.stderr)
-    summary = ingest_archive(inputs, options, ray_address=args.ray_address, progress=not args.no_progress)
+          f"({backend.name} backend)", file=sys.stderr)
+    done_before = len(inputs.store.done_video_ids(inputs.model_id))
+    kill_server = start_prefect_server()
+    try:
+        with second_ctrl_c_exits(b"kpr ingest: interrupted again: stopped at once; re-run to resume\n", kill_server):
+            summary = ingest_archive(inputs, options, ray_address=args.ray_address, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        kill_server()  # what it records is written; a graceful stop takes seconds
+        committed = len(inputs.store.done_video_ids(inputs.model_id)) - done_before
+        print(f"kpr ingest: interrupted: {committed} video(s) committed by this run, each whole; "
+              f"re-run the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
     _print_ingest_summary(summary)
     return EXIT_PARTIAL if summary["videos_failed"] else 0
+
+
+def _backend_choice(args: argparse.Namespace) -> tuple[str, str | None, str | None]:
+    """The backend and its detector and pose files: the flags, else for yolox the files that KPR_DETECTOR_MODEL and
+    KPR_POSE_MODEL name; without --backend, yolox when KPR_DETECTOR_MODEL is set, else annotations."""
+    detector, pose = os.environ.get(DETECTOR_MODEL_ENV) or None, os.environ.get(POSE_MODEL_ENV) or None
+    name = args.backend or ("yolox" if detector else "annotations")
+    if name != "yolox":
+        return name, args.detector_model, args.pose_model
+    return name, args.detector_model or detector, args.pose_model or pose
 
 
 def _print_ingest_summary(summary: dict) -> None:
@@ -391,11 +424,14 @@ def build_parser() -> argparse.ArgumentParser:
     # Defaults and checks of the knobs are IngestOptions' own (it refuses a bad value with one line).
     p.add_argument("--fps", type=float, default=IngestOptions.target_fps,
                    help="frames sampled per second of video (default %(default)s)")
-    p.add_argument("--backend", default=BackendConfig.name, choices=BACKENDS,
-                   help="where people and keypoints come from (default %(default)s; see below)")
-    p.add_argument("--detector-model", metavar="ONNX", help="YOLOX ONNX person detector (needed with --backend yolox)")
+    p.add_argument("--backend", choices=BACKENDS,
+                   help=f"where people and keypoints come from (default: yolox when {DETECTOR_MODEL_ENV} is set, "
+                        f"else annotations; see below)")
+    p.add_argument("--detector-model", metavar="ONNX",
+                   help=f"YOLOX ONNX person detector (needed with --backend yolox; default: {DETECTOR_MODEL_ENV})")
     p.add_argument("--pose-model", metavar="TFLITE",
-                   help="MoveNet SinglePose .tflite: keypoints for detections without any (yolox, MOT boxes)")
+                   help=f"MoveNet SinglePose .tflite: keypoints for detections without any (yolox, MOT boxes; "
+                        f"with yolox the default is {POSE_MODEL_ENV})")
     p.add_argument("--openpifpaf-checkpoint", metavar="FILE",
                    help="local OpenPifPaf checkpoint (needed with --backend openpifpaf)")
     p.add_argument("--min-score", type=float, default=BackendConfig.min_score, metavar="F",
@@ -622,9 +658,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         print("kpr: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:
-        if isinstance(exc, user_error_types()):
+        if is_user_error(exc):
             print(f"kpr {args.command}: error: {exc}", file=sys.stderr)
             return EXIT_ERROR
         raise

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from kpr_model.embeddings import ReIDEmbeddings
 from pipelines.errors import UserError
+from pipelines.interrupts import commit_whole
 from storage import Store, StoreError, detection_row, detections_table, tracklet_row, tracklets_table
 from storage.schema import GLOBAL_KIND
 from workers.discover import ArchiveFiles, VideoTask, discover_videos, list_video_files
@@ -244,29 +245,30 @@ def ingest_videos(tasks: list[VideoTask], inputs: IngestInputs, options: IngestO
     if not todo:
         return summary
     ensure_ray(ray_address)
-    bar = tqdm(total=len(todo), desc="ingest", unit="video", disable=not progress)
-    for outcome in run_videos(todo, inputs.model, options, model_input=inputs.model_input):
-        if outcome.error is not None:
-            store.record_failure(_video_row(outcome.task, model_id, summary.run_id), outcome.error)
-            summary.videos_failed += 1
-            summary.failures.append((outcome.task.uri, outcome.error))
-            logger.warning("failed %s: %s", outcome.task.uri, outcome.error)
-        else:
-            facts = outcome.result.facts
-            video = _video_row(outcome.task, model_id, summary.run_id, camera_id=facts.camera_id,
-                               start_time=facts.start_time, duration=facts.duration, num_frames=facts.num_frames)
-            tracklets = _tracklets(video, outcome.result)
-            summary.detections_written += store.write_video(video, _detections(video, outcome.result), tracklets)
-            summary.tracklets_written += 0 if tracklets is None else tracklets.num_rows
-            summary.videos_done += 1
-            summary.frames_sampled += outcome.result.frames_sampled
-            summary.detections_dropped += outcome.result.dropped
-            logger.info("done %s (%s): %d detections, %d tracklets, %d small boxes dropped", outcome.task.uri,
-                        video["camera_id"], len(outcome.result.records), len(outcome.result.tracklets),
-                        outcome.result.dropped)
-        bar.update(1)
-        bar.set_postfix(detections=summary.detections_written, failed=summary.videos_failed)
-    bar.close()
+    with tqdm(total=len(todo), desc="ingest", unit="video", disable=not progress) as bar:
+        for outcome in run_videos(todo, inputs.model, options, model_input=inputs.model_input):
+            if outcome.error is not None:
+                store.record_failure(_video_row(outcome.task, model_id, summary.run_id), outcome.error)
+                summary.videos_failed += 1
+                summary.failures.append((outcome.task.uri, outcome.error))
+                logger.warning("failed %s: %s", outcome.task.uri, outcome.error)
+            else:
+                facts = outcome.result.facts
+                video = _video_row(outcome.task, model_id, summary.run_id, camera_id=facts.camera_id,
+                                   start_time=facts.start_time, duration=facts.duration, num_frames=facts.num_frames)
+                tracklets = _tracklets(video, outcome.result)
+                with commit_whole():  # a Ctrl-C here waits for the commit, so a video is stored whole or not at all
+                    summary.detections_written += store.write_video(video, _detections(video, outcome.result),
+                                                                    tracklets)
+                summary.tracklets_written += 0 if tracklets is None else tracklets.num_rows
+                summary.videos_done += 1
+                summary.frames_sampled += outcome.result.frames_sampled
+                summary.detections_dropped += outcome.result.dropped
+                logger.info("done %s (%s): %d detections, %d tracklets, %d small boxes dropped", outcome.task.uri,
+                            video["camera_id"], len(outcome.result.records), len(outcome.result.tracklets),
+                            outcome.result.dropped)
+            bar.update(1)
+            bar.set_postfix(detections=summary.detections_written, failed=summary.videos_failed)
     if summary.videos_done:
         summary.maintain_s += store.maintain()["seconds"]
     return summary
@@ -296,6 +298,9 @@ def ingest_archive(inputs: IngestInputs, options: IngestOptions = IngestOptions(
     try:
         if todo:
             summary = ingest_videos(todo, inputs, options, ray_address, summary, progress)
+    except KeyboardInterrupt:
+        summary.aborted = "interrupted (Ctrl-C)"
+        raise
     except Exception as exc:
         summary.aborted = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         raise

@@ -18,11 +18,11 @@ from typing import Sequence
 
 from workers.annotations import AnnotationsBackend, find_sidecar, load_sidecar
 from workers.detections import DetectionBackend, PersonDetection
-from workers.errors import WorkerError
-from workers.movenet import MoveNet
+from workers.errors import AnnotationError, WorkerError
+from workers.movenet import MoveNet, check_movenet_file, is_tflite_file
 from workers.openpifpaf_backend import OpenPifPafBackend, check_checkpoint, import_openpifpaf
 from workers.records import DecodedFrame
-from workers.yolox import YoloxBackend, YoloxDetector
+from workers.yolox import YoloxBackend, YoloxDetector, check_yolox_file
 
 BACKENDS = ("annotations", "yolox", "openpifpaf")
 GPU_BACKENDS = ("yolox", "openpifpaf")
@@ -69,6 +69,55 @@ class BackendConfig:
     def uses_gpu(self, device: str) -> bool:
         """True when ``device`` is a GPU and the backend runs a model on it (MoveNet always runs on the CPU)."""
         return device.startswith("cuda") and self.name in GPU_BACKENDS
+
+
+def check_model_files(config: BackendConfig) -> None:
+    """WorkerError, one line, for a model file of the wrong kind (a MoveNet .tflite or a ReID ONNX as the detector,
+    an ONNX file as the pose model): each file is opened as its backend will open it, on the CPU, so the mistake
+    shows before any work starts instead of on every worker."""
+    if config.name == "yolox":
+        if is_tflite_file(config.detector_model):
+            raise WorkerError(f"{config.detector_model}: a TFLite model, not a YOLOX ONNX detector "
+                              f"(a MoveNet .tflite goes to --pose-model)")
+        check_yolox_file(config.detector_model)
+    if config.pose_model:
+        check_movenet_file(config.pose_model)
+
+
+def check_annotation_files(config: BackendConfig, videos: Sequence[Path]) -> None:
+    """With the annotations backend, WorkerError, one line, when videos have no annotation file beside them: plain
+    CCTV videos need a detector, and the line says which options give one."""
+    if config.name != "annotations":
+        return
+    missing = [video for video in videos if not _has_annotation_file(video)]
+    if missing:
+        raise WorkerError(f"{len(missing)} of {len(videos)} videos have no annotation file (e.g. {missing[0]}) for the "
+                          f"annotations backend: plain videos need a detector, pass --backend yolox --detector-model "
+                          f"YOLOX.onnx --pose-model MOVENET.tflite or set KPR_DETECTOR_MODEL and KPR_POSE_MODEL "
+                          f"(README: detection backends)")
+
+
+def _has_annotation_file(video: Path) -> bool:
+    """Whether an annotation file of ``video`` lies where the annotations backend looks."""
+    try:
+        find_sidecar(video)
+    except AnnotationError:
+        return False
+    return True
+
+
+def check_device_here(device: str) -> None:
+    """WorkerError, one line, when ``device`` is a CUDA device that this machine lacks (for a run on a local Ray,
+    whose workers are on this machine)."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    count, index = torch.cuda.device_count(), int(device.partition(":")[2] or 0)
+    if index >= count:
+        have = f"only cuda:0..cuda:{count - 1}" if count else "no CUDA device"
+        raise WorkerError(f"--device {device}: this machine has {have}; use --device cpu"
+                          f"{'' if count else ' (or --ray-address of a cluster with GPUs)'}")
 
 
 class SmallBoxFilter:

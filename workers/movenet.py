@@ -18,20 +18,50 @@ from workers.errors import WorkerError
 CROP_SCALE = 1.25
 
 
+TFLITE_MAGIC = b"TFL3"  # the FlatBuffer file identifier of a TFLite model, at bytes 4..8
+
+
+def is_tflite_file(path: str | Path) -> bool:
+    """Whether ``path`` starts as a TFLite model does (it says nothing of which model)."""
+    with open(path, "rb") as file:
+        return file.read(8)[4:] == TFLITE_MAGIC
+
+
+def _interpreter(model_path: str | Path, num_threads: int | None):
+    """A TFLite interpreter of ``model_path``, its tensors not yet allocated; WorkerError, one line, unless the file is
+    a MoveNet SinglePose model (a square image in, 17 keypoints x (y, x, score) out)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    if not is_tflite_file(model_path):
+        raise WorkerError(f"{model_path}: not a TFLite model; the pose model is a MoveNet SinglePose .tflite "
+                          f"(a YOLOX .onnx goes to --detector-model)")
+    try:
+        interpreter = Interpreter(model_path=str(model_path), num_threads=num_threads)
+    except (ValueError, RuntimeError) as exc:
+        raise WorkerError(f"{model_path}: not a loadable tflite model ({str(exc).splitlines()[0][:200]})") from None
+    source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    if list(target["shape"][-2:]) != [17, 3] or len(source["shape"]) != 4 or source["shape"][1] != source["shape"][2]:
+        raise WorkerError(f"{model_path}: expected a MoveNet SinglePose model (square input, 17 x 3 output), got "
+                          f"input {source['shape'].tolist()}, output {target['shape'].tolist()}")
+    return interpreter
+
+
+def check_movenet_file(model_path: str | Path) -> None:
+    """WorkerError, one line, unless ``model_path`` is a MoveNet SinglePose .tflite; reads the model's header and
+    tensor shapes only, so a wrong file shows before any work starts."""
+    _interpreter(model_path, 1)
+
+
 class MoveNet:
     """Top-down single-person pose estimation with a MoveNet tflite model (ai-edge-litert)."""
 
     def __init__(self, model_path: str | Path, num_threads: int | None = None):
-        from ai_edge_litert.interpreter import Interpreter
-
+        self.interpreter = _interpreter(model_path, num_threads)
         try:
-            self.interpreter = Interpreter(model_path=str(model_path), num_threads=num_threads)
             self.interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
+        except RuntimeError as exc:
             raise WorkerError(f"{model_path}: not a loadable tflite model ({str(exc).splitlines()[0][:200]})") from None
         source, target = self.interpreter.get_input_details()[0], self.interpreter.get_output_details()[0]
-        if list(target["shape"][-2:]) != [17, 3] or source["shape"][1] != source["shape"][2]:
-            raise WorkerError(f"{model_path}: expected a MoveNet SinglePose model (square input, 17 x 3 output)")
         self.input_index, self.output_index = source["index"], target["index"]
         self.size, self.dtype = int(source["shape"][1]), source["dtype"]
 

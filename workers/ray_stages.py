@@ -31,6 +31,7 @@ from workers.discover import VideoTask
 from workers.embed import Embedder, assemble_video
 from workers.errors import WorkerError
 from workers.ingest_options import IngestOptions
+from workers.ray_address import check_ray_address
 from workers.records import BatchCrops, EmbeddedBatch, EmbeddedVideo, VideoFacts
 from workers.segments import Segment
 from workers.video_job import FrameDetector, plan_video
@@ -57,7 +58,9 @@ class StageStats:
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = False) -> None:
-    """Connect to ``address`` / ``RAY_ADDRESS`` if given, else start a quiet local Ray once per process.
+    """Connect to ``address`` / ``RAY_ADDRESS`` if given (checked first: see check_ray_address), else start a quiet
+    local Ray of this process's own, once per process: never another Ray already running on this machine, which a
+    plain ray.init() would join.
 
     ``log_to_driver`` forwards the workers' output (training progress) to this process's terminal.
     """
@@ -66,8 +69,10 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, log_to_d
     # Ray starts its processes with fork+exec; the exec makes LanceDB's fork warning moot.
     warnings.filterwarnings("ignore", message="lancedb fork support is experimental", category=RuntimeWarning)
     address = address or os.environ.get("RAY_ADDRESS") or None
+    check_ray_address(address)
     kwargs = {} if address else {"num_cpus": num_cpus, "include_dashboard": log_to_driver}
-    ray.init(address=address, ignore_reinit_error=True, log_to_driver=log_to_driver, configure_logging=False, **kwargs)
+    ray.init(address=address or "local", ignore_reinit_error=True, log_to_driver=log_to_driver,
+             configure_logging=False, **kwargs)
 
 
 @ray.remote(num_cpus=DECODE_CPUS, max_retries=0)

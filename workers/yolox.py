@@ -36,24 +36,44 @@ def grid_strides(size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(cells).astype(np.float32), np.concatenate(strides).astype(np.float32)[:, None]
 
 
+def _open_yolox(model_path: str | Path, device: str, threads: int | None):
+    """An onnxruntime session of ``model_path``; WorkerError, one line, unless it is a YOLOX detector: one input
+    [N, 3, S, S] and an output [N, A, 85] with A the anchors of strides 8, 16 and 32 on S x S (a ReID model, which
+    maps an image to one embedding, is refused here)."""
+    from kpr_model.onnx_session import OnnxModelError, open_onnx_session  # onnxruntime: on first use
+
+    try:
+        session = open_onnx_session(model_path, device, threads)
+    except OnnxModelError as exc:
+        raise WorkerError(str(exc)) from None
+    source, target = session.get_inputs()[0], session.get_outputs()[0]
+    size = source.shape[2] if len(source.shape) == 4 else None
+    expected = [3, size, size, len(grid_strides(size)[0]) if isinstance(size, int) else None, 85]
+    if source.shape[1:] + target.shape[1:] != expected:
+        raise WorkerError(f"{model_path}: not a YOLOX detector: input {source.shape}, output {target.shape} where "
+                          f"YOLOX takes [N, 3, S, S] and gives [N, anchors, 85] (a ReID model gives an embedding)")
+    return session
+
+
+def check_yolox_file(model_path: str | Path) -> None:
+    """WorkerError, one line, unless ``model_path`` is a YOLOX ONNX detector (opened on the CPU, shapes checked), so
+    a wrong file shows before any work starts."""
+    _open_yolox(model_path, "cpu", 1)
+
+
 class YoloxDetector:
     """Person boxes (x, y, w, h) and scores from a YOLOX ONNX file, one image at a time or in batches."""
 
     def __init__(self, model_path: str | Path, device: str = "cpu", min_score: float = 0.3, nms_iou: float = NMS_IOU,
                  threads: int | None = None):
-        from kpr_model.onnx_session import OnnxModelError, cuda_available, open_onnx_session  # onnxruntime: on first use
+        from kpr_model.onnx_session import cuda_available  # onnxruntime: on first use
 
         if device.startswith("cuda") and not cuda_available():
             log.warning("onnxruntime has no CUDA provider here: the detector runs on the CPU")
             device = "cpu"
-        try:
-            self.session = open_onnx_session(model_path, device, threads)
-        except OnnxModelError as exc:
-            raise WorkerError(str(exc)) from None
+        self.session = _open_yolox(model_path, device, threads)
         model_input = self.session.get_inputs()[0]
-        batch, channels, height, width = model_input.shape
-        if channels != 3 or not (isinstance(height, int) and height == width):
-            raise WorkerError(f"{model_path}: expected a YOLOX input [N, 3, S, S], got {model_input.shape}")
+        batch, height = model_input.shape[0], model_input.shape[2]
         self.input_name, self.size = model_input.name, height
         self.batch = None if not isinstance(batch, int) else batch  # None: any batch size
         self.cells, self.strides = grid_strides(height)
