@@ -190,6 +190,10 @@ def test_deployment_from_prefect_yaml_ingests_through_a_worker_and_a_ray_head(
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
     assert created.global_concurrency_limit.limit == 1 and created.schedules and created.work_pool_name == pool
+    assert not any(schedule.active for schedule in created.schedules)  # off until an operator sets real paths
+    # the project folder comes from each worker's environment when a run starts, not from the deploying machine
+    assert created.pull_steps == yaml.safe_load((ROOT / "prefect.yaml").read_text())["pull"]
+    assert str(ROOT) not in json.dumps(created.pull_steps)
 
     store = Store.open(str(db), create=False)
     videos = sorted(small_archive.rglob("*.mp4"))
@@ -202,3 +206,16 @@ def test_deployment_from_prefect_yaml_ingests_through_a_worker_and_a_ray_head(
     assert (tmp_path / "prefect.db").is_file()
     session_logs = next(operator.ray_tmp.glob("session_2*/logs"))
     assert list(session_logs.glob("python-core-driver-*")), "the flow run never connected to the Ray head"
+
+
+@pytest.mark.skipif(not (BIN / "ray").exists(), reason=f"needs the ray command line tool beside {sys.executable}")
+def test_a_wrong_ray_token_is_one_line_in_seconds(operator, small_archive, tiny_checkpoint, tmp_path):
+    env = {**operator.env, "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    started = time.monotonic()
+    done = subprocess.run([BIN / "kpr", "ingest", str(small_archive), "--db", str(tmp_path / "db"), "--model",
+                           str(tiny_checkpoint)], env=env, capture_output=True, text=True, timeout=60)
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(err) == 1, done.stderr
+    assert err[0] == (f"kpr ingest: error: the Ray cluster at {env['RAY_ADDRESS']} refused this process's token: "
+                      f"set RAY_AUTH_TOKEN, or RAY_AUTH_TOKEN_PATH to the cluster's token file")
+    assert time.monotonic() - started < 30 and not (tmp_path / "db").exists()  # ray.init alone: 20 s, a traceback

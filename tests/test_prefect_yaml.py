@@ -58,7 +58,7 @@ def test_ingestion_deployment_runs_one_at_a_time_with_valid_parameters(tmp_path)
     deployment = {d["name"]: d for d in config["deployments"]}["ingest-archive-nightly"]
     assert deployment["concurrency_limit"]["limit"] == 1
     assert deployment["concurrency_limit"]["collision_strategy"] in ("ENQUEUE", "CANCEL_NEW")
-    assert [s["active"] for s in deployment["schedules"]] == [True]
+    assert [s["active"] for s in deployment["schedules"]] == [False]  # off until an operator sets real paths
     parameters = deployment["parameters"]
     assert set(parameters) == set(inspect.signature(ingest_archive.fn).parameters)
     backend = parameters["options"]["backend"]
@@ -75,3 +75,11 @@ def test_ingestion_deployment_runs_one_at_a_time_with_valid_parameters(tmp_path)
                                                                                   "detector_model": "/no/model.onnx"}}})
     with pytest.raises(ParameterTypeError, match="options.segment: Unexpected keyword argument"):
         ingest_archive.validate_parameters({**parameters, "options": {"segment": 30}})
+
+
+def test_deployments_take_the_project_folder_from_the_workers_environment():
+    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    (shell,), (folder,) = (entry.values() for entry in config["pull"])  # run_shell_script, set_working_directory
+    assert "${KPR_PROJECT_DIR" in shell["script"] and shell["shell"]  # the worker's shell reads it at each run
+    assert folder["directory"] == f"{{{{ {shell['id']}.stdout }}}}" and "{{ $" not in yaml.safe_dump(config["pull"])
+    assert not any(s["active"] for d in config["deployments"] for s in d["schedules"])
