@@ -363,7 +363,7 @@ def montage_rows(rankings: dict[str, list[Ranking]]) -> dict:
 def parse_methods(args: argparse.Namespace) -> tuple[list[Method], list[Hybrid]]:
     """The methods and hybrids asked for (OMZ defaults first unless ``--only``); ValueError naming a mistake."""
     from kpr_model.config import KPRModelError
-    from kpr_model.model_files import model_facts
+    from kpr_model.model_facts import model_facts
 
     named = {} if args.only else {name: str(args.shared / path) for name, path in OMZ_DEFAULTS.items()}
     for item in args.method:

@@ -24,7 +24,7 @@ import numpy as np
 
 from bench.results_io import RESULTS, command_line, write_result
 from bench.shared_data import add_shared_option
-from kpr_model.checkpoint import read_checkpoint_info
+from kpr_model.checkpoint_files import read_checkpoint_info
 from kpr_model.distance import kpr_distance
 from kpr_model.encoder import KPREncoder
 from kpr_model.global_onnx import GlobalOnnxEncoder

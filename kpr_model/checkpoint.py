@@ -19,18 +19,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from kpr_model.config import KPRConfig, KPRConfigError, KPRModelError
+from kpr_model.checkpoint_files import (CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION, WEIGHTS_FILE, CheckpointError,
+                                        read_checkpoint_info)
+from kpr_model.config import KPRConfig
 from kpr_model.model import KPR
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-FORMAT_NAME = "kpr-checkpoint"
-FORMAT_VERSION = 1
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(KPRModelError):
-    """A checkpoint directory is missing, incomplete or inconsistent."""
 
 
 def compute_model_id(state: dict[str, torch.Tensor], config: KPRConfig) -> str:
@@ -67,31 +61,6 @@ def save_checkpoint(
     return model_id
 
 
-def read_checkpoint_info(path: str | Path) -> tuple[KPRConfig, str, dict[str, Any]]:
-    """(config, model_id, metadata) of a checkpoint directory, without loading the weights."""
-    path = Path(path)
-    _require_files(path)
-    try:
-        document = json.loads((path / CONFIG_FILE).read_text())
-    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or bad UTF-8
-        raise CheckpointError(f"checkpoint {path}: unreadable {CONFIG_FILE}: {exc}") from exc
-    if not isinstance(document, dict) or not isinstance(document.get("model_id"), str):
-        raise CheckpointError(f"checkpoint {path}: invalid {CONFIG_FILE}: expected an object with a model_id string")
-    metadata = document.get("metadata", {})
-    if not isinstance(metadata, dict):
-        raise CheckpointError(f"checkpoint {path}: invalid {CONFIG_FILE}: metadata must be an object")
-    try:
-        config = KPRConfig.from_dict(document.get("config"))
-    except KPRConfigError as exc:
-        raise CheckpointError(f"checkpoint {path}: invalid {CONFIG_FILE}: {exc}") from exc
-    return config, document["model_id"], metadata
-
-
-def read_model_id(path: str | Path) -> str:
-    """model_id of a checkpoint directory (cheap: reads config.json only)."""
-    return read_checkpoint_info(path)[1]
-
-
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[KPR, KPRConfig, str]:
     """Rebuild the model of a checkpoint directory in eval mode on ``device``; checks weights against model_id."""
     path = Path(path)
@@ -112,14 +81,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
                  "as the official feature extractor does; an archive's cameras are not the dataset's", path,
                  config.camera_embeddings, config.camera_dataset or "its training dataset")
     return model.to(device).eval(), config, model_id
-
-
-def _require_files(path: Path) -> None:
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint directory not found: {path}")
-    missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (path / name).is_file()]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
 
 
 def _canonical_json(data: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ the holistic vector, L2-normalised part embeddings, and the part visibility.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -17,12 +17,11 @@ import torch
 
 from kpr_model.checkpoint import load_checkpoint
 from kpr_model.config import KPRConfig
+from kpr_model.crop_batches import check_crop, check_lengths, embed_in_batches
 from kpr_model.embeddings import ReIDEmbeddings
 from kpr_model.model import KPR
+from kpr_model.model_facts import KPR_KIND
 from kpr_model.prompts import keypoints_to_prompt
-
-KPR_KIND = "kpr"
-
 
 def prepare_crops(
     crops: Sequence[np.ndarray],
@@ -37,7 +36,7 @@ def prepare_crops(
     crop) are in each crop's pixels and follow the resize (``_rescale``).
     """
     n = len(crops)
-    _check_lengths(n, keypoints, negative_keypoints)
+    check_lengths(n, keypoints, negative_keypoints)
     size = config.image_size
     for crop in crops:
         check_crop(crop)
@@ -53,23 +52,6 @@ def prepare_crops(
     ]
     prompts = keypoints_to_prompt([None] * n if positive is None else positive, negative, size, config)
     return (batch - mean) / std, prompts
-
-
-def _check_lengths(n: int, keypoints: Sequence | None, negative_keypoints: Sequence | None) -> None:
-    for name, items in (("keypoints", keypoints), ("negative_keypoints", negative_keypoints)):
-        if items is not None and len(items) != n:
-            raise ValueError(f"{name} must have one entry per crop ({n}), got {len(items)}")
-
-
-def check_crop(crop: np.ndarray) -> None:
-    """Refuse anything but a non-empty HxWx3 uint8 (RGB) array."""
-    if not isinstance(crop, np.ndarray) or crop.dtype != np.uint8 or crop.ndim != 3 or crop.shape[2] != 3:
-        raise ValueError(
-            "crops must be HxWx3 uint8 RGB numpy arrays, got "
-            f"{type(crop).__name__} {getattr(crop, 'shape', None)} {getattr(crop, 'dtype', None)}"
-        )
-    if crop.shape[0] == 0 or crop.shape[1] == 0:
-        raise ValueError(f"empty crop of shape {crop.shape}")
 
 
 def _rescale(kps: np.ndarray | None, crop_shape: tuple[int, ...], size: tuple[int, int]) -> np.ndarray | None:
@@ -90,40 +72,6 @@ def _rescale(kps: np.ndarray | None, crop_shape: tuple[int, ...], size: tuple[in
     scaled = points * np.array([size[1] / width, size[0] / height, 1.0])
     scaled[..., :2] = np.minimum(np.floor(scaled[..., :2]), np.array(size[::-1]) - 1)
     return np.where(inside[..., None], scaled, 0.0).astype(np.float32)
-
-
-BatchEmbedder = Callable[..., ReIDEmbeddings]
-"""(crops, keypoints, negative_keypoints[, cameras]) of one chunk -> its embeddings."""
-
-
-def embed_in_batches(
-    crops: Sequence[np.ndarray],
-    keypoints: Sequence[np.ndarray | None] | None,
-    negative_keypoints: Sequence[np.ndarray | None] | None,
-    batch_size: int,
-    embed_batch: BatchEmbedder,
-    num_parts: int,
-    dim: int,
-    cameras: Sequence[int] | None = None,
-) -> ReIDEmbeddings:
-    """Apply ``embed_batch`` to consecutive chunks of at most ``batch_size`` crops (and keypoints); concatenate.
-
-    ``cameras`` (one camera id per crop), when given, is chunked alike and passed as a fourth argument.
-    """
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be > 0, got {batch_size}")
-    _check_lengths(len(crops), keypoints, negative_keypoints)
-    if cameras is not None and len(cameras) != len(crops):
-        raise ValueError(f"cameras must have one entry per crop ({len(crops)}), got {len(cameras)}")
-    chunks = []
-    for start in range(0, len(crops), batch_size):
-        window = slice(start, start + batch_size)
-        per_crop = (keypoints, negative_keypoints) + (() if cameras is None else (cameras,))
-        chunks.append(embed_batch(crops[window], *(None if items is None else items[window] for items in per_crop)))
-    if not chunks:
-        return ReIDEmbeddings(np.zeros((0, dim), np.float32), np.zeros((0, num_parts, dim), np.float32),
-                              np.zeros((0, num_parts), np.float32))
-    return ReIDEmbeddings.concat(chunks)
 
 
 class EncoderShape:

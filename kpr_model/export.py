@@ -22,7 +22,6 @@ import io
 import json
 import os
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
 
 import onnx
@@ -32,14 +31,10 @@ from torch import nn
 from kpr_model.checkpoint import compute_model_id, load_checkpoint
 from kpr_model.config import KPRConfig, KPRModelError
 from kpr_model.model import KPR
-from kpr_model.onnx_session import OnnxModelError
+from kpr_model.onnx_format import INPUT_NAMES, ONNX_FORMAT, ONNX_FORMAT_VERSION, OUTPUT_NAMES
 from kpr_model.prompts import empty_prompt
 
-ONNX_FORMAT = "kpr-onnx"
-ONNX_FORMAT_VERSION = 1
 DEFAULT_OPSET = 17
-INPUT_NAMES = ("images", "prompts")
-OUTPUT_NAMES = ("global_emb", "parts", "visibility")
 
 
 class KPRInferenceGraph(nn.Module):
@@ -105,20 +100,6 @@ def export_checkpoint_onnx(checkpoint: str | Path, path: str | Path, opset: int 
     """Export a project checkpoint directory to ONNX at ``path``; return its model_id."""
     model, config, model_id = load_checkpoint(checkpoint)
     return export_onnx(model, config, path, model_id=model_id, opset=opset)
-
-
-def parse_onnx_metadata(metadata: Mapping[str, str], path: str | Path) -> tuple[KPRConfig, str]:
-    """(config, model_id) from the metadata of a KPR ONNX file; OnnxModelError naming ``path`` otherwise."""
-    if metadata.get("kpr_format") != ONNX_FORMAT:
-        raise OnnxModelError(f"{path} is not a KPR ONNX export (no kpr_format={ONNX_FORMAT!r} metadata)")
-    version = metadata.get("kpr_format_version")
-    if version != str(ONNX_FORMAT_VERSION):
-        raise OnnxModelError(f"{path}: unsupported kpr_format_version {version!r} (expected {ONNX_FORMAT_VERSION})")
-    try:
-        config = KPRConfig.from_dict(json.loads(metadata["kpr_config"]))
-        return config, metadata["model_id"]
-    except (KeyError, ValueError, TypeError) as exc:
-        raise OnnxModelError(f"{path}: invalid KPR metadata: {exc}") from exc
 
 
 def main(argv: list[str] | None = None) -> None:

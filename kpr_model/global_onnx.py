@@ -24,7 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 from kpr_model.embeddings import ReIDEmbeddings
-from kpr_model.encoder import check_crop, embed_in_batches
+from kpr_model.crop_batches import check_crop, embed_in_batches
 from kpr_model.onnx_session import OnnxModelError, open_onnx_session
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,9 @@ import numpy as np
 import onnxruntime as ort
 
 from kpr_model.embeddings import ReIDEmbeddings
-from kpr_model.encoder import EncoderShape, embed_in_batches, prepare_crops
-from kpr_model.export import INPUT_NAMES, OUTPUT_NAMES, parse_onnx_metadata
+from kpr_model.crop_batches import embed_in_batches
+from kpr_model.encoder import EncoderShape, prepare_crops
+from kpr_model.onnx_format import INPUT_NAMES, OUTPUT_NAMES, parse_onnx_metadata
 from kpr_model.onnx_session import OnnxModelError, open_onnx_session
 
 

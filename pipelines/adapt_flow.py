@@ -15,7 +15,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from kpr_model.checkpoint import read_checkpoint_info
+from kpr_model.checkpoint_files import read_checkpoint_info
 from kpr_model.global_onnx import GlobalOnnxEncoder
 from pipelines.adapt_samples import SampleSelection, export_archive_samples
 from pipelines.errors import UserError

@@ -71,17 +71,20 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                             detectors=args.detectors, embedders=args.embedders, batch_frames=args.batch_frames,
                             max_batches_in_flight=args.max_batches_in_flight)
     # Every mistake is one line before Ray or Prefect start and before a new store is made; the cheap checks
-    # come before Prefect, LanceDB and PyTorch are even imported.
+    # come before Prefect, LanceDB and PyTorch are even imported, the model and the store before Prefect and Ray.
     check_model_files(backend)
     if args.ray_address or os.environ.get("RAY_ADDRESS"):
         check_ray_address(args.ray_address)
     else:
         check_device_here(options.device)
-    from pipelines.flows import IngestInputs, ingest_archive
+    from pipelines.ingest_inputs import IngestInputs
 
     inputs = IngestInputs(str(args.archive), str(args.db), str(args.model), args.model_input, args.replace_model)
+    inputs.model_facts  # read first: a wrong model is one line before the annotation files are checked
     check_annotation_files(backend, inputs.videos.files)
     inputs.open()
+    from pipelines.flows import ingest_archive
+
     print(f"ingesting {len(inputs.videos.files)} video file(s) from {args.archive} into {args.db} "
           f"({backend.name} backend)", file=sys.stderr)
     done_before = len(inputs.store.done_video_ids(inputs.model_id))

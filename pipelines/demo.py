@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.errors import UserError
-from pipelines.flows import IngestInputs, ingest_archive
+from pipelines.flows import ingest_archive
+from pipelines.ingest_inputs import IngestInputs
 from pipelines.html_report import ResultSection, write_results_html
 from storage import PersonSearch, Store
 from training.archive_truth import archive_truth

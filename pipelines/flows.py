@@ -4,8 +4,6 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
-from typing import TYPE_CHECKING
 
 import ray.exceptions
 from prefect import flow, get_run_logger, task
@@ -15,17 +13,14 @@ from tqdm import tqdm
 
 from kpr_model.embeddings import ReIDEmbeddings
 from pipelines.errors import UserError
+from pipelines.ingest_inputs import IngestInputs, store_listed_videos
 from pipelines.interrupts import commit_whole
 from storage import Store, StoreError, detection_row, detections_table, tracklet_row, tracklets_table
-from storage.schema import GLOBAL_KIND
-from workers.discover import ArchiveFiles, VideoTask, discover_videos, list_video_files
+from workers.discover import ArchiveFiles, VideoTask, discover_videos
 from workers.errors import WorkerError
 from workers.ingest_options import IngestOptions
 from workers.ray_stages import ensure_ray, run_videos
 from workers.records import EmbeddedVideo
-
-if TYPE_CHECKING:
-    from kpr_model.model_files import ModelFacts
 
 INGEST_RETRIES = 2
 INGEST_RETRY_DELAY_S = 30
@@ -88,89 +83,6 @@ class IngestSummary:
         if self.failures:
             lines += ["", "## Failed videos", *[f"- `{uri}`: {reason}" for uri, reason in self.failures]]
         return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class IngestInputs:
-    """What one ingestion reads and writes: an archive of videos, a LanceDB store (folder or URI), a model.
-
-    A store holds one model's embeddings: a model other than the store's is refused unless
-    ``replace_model`` asks to re-embed the whole store with it.
-
-    Each is opened once, on first use, and kept with this value: `kpr ingest` opens them before
-    Prefect starts (a mistake is one line at once) and hands the flow what it opened; a deployment's
-    flow run opens them itself.
-    """
-
-    archive: str
-    db: str
-    model: str
-    model_input: str | None = None  # pixel coding of a global ReID ONNX model (None: the file's, else BGR 0..255)
-    replace_model: bool = False     # re-embed the whole store with `model` when it holds another model's embeddings
-
-    @cached_property
-    def videos(self) -> ArchiveFiles:
-        """The archive's video files (ArchiveError when there are none)."""
-        return list_video_files(self.archive)
-
-    @cached_property
-    def model_facts(self) -> ModelFacts:
-        """The model's id, kind and shape (KPRModelError for a missing or unreadable model)."""
-        from kpr_model.model_files import model_facts  # torch + timm: seconds to import, not needed to list a flow
-
-        return model_facts(self.model, self.model_input)
-
-    @property
-    def model_id(self) -> str:
-        """The model's id."""
-        return self.model_facts.model_id
-
-    @cached_property
-    def store(self) -> Store:
-        """The store, created when missing (StoreError when it cannot be)."""
-        return Store.open(self.db)
-
-    @property
-    def model_record(self) -> dict:
-        """The model as the store records it (Store.model)."""
-        return asdict(self.model_facts)
-
-    def open(self) -> None:
-        """List the archive, read the model id, open the store and check that it holds this model (or none, or
-        ``replace_model``), so that a mistake in any of them shows before work starts (a bad archive or model
-        leaves no new store behind)."""
-        for opened in ("videos", "model_facts", "store"):
-            getattr(self, opened)
-        held = self.store.model()
-        if held is not None and held["model_id"] != self.model_id and not self.replace_model:
-            raise UserError(f"the store at {self.db} holds embeddings of model {_described(held)}, not of {self.model} "
-                            f"(model {_described(self.model_record)}); a store holds one model: pass --replace-model "
-                            "to re-embed the whole store with this one, or ingest into another store")
-
-    def adopt_model(self) -> bool:
-        """Make this model the store's (recording it, or replacing the store's as ``replace_model`` allows);
-        whether another model's embeddings were dropped for it."""
-        held = self.store.model()
-        if held is not None and held["model_id"] != self.model_id:
-            self.store.replace_model(self.model_record)
-            return True
-        if held is None or held != self.model_record:
-            self.store.set_model(self.model_record)
-        return False
-
-
-def _described(model: dict) -> str:
-    """A store model record in words: its id, kind and shape."""
-    parts = f"{model['num_parts']} parts, " if model["kind"] != GLOBAL_KIND else ""
-    return f"{model['model_id']} ({model['kind']}, {parts}D={model['dim']})"
-
-
-def store_listed_videos(store: Store, model_id: str, known: list[VideoTask]) -> list[VideoTask]:
-    """Videos the store lists under another model (left by a model replacement) that ``known`` lacks, as tasks
-    at their recorded uri: they are re-embedded with ``model_id`` too."""
-    seen = {task.video_id for task in known}
-    return [VideoTask(row["video_id"], row["uri"], row["camera_id"]) for row in store.video_rows()
-            if row["model_id"] != model_id and row["video_id"] not in seen]
 
 
 def is_transient(exc: BaseException) -> bool:

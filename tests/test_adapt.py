@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kpr_model.checkpoint import read_checkpoint_info
+from kpr_model.checkpoint_files import read_checkpoint_info
 from kpr_model.keypoints import KEYPOINT_INDEX, group_names
 from pipelines.cli import main
 from storage import Store

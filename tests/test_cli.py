@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from test_search import BOOTS_TWIN, build_store, det_id, identity_of, track_id
 
-from kpr_model.checkpoint import read_model_id
+from kpr_model.checkpoint_files import read_model_id
 from kpr_model.config import KPRConfig
 from pipelines.cli import build_parser, main
 from pipelines.errors import UserError

@@ -23,7 +23,8 @@ from kpr_model import (
     prepare_crops,
     read_model_id,
 )
-from kpr_model.export import INPUT_NAMES, KPRInferenceGraph
+from kpr_model.export import KPRInferenceGraph
+from kpr_model.onnx_format import INPUT_NAMES
 
 torch.set_num_threads(2)
 

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from kpr_model.checkpoint import CheckpointError, read_checkpoint_info
+from kpr_model.checkpoint_files import CheckpointError, read_checkpoint_info
 from kpr_model.config import KPRConfig, KPRConfigError
 from kpr_model.keypoints import SIDECAR_FORMAT
 from pipelines.errors import UserError

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from kpr_model.global_onnx import INPUT_METADATA_KEY, GlobalOnnxEncoder
-from kpr_model.model_files import model_facts, open_encoder
+from kpr_model.model_facts import model_facts
+from kpr_model.model_files import open_encoder
 from kpr_model.onnx_session import OnnxModelError
 from pipelines.cli import main
 from storage import PersonSearch, Store, embeddings_of

@@ -13,7 +13,8 @@ from prefect.states import Failed
 
 from pipelines.cli import main
 from pipelines.errors import UserError
-from pipelines.flows import IngestInputs, IngestSummary, ingest_videos, is_transient, retry_if_transient
+from pipelines.flows import IngestSummary, ingest_videos, is_transient, retry_if_transient
+from pipelines.ingest_inputs import IngestInputs
 from storage import Store, StoreError
 from workers.decode import probe_video, sample_indices
 from workers.discover import discover_videos
@@ -73,8 +74,7 @@ def test_second_run_writes_nothing_and_says_so(ingested, tiny_checkpoint, capsys
 
 
 def test_a_run_lists_the_archive_opens_the_store_and_reads_the_model_id_once(ingested, tiny_checkpoint, monkeypatch):
-    import kpr_model.model_files
-    import pipelines.flows
+    import pipelines.ingest_inputs
 
     archive, db, _ = ingested
     calls = []
@@ -86,8 +86,9 @@ def test_a_run_lists_the_archive_opens_the_store_and_reads_the_model_id_once(ing
         return call
 
     monkeypatch.setattr(Store, "open", counted("store", Store.open))
-    monkeypatch.setattr(kpr_model.model_files, "model_facts", counted("model_id", kpr_model.model_files.model_facts))
-    monkeypatch.setattr(pipelines.flows, "list_video_files", counted("listing", pipelines.flows.list_video_files))
+    monkeypatch.setattr(pipelines.ingest_inputs, "model_facts", counted("model_id", pipelines.ingest_inputs.model_facts))
+    monkeypatch.setattr(pipelines.ingest_inputs, "list_video_files",
+                        counted("listing", pipelines.ingest_inputs.list_video_files))
     assert main(["ingest", str(archive), "--db", str(db), "--model", str(tiny_checkpoint), "--no-progress"]) == 0
     assert sorted(calls) == ["listing", "model_id", "store"]
 
@@ -118,7 +119,7 @@ def test_a_run_that_fails_for_good_still_publishes_its_report(small_archive, tin
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     from kpr_model.embeddings import ReIDEmbeddings
-    from kpr_model.model_files import model_facts
+    from kpr_model.model_facts import model_facts
     from pipelines.flows import ingest_archive
     from storage import detection_row, detections_table
 

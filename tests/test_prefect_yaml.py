@@ -49,7 +49,8 @@ def test_training_deployment_overrides_are_training_settings():
 def test_ingestion_deployment_runs_one_at_a_time_with_valid_parameters(tmp_path):
     from prefect.exceptions import ParameterTypeError
 
-    from pipelines.flows import IngestInputs, ingest_archive
+    from pipelines.flows import ingest_archive
+    from pipelines.ingest_inputs import IngestInputs
     from workers.backends import BackendConfig
     from workers.errors import WorkerError
     from workers.ingest_options import IngestOptions

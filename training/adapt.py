@@ -12,7 +12,8 @@ from dataclasses import asdict
 
 import torch
 
-from kpr_model.checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
+from kpr_model.checkpoint import load_checkpoint, save_checkpoint
+from kpr_model.checkpoint_files import read_checkpoint_info
 from kpr_model.config import KPRConfig
 from training.adapt_config import AdaptConfig
 from training.adapt_samples import ArchiveSamples
