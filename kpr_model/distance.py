@@ -1,13 +1,15 @@
 """KPR test-time distance: visibility-masked mean of per-part euclidean distances (spec section 5).
 
-Search (storage/) and benchmarking (training/) both call this module so their rankings agree.
+Search (storage/) and benchmarking (training/) both call this module so their rankings agree. PyTorch is
+imported where a distance is computed, not with the module: storage imports it to read a store, which needs
+no PyTorch, and `kpr ingest` checks its store in a few seconds because of it.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from kpr_model.embeddings import ReIDEmbeddings, aggregate
 
@@ -23,11 +25,16 @@ __all__ = [
     "per_part_distances",
 ]
 
-ArrayLike = np.ndarray | torch.Tensor
+if TYPE_CHECKING:
+    import torch
+
+    ArrayLike = np.ndarray | torch.Tensor
 
 
 def _as_tensor(value: ArrayLike, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
     """A numpy array or tensor as a tensor on ``device`` (optionally cast to ``dtype``)."""
+    import torch
+
     tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
     return tensor.to(device=device, dtype=dtype or tensor.dtype)
 
@@ -58,6 +65,8 @@ def part_distance(
     the result is on the CPU.
     ``device`` defaults to the query tensor's device (CPU for numpy input).
     """
+    import torch
+
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if device is None:
