@@ -99,7 +99,7 @@ def test_plain_videos_are_told_which_backend_to_pass(plain_archive, tiny_checkpo
     db = tmp_path / "db"
     code, err, _ = _kpr(["ingest", str(plain_archive), "--db", str(db), "--model", str(tiny_checkpoint)],
                         env={"KPR_DETECTOR_MODEL": "", "KPR_POSE_MODEL": ""})
-    _one_line(code, err, "3 of 3 videos have no annotation file")
+    _one_line(code, err, "none of the 3 videos has an annotation file")
     assert "--backend yolox --detector-model" in err[0] and "KPR_DETECTOR_MODEL" in err[0] and not db.exists()
 
 
@@ -111,7 +111,7 @@ def test_configured_detector_files_pick_the_yolox_backend(shared_data, plain_arc
     _one_line(code, err, f"{models / MOVENET}: a TFLite model, not a YOLOX ONNX detector")  # the file it was given
     code, err, _ = _kpr(["ingest", str(plain_archive), "--db", str(tmp_path / "db"), "--model", str(tiny_checkpoint),
                          "--backend", "annotations"], env=env)
-    _one_line(code, err, "have no annotation file")  # an explicit --backend wins
+    _one_line(code, err, "has an annotation file")  # an explicit --backend wins
 
 
 def test_an_unreachable_ray_cluster_is_one_line_in_seconds(small_archive, tiny_checkpoint, tmp_path):

@@ -85,13 +85,14 @@ def check_model_files(config: BackendConfig) -> None:
 
 
 def check_annotation_files(config: BackendConfig, videos: Sequence[Path]) -> None:
-    """With the annotations backend, WorkerError, one line, when videos have no annotation file beside them: plain
-    CCTV videos need a detector, and the line says which options give one."""
+    """With the annotations backend, WorkerError, one line, when no video has an annotation file beside it: plain
+    CCTV videos need a detector, and the line says which options give one. When only some lack one, those fail
+    one by one with their reason as any unreadable video does, and the others are ingested."""
     if config.name != "annotations":
         return
     missing = [video for video in videos if not _has_annotation_file(video)]
-    if missing:
-        raise WorkerError(f"{len(missing)} of {len(videos)} videos have no annotation file (e.g. {missing[0]}) for the "
+    if missing and len(missing) == len(videos):
+        raise WorkerError(f"none of the {len(videos)} videos has an annotation file (e.g. {missing[0]}) for the "
                           f"annotations backend: plain videos need a detector, pass --backend yolox --detector-model "
                           f"YOLOX.onnx --pose-model MOVENET.tflite or set KPR_DETECTOR_MODEL and KPR_POSE_MODEL "
                           f"(README: detection backends)")
