@@ -7,7 +7,7 @@ import sys
 # Every project error type whose message is meant for the user, as (module, name): `kpr` prints it in one line,
 # the web app answers it as a 4xx.
 _USER_ERRORS = (("pipelines.errors", "UserError"), ("kpr_model.config", "KPRModelError"), ("storage", "StoreError"),
-                ("training.datasets", "DatasetError"), ("training.train_config", "TrainConfigError"),
+                ("training.datasets", "DatasetError"), ("training.run_settings", "TrainConfigError"),
                 ("workers.errors", "WorkerError"))
 
 

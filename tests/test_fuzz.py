@@ -29,7 +29,8 @@ from pipelines.query_image import decode_image
 from pipelines.query_prompt import KeypointPrompt, prompt_from_json, read_prompt
 from training.augment import AugmentConfig
 from training.datasets.common import DatasetError, read_keypoints_file
-from training.train_config import TrainConfig, TrainConfigError
+from training.run_settings import TrainConfigError
+from training.train_config import TrainConfig
 from workers.annotations import Sidecar, load_sidecar
 from workers.errors import AnnotationError
 from workers.json_input import finite_number, float_array, read_json

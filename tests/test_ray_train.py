@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from training.train import train
-from training.train_config import TrainConfig, TrainConfigError
+from training.run_settings import TrainConfigError
+from training.train_config import TrainConfig
 
 EPOCHS = 24
 

@@ -1,12 +1,11 @@
-"""What a training run is told: ``TrainConfig`` (every setting, loadable from YAML), its presets and its error.
+"""What a training run is told: ``TrainConfig`` (every setting, loadable from YAML) and its model presets.
 
 Shared by the run's driver (training/train.py) and each Ray Train worker (training/ray_train.py),
 which rebuilds the config from the plain values the driver sends it.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,73 +15,30 @@ from kpr_model.config import KPRConfig
 from kpr_model.config_check import checked_values
 from training.augment import AugmentConfig
 from training.datasets import DatasetError, dataset_spec
-from training.loop import LoopSettings
+from training.run_settings import RunSettings, TrainConfigError
 
 PRESETS = {"tiny": KPRConfig.tiny, "demo": KPRConfig.demo, "default": KPRConfig}
 
 
-class TrainConfigError(ValueError):
-    """A training config that cannot be used: unknown keys, wrong types, impossible values."""
-
-
-@dataclass
-class TrainConfig:
-    """What to train on, for how long, how, and where; defaults suit a CPU laptop.
-
-    Schedule (spec section 7): linear warm-up for ``warmup_epochs`` then cosine decay; the
-    pretrained backbone is frozen for the first ``fixbase_epochs``. ``workers`` = number of Ray
-    Train DDP workers (0 = train in this process, without Ray). Checkpoints of a Ray run go to
-    ``storage_path``/``run_name``; re-running the same run resumes from its latest checkpoint.
-    """
+@dataclass(kw_only=True)
+class TrainConfig(RunSettings):
+    """What to train on and which model, besides how and where (RunSettings); defaults suit a CPU laptop."""
 
     data_root: str
     out: str
     dataset: str = "synthetic"
     preset: str = "demo"
     backbone_weights: str | None = None
-    epochs: int = 30
-    max_minutes: float | None = None
-    identities_per_batch: int = 8
-    instances_per_identity: int = 4
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 5.0
-    fixbase_epochs: int = 0
-    seed: int = 1
-    threads: int | None = None
-    workers: int = 0
-    use_gpu: bool = False
-    cpus_per_worker: int = 1
-    storage_path: str | None = None
-    run_name: str = "kpr-train"
-    max_failures: int = 2
-    checkpoint_every: int = 1
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
-        positive = ("epochs", "identities_per_batch", "instances_per_identity", "cpus_per_worker", "checkpoint_every")
-        for name in positive:
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise TrainConfigError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        """TrainConfigError with one line for an unknown dataset or preset, or a setting no run can use."""
+        super().__post_init__()
         try:
             dataset_spec(self.dataset)
         except DatasetError as exc:
             raise TrainConfigError(str(exc)) from exc
         if self.preset not in PRESETS:
             raise TrainConfigError(f"unknown preset {self.preset!r} (known: {', '.join(PRESETS)})")
-        if self.optimizer not in ("adam", "sgd"):
-            raise TrainConfigError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        rates = (self.lr, self.weight_decay, self.warmup_epochs)
-        if not (all(math.isfinite(v) for v in rates) and self.lr > 0 and self.weight_decay >= 0
-                and self.warmup_epochs >= 0 and self.fixbase_epochs >= 0):
-            raise TrainConfigError("lr must be finite and > 0; weight_decay, warmup_epochs and fixbase_epochs finite and >= 0")
-        if (self.threads is not None and self.threads < 1) or self.seed < 0:
-            raise TrainConfigError("threads must be >= 1 (or unset) and seed >= 0")
-        if self.workers < 0 or self.max_failures < -1:
-            raise TrainConfigError("workers must be >= 0 (0 = no Ray) and max_failures >= -1 (-1 = no limit)")
-        if self.max_minutes is not None and not self.max_minutes > 0:
-            raise TrainConfigError(f"max_minutes must be > 0, got {self.max_minutes!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
@@ -113,6 +69,3 @@ class TrainConfig:
 
     def model_config(self, num_classes: int) -> KPRConfig:
         return PRESETS[self.preset](num_classes=num_classes)
-
-    def loop_settings(self) -> LoopSettings:
-        return LoopSettings(**{f: getattr(self, f) for f in LoopSettings.__dataclass_fields__})

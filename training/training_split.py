@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from kpr_model.config import KPRConfig
 from training.datasets import ReIDSample, load_dataset
 from training.samples import LoadedSample, load_samples
-from training.train_config import TrainConfig, TrainConfigError
+from training.run_settings import TrainConfigError
+from training.train_config import TrainConfig
 
 
 @dataclass(frozen=True)
