@@ -92,8 +92,6 @@ class QuerySearch:
         global_only = global_model or query.global_only
         if global_model and (query.parts or query.prompt is not None):
             raise UserError("the store's model is a global ReID model: it has no body parts and takes no keypoints")
-        if query.global_only and query.parts:
-            raise UserError("a global-only search compares whole-body vectors: choose no body parts")
         names = [] if global_model else part_names(shape[1])
         parts = parse_parts(query.parts, shape[1]) if query.parts else None
         filters = self._filters(query)
