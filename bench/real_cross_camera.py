@@ -218,8 +218,9 @@ class StoreView:
     def vectors_by_id(self) -> dict[str, np.ndarray]:
         """Each stored detection's global vector by detection id."""
         if self._vectors is None:
-            self._vectors = dict(zip(self.detections["detection_id"].to_pylist(),
-                                     np.stack(self.detections["vector"].to_numpy(zero_copy_only=False))))
+            from storage import global_vectors
+
+            self._vectors = dict(zip(self.detections["detection_id"].to_pylist(), global_vectors(self.detections)))
         return self._vectors
 
     def invisible_rates(self) -> tuple[float | None, dict[str, float | None]]:

@@ -3,8 +3,11 @@
 Tables: ``detections`` (one row per person detection, keyed on detection_id), ``tracklets`` (one
 row per tracklet of a video, keyed on track_id, with the aggregated embedding of its detections
 and its best thumbnail) and ``videos`` (one row per ingested video, keyed on video_id).
-Every table carries ``SCHEMA_VERSION`` in its schema metadata; ``detections`` and ``tracklets``
-also record the embedding dim D and the number of parts K they were created with.
+Every table carries its schema version in its schema metadata; ``detections`` and ``tracklets``
+also record the embedding dim D and the number of parts K they were created with. Version 2 stores
+embeddings compactly (global vector float16, parts as int8 codes + one scale per part, see
+storage.part_codec); version 1 stored both as float32. The column types say which encoding a table
+has, so a version-1 store is read, searched and written in its own encoding.
 """
 from __future__ import annotations
 
@@ -14,8 +17,11 @@ import numpy as np
 import pyarrow as pa
 
 from kpr_model.distance import ReIDEmbeddings
+from storage.part_codec import decode_parts, encode_parts
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Versions whose tables this code reads and appends to (1: float32 embeddings).
+READABLE_VERSIONS = (1, 2)
 DETECTIONS = "detections"
 TRACKLETS = "tracklets"
 VIDEOS = "videos"
@@ -24,6 +30,9 @@ NUM_KEYPOINTS = 17
 # The kinds of model a store records as its own (Store.model): part-based KPR, or a global ReID model.
 KPR_KIND = "kpr"
 GLOBAL_KIND = "global"
+
+# The embedding columns of the detections and tracklets tables.
+EMBEDDING_COLUMNS = ("vector", "parts", "visibility")
 
 VERSION_KEY = b"kpr_schema_version"
 DIM_KEY = b"kpr_embedding_dim"
@@ -38,18 +47,25 @@ class NotFoundError(StoreError):
     """An id the store does not hold (a detection or tracklet asked for by id), so callers can say "not found"."""
 
 
-def _floats(size: int) -> pa.DataType:
-    """A fixed-size float32 list type."""
-    return pa.list_(pa.float32(), size)
+def _floats(size: int, kind: pa.DataType = pa.float32()) -> pa.DataType:
+    """A fixed-size list type of ``kind`` floats (float32 by default)."""
+    return pa.list_(kind, size)
+
+
+def _compact_parts(dim: int, num_parts: int) -> pa.DataType:
+    """The version-2 parts column: int8 codes [K*D] and one float32 scale per part [K] (see storage.part_codec)."""
+    return pa.struct([pa.field("codes", pa.list_(pa.int8(), num_parts * dim), nullable=False),
+                      pa.field("scales", _floats(num_parts), nullable=False)])
 
 
 def _embedding_fields(dim: int, num_parts: int) -> tuple[list[pa.Field], dict[bytes, str]]:
-    """The embedding columns (global vector [D], parts [K*D], visibility [K]) and the schema metadata recording D and K."""
+    """The embedding columns (global vector [D] float16, compact parts [K*D], visibility [K]) and the schema
+    metadata recording D and K."""
     if dim < 1 or num_parts < 1:
         raise StoreError(f"embedding dim and number of parts must be >= 1, got D={dim}, K={num_parts}")
     fields = [
-        pa.field("vector", _floats(dim), nullable=False),
-        pa.field("parts", _floats(num_parts * dim), nullable=False),
+        pa.field("vector", _floats(dim, pa.float16()), nullable=False),
+        pa.field("parts", _compact_parts(dim, num_parts), nullable=False),
         pa.field("visibility", _floats(num_parts), nullable=False),
     ]
     return fields, {VERSION_KEY: str(SCHEMA_VERSION), DIM_KEY: str(dim), PARTS_KEY: str(num_parts)}
@@ -115,12 +131,13 @@ def videos_schema() -> pa.Schema:
 
 
 def check_version(schema: pa.Schema, table: str, uri: str) -> None:
-    """Raise StoreError unless ``schema`` carries this code's SCHEMA_VERSION (the store refuses data it cannot read right)."""
+    """Raise StoreError unless ``schema`` carries one of READABLE_VERSIONS (the store refuses data it cannot read right)."""
     found = (schema.metadata or {}).get(VERSION_KEY)
-    if found != str(SCHEMA_VERSION).encode():
+    if found not in {str(version).encode() for version in READABLE_VERSIONS}:
         written = "no schema version" if found is None else f"schema version {' '.join(found.decode(errors='replace').split())}"
+        readable = " or ".join(str(version) for version in READABLE_VERSIONS)
         raise StoreError(
-            f"store at {uri}: table '{table}' has {written}, this code reads version {SCHEMA_VERSION}; "
+            f"store at {uri}: table '{table}' has {written}, this code reads version {readable}; "
             f"open it with the release that wrote it, or ingest into a new store location"
         )
 
@@ -203,15 +220,34 @@ def tracklet_row(
     }
 
 
-def _fixed_list(values: np.ndarray, size: int) -> pa.FixedSizeListArray:
-    """[N, size] float32 values as a FixedSizeListArray without per-row Python work."""
-    flat = pa.array(np.ascontiguousarray(values, dtype=np.float32).reshape(-1))
+def _fixed_list(values: np.ndarray, size: int, kind: pa.DataType = pa.float32()) -> pa.FixedSizeListArray:
+    """[N, size] values as a FixedSizeListArray of ``kind`` (float32 by default) without per-row Python work."""
+    flat = pa.array(np.ascontiguousarray(values, dtype=kind.to_pandas_dtype()).reshape(-1), type=kind)
     return pa.FixedSizeListArray.from_arrays(flat, size)
 
 
 def _stacked_fixed_list(values: list, size: int) -> pa.FixedSizeListArray:
     """Per-row float vectors of length ``size`` (none missing) as a fixed-size list array."""
     return _fixed_list(np.array([np.asarray(v, np.float32).reshape(size) for v in values], np.float32).reshape(-1, size), size)
+
+
+def _embedding_arrays(embeddings: ReIDEmbeddings, schema: pa.Schema) -> dict[str, pa.Array]:
+    """The vector, parts and visibility columns of ``embeddings`` in the encoding that ``schema``'s column types say."""
+    n, dim, num_parts = len(embeddings), embeddings.dim, embeddings.num_parts
+    parts_type = schema.field("parts").type
+    if pa.types.is_struct(parts_type):
+        codes, scales = encode_parts(embeddings.parts.reshape(n, num_parts, dim))
+        parts = pa.StructArray.from_arrays(
+            [_fixed_list(codes.reshape(n, num_parts * dim), num_parts * dim, pa.int8()), _fixed_list(scales, num_parts)],
+            fields=list(parts_type))
+    else:
+        parts = _fixed_list(embeddings.parts.reshape(n, num_parts * dim), num_parts * dim, parts_type.value_type)
+    return {
+        "vector": _fixed_list(embeddings.global_emb.reshape(n, dim), dim, schema.field("vector").type.value_type),
+        "parts": parts,
+        "visibility": _fixed_list(embeddings.visibility.reshape(n, num_parts), num_parts,
+                                  schema.field("visibility").type.value_type),
+    }
 
 
 def _table_with_embeddings(what: str, schema: pa.Schema, rows: Sequence[dict], embeddings: ReIDEmbeddings,
@@ -222,13 +258,8 @@ def _table_with_embeddings(what: str, schema: pa.Schema, rows: Sequence[dict], e
     """
     if len(rows) != len(embeddings):
         raise StoreError(f"{len(rows)} {what} rows but {len(embeddings)} embeddings")
-    n, dim, num_parts = len(rows), embeddings.dim, embeddings.num_parts
     try:
-        arrays = {
-            "vector": _fixed_list(embeddings.global_emb.reshape(n, dim), dim),
-            "parts": _fixed_list(embeddings.parts.reshape(n, num_parts * dim), num_parts * dim),
-            "visibility": _fixed_list(embeddings.visibility.reshape(n, num_parts), num_parts),
-        }
+        arrays = _embedding_arrays(embeddings, schema)
         for field in schema:
             if field.name in arrays:
                 continue
@@ -254,21 +285,57 @@ def tracklets_table(rows: Sequence[dict], embeddings: ReIDEmbeddings) -> pa.Tabl
         "ids strings, times numbers, n_detections an integer")
 
 
-def _fixed_list_column(table: pa.Table, name: str) -> np.ndarray:
-    """A fixed-size float list column as a float32 [N, size] array."""
-    column = table[name].combine_chunks()
-    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    return values.reshape(len(column), column.type.list_size)
+def encoded_like(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` (detection or tracklet rows) with its embedding columns in the encoding of ``schema``'s types.
+
+    What appending to a store table of another schema version needs (a version-1 table keeps float32
+    embeddings); the columns are decoded and re-encoded only when their types differ.
+    """
+    if all(table.schema.field(name).type == schema.field(name).type for name in EMBEDDING_COLUMNS):
+        return table
+    for name, array in _embedding_arrays(embeddings_of(table), schema).items():
+        table = table.set_column(table.schema.get_field_index(name), schema.field(name), array)
+    return table
+
+
+def _list_values(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A fixed-size list column as an [N, size] array of its own value type."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
+
+
+def _stored_parts(column: pa.ChunkedArray, num_parts: int) -> np.ndarray:
+    """The parts column, either encoding, as float32 [N, K * D]."""
+    column = column.combine_chunks()
+    if not pa.types.is_struct(column.type):
+        return _list_values(column).astype(np.float32, copy=False)
+    codes, scales = (_list_values(child) for child in column.flatten())
+    return decode_parts(codes.reshape(len(column), num_parts, -1), scales).reshape(len(column), -1)
+
+
+def _row_parts(value: Sequence[float] | np.ndarray | dict) -> np.ndarray:
+    """One row's parts as float32 [K * D]: floats ([K * D] or [K, D]), or the compact {"codes", "scales"} form."""
+    if isinstance(value, dict):
+        scales = np.asarray(value["scales"], np.float32)
+        return decode_parts(np.asarray(value["codes"]).reshape(len(scales), -1), scales).reshape(-1)
+    return np.asarray(value, np.float32).reshape(-1)
+
+
+def global_vectors(rows: pa.Table) -> np.ndarray:
+    """The global ``vector`` column of detection or tracklet rows as float32 [N, D], whatever its stored float type."""
+    return _list_values(rows["vector"]).astype(np.float32, copy=False)
 
 
 def embeddings_of(rows: pa.Table | Sequence[dict]) -> ReIDEmbeddings:
-    """Detection rows (Arrow table or dicts with vector [D], parts [K*D] or [K, D], visibility [K]) as ReIDEmbeddings."""
+    """Detection or tracklet rows (an Arrow table, or dicts with vector [D], parts [K*D], [K, D] or the compact
+    {"codes", "scales"}, visibility [K]) as float32 ReIDEmbeddings, whichever encoding they were stored in."""
     if isinstance(rows, pa.Table):
-        global_emb = _fixed_list_column(rows, "vector")
-        visibility = _fixed_list_column(rows, "visibility")
-        parts = _fixed_list_column(rows, "parts")
+        global_emb = global_vectors(rows)
+        visibility = _list_values(rows["visibility"]).astype(np.float32, copy=False)
+        parts = _stored_parts(rows["parts"], visibility.shape[1])
     else:
         global_emb = np.stack([np.asarray(r["vector"], np.float32) for r in rows])
         visibility = np.stack([np.asarray(r["visibility"], np.float32) for r in rows])
-        parts = np.stack([np.asarray(r["parts"], np.float32) for r in rows])
+        parts = np.stack([_row_parts(r["parts"]) for r in rows])
     return ReIDEmbeddings(global_emb, parts.reshape(len(global_emb), visibility.shape[1], global_emb.shape[1]), visibility)
