@@ -58,22 +58,25 @@ def _compact_parts(dim: int, num_parts: int) -> pa.DataType:
                       pa.field("scales", _floats(num_parts), nullable=False)])
 
 
-def _embedding_fields(dim: int, num_parts: int) -> tuple[list[pa.Field], dict[bytes, str]]:
-    """The embedding columns (global vector [D] float16, compact parts [K*D], visibility [K]) and the schema
-    metadata recording D and K."""
+def _embedding_fields(dim: int, num_parts: int, version: int) -> tuple[list[pa.Field], dict[bytes, str]]:
+    """The embedding columns (global vector [D], parts [K*D], visibility [K]) in ``version``'s encoding, and the
+    schema metadata recording the version, D and K."""
     if dim < 1 or num_parts < 1:
         raise StoreError(f"embedding dim and number of parts must be >= 1, got D={dim}, K={num_parts}")
+    if version not in READABLE_VERSIONS:
+        raise StoreError(f"unknown schema version {version}; known: {', '.join(map(str, READABLE_VERSIONS))}")
+    compact = version >= 2
     fields = [
-        pa.field("vector", _floats(dim, pa.float16()), nullable=False),
-        pa.field("parts", _compact_parts(dim, num_parts), nullable=False),
+        pa.field("vector", _floats(dim, pa.float16() if compact else pa.float32()), nullable=False),
+        pa.field("parts", _compact_parts(dim, num_parts) if compact else _floats(num_parts * dim), nullable=False),
         pa.field("visibility", _floats(num_parts), nullable=False),
     ]
-    return fields, {VERSION_KEY: str(SCHEMA_VERSION), DIM_KEY: str(dim), PARTS_KEY: str(num_parts)}
+    return fields, {VERSION_KEY: str(version), DIM_KEY: str(dim), PARTS_KEY: str(num_parts)}
 
 
-def detections_schema(dim: int, num_parts: int) -> pa.Schema:
-    """Schema of the detections table for embeddings of dim ``dim`` with ``num_parts`` parts."""
-    embedding, metadata = _embedding_fields(dim, num_parts)
+def detections_schema(dim: int, num_parts: int, version: int = SCHEMA_VERSION) -> pa.Schema:
+    """Schema of the detections table for embeddings of dim ``dim`` with ``num_parts`` parts (in ``version``'s encoding)."""
+    embedding, metadata = _embedding_fields(dim, num_parts, version)
     fields = [
         pa.field("detection_id", pa.string(), nullable=False),
         pa.field("video_id", pa.string(), nullable=False),
@@ -92,9 +95,10 @@ def detections_schema(dim: int, num_parts: int) -> pa.Schema:
     return pa.schema(fields, metadata=metadata)
 
 
-def tracklets_schema(dim: int, num_parts: int) -> pa.Schema:
-    """Schema of the tracklets table: one aggregated embedding of dim ``dim`` with ``num_parts`` parts per tracklet."""
-    embedding, metadata = _embedding_fields(dim, num_parts)
+def tracklets_schema(dim: int, num_parts: int, version: int = SCHEMA_VERSION) -> pa.Schema:
+    """Schema of the tracklets table: one aggregated embedding of dim ``dim`` with ``num_parts`` parts per tracklet
+    (in ``version``'s encoding)."""
+    embedding, metadata = _embedding_fields(dim, num_parts, version)
     fields = [
         pa.field("track_id", pa.string(), nullable=False),
         pa.field("video_id", pa.string(), nullable=False),
@@ -271,10 +275,10 @@ def _table_with_embeddings(what: str, schema: pa.Schema, rows: Sequence[dict], e
         raise StoreError(f"cannot build {what} table ({hint}): {exc}") from exc
 
 
-def detections_table(rows: Sequence[dict], embeddings: ReIDEmbeddings) -> pa.Table:
-    """Detections Arrow table from per-detection metadata (see detection_row) + one embedding batch."""
+def detections_table(rows: Sequence[dict], embeddings: ReIDEmbeddings, version: int = SCHEMA_VERSION) -> pa.Table:
+    """Detections Arrow table from per-detection metadata (see detection_row) + one embedding batch (``version``'s encoding)."""
     return _table_with_embeddings(
-        "detection", detections_schema(embeddings.dim, embeddings.num_parts), rows, embeddings,
+        "detection", detections_schema(embeddings.dim, embeddings.num_parts, version), rows, embeddings,
         {"bbox": 4, "keypoints": NUM_KEYPOINTS * 3}, "bbox needs 4 numbers, keypoints 51, ids strings")
 
 

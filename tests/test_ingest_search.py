@@ -104,7 +104,8 @@ def test_stored_tracklets_hold_the_aggregate_of_their_detections_and_answer_trac
         detections = store.tracklet_detections(row["track_id"])
         assert detections.num_rows == row["n_detections"]
         expected = aggregate(embeddings_of(detections))
-        np.testing.assert_allclose(embeddings_of([row]).parts, expected.parts, atol=1e-5)
+        # both sides went through the int8 part codec: within a quantisation step (<= 1/127) of each other
+        np.testing.assert_allclose(embeddings_of([row]).parts, expected.parts, rtol=0, atol=1 / 127)
         hits = search.by_tracklet(row["track_id"], k=5)
         assert hits and all(h.camera_id != row["camera_id"] and h.track_id != row["track_id"] for h in hits)
         recomputed = search.search(expected, k=5, filters=SearchFilters(exclude_cameras=[row["camera_id"]],
