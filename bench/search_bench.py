@@ -28,8 +28,9 @@ from kpr_model.distance import ReIDEmbeddings, kpr_distance
 from storage import PersonSearch, SearchFilters, Store, detection_row, detections_table, embeddings_of
 from storage.schema import DETECTIONS, VIDEOS
 from storage.store import (
-    DEFAULT_FLAT_MAX_ROWS, DEFAULT_MAX_NPROBES, DEFAULT_NPROBES, DEFAULT_REFINE_FACTOR, AnnSettings, vector_index_plan,
+    DEFAULT_FLAT_MAX_ROWS, DEFAULT_MAX_NPROBES, DEFAULT_NPROBES, DEFAULT_REFINE_FACTOR, AnnSettings,
 )
+from storage.indexes import vector_index_plan
 
 MODEL_ID = "bench-synthetic"
 T0 = 1_700_000_000.0

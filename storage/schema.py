@@ -130,6 +130,8 @@ def videos_schema() -> pa.Schema:
         pa.field("model_id", pa.string(), nullable=False),
         pa.field("run_id", pa.string()),
         pa.field("ingested_at", pa.float64()),
+        # The token of the writer that claimed the video last (see storage.writer); null in older stores.
+        pa.field("writer", pa.string()),
     ]
     return pa.schema(fields, metadata={VERSION_KEY: str(SCHEMA_VERSION)})
 

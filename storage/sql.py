@@ -44,3 +44,9 @@ def all_of(clauses: Iterable[str | None]) -> str | None:
     """The AND of the given clauses (None entries skipped); None when there is none."""
     kept = [f"({c})" for c in clauses if c]
     return " AND ".join(kept) if kept else None
+
+
+def any_of(clauses: Iterable[str | None]) -> str | None:
+    """The OR of the given clauses (None entries skipped); None when there is none."""
+    kept = [f"({c})" for c in clauses if c]
+    return " OR ".join(kept) if kept else None

@@ -48,34 +48,35 @@ def test_writing_a_video_twice_leaves_the_same_rows(store: Store) -> None:
     assert store.video_rows()[0]["n_detections"] == 12
 
 
-# A writer process that SIGKILLs itself the moment it starts committing a "videos" row: after the video's
-# detections are committed, before it is marked done. The hook is on LanceDB's own API, not the store's code.
-_DIE_BEFORE_VIDEO_ROW = """
+# A writer process that SIGKILLs itself the moment its detections are appended: after it claimed the video
+# and committed its rows, before it marks the video done. The hook is on LanceDB's own API, not the store's code.
+_DIE_AFTER_DETECTIONS = """
 import json, os, signal, sys
 import pyarrow as pa
 from lancedb.table import LanceTable
 from storage import Store
 
-merge_insert = LanceTable.merge_insert
+add = LanceTable.add
 
-def die_on_the_video_row(table, *args, **kwargs):
-    if table.name == "videos":
+def die_after_the_detections(table, *args, **kwargs):
+    result = add(table, *args, **kwargs)
+    if table.name == "detections":
         os.kill(os.getpid(), signal.SIGKILL)
-    return merge_insert(table, *args, **kwargs)
+    return result
 
-LanceTable.merge_insert = die_on_the_video_row
+LanceTable.add = die_after_the_detections
 db, video, batch = sys.argv[1:]
 Store.open(db).write_video(json.loads(video), pa.ipc.open_file(batch).read_all())
 """
 
 
-def test_a_writer_killed_before_its_video_row_leaves_a_store_that_a_rewrite_completes(tmp_path: Path) -> None:
+def test_a_writer_killed_before_marking_its_video_done_leaves_a_store_that_a_rewrite_completes(tmp_path: Path) -> None:
     db, batch = tmp_path / "store", tmp_path / "batch.arrow"
     video = video_row("v1", "cam-1")
     table = detections_of(video, random_embeddings(np.random.default_rng(1), 9, PARTS, DIM))
     with pa.ipc.new_file(batch, table.schema) as writer:
         writer.write_table(table)
-    killed = subprocess.run([sys.executable, "-c", _DIE_BEFORE_VIDEO_ROW, str(db), json.dumps(video), str(batch)],
+    killed = subprocess.run([sys.executable, "-c", _DIE_AFTER_DETECTIONS, str(db), json.dumps(video), str(batch)],
                             capture_output=True, text=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     store = Store.open(str(db))

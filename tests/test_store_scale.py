@@ -11,7 +11,8 @@ import pytest
 
 from storage import PersonSearch, SearchFilters, Store, StoreError, global_vectors
 from storage.schema import DETECTIONS, VERSION_KEY
-from storage.store import AnnSettings, vector_index_plan
+from storage.indexes import vector_index_plan
+from storage.store import AnnSettings
 from support import detections_of, random_embeddings, sorted_rows, video_row
 
 pytestmark = pytest.mark.filterwarnings("ignore:optimize\\(cleanup_older_than=0\\)")
@@ -61,7 +62,7 @@ def test_maintain_compacts_cleans_up_and_keeps_rows_and_search_results(tmp_path:
     store.write_video(rewritten, detections_of(rewritten, random_embeddings(np.random.default_rng(1), 10, PARTS, DIM)))
     queries = random_embeddings(np.random.default_rng(2), 3, PARTS, DIM)
     rows, ranking = sorted_rows(store), _ranking(store, queries)
-    versions_before = len(store._detections.list_versions())
+    versions_before = len(store._open_detections().list_versions())
 
     first = store.maintain(cleanup_older_than=None)
     assert (first["fragments_before"], first["fragments_after"], first["versions_removed"]) == (24, 1, 0)
