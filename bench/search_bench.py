@@ -27,6 +27,7 @@ from bench.results_io import RESULTS, command_line, merge_result
 from kpr_model.distance import ReIDEmbeddings, kpr_distance
 from storage import PersonSearch, SearchFilters, Store, detection_row, detections_table, embeddings_of
 from storage.schema import DETECTIONS, VIDEOS
+from storage.search import DEFAULT_CANDIDATES, FILTERED_CANDIDATES
 from storage.store import (
     DEFAULT_FLAT_MAX_ROWS, DEFAULT_MAX_NPROBES, DEFAULT_NPROBES, DEFAULT_REFINE_FACTOR, AnnSettings,
 )
@@ -301,6 +302,7 @@ class Setting:
     """One point of the sweep: candidates fetched for the re-rank, and the store's AnnSettings."""
 
     candidates: int
+    filtered_candidates: int
     ann: AnnSettings
 
 
@@ -313,7 +315,7 @@ def measure(store_uri: str, setting: Setting, queries: Sequence[Query], exact: t
             recall_queries: int, warmup: int) -> dict:
     """Latency (unfiltered, filtered) over all queries and recall@k over the first ``recall_queries``, for one setting."""
     store = Store.open(store_uri, create=False, ann=setting.ann)
-    search = PersonSearch(store)
+    search = PersonSearch(store, filtered_candidates=setting.filtered_candidates)
 
     def run(query: Query, filtered: bool) -> tuple[list[str], float, float]:
         tick, cpu = time.perf_counter(), time.process_time()
@@ -324,7 +326,8 @@ def measure(store_uri: str, setting: Setting, queries: Sequence[Query], exact: t
     for query in queries[:warmup]:
         run(query, False)
         run(query, True)
-    result = {"candidates": setting.candidates, **asdict(setting.ann), "load_average_before": round(os.getloadavg()[0], 2)}
+    result = {"candidates": setting.candidates, "filtered_candidates": setting.filtered_candidates, **asdict(setting.ann),
+              "load_average_before": round(os.getloadavg()[0], 2)}
     for filtered, suffix in ((False, ""), (True, "_filtered")):
         found, seconds, cpu = zip(*(run(q, filtered) for q in queries))
         truth = exact[1 if filtered else 0]
@@ -411,7 +414,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "with LanceDB's add (--maintain-every videos per commit), then one maintenance run")
     parser.add_argument("--indexes", default="IVF_PQ", help="comma-separated ANN indexes to build and measure in turn "
                         "(IVF_PQ, IVF_PQ/<sub-vectors>, IVF_HNSW_SQ); the store keeps the last one")
-    parser.add_argument("--candidates", type=int_list, default=[400], help="comma-separated sweep values")
+    parser.add_argument("--candidates", type=int_list, default=[DEFAULT_CANDIDATES], help="comma-separated sweep values")
+    parser.add_argument("--filtered-candidates", type=int_list, default=[FILTERED_CANDIDATES],
+                        help="comma-separated sweep values (candidates when a filter is scanned exactly)")
     parser.add_argument("--nprobes", type=int_list, default=[DEFAULT_NPROBES], help="comma-separated sweep values")
     parser.add_argument("--max-nprobes", type=int_list, default=[DEFAULT_MAX_NPROBES], help="comma-separated sweep values")
     parser.add_argument("--refine-factor", type=int_list, default=[DEFAULT_REFINE_FACTOR],
@@ -467,8 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     queries = make_queries(world, args.queries, args.filter_cameras, args.filter_hours, args.seed)
     unfiltered, filtered, kept, exact_s = exact_search(store, queries[: args.recall_queries], args.k)
     log(f"exact KPR scan of {args.rows} rows for {args.recall_queries} queries: {exact_s:.1f} s")
-    settings = [Setting(c, AnnSettings(n, m, r or None, f)) for c in args.candidates for n in args.nprobes
-                for m in args.max_nprobes for r in args.refine_factor for f in args.flat_max_rows]
+    settings = [Setting(c, fc, AnnSettings(n, m, r or None, f)) for c in args.candidates
+                for fc in args.filtered_candidates for n in args.nprobes for m in args.max_nprobes
+                for r in args.refine_factor for f in args.flat_max_rows]
     comparison = []
     for spec in args.indexes.split(","):
         plan, build_s = ensure_index(store, spec, build.setdefault("index_builds", {}), log)
@@ -485,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         "p50_filtered_ms": chosen["p50_filtered_ms"], "p95_filtered_ms": chosen["p95_filtered_ms"],
         "recall_at_50": chosen[f"recall_at_{args.k}"], "recall_at_50_filtered": chosen[f"recall_at_{args.k}_filtered"],
         "goals": {"p95_ms": GOAL_P95_MS, "recall_at_50": GOAL_RECALL}, "goals_met": chosen["meets_goals"],
-        "setting": {key: chosen[key] for key in ("candidates", *asdict(AnnSettings()))},
+        "setting": {key: chosen[key] for key in ("candidates", "filtered_candidates", *asdict(AnnSettings()))},
         "index": chosen["index"], "index_build_s": chosen["index_build_s"],
         "queries": args.queries, "recall_queries": args.recall_queries, "warmup_queries": args.warmup,
         "filter": {"cameras": args.filter_cameras, "of_cameras": args.cameras, "hours": args.filter_hours,

@@ -38,7 +38,6 @@ __all__ = [
 
 _META_COLUMNS = ("detection_id", "video_id", "camera_id", "frame_index", "timestamp", "track_id", "bbox", "thumbnail")
 _EMBEDDING_COLUMNS = ("vector", "parts", "visibility")
-_HIT_COLUMNS = (*_META_COLUMNS, *_EMBEDDING_COLUMNS)
 
 # A part query ("find these boots") still takes its ANN candidates by the global vector, which
 # only approximates the chosen parts: it draws this many times more candidates before the exact
@@ -49,6 +48,14 @@ PART_POOL_FACTOR = 5
 # ANN candidates re-ranked by the exact part distance: 500 reaches recall@50 0.987 against an exact scan
 # at 1M detections (200 gave 0.962); see bench/results/search.json.
 DEFAULT_CANDIDATES = 500
+# Candidates when the filter keeps few enough rows to be scanned exactly (AnnSettings.flat_max_rows): among
+# a filter's few rows the KPR top-50 is mostly other people, whose global-vector order differs more from
+# KPR's, so 500 candidates of a 15k-row filter reached only 0.82 of it (see bench/README.md).
+FILTERED_CANDIDATES = 4000
+# No search re-ranks more candidates than this, whatever it asks for (a bound on one request's work).
+MAX_CANDIDATES = 5000
+# k-reciprocal re-ranking compares every pair of its gallery: it re-orders the best this many.
+RERANK_POOL = 500
 
 @dataclass
 class SearchHit:
@@ -177,8 +184,15 @@ def group_hits(hits: Sequence[SearchHit]) -> list[CameraGroup]:
 class PersonSearch:
     """Answers "where else does this person appear?" over a Store's detections."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, filtered_candidates: int = FILTERED_CANDIDATES,
+                 max_candidates: int = MAX_CANDIDATES) -> None:
+        """Search ``store``; ``filtered_candidates`` are re-ranked when a filter is scanned exactly, and no search
+        re-ranks more than ``max_candidates``."""
+        if min(filtered_candidates, max_candidates) < 1:
+            raise StoreError(f"candidate counts must be >= 1, got {filtered_candidates} and {max_candidates}")
         self.store = store
+        self.filtered_candidates = filtered_candidates
+        self.max_candidates = max_candidates
 
     def search(self, query: ReIDEmbeddings, k: int = 10, filters: SearchFilters = SearchFilters(),
                parts: Sequence[int] | None = None, rerank: bool = False, candidates: int = DEFAULT_CANDIDATES,
@@ -260,21 +274,28 @@ class PersonSearch:
                              else "a global-only search compares whole-body vectors: it takes no body parts")
         global_only = global_only or global_model
         chosen = _checked_parts(query, parts)
-        pool = max(k, candidates * (PART_POOL_FACTOR if chosen is not None else 1))
+        pool = min(max(k, candidates * (PART_POOL_FACTOR if chosen is not None else 1)), self.max_candidates)
         where = filters.where(chosen if chosen is not None else range(query.num_parts))
-        found = self.store.nearest(query.global_emb[0], where, pool, _HIT_COLUMNS)
+        # An exact scan already ranks a global-only search exactly; a KPR re-rank needs the larger pool.
+        flat_limit = pool if global_only else min(max(pool, self.filtered_candidates), self.max_candidates)
+        found = self.store.nearest(query.global_emb[0], where, pool, _EMBEDDING_COLUMNS, flat_limit=flat_limit)
         if not found.num_rows:
             return []
         gallery = embeddings_of(found)
         distance = _cosine_distance if global_only else partial(kpr_distance, parts=chosen)
         distances = distance(query, gallery)[0]
+        order = np.argsort(distances, kind="stable")[: RERANK_POOL if rerank else k]
+        scores = distances[order]
         if rerank:
-            distances = k_reciprocal_rerank(distances[None], distance(query, query), distance(gallery, gallery))[0]
-        order = np.argsort(distances, kind="stable")[:k]
+            pooled = gallery.select(order)
+            scores = k_reciprocal_rerank(scores[None], distance(query, query), distance(pooled, pooled))[0]
+            best = np.argsort(scores, kind="stable")[:k]
+            order, scores = order[best], scores[best]
         ranked = gallery.select(order)
         per_part = None if global_only else per_part_distances(query, ranked)
-        return _hits(found.take(pa.array(order)), None if global_model else ranked.visibility, distances[order],
-                     per_part)
+        picked = found.take(pa.array(order))
+        return _hits(self.store.detections_at(picked, _META_COLUMNS), picked["_distance"],
+                     None if global_model else ranked.visibility, scores, per_part)
 
 
 def _cosine_distance(query: ReIDEmbeddings, gallery: ReIDEmbeddings) -> np.ndarray:
@@ -295,10 +316,10 @@ def _checked_parts(query: ReIDEmbeddings, parts: Sequence[int] | None) -> list[i
     return chosen
 
 
-def _hits(rows: pa.Table, visibility: np.ndarray | None, distances: np.ndarray,
+def _hits(rows: pa.Table, squared_l2: pa.ChunkedArray, visibility: np.ndarray | None, distances: np.ndarray,
           per_part: np.ndarray | None) -> list[SearchHit]:
-    """SearchHits for the ranked store rows, their visibility and per-part distances (None: not shown)."""
-    ann = np.sqrt(np.maximum(rows["_distance"].to_numpy(zero_copy_only=False), 0.0))
+    """SearchHits for the ranked store rows, their ANN distances, visibility and per-part distances (None: not shown)."""
+    ann = np.sqrt(np.maximum(squared_l2.to_numpy(), 0.0))
     return [
         SearchHit(
             detection_id=row["detection_id"],
@@ -314,5 +335,5 @@ def _hits(rows: pa.Table, visibility: np.ndarray | None, distances: np.ndarray,
             visibility=None if visibility is None else visibility[i],
             part_distances=None if per_part is None else per_part[i],
         )
-        for i, row in enumerate(rows.select(list(_META_COLUMNS)).to_pylist())
+        for i, row in enumerate(rows.to_pylist())
     ]
