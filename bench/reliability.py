@@ -544,7 +544,7 @@ def creation_kills(workdir: Path, trials: int) -> dict:
 
 # ----------------------------------------------------------------------------------------------- campaign
 
-def _tiny_checkpoint(path: Path) -> Path:
+def tiny_checkpoint(path: Path) -> Path:
     """A seeded random tiny KPR checkpoint (the store's content does not depend on the weights being trained)."""
     import torch
 
@@ -597,7 +597,7 @@ def run(args: argparse.Namespace) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     logs = work / "logs"
     logs.mkdir(parents=True)
-    model = _tiny_checkpoint(work / "model")
+    model = tiny_checkpoint(work / "model")
     archive_a = synth_archive(work / "archive_a", args.seeds_a)
     archive_b = synth_archive(work / "archive_b", args.seeds_b)
     expected_a, expected_b = expected_snapshot(archive_a, model), expected_snapshot(archive_b, model)

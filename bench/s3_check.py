@@ -1,0 +1,115 @@
+"""Object storage end to end: two `kpr ingest` runs at once into an s3:// store on a local S3 server, then a search.
+
+The server is moto's S3 in server mode (a registry package, `pip install 'moto[server]'`), on a free
+loopback port; the store is reached only through the AWS_* environment variables that LanceDB reads,
+as on a real S3-compatible service. `s3_check()` returns "ok" or one line saying what failed.
+Example, from the repository root:
+    .venv/bin/python -m bench.s3_check
+"""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import bench.reliability as rel
+
+BUCKET = "kpr"
+# A region is required by S3-compatible servers' signatures; moto accepts any key pair.
+_REGION = "us-east-1"
+# The counts of a `bench.reliability.compare` report that are 0 when every row is stored exactly once.
+_ROW_COUNTS = ("lost_rows", "extra_rows", "duplicate_rows", "duplicate_video_rows", "videos_not_as_expected",
+               "tracklets_not_as_expected")
+
+
+@contextmanager
+def moto_s3(bucket: str = BUCKET) -> Iterator[dict[str, str]]:
+    """A moto S3 server on a free loopback port holding ``bucket``; yields the AWS_* variables, set in os.environ meanwhile.
+
+    Raises ImportError when moto's server mode is not installed.
+    """
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    variables = {"AWS_ENDPOINT": endpoint, "AWS_ALLOW_HTTP": "true", "AWS_REGION": _REGION,
+                 "AWS_ACCESS_KEY_ID": "moto", "AWS_SECRET_ACCESS_KEY": "moto"}
+    saved = {name: os.environ.get(name) for name in variables}
+    try:
+        boto3.client("s3", endpoint_url=endpoint, region_name=_REGION, aws_access_key_id="moto",
+                     aws_secret_access_key="moto").create_bucket(Bucket=bucket)
+        os.environ.update(variables)
+        yield variables
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        server.stop()
+
+
+def ingest_twice_at_once(archive: Path, model: Path, db: str, logs: Path) -> dict:
+    """Run two `kpr ingest` of ``archive`` into ``db`` at the same time; their exit codes and how the store compares."""
+    ingests = [rel.Ingest(archive, db, model, logs / f"s3_ingest.{i}.log") for i in range(2)]
+    codes = [ingest.wait() for ingest in ingests]
+    report = rel.compare(rel.expected_snapshot(archive, model), rel.store_snapshot(db))
+    return {"exit_codes": codes, "outputs": [ingest.output for ingest in ingests], **report}
+
+
+def rows_exactly_once(report: dict) -> bool:
+    """Whether a `bench.reliability.compare` report shows every expected detection, video and tracklet row once.
+
+    Embedding values are the encoding's business, the same on any backend (bench.reliability checks them).
+    """
+    return all(report[key] == 0 for key in _ROW_COUNTS)
+
+
+def _failure(report: dict) -> str | None:
+    """One line saying how a concurrent-ingest report misses exactly-once, or None when it holds."""
+    if report["exit_codes"] != [0, 0]:
+        last = [out.strip().splitlines()[-1:] for out in report["outputs"]]
+        return f"kpr ingest exited with {report['exit_codes']}: {last}"
+    if not rows_exactly_once(report):
+        return "two concurrent ingests are not exactly once: " + ", ".join(f"{k}={report[k]}" for k in _ROW_COUNTS)
+    return None
+
+
+def s3_check(workdir: Path | None = None) -> str:
+    """"ok" when two concurrent ingests into a fresh s3:// store hold every detection once and `kpr search` answers."""
+    try:
+        servers = moto_s3()
+        variables = servers.__enter__()
+    except ImportError as exc:
+        return f"moto's S3 server is not installed ({exc.name}): pip install 'moto[server]'"
+    try:
+        with tempfile.TemporaryDirectory(dir=workdir, prefix="kpr-s3-") as folder:
+            work = Path(folder)
+            archive = rel.synth_archive(work / "archive", seeds=(3,))
+            model = rel.tiny_checkpoint(work / "model")
+            db = f"s3://{BUCKET}/store"
+            failure = _failure(ingest_twice_at_once(archive, model, db, work))
+            if failure:
+                return failure
+            first = rel.store_snapshot(db).ids[0]
+            search = subprocess.run([str(rel.KPR_CLI), "search", "--db", db, "--detection", first, "-k", "3"],
+                                    capture_output=True, text=True, env=dict(os.environ, **variables))
+            if search.returncode != 0 or first not in search.stdout:
+                return f"kpr search on {db} failed ({search.returncode}): {search.stderr.strip()[-200:]}"
+            return "ok"
+    finally:
+        servers.__exit__(None, None, None)
+
+
+if __name__ == "__main__":
+    print(s3_check())
+    sys.exit(0)
