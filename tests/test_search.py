@@ -235,3 +235,46 @@ def test_global_only_ranks_a_kpr_store_by_the_cosine_of_the_global_vectors(searc
 def test_a_store_without_a_model_record_names_the_model_of_its_rows(search):
     assert search.store.model() == {"model_id": MODEL_ID, "kind": "kpr", "num_parts": K, "dim": D}
     assert not search.global_model
+
+
+def _misleading_store(path: Path) -> tuple[Store, ReIDEmbeddings]:
+    """A query, and a store where its KPR match has a far global vector behind 30 global look-alikes of other people."""
+    rng = np.random.default_rng(2)
+    query_parts = unit_rows(rng.standard_normal((K, D)))
+    query_global = unit_rows(query_parts.mean(axis=0))
+    look_alikes = unit_rows(query_global + 0.05 * rng.standard_normal((30, D)))
+    global_emb = np.concatenate([unit_rows(-query_global)[None], look_alikes]).astype(np.float32)
+    parts = np.concatenate([query_parts[None], unit_rows(rng.standard_normal((30, K, D)))]).astype(np.float32)
+    gallery = ReIDEmbeddings(global_emb, parts, np.ones((31, K), np.float32))
+    names = ["match"] + [f"other{i}" for i in range(30)]
+    rows = [detection_row(name, "v", "cam", i, T0 + i, [0, 0, 1, 1], MODEL_ID) for i, name in enumerate(names)]
+    store = Store.open(str(path))
+    store.write_video({"video_id": "v", "uri": "v.mp4", "camera_id": "cam", "model_id": MODEL_ID},
+                      detections_table(rows, gallery))
+    return store, ReIDEmbeddings(query_global[None], query_parts[None], np.ones((1, K), np.float32))
+
+
+def test_a_filter_scanned_exactly_re_ranks_its_larger_pool_and_no_search_exceeds_the_cap(tmp_path):
+    store, query = _misleading_store(tmp_path / "db")
+    one_camera = SearchFilters(cameras=["cam"])
+
+    def best(search: PersonSearch, filters: SearchFilters) -> str:
+        return search.search(query, k=1, filters=filters, candidates=5)[0].detection_id
+
+    assert best(PersonSearch(store, filtered_candidates=40), one_camera) == "match"
+    assert best(PersonSearch(store, filtered_candidates=40), SearchFilters()) != "match"  # 5 candidates only
+    assert best(PersonSearch(store, filtered_candidates=5), one_camera) != "match"
+    assert best(PersonSearch(store, filtered_candidates=40, max_candidates=10), one_camera) != "match"
+    assert PersonSearch(store).search(query, k=1, candidates=100)[0].detection_id == "match"
+    assert PersonSearch(store, max_candidates=10).search(query, k=1, candidates=100)[0].detection_id != "match"
+
+
+def test_rows_found_before_maintenance_renumbers_them_are_still_read_right(tmp_path):
+    store = build_store(tmp_path / "db")  # one commit per camera, so maintenance merges three fragments
+    query = embeddings_of([store.get_detection(det_id(2, 4, 0))])
+    found = store.nearest(query.global_emb[0], None, 12, ["frame_index"])
+    store.maintain(cleanup_older_than=None)
+    read = store.detections_at(found, ["detection_id", "frame_index", "camera_id"])
+    assert read["detection_id"].to_pylist() == found["detection_id"].to_pylist()
+    assert read["frame_index"].to_pylist() == found["frame_index"].to_pylist()
+    assert read["camera_id"].to_pylist() == [camera_name(int(i[1])) for i in found["detection_id"].to_pylist()]

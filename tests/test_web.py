@@ -143,6 +143,7 @@ def test_info_describes_the_store(client, web_store):
     assert info["detections"] == len(web_store.identity)
     assert info["parts"][0] == "head" and len(info["parts"]) == 8 and len(info["joints"]) == 17
     assert info["image_queries"] is True and info["time_range"][0] <= info["time_range"][1]
+    assert info["max_candidates"] == 5000 and "max_candidates" in client.get("/api/openapi.json").text
     page = client.get("/")
     assert page.status_code == 200 and "<canvas" in page.text and "/static/app.js" in page.text
     assert "default-src 'self'" in page.headers["content-security-policy"]

@@ -92,6 +92,7 @@ class SearchService:
             "image_queries": self.image_queries,
             "max_upload_bytes": max_upload_bytes,
             "k_max": K_MAX,
+            "max_candidates": self.queries.search.max_candidates,
         }
 
     def list_detections(self, camera: str | None, limit: int, offset: int) -> dict:
@@ -208,6 +209,11 @@ def create_app(db: str, model: str | None = None, max_upload_bytes: int = 8 * 2*
         same_camera: Annotated[bool, Form()] = False,
         global_only: Annotated[bool, Form()] = False,
     ) -> dict:
+        """Search by a stored detection, a stored tracklet or an uploaded crop; hits grouped by camera and tracklet.
+
+        Each search re-ranks a bounded number of candidates, whatever it asks for (at most ``max_candidates``
+        of /api/info; k-reciprocal re-ranking re-orders the best of them only), so one request's work is bounded.
+        """
         prompt = _blank(keypoints)
         query = Query(
             detection_id=_blank(detection_id), track_id=_blank(track_id),
