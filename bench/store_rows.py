@@ -8,7 +8,9 @@ scalar and ANN indexes); bytes per detection = the detections table's bytes on d
 Recall@50: per query, the 500 candidates nearest by the exact global distance are re-ranked by the
 KPR distance on the compact store's parts and on the float32 parts; the share of float32's top-50
 found in compact's. ANN recall@50 (Store.nearest vs the exact global top-50) and p50 latencies of
-Store.nearest and PersonSearch.search are measured on both stores. Example, from the repository root:
+Store.nearest and PersonSearch.search are measured on both stores, and LanceDB's ANN index build
+and query times on float32 vs float16 global vectors (why the global vector stays float32).
+Example, from the repository root:
     .venv/bin/python -m bench.store_rows
 """
 from __future__ import annotations
@@ -24,12 +26,14 @@ from pathlib import Path
 
 import lancedb
 import numpy as np
+import pyarrow as pa
 
 from bench.results_io import RESULTS, command_line, merge_result
 from bench.search_bench import Query, SyntheticWorld, WorldConfig, make_queries, percentile_ms
 from kpr_model.distance import ReIDEmbeddings, kpr_distance
 from storage import PersonSearch, Store, detections_table, embeddings_of
 from storage.schema import DETECTIONS, EMBEDDING_COLUMNS
+from storage.store import DEFAULT_NPROBES, vector_index_config, vector_index_plan
 
 # Model shapes (D, K): the demo's KPRConfig.demo and the official SOLIDER configuration.
 CONFIGURATIONS = {"demo": (128, 8), "official": (512, 8)}
@@ -120,6 +124,28 @@ def reads(uri: Path, ids: Sequence[str], truth: ReIDEmbeddings, queries: Sequenc
             "candidates_p50_ms_without_thumbnails": without_thumbnails_ms}
 
 
+def vector_index_cost(uri: Path, rows: int, dim: int, queries: int = 20) -> dict:
+    """Seconds to build the store's ANN index plan and p50 ms of a top-50 query, on ``rows`` random unit vectors
+    stored as float32 and as float16."""
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((rows, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    config = vector_index_config(vector_index_plan(rows, dim))
+    cost = {}
+    for kind in (pa.float32(), pa.float16()):
+        shutil.rmtree(uri, ignore_errors=True)
+        flat = pa.array(vectors.astype(kind.to_pandas_dtype()).ravel(), type=kind)
+        table = lancedb.connect(uri).create_table("vectors", pa.table({"vector": pa.FixedSizeListArray.from_arrays(flat, dim)}))
+        tick = time.perf_counter()
+        table.create_index("vector", config=config)
+        build_s = time.perf_counter() - tick
+        _, query_ms = timed(lambda v: table.search(v, vector_column_name="vector").distance_type("l2")
+                            .minimum_nprobes(DEFAULT_NPROBES).limit(K).to_arrow(), vectors[:queries])
+        cost[str(kind)] = {"index_build_s": round(build_s, 1), "query_p50_ms": query_ms}
+    shutil.rmtree(uri)
+    return {"rows": rows, **cost}
+
+
 def measure(name: str, args: argparse.Namespace, log) -> dict:
     """Both stores of one model shape: bytes per detection, the re-rank's recall on compact parts, read latencies."""
     dim, parts = CONFIGURATIONS[name]
@@ -139,11 +165,12 @@ def measure(name: str, args: argparse.Namespace, log) -> dict:
         "bytes_per_detection_float32": float32["bytes_per_detection"],
         "index_bytes_per_detection": compact["index_bytes_per_detection"],
         "index_bytes_per_detection_float32": float32["index_bytes_per_detection"],
-        "embedding_bytes": 2 * dim + parts * dim + 4 * parts + 4 * parts,
+        "embedding_bytes": 4 * dim + parts * dim + 4 * parts + 4 * parts,
         "embedding_bytes_float32": 4 * dim + 4 * parts * dim + 4 * parts,
         "recall_at_50_rerank": rerank_recall(Store.open(compact_uri, create=False), ids, truth, queries, args.candidates),
         "compact_reads": reads(compact_uri, ids, truth, queries, args.candidates),
         "float32_reads": reads(float32_uri, ids, truth, queries, args.candidates),
+        "vector_index_float32_vs_float16": vector_index_cost(args.db / name / "vectors", args.index_rows, dim),
     }
     if not args.keep:
         shutil.rmtree(args.db / name)
@@ -164,14 +191,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--thumbnail-bytes", type=int, default=3000, help="size of each row's stand-in JPEG")
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--candidates", type=int, default=500, help="ANN candidates the exact part distance re-ranks")
+    parser.add_argument("--index-rows", type=int, default=5000,
+                        help="random vectors the float32 vs float16 ANN index comparison builds on")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=str(RESULTS / "store_scale.json"), help="JSON file to merge into, - to print")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.configurations.split(",")) - set(CONFIGURATIONS))
     if unknown:
         parser.error(f"unknown configuration {unknown[0]!r}; known: {', '.join(CONFIGURATIONS)}")
-    if args.rows < 1 or args.queries < 1 or args.candidates < K:
-        parser.error(f"--rows and --queries must be >= 1 and --candidates >= {K}")
+    if min(args.rows, args.queries, args.index_rows) < 1 or args.candidates < K:
+        parser.error(f"--rows, --queries and --index-rows must be >= 1 and --candidates >= {K}")
     return args
 
 

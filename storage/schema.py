@@ -5,9 +5,10 @@ row per tracklet of a video, keyed on track_id, with the aggregated embedding of
 and its best thumbnail) and ``videos`` (one row per ingested video, keyed on video_id).
 Every table carries its schema version in its schema metadata; ``detections`` and ``tracklets``
 also record the embedding dim D and the number of parts K they were created with. Version 2 stores
-embeddings compactly (global vector float16, parts as int8 codes + one scale per part, see
-storage.part_codec); version 1 stored both as float32. The column types say which encoding a table
-has, so a version-1 store is read, searched and written in its own encoding.
+part embeddings compactly (int8 codes + one scale per part, see storage.part_codec); version 1
+stored them as float32. The global vector stays float32 in both: LanceDB 0.40 builds its ANN index
+on float16 vectors 4x slower and searches them 2x slower (bench/README.md). The column types say
+which encoding a table has, so a version-1 store is read, searched and written in its own encoding.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from kpr_model.distance import ReIDEmbeddings
 from storage.part_codec import decode_parts, encode_parts
 
 SCHEMA_VERSION = 2
-# Versions whose tables this code reads and appends to (1: float32 embeddings).
+# Versions whose tables this code reads and appends to (1: float32 part embeddings).
 READABLE_VERSIONS = (1, 2)
 DETECTIONS = "detections"
 TRACKLETS = "tracklets"
@@ -65,10 +66,9 @@ def _embedding_fields(dim: int, num_parts: int, version: int) -> tuple[list[pa.F
         raise StoreError(f"embedding dim and number of parts must be >= 1, got D={dim}, K={num_parts}")
     if version not in READABLE_VERSIONS:
         raise StoreError(f"unknown schema version {version}; known: {', '.join(map(str, READABLE_VERSIONS))}")
-    compact = version >= 2
     fields = [
-        pa.field("vector", _floats(dim, pa.float16() if compact else pa.float32()), nullable=False),
-        pa.field("parts", _compact_parts(dim, num_parts) if compact else _floats(num_parts * dim), nullable=False),
+        pa.field("vector", _floats(dim), nullable=False),
+        pa.field("parts", _compact_parts(dim, num_parts) if version >= 2 else _floats(num_parts * dim), nullable=False),
         pa.field("visibility", _floats(num_parts), nullable=False),
     ]
     return fields, {VERSION_KEY: str(version), DIM_KEY: str(dim), PARTS_KEY: str(num_parts)}
@@ -329,7 +329,7 @@ def _row_parts(value: Sequence[float] | np.ndarray | dict) -> np.ndarray:
 
 
 def global_vectors(rows: pa.Table) -> np.ndarray:
-    """The global ``vector`` column of detection or tracklet rows as float32 [N, D], whatever its stored float type."""
+    """The global ``vector`` column of detection or tracklet rows as float32 [N, D]."""
     return _list_values(rows["vector"]).astype(np.float32, copy=False)
 
 

@@ -105,8 +105,7 @@ def test_ann_probes_refinement_and_flat_filtering_trade_speed_for_exactness(tmp_
     plan = store.build_vector_index()
     table = store.query_detections(None, columns=["camera_id", "vector"])
     query = random_embeddings(np.random.default_rng(3), 1, PARTS, DIM).global_emb[0]
-    # the vector column is float16, and LanceDB compares the query in the column's type
-    squared = ((global_vectors(table) - query.astype(np.float16).astype(np.float32)) ** 2).sum(axis=1)
+    squared = ((global_vectors(table) - query) ** 2).sum(axis=1)
 
     def distances(found: pa.Table) -> np.ndarray:
         return found["_distance"].to_numpy()
