@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,33 @@ _ROW_COUNTS = ("lost_rows", "extra_rows", "duplicate_rows", "duplicate_video_row
 
 
 @contextmanager
+def _atomic_conditional_puts() -> Iterator[None]:
+    """Make moto's conditional PutObject atomic, as S3's is, while the context lasts.
+
+    Lance commits version N by a PUT of its manifest with If-None-Match: *, which S3 lets only one of
+    two writers win. Moto checks that header and then stores the object without a lock, so two
+    racing PUTs can both succeed and one commit silently replaces the other (measured: 2 of 200
+    racing appends lost); serialising conditional PUTs gives S3's guarantee.
+    """
+    from moto.s3.responses import S3Response
+
+    plain = S3Response.put_object
+    lock = threading.Lock()
+
+    def put_object(response: S3Response):
+        if "If-None-Match" not in response.headers and "If-Match" not in response.headers:
+            return plain(response)
+        with lock:
+            return plain(response)
+
+    S3Response.put_object = put_object
+    try:
+        yield
+    finally:
+        S3Response.put_object = plain
+
+
+@contextmanager
 def moto_s3(bucket: str = BUCKET) -> Iterator[dict[str, str]]:
     """A moto S3 server on a free loopback port holding ``bucket``; yields the AWS_* variables, set in os.environ meanwhile.
 
@@ -38,24 +66,25 @@ def moto_s3(bucket: str = BUCKET) -> Iterator[dict[str, str]]:
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    variables = {"AWS_ENDPOINT": endpoint, "AWS_ALLOW_HTTP": "true", "AWS_REGION": _REGION,
-                 "AWS_ACCESS_KEY_ID": "moto", "AWS_SECRET_ACCESS_KEY": "moto"}
-    saved = {name: os.environ.get(name) for name in variables}
-    try:
-        boto3.client("s3", endpoint_url=endpoint, region_name=_REGION, aws_access_key_id="moto",
-                     aws_secret_access_key="moto").create_bucket(Bucket=bucket)
-        os.environ.update(variables)
-        yield variables
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        server.stop()
+    with _atomic_conditional_puts():
+        server.start()
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        variables = {"AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true", "AWS_REGION": _REGION,
+                     "AWS_ACCESS_KEY_ID": "moto", "AWS_SECRET_ACCESS_KEY": "moto"}
+        saved = {name: os.environ.get(name) for name in variables}
+        try:
+            boto3.client("s3", endpoint_url=endpoint, region_name=_REGION, aws_access_key_id="moto",
+                         aws_secret_access_key="moto").create_bucket(Bucket=bucket)
+            os.environ.update(variables)
+            yield variables
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            server.stop()
 
 
 def ingest_twice_at_once(archive: Path, model: Path, db: str, logs: Path) -> dict:
