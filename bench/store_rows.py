@@ -33,7 +33,8 @@ from bench.search_bench import Query, SyntheticWorld, WorldConfig, make_queries,
 from kpr_model.distance import ReIDEmbeddings, kpr_distance
 from storage import PersonSearch, Store, detections_table, embeddings_of
 from storage.schema import DETECTIONS, EMBEDDING_COLUMNS
-from storage.store import DEFAULT_NPROBES, vector_index_config, vector_index_plan
+from storage.indexes import vector_index_config, vector_index_plan
+from storage.store import DEFAULT_NPROBES
 
 # Model shapes (D, K): the demo's KPRConfig.demo and the official SOLIDER configuration.
 CONFIGURATIONS = {"demo": (128, 8), "official": (512, 8)}
@@ -132,7 +133,7 @@ def vector_index_cost(uri: Path, rows: int, dim: int, queries: int = 20) -> dict
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     config = vector_index_config(vector_index_plan(rows, dim))
     cost = {}
-    for kind in (pa.float32(), pa.float16()):
+    for name, kind in {"float32": pa.float32(), "float16": pa.float16()}.items():
         shutil.rmtree(uri, ignore_errors=True)
         flat = pa.array(vectors.astype(kind.to_pandas_dtype()).ravel(), type=kind)
         table = lancedb.connect(uri).create_table("vectors", pa.table({"vector": pa.FixedSizeListArray.from_arrays(flat, dim)}))
@@ -141,7 +142,7 @@ def vector_index_cost(uri: Path, rows: int, dim: int, queries: int = 20) -> dict
         build_s = time.perf_counter() - tick
         _, query_ms = timed(lambda v: table.search(v, vector_column_name="vector").distance_type("l2")
                             .minimum_nprobes(DEFAULT_NPROBES).limit(K).to_arrow(), vectors[:queries])
-        cost[str(kind)] = {"index_build_s": round(build_s, 1), "query_p50_ms": query_ms}
+        cost[name] = {"index_build_s": round(build_s, 1), "query_p50_ms": query_ms}
     shutil.rmtree(uri)
     return {"rows": rows, **cost}
 
