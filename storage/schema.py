@@ -7,8 +7,8 @@ Every table carries its schema version in its schema metadata; ``detections`` an
 also record the embedding dim D and the number of parts K they were created with. Version 2 stores
 part embeddings compactly (int8 codes + one scale per part, see storage.part_codec); version 1
 stored them as float32. The global vector stays float32 in both: LanceDB 0.40 builds its ANN index
-on float16 vectors 4x slower and searches them 2x slower (bench/README.md). The column types say
-which encoding a table has, so a version-1 store is read, searched and written in its own encoding.
+on float16 vectors 4-6x slower and searches them up to 2x slower (bench/README.md). The column types
+say which encoding a table has, so a version-1 store is read, searched and written in its own encoding.
 """
 from __future__ import annotations
 

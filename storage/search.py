@@ -23,7 +23,7 @@ from kpr_model.distance import (
     per_part_distances,
 )
 from storage import sql
-from storage.schema import GLOBAL_KIND, NotFoundError, StoreError, embeddings_of
+from storage.schema import EMBEDDING_COLUMNS, GLOBAL_KIND, NotFoundError, StoreError, embeddings_of
 from storage.store import Store
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
 ]
 
 _META_COLUMNS = ("detection_id", "video_id", "camera_id", "frame_index", "timestamp", "track_id", "bbox", "thumbnail")
-_EMBEDDING_COLUMNS = ("vector", "parts", "visibility")
 
 # A part query ("find these boots") still takes its ANN candidates by the global vector, which
 # only approximates the chosen parts: it draws this many times more candidates before the exact
@@ -278,7 +277,7 @@ class PersonSearch:
         where = filters.where(chosen if chosen is not None else range(query.num_parts))
         # An exact scan already ranks a global-only search exactly; a KPR re-rank needs the larger pool.
         flat_limit = pool if global_only else min(max(pool, self.filtered_candidates), self.max_candidates)
-        found = self.store.nearest(query.global_emb[0], where, pool, _EMBEDDING_COLUMNS, flat_limit=flat_limit)
+        found = self.store.nearest(query.global_emb[0], where, pool, EMBEDDING_COLUMNS, flat_limit=flat_limit)
         if not found.num_rows:
             return []
         gallery = embeddings_of(found)
