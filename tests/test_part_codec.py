@@ -9,9 +9,11 @@ import pyarrow as pa
 import pytest
 
 from kpr_model.embeddings import ReIDEmbeddings
-from storage import PersonSearch, Store, embeddings_of
+from storage import PersonSearch, Store, detections_table, embeddings_of
 from storage.part_codec import decode_parts, encode_parts
-from storage.schema import DETECTIONS, SCHEMA_VERSION, VERSION_KEY, VIDEOS, videos_schema
+from storage.schema import (
+    DETECTIONS, EMBEDDING_COLUMNS, SCHEMA_VERSION, VERSION_KEY, VIDEOS, detections_schema, encoded_like, videos_schema,
+)
 from support import detections_of, random_embeddings, video_row
 
 DIM, PARTS = 32, 6
@@ -42,6 +44,21 @@ def test_a_store_writes_parts_as_int8_and_reads_them_back_as_floats(tmp_path: Pa
     np.testing.assert_allclose(stored.parts, embeddings.parts, rtol=0, atol=1 / 254 + 1e-7)
     np.testing.assert_array_equal(stored.global_emb, embeddings.global_emb)
     np.testing.assert_array_equal(stored.visibility, embeddings.visibility)
+
+
+def test_rows_are_re_encoded_for_a_table_of_the_other_version() -> None:
+    embeddings = random_embeddings(np.random.default_rng(4), 5, PARTS, DIM, random_visibility=True)
+    compact = detections_of(video_row("v1"), embeddings)
+    assert encoded_like(compact, compact.schema) is compact
+    float32 = encoded_like(compact, detections_schema(DIM, PARTS, version=1))
+    assert float32.schema.field("parts").type == pa.list_(pa.float32(), PARTS * DIM)
+    assert float32.column_names == compact.column_names and float32["thumbnail"].equals(compact["thumbnail"])
+    np.testing.assert_array_equal(embeddings_of(float32).parts, embeddings_of(compact).parts)
+    again = encoded_like(float32, compact.schema)
+    assert again.schema.field("parts").type == compact.schema.field("parts").type
+    np.testing.assert_allclose(embeddings_of(again).parts, embeddings_of(compact).parts, rtol=0, atol=1e-6)
+    exact = detections_table(compact.drop_columns(list(EMBEDDING_COLUMNS)).to_pylist(), embeddings, version=1)
+    np.testing.assert_array_equal(embeddings_of(exact).parts, embeddings.parts)
 
 
 def _float32_columns(table: pa.Table, embeddings: ReIDEmbeddings) -> pa.Table:
