@@ -48,9 +48,9 @@ class NotFoundError(StoreError):
     """An id the store does not hold (a detection or tracklet asked for by id), so callers can say "not found"."""
 
 
-def _floats(size: int, kind: pa.DataType = pa.float32()) -> pa.DataType:
-    """A fixed-size list type of ``kind`` floats (float32 by default)."""
-    return pa.list_(kind, size)
+def _floats(size: int) -> pa.DataType:
+    """A fixed-size float32 list type."""
+    return pa.list_(pa.float32(), size)
 
 
 def _compact_parts(dim: int, num_parts: int) -> pa.DataType:
@@ -238,7 +238,7 @@ def _stacked_fixed_list(values: list, size: int) -> pa.FixedSizeListArray:
 
 
 def _embedding_arrays(embeddings: ReIDEmbeddings, schema: pa.Schema) -> dict[str, pa.Array]:
-    """The vector, parts and visibility columns of ``embeddings`` in the encoding that ``schema``'s column types say."""
+    """The vector, parts and visibility columns of ``embeddings`` in the encoding of ``schema``'s parts column."""
     n, dim, num_parts = len(embeddings), embeddings.dim, embeddings.num_parts
     parts_type = schema.field("parts").type
     if pa.types.is_struct(parts_type):
@@ -247,12 +247,11 @@ def _embedding_arrays(embeddings: ReIDEmbeddings, schema: pa.Schema) -> dict[str
             [_fixed_list(codes.reshape(n, num_parts * dim), num_parts * dim, pa.int8()), _fixed_list(scales, num_parts)],
             fields=list(parts_type))
     else:
-        parts = _fixed_list(embeddings.parts.reshape(n, num_parts * dim), num_parts * dim, parts_type.value_type)
+        parts = _fixed_list(embeddings.parts.reshape(n, num_parts * dim), num_parts * dim)
     return {
-        "vector": _fixed_list(embeddings.global_emb.reshape(n, dim), dim, schema.field("vector").type.value_type),
+        "vector": _fixed_list(embeddings.global_emb.reshape(n, dim), dim),
         "parts": parts,
-        "visibility": _fixed_list(embeddings.visibility.reshape(n, num_parts), num_parts,
-                                  schema.field("visibility").type.value_type),
+        "visibility": _fixed_list(embeddings.visibility.reshape(n, num_parts), num_parts),
     }
 
 
