@@ -5,7 +5,7 @@ checkpoint + `kpr ingest`), then --concurrency client threads, each on its own k
 send --requests searches in all (detection queries; every other one also filtered to one camera and
 a time window). Merges the serve_* keys into bench/results/search.json. See bench/README.md. Example,
 from the repository root:
-    .venv/bin/python -m bench.serve_load --concurrency 8 --requests 800
+    .venv/bin/python -m bench.serve_load --concurrency 16 --requests 800
 """
 from __future__ import annotations
 
@@ -165,7 +165,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--identities", type=int, default=24, help="synthetic identities of the built store")
     parser.add_argument("--cameras", type=int, default=4, help="cameras of the built store")
     parser.add_argument("--duration", type=float, default=40.0, help="seconds of video per camera of the built store")
-    parser.add_argument("--concurrency", type=int, default=8, help="concurrent client threads")
+    parser.add_argument("--concurrency", type=int, default=16, help="concurrent client threads")
     parser.add_argument("--requests", type=int, default=800, help="timed requests in all")
     parser.add_argument("--warmup", type=int, default=32, help="untimed requests first")
     parser.add_argument("-k", type=int, default=20, help="results per search")

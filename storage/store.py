@@ -31,6 +31,9 @@ DEFAULT_NPROBES = 10
 DEFAULT_MAX_NPROBES = 200
 DEFAULT_REFINE_FACTOR = 2
 DEFAULT_FLAT_MAX_ROWS = 50_000
+DEFAULT_POSTFILTER_MIN_SHARE = 0.9
+# A filter applied after the vector search is applied to this many times the candidates asked for.
+_POSTFILTER_FETCH = 2
 LIST_COLUMNS = ("detection_id", "video_id", "camera_id", "frame_index", "timestamp", "track_id", "bbox",
                 "det_score", "thumbnail")
 
@@ -45,13 +48,17 @@ class AnnSettings:
     PQ candidates are re-scored with the exact global vector (None: no refinement);
     ``flat_max_rows``: a filter that keeps at most this many rows is answered by an exact scan of
     them instead (probing stops at the first partitions holding enough filtered rows, which
-    misses many of a selective filter's true neighbours; the scan costs 22-37 ms for 6k-60k rows at 1M).
+    misses many of a selective filter's true neighbours; the scan costs 22-37 ms for 6k-60k rows at 1M);
+    ``postfilter_min_share``: a filter that keeps at least this share of the rows (a detection query
+    excluding its own camera) is applied to the nearest candidates only, as prefiltering evaluates
+    it on every row (280 vs 70 ms per detection query at 1M rows; 1.0: always prefilter).
     """
 
     nprobes: int = DEFAULT_NPROBES
     max_nprobes: int = DEFAULT_MAX_NPROBES
     refine_factor: int | None = DEFAULT_REFINE_FACTOR
     flat_max_rows: int = DEFAULT_FLAT_MAX_ROWS
+    postfilter_min_share: float = DEFAULT_POSTFILTER_MIN_SHARE
 
 
 def _count(table: lancedb.table.Table | None, video_id: str | None) -> int:
@@ -309,8 +316,10 @@ class Store:
         approximate), ``detection_id`` and ``_rowid`` (for `detections_at`). A filter that keeps at
         most ``self.ann.flat_max_rows`` rows is scanned exactly, returning the top-``flat_limit``
         (default ``limit``) instead: such a scan is cheap, and the few rows it ranks need a larger
-        re-rank pool. ``nprobes``/``refine_factor``/``max_nprobes`` default to ``self.ann``
-        (refine_factor 0: no refinement). The neighbours are found first and only their
+        re-rank pool. A filter that keeps at least ``self.ann.postfilter_min_share`` of the rows
+        (e.g. a detection query excluding its own camera) is applied to the nearest
+        ``_POSTFILTER_FETCH`` x ``limit`` instead of to every row. ``nprobes``/``refine_factor``/
+        ``max_nprobes`` default to ``self.ann`` (refine_factor 0: no refinement). The neighbours are found first and only their
         ``columns`` read afterwards: reading them inside the vector search is 2-3x slower.
         """
         table = self._open_detections()
@@ -320,15 +329,19 @@ class Store:
         refine_factor = self.ann.refine_factor if refine_factor is None else refine_factor
         max_nprobes = max(nprobes, self.ann.max_nprobes if max_nprobes is None else max_nprobes)
         query = table.search(np.asarray(vector, np.float32), vector_column_name="vector").distance_type("l2")
-        if where:
-            query = query.where(where, prefilter=True)
-        if where and table.count_rows(where) <= self.ann.flat_max_rows:
-            query = query.bypass_vector_index()
-            limit = max(limit, flat_limit or 0)
+        kept = table.count_rows(where) if where else None
+        fetch = limit
+        if kept is not None and kept <= self.ann.flat_max_rows:
+            query = query.where(where, prefilter=True).bypass_vector_index()
+            limit = fetch = max(limit, flat_limit or 0)
         else:
+            if kept is not None:
+                broad = kept >= self.ann.postfilter_min_share * table.count_rows()
+                fetch = limit * _POSTFILTER_FETCH if broad else limit
+                query = query.where(where, prefilter=not broad)
             query = query.minimum_nprobes(nprobes).maximum_nprobes(max_nprobes)
             query = query.refine_factor(refine_factor) if refine_factor else query
-        found = query.select(["detection_id", "_distance"]).with_row_id(True).limit(limit).to_arrow()
+        found = query.select(["detection_id", "_distance"]).with_row_id(True).limit(fetch).to_arrow().slice(0, limit)
         rows = self.detections_at(found, [c for c in columns if c not in found.column_names])
         return pa.Table.from_arrays([*rows.columns, *found.columns], names=[*rows.column_names, *found.column_names])
 

@@ -278,3 +278,10 @@ def test_rows_found_before_maintenance_renumbers_them_are_still_read_right(tmp_p
     assert read["detection_id"].to_pylist() == found["detection_id"].to_pylist()
     assert read["frame_index"].to_pylist() == found["frame_index"].to_pylist()
     assert read["camera_id"].to_pylist() == [camera_name(int(i[1])) for i in found["detection_id"].to_pylist()]
+
+
+def test_an_exclusion_that_keeps_most_rows_still_never_returns_what_it_excludes(tmp_path):
+    store, query = _misleading_store(tmp_path / "db")  # excluding 2 of 31 rows: filtered after the vector search
+    excluded = ["other0", "other1"]
+    hits = PersonSearch(store).search(query, k=20, filters=SearchFilters(exclude_detection_ids=excluded), candidates=20)
+    assert len(hits) == 20 and not {h.detection_id for h in hits} & set(excluded)
