@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import bench.reliability as rel
+from storage import Store
 
 BUCKET = "kpr"
 # A region is required by S3-compatible servers' signatures; moto accepts any key pair.
@@ -57,7 +58,7 @@ def _atomic_conditional_puts() -> Iterator[None]:
 
 @contextmanager
 def moto_s3(bucket: str = BUCKET) -> Iterator[dict[str, str]]:
-    """A moto S3 server on a free loopback port holding ``bucket``; yields the AWS_* variables, set in os.environ meanwhile.
+    """A moto S3 server on a loopback port holding ``bucket``; yields its AWS_* variables, set in os.environ meanwhile.
 
     Raises ImportError when moto's server mode is not installed.
     """
@@ -95,6 +96,11 @@ def ingest_twice_at_once(archive: Path, model: Path, db: str, logs: Path) -> dic
     return {"exit_codes": codes, "outputs": [ingest.output for ingest in ingests], **report}
 
 
+def first_detection(db: str) -> str:
+    """The id of one detection of the store at ``db`` (a search query)."""
+    return Store.open(db, create=False).list_detections(None, limit=1)["detection_id"][0].as_py()
+
+
 def rows_exactly_once(report: dict) -> bool:
     """Whether a `bench.reliability.compare` report shows every expected detection, video and tracklet row once.
 
@@ -116,29 +122,25 @@ def _failure(report: dict) -> str | None:
 def s3_check(workdir: Path | None = None) -> str:
     """"ok" when two concurrent ingests into a fresh s3:// store hold every detection once and `kpr search` answers."""
     try:
-        servers = moto_s3()
-        variables = servers.__enter__()
+        import moto.server  # noqa: F401  (moto_s3 starts it)
     except ImportError as exc:
         return f"moto's S3 server is not installed ({exc.name}): pip install 'moto[server]'"
-    try:
-        with tempfile.TemporaryDirectory(dir=workdir, prefix="kpr-s3-") as folder:
-            work = Path(folder)
-            archive = rel.synth_archive(work / "archive", seeds=(3,))
-            model = rel.tiny_checkpoint(work / "model")
-            db = f"s3://{BUCKET}/store"
-            failure = _failure(ingest_twice_at_once(archive, model, db, work))
-            if failure:
-                return failure
-            first = rel.store_snapshot(db).ids[0]
-            search = subprocess.run([str(rel.KPR_CLI), "search", "--db", db, "--detection", first, "-k", "3"],
-                                    capture_output=True, text=True, env=dict(os.environ, **variables))
-            if search.returncode != 0 or first not in search.stdout:
-                return f"kpr search on {db} failed ({search.returncode}): {search.stderr.strip()[-200:]}"
-            return "ok"
-    finally:
-        servers.__exit__(None, None, None)
+    with moto_s3(), tempfile.TemporaryDirectory(dir=workdir, prefix="kpr-s3-") as folder:
+        work = Path(folder)
+        archive = rel.synth_archive(work / "archive", seeds=(3,))
+        model = rel.tiny_checkpoint(work / "model")
+        db = f"s3://{BUCKET}/store"
+        failure = _failure(ingest_twice_at_once(archive, model, db, work))
+        if failure:
+            return failure
+        query = ["search", "--db", db, "--detection", first_detection(db), "-k", "3"]
+        search = subprocess.run([str(rel.KPR_CLI), *query], capture_output=True, text=True)
+        if search.returncode != 0 or "no results" in search.stdout or not search.stdout.strip():
+            return f"kpr search on {db} found nothing ({search.returncode}): {search.stderr.strip()[-200:]}"
+        return "ok"
 
 
 if __name__ == "__main__":
-    print(s3_check())
-    sys.exit(0)
+    outcome = s3_check()
+    print(outcome)
+    sys.exit(0 if outcome == "ok" else 1)

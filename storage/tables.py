@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fcntl
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -35,6 +36,19 @@ _CREATE_LOCK = ".kpr-create.lock"
 def is_local(uri: str) -> bool:
     """Whether ``uri`` names a local folder (a plain path or file://) rather than an object store."""
     return "://" not in uri or uri.startswith("file://")
+
+
+def _object_store_reason(text: str) -> str:
+    """The gist of a LanceDB error, whose object-store failures carry a whole Rust debug dump (kept when unknown)."""
+    answered = re.search(r"<Code>(\w+)</Code>\s*<Message>([^<]*)</Message>", text)
+    if answered:
+        return f"the object store answered {answered[1]}: {answered[2]}"
+    if "BadScheme" in text:
+        return "the endpoint is plain http: set AWS_ALLOW_HTTP=true to allow it"
+    refused = re.search(r'ConnectError\("([^"]+)", ([^,\s]+)', text)
+    if refused:
+        return f"{refused[1]} to {refused[2]} (is AWS_ENDPOINT_URL right?)"
+    return text
 
 
 def _table_names(db: lancedb.DBConnection) -> set[str]:
@@ -138,7 +152,7 @@ class StoreTables:
             db = lancedb.connect(uri, read_consistency_interval=timedelta(seconds=read_consistency_s))
             videos = _open_table(db, VIDEOS, _keyed(videos_schema(), "video_id") if create else None)
         except Exception as exc:  # lancedb surfaces I/O and object-store failures as assorted types
-            raise StoreError(f"cannot open store at {uri}: {exc}") from exc
+            raise StoreError(f"cannot open store at {uri}: {_object_store_reason(str(exc))}") from exc
         if videos is None:
             raise StoreError(f"no store at {uri}")
         check_version(videos.schema, VIDEOS, uri)

@@ -17,7 +17,6 @@ import pytest
 
 from bench import s3_check
 from pipelines.cli import main
-from storage import Store
 from support import free_port
 from test_web_e2e import _wait_until_up
 
@@ -27,16 +26,17 @@ DB = "s3://kpr/archive-store"
 
 
 @pytest.fixture(scope="module")
-def s3_ingested(small_archive, tiny_checkpoint, tmp_path_factory):
-    """Two `kpr ingest` runs of the small archive at once into a fresh s3:// store; yields their report."""
+def s3_server():
+    """A local S3 server (moto) with the test bucket, reached through the AWS_* variables it sets meanwhile."""
     pytest.importorskip("moto.server", reason="moto's S3 server is not installed (pip install 'moto[server]')")
-    with s3_check.moto_s3():
-        yield s3_check.ingest_twice_at_once(small_archive, tiny_checkpoint, DB, tmp_path_factory.mktemp("s3_logs"))
+    with s3_check.moto_s3() as variables:
+        yield variables
 
 
-def _first_detection() -> str:
-    """One detection id of the store."""
-    return Store.open(DB, create=False).list_detections(None, limit=1)["detection_id"][0].as_py()
+@pytest.fixture(scope="module")
+def s3_ingested(s3_server, small_archive, tiny_checkpoint, tmp_path_factory):
+    """Two `kpr ingest` runs of the small archive at once into a fresh s3:// store; their report."""
+    return s3_check.ingest_twice_at_once(small_archive, tiny_checkpoint, DB, tmp_path_factory.mktemp("s3_logs"))
 
 
 def test_two_ingests_at_once_store_every_detection_once(s3_ingested):
@@ -47,7 +47,7 @@ def test_two_ingests_at_once_store_every_detection_once(s3_ingested):
 
 
 def test_search_and_maintain_through_the_cli(s3_ingested, capsys):
-    query = _first_detection()
+    query = s3_check.first_detection(DB)
     assert main(["search", "--db", DB, "--detection", query, "-k", "5"]) == 0
     before = capsys.readouterr().out
     assert len(before.strip().splitlines()) > 2, before
@@ -64,10 +64,21 @@ def test_serve_answers_a_search(s3_ingested):
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_until_up(process, port)
-        form = urllib.parse.urlencode({"detection_id": _first_detection(), "k": 5}).encode()
+        form = urllib.parse.urlencode({"detection_id": s3_check.first_detection(DB), "k": 5}).encode()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/search", data=form, timeout=60) as answer:
             found = json.load(answer)
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=30)
     assert found["count"] == 5 and found["groups"], found
+
+
+@pytest.mark.parametrize("db, variable, expected", [
+    ("s3://no-such-bucket/store", None, "the object store answered NoSuchBucket: The specified bucket does not exist"),
+    (DB, ("AWS_ALLOW_HTTP", "false"), "the endpoint is plain http: set AWS_ALLOW_HTTP=true to allow it"),
+])
+def test_object_store_mistakes_are_one_clear_line(s3_server, monkeypatch, capsys, db, variable, expected):
+    if variable:
+        monkeypatch.setenv(*variable)
+    assert main(["search", "--db", db, "--detection", "v:0000001:000"]) == 2
+    assert capsys.readouterr().err == f"kpr search: error: cannot open store at {db}: {expected}\n"
