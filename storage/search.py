@@ -198,7 +198,8 @@ class PersonSearch:
                global_only: bool = False) -> list[SearchHit]:
         """Top-``k`` detections for one query embedding, best first.
 
-        ANN top-``candidates`` under ``filters`` (x PART_POOL_FACTOR for a part query), exact KPR
+        ANN top-``candidates`` under ``filters`` (x PART_POOL_FACTOR for a part query; at least
+        ``filtered_candidates`` when the filter is scanned exactly; never more than ``max_candidates``), exact KPR
         re-rank (only the 0-based ``parts`` when given) or, ``global_only`` (always for a global
         model's store), cosine distance of the global vectors, then optional k-reciprocal re-ranking.
         """

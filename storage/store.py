@@ -320,7 +320,7 @@ class Store:
         (e.g. a detection query excluding its own camera) is applied to the nearest
         ``_POSTFILTER_FETCH`` x ``limit`` instead of to every row. ``nprobes``/``refine_factor``/
         ``max_nprobes`` default to ``self.ann`` (refine_factor 0: no refinement). The neighbours are found first and only their
-        ``columns`` read afterwards: reading them inside the vector search is 2-3x slower.
+        ``columns`` read afterwards (for a 4,000-row exact scan, reading them inside the search took 2x as long).
         """
         table = self._open_detections()
         if table is None:
