@@ -41,6 +41,7 @@ from storage.schema import (
     detections_table,
     embedding_shape,
     embeddings_of,
+    encoded_like,
     tracklets_schema,
     tracklets_table,
     videos_schema,
@@ -297,8 +298,13 @@ class VideoWriter:
             free = [p for p in pending if p.video_id not in live]
             if free:
                 dead = sorted(row["writer"] for vid, row in held.items() if vid not in live and row["writer"])
-                condition = sql.any_of([f"target.status <> {sql.quote(WRITING)}",
-                                        sql.is_in("target.writer", dead) if dead else None])
+                # Only rows read above may be taken over: a claim that conflicts is re-run by Lance against a
+                # newer version, where a video absent from `current` may be done already by another writer;
+                # taking that row would append the video again without deleting the other's rows.
+                seen = [p.video_id for p in free if p.video_id in current]
+                condition = sql.all_of([sql.is_in("target.video_id", seen),
+                                        sql.any_of([f"target.status <> {sql.quote(WRITING)}",
+                                                    sql.is_in("target.writer", dead) if dead else None])])
                 rows = [_video_row(p.video, WRITING, None, 0, token) for p in free]
                 merge = self.tables.videos.merge_insert("video_id").when_matched_update_all(where=condition)
                 merge.when_not_matched_insert_all().execute(pa.Table.from_pylist(rows, schema=videos_schema()))
@@ -318,11 +324,10 @@ class VideoWriter:
         """Steps 2-4 for claimed videos: remove an earlier attempt's rows, append, mark done; detection rows added (see write)."""
         removed = self._delete(sorted(previous))
         detections = _concat([p.detections for p in won])
-        if detections is not None:
-            self.tables.detections().add(detections)
-        tracklets = _concat([p.tracklets for p in won])
-        if tracklets is not None:
-            self.tables.tracklets().add(tracklets)
+        for rows, target in ((detections, self.tables.detections()),
+                             (_concat([p.tracklets for p in won]), self.tables.tracklets())):
+            if rows is not None:  # a store of an older schema version keeps its own embedding encoding
+                target.add(encoded_like(rows, target.schema))
         done = [_video_row(p.video, DONE, None, 0 if p.detections is None else p.detections.num_rows, token)
                 for p in won]
         merge = self.tables.videos.merge_insert("video_id").when_matched_update_all(where="target.writer = source.writer")
