@@ -37,13 +37,15 @@ from bench.results_io import RESULTS, command_line, write_result
 from kpr_model.distance import ReIDEmbeddings
 from kpr_model.keypoints import SIDECAR_FORMAT
 from storage import Store, StoreError, detection_row, detections_table, embeddings_of
+from storage.part_codec import CODE_MAX
 from workers.records import detection_id
 
 ROOT = Path(__file__).resolve().parents[1]
 KPR_CLI = Path(sys.executable).with_name("kpr")
 KILL_POINTS = ("decode", "embed", "commit_data", "commit_manifest")
 EMBED_COLUMNS = ("vector", "parts", "visibility")
-EMBED_ATOL = 1e-5
+# Stored parts are int8 codes (storage.part_codec): within half a step of a unit-norm part, plus float noise.
+EMBED_ATOL = 0.5 / CODE_MAX + 1e-5
 # Store files are cheap to watch (kill within ~2 ms of a commit); process titles need a scan of /proc.
 FILE_POLL_S = 0.002
 TITLE_POLL_S = 0.05
@@ -254,9 +256,9 @@ def kill_condition(point: str, db: Path, nth: int) -> tuple[Callable[[Ingest], b
     """When to kill for ``point`` (and how often to look), judged only from outside: store files and Ray worker titles.
 
     decode: a decode task runs and nothing is written yet; embed: the embedding actor runs after
-    ``nth - 1`` videos were merged; commit_data: the ``nth`` merge's data file exists (its commit may
-    not); commit_manifest: the ``nth`` merge is committed (1 creation + nth merge versions) and the
-    video row may not be.
+    ``nth - 1`` commits of detections; commit_data: the ``nth`` append's data file exists (its commit
+    may not); commit_manifest: the ``nth`` append is committed (1 creation + nth append versions) and
+    its videos may not be marked done yet.
     """
     data, versions = db / "detections.lance" / "data", db / "detections.lance" / "_versions"
     conditions = {
@@ -375,8 +377,8 @@ def exactly_once(report: dict) -> bool:
 def store_state(db: Path) -> dict:
     """What a killed ingestion left: done videos, rows (those of videos not marked done), uncommitted data files.
 
-    ``state`` names it: "nothing written", "mid-commit" (a merge's data file written, its commit not),
-    "rows without done video" (a merge committed, the video row not), or "between videos".
+    ``state`` names it: "nothing written", "mid-commit" (an append's data file written, its commit not),
+    "rows without done video" (an append committed, its videos not marked done), or "between videos".
     """
     import lancedb
 
@@ -492,8 +494,8 @@ def commit_race(db: Path, videos: int = 3, rows: int = 200) -> dict:
     """Two processes create a new store and commit the same new videos through Store.write_video at the same instant.
 
     The store-level core of two ingestions of one archive into a new store: both create its tables,
-    then both merge the same detection ids. Returns the racers' exit codes (a crash is 1) and the
-    rows the store ends with.
+    then both commit the same videos (one wins each claim, the other waits and writes it again).
+    Returns the racers' exit codes (a crash is 1) and the rows the store ends with.
     """
     shutil.rmtree(db, ignore_errors=True)
     context = multiprocessing.get_context("spawn")

@@ -15,15 +15,19 @@ from kpr_model.embeddings import ReIDEmbeddings
 from pipelines.errors import UserError
 from pipelines.ingest_inputs import IngestInputs, store_listed_videos
 from pipelines.interrupts import commit_whole
-from storage import Store, StoreError, detection_row, detections_table, tracklet_row, tracklets_table
+from storage import Store, StoreError, VideoRows, detection_row, detections_table, tracklet_row, tracklets_table
 from workers.discover import ArchiveFiles, VideoTask, discover_videos
 from workers.errors import WorkerError
 from workers.ingest_options import IngestOptions
-from workers.ray_stages import ensure_ray, run_videos
+from workers.ray_stages import VideoOutcome, ensure_ray, run_videos
 from workers.records import EmbeddedVideo
 
 INGEST_RETRIES = 2
 INGEST_RETRY_DELAY_S = 30
+# Commit batching (see _PendingCommits): at most this many videos per commit, waiting at most this long.
+COMMIT_VIDEOS = 8
+COMMIT_WAIT_S = 2.0
+MAINTAIN_COMMITS = 256
 
 # A lost node, actor, object or connection: the same work can succeed on a second try.
 _TRANSIENT_RAY_ERRORS = (ray.exceptions.NodeDiedError, ray.exceptions.LocalRayletDiedError,
@@ -129,6 +133,51 @@ def _tracklets(video: dict, result: EmbeddedVideo):
     return tracklets_table(rows, ReIDEmbeddings.concat([t.embeddings for t in result.tracklets]))
 
 
+class _PendingCommits:
+    """Embedded videos waiting for their commit: several videos per commit keep the store's cost per video small.
+
+    A video is committed at once when the last commit is older than COMMIT_WAIT_S (slow videos never
+    wait), else with the next ones, COMMIT_VIDEOS at most. Every MAINTAIN_COMMITS commits the store
+    is maintained, so a long run does not pile up fragments that make every commit slower.
+    """
+
+    def __init__(self, store: Store, model_id: str, summary: IngestSummary, logger) -> None:
+        self.store, self.model_id, self.summary, self.logger = store, model_id, summary, logger
+        self.videos: list[tuple[dict, VideoOutcome]] = []
+        self.last_commit = -float("inf")
+        self.commits = 0
+
+    def add(self, outcome: VideoOutcome) -> None:
+        """Queue one embedded video; commit the queue when it is full or the last commit is old enough."""
+        facts = outcome.result.facts
+        video = _video_row(outcome.task, self.model_id, self.summary.run_id, camera_id=facts.camera_id,
+                           start_time=facts.start_time, duration=facts.duration, num_frames=facts.num_frames)
+        self.videos.append((video, outcome))
+        if len(self.videos) >= COMMIT_VIDEOS or time.monotonic() - self.last_commit >= COMMIT_WAIT_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit the queued videos (a Ctrl-C waits for the commit, so each video is stored whole or not at all)."""
+        queued, self.videos = self.videos, []
+        if not queued:
+            return
+        batch = [VideoRows(video, _detections(video, outcome.result), _tracklets(video, outcome.result))
+                 for video, outcome in queued]
+        with commit_whole():
+            self.summary.detections_written += self.store.write_videos(batch)
+        for (video, outcome), rows in zip(queued, batch):
+            result = outcome.result
+            self.summary.tracklets_written += 0 if rows.tracklets is None else rows.tracklets.num_rows
+            self.summary.videos_done += 1
+            self.summary.frames_sampled += result.frames_sampled
+            self.summary.detections_dropped += result.dropped
+            self.logger.info("done %s (%s): %d detections, %d tracklets, %d small boxes dropped", outcome.task.uri,
+                             video["camera_id"], len(result.records), len(result.tracklets), result.dropped)
+        self.last_commit, self.commits = time.monotonic(), self.commits + 1
+        if self.commits % MAINTAIN_COMMITS == 0:
+            self.summary.maintain_s += self.store.maintain()["seconds"]
+
+
 @task(name="discover-videos")
 def discover(archive: ArchiveFiles) -> list[VideoTask]:
     """Hash every video of the archive (content hash = video_id)."""
@@ -157,30 +206,21 @@ def ingest_videos(tasks: list[VideoTask], inputs: IngestInputs, options: IngestO
     if not todo:
         return summary
     ensure_ray(ray_address)
+    pending = _PendingCommits(store, model_id, summary, logger)
     with tqdm(total=len(todo), desc="ingest", unit="video", disable=not progress) as bar:
-        for outcome in run_videos(todo, inputs.model, options, model_input=inputs.model_input):
-            if outcome.error is not None:
-                store.record_failure(_video_row(outcome.task, model_id, summary.run_id), outcome.error)
-                summary.videos_failed += 1
-                summary.failures.append((outcome.task.uri, outcome.error))
-                logger.warning("failed %s: %s", outcome.task.uri, outcome.error)
-            else:
-                facts = outcome.result.facts
-                video = _video_row(outcome.task, model_id, summary.run_id, camera_id=facts.camera_id,
-                                   start_time=facts.start_time, duration=facts.duration, num_frames=facts.num_frames)
-                tracklets = _tracklets(video, outcome.result)
-                with commit_whole():  # a Ctrl-C here waits for the commit, so a video is stored whole or not at all
-                    summary.detections_written += store.write_video(video, _detections(video, outcome.result),
-                                                                    tracklets)
-                summary.tracklets_written += 0 if tracklets is None else tracklets.num_rows
-                summary.videos_done += 1
-                summary.frames_sampled += outcome.result.frames_sampled
-                summary.detections_dropped += outcome.result.dropped
-                logger.info("done %s (%s): %d detections, %d tracklets, %d small boxes dropped", outcome.task.uri,
-                            video["camera_id"], len(outcome.result.records), len(outcome.result.tracklets),
-                            outcome.result.dropped)
-            bar.update(1)
-            bar.set_postfix(detections=summary.detections_written, failed=summary.videos_failed)
+        try:
+            for outcome in run_videos(todo, inputs.model, options, model_input=inputs.model_input):
+                if outcome.error is not None:
+                    store.record_failure(_video_row(outcome.task, model_id, summary.run_id), outcome.error)
+                    summary.videos_failed += 1
+                    summary.failures.append((outcome.task.uri, outcome.error))
+                    logger.warning("failed %s: %s", outcome.task.uri, outcome.error)
+                else:
+                    pending.add(outcome)
+                bar.update(1)
+                bar.set_postfix(detections=summary.detections_written, failed=summary.videos_failed)
+        finally:  # a Ctrl-C or a failed attempt still stores the videos already embedded
+            pending.flush()
     if summary.videos_done:
         summary.maintain_s += store.maintain()["seconds"]
     return summary

@@ -14,6 +14,7 @@ from storage.schema import (
 )
 from storage.search import CameraGroup, PersonSearch, SearchFilters, SearchHit, TrackletGroup, group_hits
 from storage.store import Store
+from storage.writer import VideoRows
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -26,6 +27,7 @@ __all__ = [
     "Store",
     "StoreError",
     "TrackletGroup",
+    "VideoRows",
     "detection_row",
     "detections_table",
     "embeddings_of",

@@ -43,7 +43,7 @@ def test_killed_during_a_commit_then_run_twice_at_once(small_archive, tiny_check
     assert not any("Traceback" in out for out in outputs), outputs
 
     report = rel.compare(expected, rel.store_snapshot(db))
-    assert rel.exactly_once(report), report  # good rows once with the workers' embeddings, one row per video
+    assert rel.exactly_once(report), str(report)  # good rows once with the workers' embeddings, one row per video
     failed = {Path(row["uri"]).name: row["error"] for row in Store.open(db, create=False).video_rows(status="failed")}
     assert set(failed) == set(bad) and all(failed.values()), failed
     assert "empty file" in failed["zero_bytes.mp4"]
