@@ -24,9 +24,6 @@ from storage import Store
 BUCKET = "kpr"
 # A region is required by S3-compatible servers' signatures; moto accepts any key pair.
 _REGION = "us-east-1"
-# The counts of a `bench.reliability.compare` report that are 0 when every row is stored exactly once.
-_ROW_COUNTS = ("lost_rows", "extra_rows", "duplicate_rows", "duplicate_video_rows", "videos_not_as_expected",
-               "tracklets_not_as_expected")
 
 
 @contextmanager
@@ -101,21 +98,14 @@ def first_detection(db: str) -> str:
     return Store.open(db, create=False).list_detections(None, limit=1)["detection_id"][0].as_py()
 
 
-def rows_exactly_once(report: dict) -> bool:
-    """Whether a `bench.reliability.compare` report shows every expected detection, video and tracklet row once.
-
-    Embedding values are the encoding's business, the same on any backend (bench.reliability checks them).
-    """
-    return all(report[key] == 0 for key in _ROW_COUNTS)
-
-
 def _failure(report: dict) -> str | None:
     """One line saying how a concurrent-ingest report misses exactly-once, or None when it holds."""
     if report["exit_codes"] != [0, 0]:
         last = [out.strip().splitlines()[-1:] for out in report["outputs"]]
         return f"kpr ingest exited with {report['exit_codes']}: {last}"
-    if not rows_exactly_once(report):
-        return "two concurrent ingests are not exactly once: " + ", ".join(f"{k}={report[k]}" for k in _ROW_COUNTS)
+    if not rel.exactly_once(report):
+        counts = {key: value for key, value in report.items() if key not in ("exit_codes", "outputs")}
+        return "two concurrent ingests are not exactly once: " + ", ".join(f"{k}={v}" for k, v in counts.items())
     return None
 
 

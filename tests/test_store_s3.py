@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import reliability as rel
 from bench import s3_check
 from pipelines.cli import main
 from support import free_port
@@ -42,7 +43,7 @@ def s3_ingested(s3_server, small_archive, tiny_checkpoint, tmp_path_factory):
 def test_two_ingests_at_once_store_every_detection_once(s3_ingested):
     assert s3_ingested["exit_codes"] == [0, 0], s3_ingested["outputs"]
     assert not any("Traceback" in out for out in s3_ingested["outputs"]), s3_ingested["outputs"]
-    assert s3_check.rows_exactly_once(s3_ingested), {k: v for k, v in s3_ingested.items() if k != "outputs"}
+    assert rel.exactly_once(s3_ingested), {k: v for k, v in s3_ingested.items() if k != "outputs"}
     assert s3_ingested["rows"] == s3_ingested["expected_rows"] > 0
 
 
