@@ -7,7 +7,8 @@ baseline). Both get the same compaction schedule (every --maintain-fragments com
 Store.maintain, which the ingest flow runs too, and the plain table's own optimize). At probe points
 (10k, 100k, 1M rows, ...) --probe-videos videos are committed one per write_video and timed: the
 per-video commit cost as the table grows. Then re-writes of stored videos (a re-run's path), an
-exactly-once check of every row, and optionally the search benchmark on the written store.
+exactly-once check of every row, optionally the search benchmark on the written store, and
+bench/s3_check.py (two concurrent ingests into an s3:// store on a local S3 server: "ok" or why not).
 Writes bench/results/store_scale.json (merged into: bench/store_rows.py adds its keys). Example:
     .venv/bin/python -m bench.store_scale --rows 1000000 --workdir /tmp/kpr_store_scale --search
 """
@@ -20,7 +21,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import lancedb
@@ -38,6 +39,7 @@ PROBES = (10_000, 100_000, 1_000_000, 10_000_000)
 EXTRAPOLATE_TO = 10_000_000
 GOAL_COMMIT_GROWTH = 1.3
 GOAL_WRITE_RATIO = 0.5
+SEARCH_KEYS = ("recall_at_50", "recall_at_50_filtered", "p95_ms", "p95_filtered_ms", "p50_ms", "p50_filtered_ms")
 
 
 def log(message: str) -> None:
@@ -64,19 +66,26 @@ def rate(samples: Sequence[tuple[int, int, float]], low: float, high: float) -> 
 
 def write_all(world: SyntheticWorld, store: Store, plain: lancedb.table.Table, per_commit: int, maintain_fragments: int,
               probe_videos: int, plain_folder: Path) -> Timings:
-    """Write every video of ``world`` to both stores, timing commits, appends, probes and maintenance."""
+    """Write every video of ``world`` to both stores, timing commits, appends, probes and maintenance.
+
+    A probe commits ``probe_videos`` videos one by one once the store holds a probe's rows; the last
+    probe, at the full size, writes videos of a larger world beyond the last one (``world`` itself stays
+    exactly --rows detections).
+    """
     config, timings = world.config, Timings()
-    probes = [p for p in PROBES if p < config.rows]
+    probes = [*(p for p in PROBES if p < config.rows), config.rows]
+    extra = SyntheticWorld(replace(config, rows=config.rows + probe_videos * config.per_video))
     rows_stored, index, commits = 0, 0, 0
-    while index < config.videos:
+    while index < extra.config.videos:
         probe = next((p for p in probes if rows_stored >= p and p not in timings.probes), None)
-        size = 1 if probe is not None else per_commit
-        count = probe_videos if probe is not None else 1
+        if probe is None and index >= config.videos:
+            break
+        size, count = (1, probe_videos) if probe is not None else (per_commit, 1)
         for _ in range(count):
-            if index >= config.videos:
-                break
+            source = extra if probe is not None else world
+            last = source.config.videos if probe is not None else config.videos
             tick = time.perf_counter()
-            built = [world.video(i) for i in range(index, min(index + size, config.videos))]
+            built = [source.video(i) for i in range(index, min(index + size, last))]
             timings.generate_s += time.perf_counter() - tick
             rows = sum(t.num_rows for _, t in built)
             tick = time.perf_counter()
@@ -132,10 +141,13 @@ def folder_gib(path: Path) -> float:
 
 
 def extrapolate(timings: Timings, rows: int, target: int) -> dict:
-    """Seconds to write ``target`` rows, from a linear fit of commit seconds per row against the rows stored."""
+    """Seconds to write ``target`` rows, from a linear fit of commit seconds per row against the rows stored
+    (growth never taken as negative), plus maintenance at the measured seconds per row."""
     before = np.array([b for b, _, _ in timings.batches], float)
     per_row = np.array([s / r for _, r, s in timings.batches])
     slope, intercept = np.polyfit(before, per_row, 1)
+    if slope < 0:  # no measurable growth: the mean cost per row
+        slope, intercept = 0.0, float(per_row.mean())
     commits = intercept * target + slope * target**2 / 2
     maintain_per_row = sum(m["store_s"] for m in timings.maintenance) / max(rows, 1)
     return {"rows": target, "commit_seconds": round(float(commits)), "seconds_per_row_growth_per_million": float(slope) * 1e6,
@@ -147,7 +159,7 @@ def summarise(timings: Timings, rows: int, per_video: int) -> dict:
     """The store_scale.json keys of the write part."""
     per_video_ms = {p: round(float(np.median(s)) * 1e3, 1) for p, s in timings.probes.items()}
     top = max(timings.probes) if timings.probes else None
-    window = (0.9 * rows, float(rows))
+    window = (0.9 * rows, float(rows) + 1)
     ours, plain = rate(timings.batches, *window), rate(timings.appends, *window)
     total_batches = sum(s for _, _, s in timings.batches)
     total_appends = sum(s for _, _, s in timings.appends)
@@ -157,7 +169,7 @@ def summarise(timings: Timings, rows: int, per_video: int) -> dict:
         "append_rows_per_s": round(sum(r for _, r, _ in timings.appends) / total_appends),
         "write_rows_per_s_last_10pct": round(ours),
         "append_rows_per_s_last_10pct": round(plain),
-        "write_ratio_vs_append": round(ours / plain, 3),
+        "write_ratio_vs_append": round(ours / plain, 3) if ours and plain else None,
         "commit_p50_ms_10k": per_video_ms.get(PROBES[0]),
         "commit_p50_ms_1m": per_video_ms.get(1_000_000),
         "commit_p50_ms_by_rows": {str(p): ms for p, ms in sorted(per_video_ms.items())},
@@ -180,6 +192,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rewrites", type=int, default=20, help="stored videos re-written at the end (a re-run's path)")
     parser.add_argument("--search", action="store_true",
                         help="then run bench.search_bench on the written store and copy its recall and latency")
+    parser.add_argument("--skip-s3", action="store_true", help="do not run bench.s3_check (two ingests on a local S3)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=RESULTS / "store_scale.json", help="result JSON (merged into; '-': print only)")
     return parser.parse_args(argv)
@@ -205,25 +218,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         "videos_per_commit": args.videos_per_commit,
         "maintain_every_commits": args.maintain_fragments,
         "rewrite_p50_ms": round(float(np.median(rewritten)) * 1e3, 1),
-        "exactly_once": exactly_once(store, args.rows),
+        "exactly_once": exactly_once(store, args.rows + args.probe_videos * world.config.per_video),
         "final_maintain_s": final["seconds"],
         "store_gib": round(folder_gib(args.workdir / "store"), 2),
-        "bytes_per_detection_store": round(final["total_bytes"] / args.rows),
+        "bytes_per_detection_store": round(final["total_bytes"] / store.count_detections()),
         "extrapolated": extrapolate(timings, args.rows, EXTRAPOLATE_TO),
         "goals": {"commit_growth": GOAL_COMMIT_GROWTH, "write_ratio_vs_append": GOAL_WRITE_RATIO},
         "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": command_line("bench.store_scale", argv),
     }
     shutil.rmtree(plain_folder, ignore_errors=True)
+    merge_result(args.output, result)
     if args.search:
         from bench import search_bench
 
-        search_bench.main(["--db", str(args.workdir / "store"), "--reuse", "--rows", str(args.rows)])
+        (args.workdir / "store" / "bench_build.json").write_text(json.dumps({"mode": "bench.store_scale", **result}))
+        search_bench.main(["--db", str(args.workdir / "store"), "--reuse", "--rows", str(store.count_detections())])
         searched = json.loads((RESULTS / "search.json").read_text())
-        result |= {key: searched.get(key) for key in ("recall_at_50", "recall_at_50_filtered", "p95_ms", "p95_filtered_ms")}
-    merge_result(args.output, result)
-    return 0
+        merge_result(args.output, {key: searched.get(key) for key in SEARCH_KEYS})
+    if not args.skip_s3:
+        from bench.s3_check import s3_check
 
+        merge_result(args.output, {"s3": s3_check(args.workdir)})
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())
