@@ -4,10 +4,11 @@ A write claims its videos in the small videos table, then appends: no join again
 detections table (a merge keyed on detection_id reads every stored key, so ingestion cost grew
 with the square of the archive). Per batch of videos:
 
-1. claim: one conditional merge_insert of "writing" rows carrying this writer's token. It updates
-   a row only when nobody is writing that video, or its writer is dead; of two writers racing
-   for a video the later commit conflicts, is re-run against the new version and no longer
-   matches, so exactly one wins. Videos held by a live writer are waited for, then re-claimed.
+1. claim: one conditional merge_insert of "writing" rows carrying this writer's token. It inserts
+   new videos and updates a row only when nobody is writing that video (or, once the rows were
+   read, when its writer is dead); of two writers racing for a video the later commit conflicts,
+   is re-run against the new version and no longer matches, so exactly one wins. Videos held by a
+   live writer are waited for, then claimed again.
 2. delete what an earlier attempt left of the claimed videos (only videos that had a row:
    a new video costs nothing here), by their indexed video_id;
 3. append the detections, then the tracklets (one commit each for the whole batch);
@@ -263,9 +264,9 @@ class VideoWriter:
             added = 0
             pending = {p.video_id: p for p in prepared}
             while pending:
-                won, previous = self._claim(list(pending.values()), token)
+                won, existed = self._claim(list(pending.values()), token)
                 try:
-                    added += self._commit(won, previous, token)
+                    added += self._commit(won, existed, token)
                 except BaseException as exc:
                     self._release(videos, won, token, exc)
                     raise
@@ -288,8 +289,14 @@ class VideoWriter:
         if "writer" not in self.tables.videos.schema.names:
             self.tables.videos.add_columns(videos_schema().field("writer"))
 
-    def _claim(self, pending: list[_Prepared], token: str) -> tuple[list[_Prepared], dict[str, dict]]:
-        """Claim as many of ``pending`` as are free (waiting while live writers hold all of them); (won, their old rows)."""
+    def _claim(self, pending: list[_Prepared], token: str) -> tuple[list[_Prepared], set[str]]:
+        """Claim as many of ``pending`` as are free, waiting while live writers hold all of them.
+
+        Returns the videos won and the ids of those that had a row, whose earlier rows are deleted.
+        """
+        won, existed = self._claim_unheld(pending, token)
+        if won:
+            return won, existed
         waited_since = None
         while True:
             current = _rows_by_id(self.tables, [p.video_id for p in pending])
@@ -305,13 +312,10 @@ class VideoWriter:
                 condition = sql.all_of([sql.is_in("target.video_id", seen),
                                         sql.any_of([f"target.status <> {sql.quote(WRITING)}",
                                                     sql.is_in("target.writer", dead) if dead else None])])
-                rows = [_video_row(p.video, WRITING, None, 0, token) for p in free]
-                merge = self.tables.videos.merge_insert("video_id").when_matched_update_all(where=condition)
-                merge.when_not_matched_insert_all().execute(pa.Table.from_pylist(rows, schema=videos_schema()))
-                after = _rows_by_id(self.tables, [p.video_id for p in free])
-                won = [p for p in free if after.get(p.video_id, {}).get("writer") == token]
+                self._merge_claims(free, token, condition)
+                won = self._read_back(free, token)
                 if won:
-                    return won, {p.video_id: current[p.video_id] for p in won if p.video_id in current}
+                    return won, {p.video_id for p in won if p.video_id in current}
             if waited_since is None:
                 waited_since = time.monotonic()
                 log.info("waiting for other writers of %d video(s): %s", len(live), ", ".join(sorted(live)[:3]))
@@ -320,9 +324,35 @@ class VideoWriter:
                                  f"than {self.lease_s:.0f} s; is another ingestion stuck?")
             time.sleep(_POLL_S)
 
-    def _commit(self, won: list[_Prepared], previous: dict[str, dict], token: str) -> int:
-        """Steps 2-4 for claimed videos: remove an earlier attempt's rows, append, mark done; detection rows added (see write)."""
-        removed = self._delete(sorted(previous))
+    def _claim_unheld(self, pending: list[_Prepared], token: str) -> tuple[list[_Prepared], set[str]]:
+        """The common case in one commit, without reading first: take every video that nobody is writing.
+
+        A video the merge updated rather than inserted had a row (a re-run, or a racing writer that
+        finished it first, found when Lance re-ran the conflicting merge), so when any was updated
+        every video won counts as having had one (a delete of a video without rows costs a lookup).
+        """
+        result = self._merge_claims(pending, token, f"target.status <> {sql.quote(WRITING)}")
+        claimed = result.num_inserted_rows + result.num_updated_rows
+        if not claimed:
+            return [], set()
+        won = pending if claimed == len(pending) else self._read_back(pending, token)
+        return won, {p.video_id for p in won} if result.num_updated_rows else set()
+
+    def _merge_claims(self, videos: list[_Prepared], token: str, condition: str | None):
+        """One merge_insert of "writing" rows with ``token``: new videos inserted, rows matching ``condition`` updated."""
+        rows = [_video_row(p.video, WRITING, None, 0, token) for p in videos]
+        merge = self.tables.videos.merge_insert("video_id").when_matched_update_all(where=condition)
+        return merge.when_not_matched_insert_all().execute(pa.Table.from_pylist(rows, schema=videos_schema()))
+
+    def _read_back(self, videos: list[_Prepared], token: str) -> list[_Prepared]:
+        """The ``videos`` whose row now carries ``token``: those a claim won."""
+        after = _rows_by_id(self.tables, [p.video_id for p in videos])
+        return [p for p in videos if after.get(p.video_id, {}).get("writer") == token]
+
+    def _commit(self, won: list[_Prepared], existed: set[str], token: str) -> int:
+        """Steps 2-4 for claimed videos: remove an earlier attempt's rows (of ``existed``), append, mark done; detection
+        rows added (see write)."""
+        removed = self._delete(sorted(existed))
         detections = _concat([p.detections for p in won])
         for rows, target in ((detections, self.tables.detections()),
                              (_concat([p.tracklets for p in won]), self.tables.tracklets())):
