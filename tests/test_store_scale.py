@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+import json
 from pathlib import Path
 
 import lancedb
@@ -165,3 +166,18 @@ def test_iter_detections_streams_every_row_once(tmp_path: Path) -> None:
     assert all(isinstance(b, pa.Table) and b.num_rows <= 8 for b in batches)
     ids = [i for b in batches for i in b["detection_id"].to_pylist()]
     assert sorted(ids) == sorted(r["detection_id"] for r in sorted_rows(store))
+
+
+def test_the_store_scale_benchmark_writes_every_row_once_beside_a_plain_append(tmp_path: Path) -> None:
+    from bench import store_scale
+
+    out = tmp_path / "store_scale.json"
+    argv = ["--rows", "4000", "--workdir", str(tmp_path / "work"), "--maintain-fragments", "2", "--probe-videos", "2",
+            "--rewrites", "2", "--skip-s3", "--output", str(out)]
+    assert store_scale.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["exactly_once"] | {"videos_done": None} == {
+        "expected_rows": 4500, "rows": 4500, "distinct_ids": 4500, "lost_rows": 0, "duplicate_rows": 0,
+        "videos_done": None}
+    assert result["exactly_once"]["videos_done"] == 18
+    assert result["write_rows_per_s"] > 0 and result["append_rows_per_s"] > 0 and result["commit_p50_ms_by_rows"]
