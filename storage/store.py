@@ -190,8 +190,13 @@ class Store:
         recorded = (self._videos.schema.field("model_id").metadata or {}).get(STORE_MODEL_KEY.encode())
         if recorded:
             return json.loads(recorded)
-        shape, done = self.embedding_shape, self.video_rows("done")
-        if shape is None or not done:
+        shape = self.embedding_shape
+        if shape is None:
+            return None
+        # Two columns of the done rows, not whole rows: every search asks (36 of 155 ms per query at 4,000 videos).
+        done = self._videos.search().where(sql.equals("status", "done")).select(["model_id", "ingested_at"])
+        done = done.limit(None).to_arrow().to_pylist()
+        if not done:
             return None
         latest = max(done, key=lambda row: row["ingested_at"] or 0.0)
         return {"model_id": latest["model_id"], "kind": KPR_KIND, "num_parts": shape[1], "dim": shape[0]}
