@@ -210,9 +210,12 @@ class StoreTables:
         return self._tracklets
 
     def keyed_videos(self) -> lancedb.table.Table:
-        """The videos table once its video_id is declared its primary key (checked once per handle), for merge_insert."""
+        """The videos table ready for the writer's merges (checked once per handle): video_id declared its primary
+        key, and the writer column that a table written before claims existed lacks added (empty)."""
         if "video_id" not in self._keys_declared:
             _declare_key(self.videos, "video_id")
+            if "writer" not in self.videos.schema.names:
+                self.videos.add_columns(videos_schema().field("writer"))
             self._keys_declared.add("video_id")
         return self.videos
 

@@ -260,7 +260,6 @@ class VideoWriter:
             if any(p.tracklets is not None for p in prepared):
                 self.tables.tracklets_for_write(*shape)
         videos = self.tables.keyed_videos()
-        self._ensure_writer_column()
         token = _new_token()
         with _ACTIVE_LOCK:
             _ACTIVE.add(token)
@@ -295,14 +294,8 @@ class VideoWriter:
     def record_failure(self, video: dict, error: str) -> None:
         """Mark a video failed with its error text (unless a writer holds it now), so a re-run retries it."""
         row = pa.Table.from_pylist([_video_row(video, FAILED, str(error), 0, None)], schema=videos_schema())
-        self._ensure_writer_column()
         merge = self.tables.keyed_videos().merge_insert("video_id")
         merge.when_matched_update_all(where=f"target.status <> {sql.quote(WRITING)}").when_not_matched_insert_all().execute(row)
-
-    def _ensure_writer_column(self) -> None:
-        """Give a videos table written before claims existed its (empty) writer column."""
-        if "writer" not in self.tables.videos.schema.names:
-            self.tables.videos.add_columns(videos_schema().field("writer"))
 
     def _claim(self, pending: list[_Prepared], token: str) -> tuple[list[_Prepared], set[str]]:
         """Claim as many of ``pending`` as are free, waiting while live writers hold all of them.
