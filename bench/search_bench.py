@@ -467,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
         build["final_maintain_seconds"] = round(time.perf_counter() - tick, 1)
         (args.db / "bench_build.json").write_text(json.dumps(build, indent=2))
         log(f"written in {build['seconds']} s, final maintain {build['final_maintain_seconds']} s")
+    if store.model() != (recorded := {"model_id": MODEL_ID, "kind": "kpr", "num_parts": args.parts, "dim": args.dim}):
+        store.set_model(recorded)  # as `kpr ingest` records it: a store without the record answers model() from its rows
     queries = make_queries(world, args.queries, args.filter_cameras, args.filter_hours, args.seed)
     unfiltered, filtered, kept, exact_s = exact_search(store, queries[: args.recall_queries], args.k)
     log(f"exact KPR scan of {args.rows} rows for {args.recall_queries} queries: {exact_s:.1f} s")

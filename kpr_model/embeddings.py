@@ -40,9 +40,9 @@ class ReIDEmbeddings:
         part-map channels, background included, so it is never 0, and a crop whose part maps are
         all background is still ranked by its foreground embedding.
         """
-        feats = np.concatenate([self.global_emb[:, None, :], self.parts], axis=1)
-        vis = np.concatenate([np.ones((len(self), 1)), self.visibility], axis=1).astype(np.float32)
-        return feats.astype(np.float32), vis
+        feats = np.concatenate([self.global_emb[:, None, :], self.parts], axis=1, dtype=np.float32)
+        vis = np.concatenate([np.ones((len(self), 1), np.float32), self.visibility], axis=1, dtype=np.float32)
+        return feats, vis
 
     def select(self, index) -> "ReIDEmbeddings":
         """Rows at ``index`` (int array, slice or boolean mask) as a new ReIDEmbeddings."""

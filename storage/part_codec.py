@@ -21,4 +21,4 @@ def encode_parts(parts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def decode_parts(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """Float32 part embeddings [..., D] from int8 codes [..., D] and their scales [...]."""
-    return np.asarray(codes, np.float32) * np.asarray(scales, np.float32)[..., None]
+    return np.multiply(codes, np.asarray(scales, np.float32)[..., None], dtype=np.float32)  # one pass, no int8 copy
