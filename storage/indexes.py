@@ -103,18 +103,22 @@ def _scalar_index(table: lancedb.table.Table, column: str, config: type, rebuild
     return "created"
 
 
-def _index_report(tables: StoreTables, actions: dict[str, str]) -> dict[str, dict]:
-    """Per index (``table.column``): what maintenance did, its type and how many rows it covers or not yet."""
+def index_stats(tables: StoreTables) -> dict[str, dict]:
+    """Per index (``table.column``): its type and how many rows it covers or not yet (the ANN index also its plan)."""
     report = {}
     for name, table in tables.all().items():
         for index in table.list_indices():
-            key = f"{name}.{index.columns[0]}"
             stats = table.index_stats(index.name)
-            report[key] = {"action": actions.get(key, "kept"), "type": stats.index_type,
-                           "indexed_rows": stats.num_indexed_rows, "unindexed_rows": stats.num_unindexed_rows}
+            report[f"{name}.{index.columns[0]}"] = {"type": stats.index_type, "indexed_rows": stats.num_indexed_rows,
+                                                    "unindexed_rows": stats.num_unindexed_rows}
     if "detections.vector" in report:
         report["detections.vector"].update(vector_index(tables) or {})
     return report
+
+
+def _index_report(tables: StoreTables, actions: dict[str, str]) -> dict[str, dict]:
+    """`index_stats` with what maintenance did to each index ("created", "rebuilt" or "kept") first."""
+    return {key: {"action": actions.get(key, "kept"), **entry} for key, entry in index_stats(tables).items()}
 
 
 def ensure_indexes(tables: StoreTables, vector_index_min_rows: int, rebuild: bool) -> dict[str, dict]:

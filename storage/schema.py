@@ -148,6 +148,12 @@ def check_version(schema: pa.Schema, table: str, uri: str) -> None:
         )
 
 
+def schema_version(schema: pa.Schema) -> int | None:
+    """The schema version a table's ``schema`` records (None when it records none)."""
+    found = (schema.metadata or {}).get(VERSION_KEY)
+    return int(found) if found is not None and found.isdigit() else None
+
+
 def embedding_shape(schema: pa.Schema) -> tuple[int, int]:
     """(D, K) recorded in a detections or tracklets table's schema metadata."""
     metadata = schema.metadata or {}
