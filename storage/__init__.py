@@ -12,7 +12,8 @@ from storage.schema import (
     tracklets_schema,
     tracklets_table,
 )
-from storage.search import CameraGroup, PersonSearch, SearchFilters, SearchHit, TrackletGroup, group_hits
+from storage.search import (CameraGroup, PersonHit, PersonSearch, SearchFilters, SearchHit, TrackletGroup,
+                            group_hits)
 from storage.store import Store
 from storage.writer import VideoRows
 
@@ -21,6 +22,7 @@ __all__ = [
     "TRACKLETS",
     "CameraGroup",
     "NotFoundError",
+    "PersonHit",
     "PersonSearch",
     "SearchFilters",
     "SearchHit",

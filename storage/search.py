@@ -1,5 +1,6 @@
 """Person search: ANN on the global vector with where-prefilters, exact KPR part-distance re-rank,
-optional k-reciprocal re-ranking, and grouping of the hits by camera and tracklet.
+optional k-reciprocal re-ranking, then the best detections or the best people (tracklets), and grouping
+of the hits by camera and tracklet.
 
 Global-only search ranks by the cosine distance of the global vectors alone: always for a store of a
 global ReID model (it has no parts), on request for a KPR store (to compare with the part distance).
@@ -28,6 +29,7 @@ from storage.store import Store
 
 __all__ = [
     "CameraGroup",
+    "PersonHit",
     "PersonSearch",
     "SearchFilters",
     "SearchHit",
@@ -55,6 +57,12 @@ FILTERED_CANDIDATES = 4000
 MAX_CANDIDATES = 5000
 # k-reciprocal re-ranking compares every pair of its gallery: it re-orders the best this many.
 RERANK_POOL = 500
+# A search for the top-k people re-ranks at least this many detections per person asked for: one tracklet
+# brings tens of close detections (five of the top six detections were one tracklet's), so k detections
+# would reach far fewer than k people.
+PEOPLE_POOL_FACTOR = 20
+# The columns that say which tracklet each re-ranked candidate belongs to, and when it was seen.
+_PERSON_COLUMNS = ("track_id", "timestamp")
 
 @dataclass
 class SearchHit:
@@ -88,6 +96,37 @@ class SearchHit:
             return math.nan
         values = self.visibility if parts is None else self.visibility[list(parts)]
         return float(np.mean(values))
+
+
+@dataclass
+class PersonHit:
+    """One person in the results: a tracklet (or a detection of no tracklet), shown by its closest detection.
+
+    ``best`` is the tracklet's detection closest to the query (what the people are ranked by);
+    ``t_start``/``t_end`` its time span (the stored tracklet's, else that of its matched detections);
+    ``matched`` how many of its detections were among the re-ranked candidates, of its ``detections``.
+    """
+
+    best: SearchHit
+    t_start: float
+    t_end: float
+    matched: int
+    detections: int
+
+    @property
+    def distance(self) -> float:
+        """The distance of its closest detection: what the people are ranked by."""
+        return self.best.distance
+
+    @property
+    def track_id(self) -> str | None:
+        """Its tracklet id (None: a detection of no tracklet)."""
+        return self.best.track_id
+
+    @property
+    def camera_id(self) -> str:
+        """The camera it was seen by (a tracklet lies within one video)."""
+        return self.best.camera_id
 
 
 @dataclass(frozen=True)
@@ -203,41 +242,79 @@ class PersonSearch:
         re-rank (only the 0-based ``parts`` when given) or, ``global_only`` (always for a global
         model's store), cosine distance of the global vectors, then optional k-reciprocal re-ranking.
         """
-        return self._ranked(query, k, filters, parts, rerank, candidates, global_only)
+        ranking = self._ranking(query, k, filters, parts, rerank, candidates, global_only, ())
+        return [] if ranking is None else self._hits_at(ranking, ranking.order[:k])
+
+    def people(self, query: ReIDEmbeddings, k: int = 10, filters: SearchFilters = SearchFilters(),
+               parts: Sequence[int] | None = None, rerank: bool = False, candidates: int = DEFAULT_CANDIDATES,
+               global_only: bool = False) -> list[PersonHit]:
+        """Top-``k`` people (tracklets; a detection of no tracklet counts as one) for one query, best first.
+
+        Ranked as `search` ranks detections, over at least PEOPLE_POOL_FACTOR x ``k`` candidates (never more
+        than ``max_candidates``); each tracklet is ranked by its closest candidate and appears once.
+        """
+        pool = max(candidates, PEOPLE_POOL_FACTOR * k)
+        ranking = self._ranking(query, k, filters, parts, rerank, pool, global_only, _PERSON_COLUMNS)
+        if ranking is None:
+            return []
+        members: dict[object, list[int]] = {}
+        tracks = ranking.found["track_id"].to_pylist()
+        for i in ranking.order:
+            members.setdefault(tracks[i] or ("untracked", i), []).append(int(i))
+        chosen = list(members.values())[:k]
+        best = self._hits_at(ranking, np.array([m[0] for m in chosen], dtype=np.int64))
+        times = ranking.found["timestamp"].to_numpy()
+        stored = self._tracklet_spans([h.track_id for h in best if h.track_id])
+        people = []
+        for hit, matched in zip(best, chosen):
+            if hit.track_id in stored:
+                t_start, t_end, total = stored[hit.track_id]
+            else:
+                t_start, t_end, total = float(times[matched].min()), float(times[matched].max()), len(matched)
+            people.append(PersonHit(hit, t_start, t_end, matched=len(matched), detections=total))
+        return people
 
     @property
     def global_model(self) -> bool:
         """Whether the store's model is a global ReID model (no parts), so that every search is global-only."""
         return (self.store.model() or {}).get("kind") == GLOBAL_KIND
 
-    def by_detection(self, detection_id: str, k: int = 10, other_cameras_only: bool = True,
-                     filters: SearchFilters = SearchFilters(), parts: Sequence[int] | None = None,
-                     rerank: bool = False, candidates: int = DEFAULT_CANDIDATES,
-                     query: ReIDEmbeddings | None = None, global_only: bool = False) -> list[SearchHit]:
-        """Search with a stored detection as the query (itself excluded; its camera too by default).
-
-        ``query`` stands in for its stored embedding, e.g. its thumbnail re-embedded with a keypoint prompt.
-        """
+    def detection_query(self, detection_id: str, other_cameras_only: bool = True,
+                        filters: SearchFilters = SearchFilters(),
+                        query: ReIDEmbeddings | None = None) -> tuple[ReIDEmbeddings, SearchFilters]:
+        """A stored detection as a query: its embedding (or ``query`` standing in for it, e.g. its thumbnail
+        re-embedded with a keypoint prompt) and ``filters`` that exclude it, and its camera by default."""
         row = self.store.get_detection(detection_id, None if query is None else ["camera_id"])
         own_camera = [row["camera_id"]] if other_cameras_only else []
         filters = replace(filters, exclude_cameras=[*filters.exclude_cameras, *own_camera],
                           exclude_detection_ids=[*filters.exclude_detection_ids, detection_id])
-        return self._ranked(embeddings_of([row]) if query is None else query, k, filters, parts, rerank, candidates,
-                            global_only)
+        return embeddings_of([row]) if query is None else query, filters
+
+    def tracklet_query(self, track_id: str, other_cameras_only: bool = True,
+                       filters: SearchFilters = SearchFilters()) -> tuple[ReIDEmbeddings, SearchFilters]:
+        """A stored tracklet as a query: its aggregated embedding and ``filters`` that exclude all its detections,
+        and its camera by default (a tracklet lies within one video)."""
+        query, cameras = self._tracklet_query(track_id)
+        own_cameras = cameras if other_cameras_only else []
+        filters = replace(filters, exclude_cameras=[*filters.exclude_cameras, *own_cameras],
+                          exclude_track_ids=[*filters.exclude_track_ids, track_id])
+        return query, filters
+
+    def by_detection(self, detection_id: str, k: int = 10, other_cameras_only: bool = True,
+                     filters: SearchFilters = SearchFilters(), parts: Sequence[int] | None = None,
+                     rerank: bool = False, candidates: int = DEFAULT_CANDIDATES,
+                     query: ReIDEmbeddings | None = None, global_only: bool = False) -> list[SearchHit]:
+        """Top-``k`` detections for a stored detection (see `detection_query`)."""
+        embedding, filters = self.detection_query(detection_id, other_cameras_only, filters, query)
+        return self.search(embedding, k, filters, parts, rerank, candidates, global_only)
 
     def by_tracklet(self, track_id: str, k: int = 10, other_cameras_only: bool = True,
                     filters: SearchFilters = SearchFilters(), parts: Sequence[int] | None = None,
                     rerank: bool = False, candidates: int = DEFAULT_CANDIDATES,
                     global_only: bool = False) -> list[SearchHit]:
-        """Search with a stored tracklet: its aggregated embedding as the query, all its detections excluded.
-
-        Its camera is excluded too by default (a tracklet lies within one video).
-        """
-        query, cameras = self._tracklet_query(track_id)
-        own_cameras = cameras if other_cameras_only else []
-        filters = replace(filters, exclude_cameras=[*filters.exclude_cameras, *own_cameras],
-                          exclude_track_ids=[*filters.exclude_track_ids, track_id])
-        return self._ranked(query, k, filters, parts, rerank, candidates, global_only)
+        """Top-``k`` detections for a stored tracklet (see `tracklet_query`)."""
+        embedding, filters = self.tracklet_query(track_id, other_cameras_only, filters)
+        return self.search(embedding, k, filters, parts, rerank, candidates, global_only)
 
     def _tracklet_query(self, track_id: str) -> tuple[ReIDEmbeddings, list[str]]:
         """A tracklet's aggregated embedding and camera(s): its `tracklets` row, else (a store written before
@@ -253,17 +330,27 @@ class PersonSearch:
                 return aggregate(embeddings_of(rows)), sorted(set(rows["camera_id"].to_pylist()))
         raise NotFoundError(f"unknown tracklet id {track_id!r}")
 
-    def _ranked(self, query: ReIDEmbeddings, k: int, filters: SearchFilters, parts: Sequence[int] | None,
-                rerank: bool, candidates: int, global_only: bool) -> list[SearchHit]:
-        """ANN candidates under the filters, re-ranked by exact KPR or global cosine distance (then k-reciprocal),
-        best ``k`` first."""
+    def _tracklet_spans(self, track_ids: Sequence[str]) -> dict[str, tuple[float, float, int]]:
+        """(t_start, t_end, detections) of the stored tracklets among ``track_ids`` (none in a store written before
+        tracklets were stored)."""
+        ids = [t for t in dict.fromkeys(track_ids) if sql.storable(t)]
+        if not ids:
+            return {}
+        rows = self.store.list_tracklets(sql.is_in("track_id", ids), columns=["track_id", "t_start", "t_end",
+                                                                              "n_detections"])
+        return {row["track_id"]: (row["t_start"], row["t_end"], row["n_detections"]) for row in rows.to_pylist()}
+
+    def _ranking(self, query: ReIDEmbeddings, k: int, filters: SearchFilters, parts: Sequence[int] | None,
+                 rerank: bool, candidates: int, global_only: bool, columns: Sequence[str]) -> _Ranking | None:
+        """ANN candidates under the filters (with ``columns``), ranked by exact KPR or global cosine distance (then
+        k-reciprocal); None when the store holds no detections or the filters keep none."""
         if len(query) != 1:
             raise ValueError(f"search takes one query embedding, got {len(query)}")
         if k < 1 or candidates < 1:
             raise StoreError(f"k and candidates must be >= 1, got k={k}, candidates={candidates}")
         shape = self.store.embedding_shape
         if shape is None:
-            return []
+            return None
         if shape != (query.dim, query.num_parts):
             raise StoreError(
                 f"query has D={query.dim}, K={query.num_parts} but the store holds D={shape[0]}, K={shape[1]}"
@@ -278,24 +365,45 @@ class PersonSearch:
         where = filters.where(chosen if chosen is not None else range(query.num_parts))
         # An exact scan already ranks a global-only search exactly; a KPR re-rank needs the larger pool.
         flat_limit = pool if global_only else min(max(pool, self.filtered_candidates), self.max_candidates)
-        found = self.store.nearest(query.global_emb[0], where, pool, EMBEDDING_COLUMNS, flat_limit=flat_limit)
+        found = self.store.nearest(query.global_emb[0], where, pool, [*EMBEDDING_COLUMNS, *columns],
+                                   flat_limit=flat_limit)
         if not found.num_rows:
-            return []
+            return None
         gallery = embeddings_of(found)
         distance = _cosine_distance if global_only else partial(kpr_distance, parts=chosen)
         distances = distance(query, gallery)[0]
-        order = np.argsort(distances, kind="stable")[: RERANK_POOL if rerank else k]
-        scores = distances[order]
+        order = np.argsort(distances, kind="stable")
         if rerank:
+            order = order[:RERANK_POOL]
             pooled = gallery.select(order)
-            scores = k_reciprocal_rerank(scores[None], distance(query, query), distance(pooled, pooled))[0]
-            best = np.argsort(scores, kind="stable")[:k]
-            order, scores = order[best], scores[best]
-        ranked = gallery.select(order)
-        per_part = None if global_only else per_part_distances(query, ranked)
-        picked = found.take(pa.array(order))
-        return _hits(self.store.detections_at(picked, _META_COLUMNS), picked["_distance"],
-                     None if global_model else ranked.visibility, scores, per_part)
+            scores = k_reciprocal_rerank(distances[order][None], distance(query, query), distance(pooled, pooled))[0]
+            best = np.argsort(scores, kind="stable")
+            order = order[best]
+            distances = distances.copy()
+            distances[order] = scores[best]
+        return _Ranking(query, found, gallery, order, distances, global_only, global_model)
+
+    def _hits_at(self, ranking: _Ranking, picked: np.ndarray) -> list[SearchHit]:
+        """SearchHits for the ranking's candidates at positions ``picked`` (into its found rows), in that order."""
+        ranked = ranking.gallery.select(picked)
+        per_part = None if ranking.global_only else per_part_distances(ranking.query, ranked)
+        rows = ranking.found.take(pa.array(picked, pa.int64()))
+        return _hits(self.store.detections_at(rows, _META_COLUMNS), rows["_distance"],
+                     None if ranking.global_model else ranked.visibility, ranking.distances[picked], per_part)
+
+
+@dataclass
+class _Ranking:
+    """A search's re-ranked candidates: the store rows found, their embeddings, and ``order`` (positions into
+    them, best first) by ``distances`` (k-reciprocal ones for the re-ranked pool when asked for)."""
+
+    query: ReIDEmbeddings
+    found: pa.Table
+    gallery: ReIDEmbeddings
+    order: np.ndarray
+    distances: np.ndarray
+    global_only: bool
+    global_model: bool
 
 
 def _cosine_distance(query: ReIDEmbeddings, gallery: ReIDEmbeddings) -> np.ndarray:
