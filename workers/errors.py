@@ -15,3 +15,7 @@ class DecodeError(WorkerError):
 
 class AnnotationError(WorkerError):
     """A sidecar annotation file is missing, unreadable or malformed."""
+
+
+class CamerasError(WorkerError):
+    """A cameras file is missing, unreadable or describes a camera wrongly, or cannot time a video."""
