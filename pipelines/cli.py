@@ -9,7 +9,7 @@ import argparse
 import math
 import os
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 from pipelines.errors import UserError, is_user_error
@@ -139,12 +139,15 @@ def cmd_search(args: argparse.Namespace) -> int:
                   prompt=read_prompt(args.keypoints) if args.keypoints else None,
                   cameras=tuple(args.camera) if args.camera else None, parts=tuple(args.part or ()),
                   since=args.since, until=args.until, min_visibility=args.min_visibility, k=args.k,
-                  rerank=args.rerank, same_camera=args.same_camera, global_only=args.global_only)
+                  rerank=args.rerank, same_camera=args.same_camera, global_only=args.global_only,
+                  detections=args.detections or args.group)
     encoder = QueryEncoder(args.model, store, args.model_input) if args.image and args.model else None
     missing_model = "--image needs --model CHECKPOINT (the model the store was built with)"
     result = QuerySearch(store, encoder, missing_model).run(query)
     hits, parts, names = result.hits, result.parts, result.part_names
-    if args.group:
+    if result.people is not None:
+        _print_people(result.people)
+    elif args.group:
         _print_groups(hits, parts)
     else:
         _print_hits(hits, parts)
@@ -153,11 +156,11 @@ def cmd_search(args: argparse.Namespace) -> int:
                  else f"image {args.image}")
         if parts:
             title += " (parts: " + ", ".join(names[p] for p in parts) + ")"
-        summary = {"results": len(hits), "parts": ", ".join(names[p] for p in parts) if parts else "whole body",
+        summary = {"results": f"{len(hits)} {'detections' if result.people is None else 'people (tracklets)'}",
+                   "parts": ", ".join(names[p] for p in parts) if parts else "whole body",
                    "distance": "cosine of the global vectors" if result.global_only else "KPR part distance",
                    "minimum visibility": args.min_visibility, "k-reciprocal re-ranking": "on" if args.rerank else "off"}
-        page = _write_page(args.html, title, _query_thumbnail(store, args, result), hits, parts, names, args.group,
-                           summary)
+        page = _write_page(args.html, title, _query_thumbnail(store, args, result), result, args.group, summary)
         print(f"wrote {page}", file=sys.stderr)
     return 0
 
@@ -174,19 +177,34 @@ def _query_thumbnail(store, args: argparse.Namespace, result) -> bytes | None:
     return rows["thumbnail"][0].as_py() if rows.num_rows else None
 
 
-def _when(timestamp: float) -> str:
-    """An epoch timestamp as UTC date and time."""
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def _visibility(hit, parts: list[int] | None) -> str:
     """The hit's mean visibility over ``parts`` as printed, "-" for a global model's hit (it has no parts)."""
     value = hit.mean_visibility(parts)
     return "-" if math.isnan(value) else f"{value:.2f}"
 
 
+def _print_people(people) -> None:
+    """One line per person: rank, distance, camera, UTC time span, matched/total detections, closest detection, track."""
+    from pipelines.times import span_text
+
+    if not people:
+        print("no results (check the filters)")
+        return
+    spans = [span_text(p.t_start, p.t_end) for p in people]
+    counts = [f"{p.matched}/{p.detections}" for p in people]
+    cam_w, span_w = max(6, *(len(p.camera_id) for p in people)), max(len("time span (UTC)"), *map(len, spans))
+    det_w = max(9, *(len(p.best.detection_id) for p in people))
+    print(f"{'rank':>4}  {'distance':>8}  {'camera':<{cam_w}}  {'time span (UTC)':<{span_w}}  {'matched':>7}  "
+          f"{'detection':<{det_w}}  track")
+    for rank, (person, span, count) in enumerate(zip(people, spans, counts), 1):
+        print(f"{rank:>4}  {person.distance:>8.4f}  {person.camera_id:<{cam_w}}  {span:<{span_w}}  {count:>7}  "
+              f"{person.best.detection_id:<{det_w}}  {person.track_id or '-'}")
+
+
 def _print_hits(hits, parts: list[int] | None) -> None:
     """One line per hit: rank, distance, camera, UTC time, frame, track, visibility of the queried parts, id."""
+    from pipelines.times import utc_text
+
     if not hits:
         print("no results (check the filters)")
         return
@@ -195,12 +213,13 @@ def _print_hits(hits, parts: list[int] | None) -> None:
     print(f"{'rank':>4}  {'distance':>8}  {'camera':<{cam_w}}  {'time (UTC)':<19}  {'frame':>6}  {'track':<{track_w}}  "
           f"{'vis':>4}  detection")
     for rank, hit in enumerate(hits, 1):
-        print(f"{rank:>4}  {hit.distance:>8.4f}  {hit.camera_id:<{cam_w}}  {_when(hit.timestamp):<19}  {hit.frame_index:>6}  "
+        print(f"{rank:>4}  {hit.distance:>8.4f}  {hit.camera_id:<{cam_w}}  {utc_text(hit.timestamp):<19}  {hit.frame_index:>6}  "
               f"{hit.track_id or '-':<{track_w}}  {_visibility(hit, parts):>4}  {hit.detection_id}")
 
 
 def _print_groups(hits, parts: list[int] | None) -> None:
     """The hits grouped by camera, then tracklet, best group first; ranks are those of the flat list."""
+    from pipelines.times import utc_text
     from storage import group_hits
 
     if not hits:
@@ -214,27 +233,30 @@ def _print_groups(hits, parts: list[int] | None) -> None:
         for track in camera.tracklets:
             times = [h.timestamp for h in track.hits]
             print(f"  track {track.track_id or '(none)'}: best {track.best_distance:.4f}, {len(track.hits)} detection(s), "
-                  f"{_when(min(times))} .. {_when(max(times))}")
+                  f"{utc_text(min(times))} .. {utc_text(max(times))}")
             for hit in track.hits:
-                print(f"    {rank[hit.detection_id]:>4}  {hit.distance:>8.4f}  {_when(hit.timestamp)}  frame {hit.frame_index:>6}  "
+                print(f"    {rank[hit.detection_id]:>4}  {hit.distance:>8.4f}  {utc_text(hit.timestamp)}  frame {hit.frame_index:>6}  "
                       f"vis {_visibility(hit, parts)}  {hit.detection_id}")
 
 
-def _write_page(path: Path, title: str, query_thumb: bytes | None, hits, parts: list[int] | None,
-                names: list[str], grouped: bool, summary: dict) -> Path:
-    """The self-contained HTML results page: one row of hits, or one per camera with --group."""
-    from pipelines.html_report import ResultSection, write_results_html
+def _write_page(path: Path, title: str, query_thumb: bytes | None, result, grouped: bool, summary: dict) -> Path:
+    """The self-contained HTML results page: one row of people, or of detections (one per camera with --group)."""
+    from pipelines.html_report import ResultSection, people_section, write_results_html
     from storage import group_hits
+
+    names, parts = result.part_names, result.parts
 
     def section(heading: str, shown) -> ResultSection:
         captions = [f"track {h.track_id}" if h.track_id else "no track" for h in shown]
         return ResultSection(heading, query_thumb, shown, hit_captions=captions, part_names=names, visibility_parts=parts)
 
-    if grouped:
+    if result.people is not None:
+        sections = [people_section(title, query_thumb, result.people, names, parts)]
+    elif grouped:
         sections = [section(f"camera {c.camera_id}: best d={c.best_distance:.3f}, {len(c.tracklets)} tracklet(s)",
-                            [h for t in c.tracklets for h in t.hits]) for c in group_hits(hits)]
+                            [h for t in c.tracklets for h in t.hits]) for c in group_hits(result.hits)]
     else:
-        sections = [section(title, hits)]
+        sections = [section(title, result.hits)]
     return write_results_html(path, f"kpr search: {title}", sections, summary)
 
 
@@ -460,10 +482,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("search", help="find a person in the other cameras of a store",
-                       description="Top-k detections of other cameras for a stored detection, a stored tracklet or\n"
-                                   "an image crop: ANN on the global embedding, then exact visibility-weighted KPR\n"
-                                   "part-distance re-ranking, optionally k-reciprocal re-ranking. With --part only\n"
-                                   "those body parts count (\"find these boots\": --part left_foot --part right_foot).",
+                       description="Top-k people (tracklets) of other cameras for a stored detection, a stored\n"
+                                   "tracklet or an image crop, ranked by their closest detection: ANN on the global\n"
+                                   "embedding, then exact visibility-weighted KPR part-distance re-ranking,\n"
+                                   "optionally k-reciprocal re-ranking. Each person line gives its camera, time span\n"
+                                   "(UTC), how many of its detections matched, its closest detection and its track;\n"
+                                   "--detections lists the top-k detections instead. With --part only those body\n"
+                                   "parts count (\"find these boots\": --part left_foot --part right_foot).",
                        epilog="Examples:\n"
                               "  kpr search --db store --detection VIDEO_ID:0000120:000 --html hits.html\n"
                               "  kpr search --db store --tracklet 3f2a9c01d2e4-t7 --camera north --since 2026-01-01T08:00\n"
@@ -484,7 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rank by the cosine distance of the global vectors alone, without parts (always so for a "
                         "store of a global ReID model)")
     p.add_argument("--db", required=True, help="LanceDB store written by `kpr ingest`")
-    p.add_argument("-k", "--k", type=_positive(int), default=10, help="number of results (default 10)")
+    p.add_argument("-k", "--k", type=_positive(int), default=10,
+                   help="number of people (tracklets), or of detections with --detections (default 10)")
     p.add_argument("--part", action="append", metavar="NAME|NUMBER",
                    help="compare only this body part (repeatable): a name (head, left_arm, right_arm, torso, left_leg, "
                         "right_leg, left_foot, right_foot for 8-part models) or a number from 1")
@@ -497,7 +523,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--same-camera", action="store_true",
                    help="with --detection or --tracklet, also search the query's own camera")
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (Zhong et al. 2017) of the candidates")
-    p.add_argument("--group", action="store_true", help="print the results grouped by camera and tracklet")
+    p.add_argument("--detections", action="store_true",
+                   help="list the top-k detections (several may be one tracklet's) instead of the top-k people")
+    p.add_argument("--group", action="store_true",
+                   help="list the top-k detections grouped by camera and tracklet (implies --detections)")
     p.add_argument("--html", type=Path, help="also write a self-contained HTML page of the results with thumbnails")
     p.set_defaults(func=cmd_search)
 

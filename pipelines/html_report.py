@@ -4,13 +4,13 @@ from __future__ import annotations
 import base64
 import html
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from storage import SearchHit
+from pipelines.times import span_text, utc_text
+from storage import PersonHit, SearchHit
 
 # Shared by every self-contained page of the project (search results here, benchmark rankings in bench_report).
 PAGE_STYLE = """
@@ -29,7 +29,8 @@ details{text-align:left;margin-top:2px} details td,details th{font-size:10px;pad
 class ResultSection:
     """One query and its ranked hits; ``correct`` (optional, same length as hits) colours hits green/red.
 
-    ``part_names`` label the per-part distances shown under each hit ("part i" when empty);
+    ``hit_captions`` add lines under each hit; ``part_names`` label the per-part distances shown under
+    each hit ("part i" when empty);
     ``visibility_parts`` are the queried parts whose mean visibility each caption shows (all when None; none for
     a global model's hits, which have no parts).
     """
@@ -50,8 +51,14 @@ def _img(data: bytes | None) -> str:
     return f"<img alt='' src='data:image/jpeg;base64,{base64.b64encode(data).decode()}'>"
 
 
-def _time(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+def people_section(title: str, query_thumbnail: bytes | None, people: Sequence[PersonHit], part_names: Sequence[str] = (),
+                   visibility_parts: Sequence[int] | None = None) -> ResultSection:
+    """A query and its top people: each shown by its closest detection, with its tracklet, time span (UTC) and how many
+    of its detections matched."""
+    captions = [f"{f'track {p.track_id}' if p.track_id else 'no track'}\n{span_text(p.t_start, p.t_end)} UTC\n"
+                f"{p.matched} of {p.detections} detections matched" for p in people]
+    return ResultSection(title, query_thumbnail, [p.best for p in people], hit_captions=captions,
+                         part_names=part_names, visibility_parts=visibility_parts)
 
 
 def _parts_table(hit: SearchHit, names: Sequence[str]) -> str:
@@ -71,9 +78,10 @@ def _section(section: ResultSection) -> str:
     for i, hit in enumerate(section.hits):
         css = "" if section.correct is None else ("hit" if section.correct[i] else "miss")
         extra = section.hit_captions[i] if i < len(section.hit_captions) else ""
-        caption = (f"#{i + 1} {html.escape(hit.camera_id)}<br>d={hit.distance:.3f}<br>{_time(hit.timestamp)}"
+        lines = "".join(f"<br>{html.escape(line)}" for line in extra.splitlines())
+        caption = (f"#{i + 1} {html.escape(hit.camera_id)}<br>d={hit.distance:.3f}<br>{utc_text(hit.timestamp)} UTC"
                    f"{'' if hit.visibility is None else f'<br>vis {hit.mean_visibility(section.visibility_parts):.2f}'}"
-                   f"{'<br>' + html.escape(extra) if extra else ''}{_parts_table(hit, section.part_names)}")
+                   f"{lines}{_parts_table(hit, section.part_names)}")
         figures.append(f"<figure class='{css}' title='{html.escape(hit.detection_id)}'>{_img(hit.thumbnail)}{caption}</figure>")
     return f"<h2>{html.escape(section.title)}</h2><div class='row'>{''.join(figures)}</div>"
 

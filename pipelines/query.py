@@ -19,16 +19,17 @@ from kpr_model.keypoints import group_names, part_grouping_of
 from pipelines.errors import UserError
 from pipelines.query_image import QueryEncoder, read_query_image
 from pipelines.query_prompt import KeypointPrompt
-from storage import PersonSearch, SearchFilters, SearchHit, Store
+from storage import PersonHit, PersonSearch, SearchFilters, SearchHit, Store
 
 
 @dataclass(frozen=True)
 class Query:
     """One search as the user gave it: exactly one of a stored detection, a stored tracklet or an image, plus options.
 
-    ``image`` is an encoded crop (an upload) or an image file; ``prompt`` goes with an image, or with a
-    stored detection, which is then re-embedded from its thumbnail. Cameras, parts and times are as
-    typed (part names or 1-based numbers; ISO 8601 or epoch seconds): QuerySearch.run checks them.
+    ``k`` counts people (tracklets) unless ``detections`` asks for the top-k detections. ``image`` is
+    an encoded crop (an upload) or an image file; ``prompt`` goes with an image, or with a stored
+    detection, which is then re-embedded from its thumbnail. Cameras, parts and times are as typed
+    (part names or 1-based numbers; ISO 8601 or epoch seconds): QuerySearch.run checks them.
     """
 
     detection_id: str | None = None
@@ -44,13 +45,16 @@ class Query:
     rerank: bool = False
     same_camera: bool = False
     global_only: bool = False
+    detections: bool = False
 
 
 @dataclass(frozen=True)
 class QueryResult:
     """The hits of a query, best first, and what the query turned out to be.
 
-    ``kind`` is "detection", "tracklet" or "image"; ``parts`` the 0-based queried parts (None: the
+    ``people`` are the top people (tracklets) and ``hits`` their closest detections, or, for a query of
+    detections, ``people`` is None and ``hits`` the top detections. ``kind`` is "detection", "tracklet"
+    or "image"; ``parts`` the 0-based queried parts (None: the
     whole body) among the store's ``part_names`` (none for a global model's store); ``crop`` the RGB
     pixels that were embedded (an image, or a stored detection's thumbnail re-embedded with a prompt),
     None for stored embeddings; ``global_only`` whether the hits were ranked by the global vectors alone.
@@ -62,6 +66,7 @@ class QueryResult:
     part_names: list[str]
     crop: np.ndarray | None = None
     global_only: bool = False
+    people: list[PersonHit] | None = None
 
 
 class QuerySearch:
@@ -95,21 +100,23 @@ class QuerySearch:
         names = [] if global_model else part_names(shape[1])
         parts = parse_parts(query.parts, shape[1]) if query.parts else None
         filters = self._filters(query)
-        options = {"k": query.k, "parts": parts, "rerank": query.rerank, "global_only": global_only}
         if query.track_id is not None:
             if query.prompt is not None:
                 raise UserError("keypoints go with an image or a detection, not with a tracklet")
-            hits = self.search.by_tracklet(query.track_id, other_cameras_only=not query.same_camera, filters=filters,
-                                           **options)
-            return QueryResult(hits, "tracklet", parts, names, global_only=global_only)
-        if query.detection_id is None:
-            embedding, crop = self._embed(query.image, query.prompt)
-            return QueryResult(self.search.search(embedding, filters=filters, **options), "image", parts, names, crop,
-                               global_only)
-        embedding, crop = (None, None) if query.prompt is None else self._prompted_detection(query)
-        hits = self.search.by_detection(query.detection_id, other_cameras_only=not query.same_camera, filters=filters,
-                                        query=embedding, **options)
-        return QueryResult(hits, "detection", parts, names, crop, global_only)
+            embedding, filters = self.search.tracklet_query(query.track_id, not query.same_camera, filters)
+            kind, crop = "tracklet", None
+        elif query.detection_id is None:
+            (embedding, crop), kind = self._embed(query.image, query.prompt), "image"
+        else:
+            stand_in, crop = (None, None) if query.prompt is None else self._prompted_detection(query)
+            embedding, filters = self.search.detection_query(query.detection_id, not query.same_camera, filters,
+                                                             stand_in)
+            kind = "detection"
+        options = {"k": query.k, "filters": filters, "parts": parts, "rerank": query.rerank, "global_only": global_only}
+        if query.detections:
+            return QueryResult(self.search.search(embedding, **options), kind, parts, names, crop, global_only)
+        people = self.search.people(embedding, **options)
+        return QueryResult([p.best for p in people], kind, parts, names, crop, global_only, people)
 
     def check_cameras(self, cameras: Sequence[str]) -> None:
         """Refuse camera names the store does not have, naming the known ones."""

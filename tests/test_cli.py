@@ -75,8 +75,18 @@ def _error_line(capsys) -> str:
     return err[0]
 
 
-def test_search_by_tracklet_prints_one_row_per_hit(synthetic_db, capsys):
+def test_search_by_tracklet_prints_one_row_per_person_with_date_and_time(synthetic_db, capsys):
     assert main(["search", "--db", str(synthetic_db), "--tracklet", track_id(1, 4), "-k", "4"]) == 0
+    rows = _hit_lines(capsys)
+    assert len(rows) == 4 and len({row[-1] for row in rows}) == 4
+    assert all(row[2] != "cam1" for row in rows)
+    assert {row[-1] for row in rows[:2]} == {track_id(0, 4), track_id(2, 4)}
+    assert all(identity_of(row[6]) == 4 and row[5] == "3/3" for row in rows[:2])
+    assert all(row[3] == "2026-01-01" and row[4].count(":") == 4 and ".." in row[4] for row in rows)
+
+
+def test_search_with_detections_prints_one_row_per_detection(synthetic_db, capsys):
+    assert main(["search", "--db", str(synthetic_db), "--tracklet", track_id(1, 4), "-k", "4", "--detections"]) == 0
     rows = _hit_lines(capsys)
     assert len(rows) == 4
     assert all(row[2] != "cam1" for row in rows)
@@ -101,9 +111,9 @@ def test_feet_search_grouped_with_an_html_page(synthetic_db, tmp_path, capsys):
 
 def test_min_visibility_and_rerank_flags(synthetic_db, capsys):
     faint = {det_id(2, 1, n) for n in range(3)}
-    assert main(["search", "--db", str(synthetic_db), "--detection", det_id(0, 1, 0), "-k", "6"]) == 0
+    assert main(["search", "--db", str(synthetic_db), "--detection", det_id(0, 1, 0), "-k", "6", "--detections"]) == 0
     assert faint <= {row[-1] for row in _hit_lines(capsys)}
-    assert main(["search", "--db", str(synthetic_db), "--detection", det_id(0, 1, 0), "-k", "6",
+    assert main(["search", "--db", str(synthetic_db), "--detection", det_id(0, 1, 0), "-k", "6", "--detections",
                  "--min-visibility", "0.5", "--rerank"]) == 0
     rows = _hit_lines(capsys)
     assert not faint & {row[-1] for row in rows} and all(float(row[7]) >= 0.5 for row in rows)

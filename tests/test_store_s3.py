@@ -65,13 +65,14 @@ def test_serve_answers_a_search(s3_ingested):
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_until_up(process, port)
-        form = urllib.parse.urlencode({"detection_id": s3_check.first_detection(DB), "k": 5}).encode()
+        form = urllib.parse.urlencode({"detection_id": s3_check.first_detection(DB), "k": 5,
+                                       "detections": "true"}).encode()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/search", data=form, timeout=60) as answer:
             found = json.load(answer)
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=30)
-    assert found["count"] == 5 and found["groups"], found
+    assert found["count"] == len(found["hits"]) == 5, found
 
 
 @pytest.mark.parametrize("db, variable, expected", [

@@ -132,9 +132,8 @@ def client(web_store, model) -> TestClient:
 
 
 def _hits(answer: dict) -> list[dict]:
-    """Every hit of a grouped answer, in overall rank order."""
-    hits = [h for g in answer["groups"] for t in g["tracklets"] for h in t["hits"]]
-    return sorted(hits, key=lambda h: h["rank"])
+    """The detections an answer shows, best first: its detections, or each person's closest detection."""
+    return answer["hits"] if answer["by"] == "detection" else [person["best"] for person in answer["people"]]
 
 
 def test_info_describes_the_store(client, web_store):
@@ -152,13 +151,12 @@ def test_info_describes_the_store(client, web_store):
 
 def test_detection_query_finds_the_same_identity_in_other_cameras(client, web_store):
     query = cross_camera_query(web_store)
-    answer = client.post("/api/search", data={"detection_id": query, "k": "8"}).json()
+    answer = client.post("/api/search", data={"detection_id": query, "k": "8", "detections": "true"}).json()
     hits = _hits(answer)
     assert answer["query"] == {"kind": "detection", "detection_id": query} and answer["count"] == len(hits) == 8
     assert all(h["camera_id"] != web_store.camera[query] for h in hits)
     assert [web_store.identity[h["detection_id"]] for h in hits[:3]] == [web_store.identity[query]] * 3
-    best = [g["best_distance"] for g in answer["groups"]]
-    assert best == sorted(best) and hits[0]["distance"] <= hits[-1]["distance"]
+    assert [h["rank"] for h in hits] == list(range(1, 9)) and hits[0]["distance"] <= hits[-1]["distance"]
     assert all(0 <= v <= 1 for h in hits for v in h["visibility"]) and len(hits[0]["part_distances"]) == 8
     thumb = client.get(hits[0]["thumbnail"])
     assert thumb.headers["content-type"] == "image/jpeg" and thumb.content[:2] == b"\xff\xd8"
@@ -181,7 +179,7 @@ def test_filters_keep_to_camera_time_parts_and_visibility(client, web_store):
     assert all(h["visibility"][6] == h["visibility"][7] == 1 for h in hits)
     too_early = client.post("/api/search", data={"detection_id": query, "cameras": [camera], "k": "50",
                                                  "until": "2000-01-01T00:00:00"}).json()
-    assert too_early["count"] == 0 and too_early["groups"] == []
+    assert too_early["count"] == 0 and too_early["people"] == []
 
 
 def test_tracklet_query_skips_its_own_detections(client, web_store):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -130,11 +131,22 @@ def test_the_page_searches_with_picked_crop_keypoints_and_filters(browser, serve
     page.locator(f'#cameras input[value="{unticked}"]').uncheck()
     page.locator("#k").fill("30")
     page.locator("#search").click()
-    expect(page.locator("#status")).to_contain_text("hits in")
-    groups = page.locator(".camera-group").evaluate_all("gs => gs.map(g => g.dataset.camera)")
-    assert groups and unticked not in groups and store.camera[query] not in groups
-    top = page.locator('figure.hit[data-rank="1"]').get_attribute("data-detection-id")
+    expect(page.locator("#status")).to_contain_text("best first")
+    people = page.locator("figure.person").evaluate_all(
+        "cards => cards.map(c => [c.dataset.camera, c.dataset.trackId, c.querySelector('.time').textContent])")
+    cameras = {camera for camera, _, _ in people}
+    assert cameras and unticked not in cameras and store.camera[query] not in cameras
+    tracks = [track for _, track, _ in people if track]
+    assert len(tracks) == len(set(tracks)), "a tracklet shown twice"
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\.\S+ UTC", when) for _, _, when in people), people
+    top = page.locator('figure.person[data-rank="1"]').get_attribute("data-detection-id")
     assert store.identity[top] == store.identity[query]
+    page.locator("#detections").check()
+    page.locator("#search").click()
+    expect(page.locator('.ranked[data-by="detection"]')).to_be_visible()
+    times = page.locator("figure.hit .time").all_text_contents()
+    assert times and all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", t) for t in times), times
+    page.locator("#detections").uncheck()
 
     canvas = page.locator("#query-canvas").bounding_box()
     page.locator("#joint").select_option(label="nose")
@@ -145,8 +157,8 @@ def test_the_page_searches_with_picked_crop_keypoints_and_filters(browser, serve
     expect(page.locator("#keypoint-count")).to_have_text("1 target, 1 occluder")
     page.locator("#search").click()
     expect(page.locator("#status")).to_contain_text("re-embedded with 1 target and 1 occluder keypoints")
-    groups = page.locator(".camera-group").evaluate_all("gs => gs.map(g => g.dataset.camera)")
-    assert groups and unticked not in groups
+    cameras = set(page.locator("figure.person").evaluate_all("cards => cards.map(c => c.dataset.camera)"))
+    assert cameras and unticked not in cameras
     assert page.locator("figure.hit img").first.evaluate("img => img.complete && img.naturalHeight > 0")
     page.screenshot(path=str(SCREENSHOT), full_page=True)
 

@@ -29,7 +29,7 @@ from pipelines.query import Query, QuerySearch, part_names
 from pipelines.query_image import QueryEncoder
 from pipelines.query_prompt import prompt_from_text
 from pipelines.web.guard import RequestGuard
-from pipelines.web.payload import LIST_COLUMNS, detection_json, finite, groups_json, query_json
+from pipelines.web.payload import LIST_COLUMNS, detection_json, finite, query_json, results_json
 from storage import NotFoundError, Store, sql
 
 K_MAX = 200
@@ -112,13 +112,12 @@ class SearchService:
         return row["thumbnail"]
 
     def run(self, query: Query) -> dict:
-        """Answer one search: hits grouped by camera and tracklet, with what the query was."""
+        """Answer one search: its people (or detections), best first, with what the query was."""
         started = time.perf_counter()
         result = self.queries.run(query)
         names = None if result.parts is None else [result.part_names[p] for p in result.parts]
         return {"query": query_json(query, result), "parts": names, "count": len(result.hits),
-                "global_only": result.global_only,
-                "groups": groups_json(result.hits, result.parts),
+                "global_only": result.global_only, **results_json(result),
                 "elapsed_ms": finite(1000 * (time.perf_counter() - started))}
 
 
@@ -208,8 +207,10 @@ def create_app(db: str, model: str | None = None, max_upload_bytes: int = 8 * 2*
         rerank: Annotated[bool, Form()] = False,
         same_camera: Annotated[bool, Form()] = False,
         global_only: Annotated[bool, Form()] = False,
+        detections: Annotated[bool, Form()] = False,
     ) -> dict:
-        """Search by a stored detection, a stored tracklet or an uploaded crop; hits grouped by camera and tracklet.
+        """Search by a stored detection, a stored tracklet or an uploaded crop: the top-k people (tracklets), each by
+        its closest detection, or with ``detections`` the top-k detections.
 
         Each search re-ranks a bounded number of candidates, whatever it asks for (at most ``max_candidates``
         of /api/info; k-reciprocal re-ranking re-orders the best of them only), so one request's work is bounded.
@@ -220,7 +221,7 @@ def create_app(db: str, model: str | None = None, max_upload_bytes: int = 8 * 2*
             image=None if image is None else image.file.read(), prompt=None if prompt is None else prompt_from_text(prompt),
             cameras=None if cameras is None else tuple(c.strip() for c in cameras if c.strip()), parts=tuple(parts or ()),
             since=_blank(since), until=_blank(until), min_visibility=min_visibility, k=k, rerank=rerank,
-            same_camera=same_camera, global_only=global_only)
+            same_camera=same_camera, global_only=global_only, detections=detections)
         return service.run(query)
 
     return app

@@ -1,4 +1,4 @@
-"""JSON shapes of the web API: what a search's query was, its hits grouped by camera and tracklet, pickable detections."""
+"""JSON shapes of the web API: what a search's query was, its people or detections, pickable detections."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,8 @@ from urllib.parse import quote
 import numpy as np
 
 from pipelines.query import Query, QueryResult
-from storage.search import SearchHit, group_hits
+from pipelines.times import span_text, utc_text
+from storage.search import PersonHit, SearchHit
 
 LIST_COLUMNS = ("detection_id", "camera_id", "timestamp", "frame_index", "track_id")
 
@@ -38,6 +39,7 @@ def hit_json(hit: SearchHit, rank: int, parts: Sequence[int] | None) -> dict:
         "camera_id": hit.camera_id,
         "frame_index": hit.frame_index,
         "timestamp": hit.timestamp,
+        "time_utc": utc_text(hit.timestamp),
         "track_id": hit.track_id,
         "bbox": [float(v) for v in hit.bbox],
         "distance": finite(hit.distance),
@@ -63,24 +65,27 @@ def query_json(query: Query, result: QueryResult) -> dict:
     return shown
 
 
-def groups_json(hits: Sequence[SearchHit], parts: Sequence[int] | None) -> list[dict]:
-    """Hits grouped by camera, then tracklet (storage.search.group_hits order), each hit keeping its overall rank."""
-    ranks = {hit.detection_id: i + 1 for i, hit in enumerate(hits)}
-    return [
-        {
-            "camera_id": group.camera_id,
-            "best_distance": finite(group.best_distance),
-            "tracklets": [
-                {
-                    "track_id": tracklet.track_id,
-                    "best_distance": finite(tracklet.best_distance),
-                    "hits": [hit_json(h, ranks[h.detection_id], parts) for h in tracklet.hits],
-                }
-                for tracklet in group.tracklets
-            ],
-        }
-        for group in group_hits(hits)
-    ]
+def person_json(person: PersonHit, rank: int, parts: Sequence[int] | None) -> dict:
+    """One person (tracklet) for the page: its closest detection, its time span (UTC) and how many detections matched."""
+    return {
+        "rank": rank,
+        "track_id": person.track_id,
+        "camera_id": person.camera_id,
+        "distance": finite(person.distance),
+        "t_start": person.t_start,
+        "t_end": person.t_end,
+        "span_utc": span_text(person.t_start, person.t_end),
+        "matched": person.matched,
+        "detections": person.detections,
+        "best": hit_json(person.best, rank, parts),
+    }
+
+
+def results_json(result: QueryResult) -> dict:
+    """A search's results, best first: its people (``by`` "person") or, for a query of detections, its detections."""
+    if result.people is None:
+        return {"by": "detection", "hits": [hit_json(h, i, result.parts) for i, h in enumerate(result.hits, 1)]}
+    return {"by": "person", "people": [person_json(p, i, result.parts) for i, p in enumerate(result.people, 1)]}
 
 
 def detection_json(row: dict) -> dict:

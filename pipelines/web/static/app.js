@@ -1,5 +1,6 @@
 "use strict";
-// The kpr search page: pick or upload a query crop, click keypoint prompts, filter, and show grouped results.
+// The kpr search page: pick or upload a query crop, click keypoint prompts, filter, and show the ranked people
+// (tracklets, each by its closest detection) or detections.
 // Plain DOM code: every value from the server is written with textContent or attributes, never as HTML.
 
 const PAGE_SIZE = 40;
@@ -258,6 +259,7 @@ function searchForm() {
   form.append("rerank", String($("rerank").checked));
   form.append("global_only", String($("global-only").checked));
   form.append("same_camera", String($("same-camera").checked));
+  form.append("detections", String($("detections").checked));
   return form;
 }
 
@@ -286,47 +288,51 @@ function describeQuery(query) {
   return what + prompt;
 }
 
-function renderResults(answer) {
-  state.globalOnly = answer.global_only;
-  const cameras = answer.groups.length;
-  const parts = answer.parts ? ` · parts: ${answer.parts.join(", ")}` : "";
-  $("status").textContent = answer.count
-    ? `${answer.count} hits in ${cameras} camera${cameras === 1 ? "" : "s"} for ${describeQuery(answer.query)}${parts} · ${Math.round(answer.elapsed_ms)} ms`
-    : `no results for ${describeQuery(answer.query)}: widen the filters`;
-  $("results").replaceChildren(...answer.groups.map(cameraGroup));
+function plural(count, one, many) {
+  return `${count} ${count === 1 ? one : many}`;
 }
 
-function cameraGroup(group) {
-  const section = element("section", {class: "camera-group", "data-camera": group.camera_id});
-  const hits = group.tracklets.reduce((n, t) => n + t.hits.length, 0);
-  const title = element("h3", {}, group.camera_id);
-  title.append(element("span", {class: "meta"},
-    `best distance ${formatDistance(group.best_distance)} · ${hits} hit${hits === 1 ? "" : "s"} in ${group.tracklets.length} tracklet${group.tracklets.length === 1 ? "" : "s"}`));
-  section.append(title);
-  for (const tracklet of group.tracklets) {
-    const row = element("div", {class: "tracklet", "data-track-id": tracklet.track_id || ""});
-    row.append(element("div", {class: "track-label"}, tracklet.track_id ? `track ${tracklet.track_id}` : "no track"));
-    const cards = element("div", {class: "hits"});
-    cards.append(...tracklet.hits.map(hitCard));
-    row.append(cards);
-    section.append(row);
-  }
-  return section;
+function renderResults(answer) {
+  state.globalOnly = answer.global_only;
+  const byPerson = answer.by === "person";
+  const parts = answer.parts ? ` · parts: ${answer.parts.join(", ")}` : "";
+  const found = byPerson ? plural(answer.count, "person", "people") : plural(answer.count, "detection", "detections");
+  $("status").textContent = answer.count
+    ? `${found}, best first, for ${describeQuery(answer.query)}${parts} · ${Math.round(answer.elapsed_ms)} ms`
+    : `no results for ${describeQuery(answer.query)}: widen the filters`;
+  const list = element("div", {class: "ranked", "data-by": answer.by});
+  list.append(...(byPerson ? answer.people.map(personCard) : answer.hits.map(hitCard)));
+  $("results").replaceChildren(list);
 }
 
 function formatDistance(distance) {
   return distance === null ? "–" : distance.toFixed(3);
 }
 
+function personCard(person) {
+  const card = resultCard(person.best, "hit person", [
+    element("div", {class: "time", title: "seen from … to (UTC)"}, `${person.span_utc} UTC`),
+    element("div", {class: "matched", title: "detections of this tracklet among the closest candidates"},
+      `${person.matched} of ${plural(person.detections, "detection", "detections")} matched`),
+    element("div", {class: "track"}, person.track_id ? `track ${person.track_id}` : "no track"),
+  ]);
+  card.dataset.trackId = person.track_id || "";
+  return card;
+}
+
 function hitCard(hit) {
-  const card = element("figure", {class: "hit", "data-detection-id": hit.detection_id, "data-camera": hit.camera_id,
+  return resultCard(hit, "hit", [element("div", {class: "time"}, `${hit.time_utc} UTC`)]);
+}
+
+function resultCard(hit, classes, lines) {
+  const card = element("figure", {class: classes, "data-detection-id": hit.detection_id, "data-camera": hit.camera_id,
     "data-rank": String(hit.rank), title: partDetails(hit)});
   card.append(element("img", {src: hit.thumbnail, alt: hit.detection_id, loading: "lazy"}));
   const caption = element("figcaption");
   caption.append(element("div", {class: "rank"}, `#${hit.rank}`));
   const measure = state.globalOnly ? "cosine distance of the global vectors" : "KPR distance";
   caption.append(element("div", {class: "distance", title: measure}, formatDistance(hit.distance)));
-  caption.append(element("div", {class: "time"}, utc(hit.timestamp).slice(11)));
+  caption.append(element("div", {class: "camera"}, hit.camera_id), ...lines);
   if (hit.visibility) {
     const visibility = hit.query_visibility === null ? 0 : hit.query_visibility;
     const bar = element("div", {class: "visibility", title: `visibility ${visibility.toFixed(2)}`});
@@ -357,7 +363,7 @@ function partDetails(hit) {
     const distance = hit.part_distances ? hit.part_distances[i] : null;
     return `${names[i] || `part ${i + 1}`}: visibility ${value.toFixed(2)}, distance ${formatDistance(distance)}`;
   });
-  return [`${hit.camera_id} · ${utc(hit.timestamp)} UTC · frame ${hit.frame_index}`, ...lines].join("\n");
+  return [`${hit.camera_id} · ${hit.time_utc} UTC · frame ${hit.frame_index}`, ...lines].join("\n");
 }
 
 // ---- wiring ----
