@@ -21,6 +21,7 @@ from workers.errors import WorkerError
 from workers.ingest_options import IngestOptions
 from workers.ray_stages import VideoOutcome, ensure_ray, run_videos
 from workers.records import EmbeddedVideo
+from workers.video_clocks import VideoClocks, video_clocks
 
 INGEST_RETRIES = 2
 INGEST_RETRY_DELAY_S = 30
@@ -55,6 +56,9 @@ class IngestSummary:
     wall_s: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
     aborted: str | None = None  # why the run stopped early (the ingest task failed for good), None if it finished
+    cameras_file: str | None = None  # the cameras file that timed the videos, None without one
+    cameras_named: int = 0           # cameras it describes
+    camera_warnings: list[str] = field(default_factory=list)  # its cameras without video, videos' cameras it lacks
 
     @property
     def detections_per_s(self) -> float:
@@ -80,6 +84,10 @@ class IngestSummary:
             f"| {self.videos_found} | {self.videos_skipped} | {self.videos_done} | {self.videos_failed} "
             f"| {self.detections_written} | {self.tracklets_written} | {self.frames_per_s:.1f} "
             f"| {self.detections_per_s:.1f} | {self.wall_s:.1f} | {self.maintain_s:.1f} | {self.attempts} |",
+            "",
+            f"Cameras file: `{self.cameras_file}` ({self.cameras_named} cameras)" if self.cameras_file
+            else "Cameras file: none (video times from sidecars or file times, in UTC)",
+            *[f"- warning: {warning}" for warning in self.camera_warnings],
         ]
         if self.aborted:
             lines += ["", f"**Run aborted**: {self.aborted}. The videos counted done above are stored; "
@@ -187,6 +195,12 @@ class _PendingCommits:
             _maintain(self.store, self.summary, self.logger)
 
 
+def _video_cameras(store: Store, tasks: list[VideoTask]) -> set[str]:
+    """The cameras of the archive's videos: as stored (an annotation file may name it), else their folder's."""
+    stored = {row["video_id"]: row["camera_id"] for row in store.video_rows()}
+    return {stored.get(task.video_id, task.camera_id) for task in tasks}
+
+
 @task(name="discover-videos")
 def discover(archive: ArchiveFiles) -> list[VideoTask]:
     """Hash every video of the archive (content hash = video_id)."""
@@ -196,11 +210,12 @@ def discover(archive: ArchiveFiles) -> list[VideoTask]:
 @task(name="ingest-videos", retries=INGEST_RETRIES, retry_delay_seconds=INGEST_RETRY_DELAY_S,
       retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def ingest_videos(tasks: list[VideoTask], inputs: IngestInputs, options: IngestOptions, ray_address: str | None,
-                  summary: IngestSummary, progress: bool) -> IngestSummary:
+                  summary: IngestSummary, progress: bool, clocks: VideoClocks = VideoClocks()) -> IngestSummary:
     """Run the Ray stages over ``tasks`` and commit each video (detections + tracklets) as soon as it is embedded.
 
-    Retried on transient errors only. Prefect hands every attempt the same ``summary``, so an attempt
-    starts with the videos neither done in the store nor already reported failed by this run. Ends
+    ``clocks`` correct the videos' start times as the cameras file says. Retried on transient errors only.
+    Prefect hands every attempt the same ``summary``, so an attempt starts with the videos neither done in
+    the store nor already reported failed by this run. Ends
     with Store.maintain, so the store stays fast to search as it grows: compaction and scalar indexes
     take ~0.05 s on a small store; the ANN index build (from 10k detections, again at 2x growth) takes
     ~30 s at 200k rows, small next to ingesting those rows.
@@ -218,7 +233,7 @@ def ingest_videos(tasks: list[VideoTask], inputs: IngestInputs, options: IngestO
     pending = _PendingCommits(store, model_id, summary, logger)
     with tqdm(total=len(todo), desc="ingest", unit="video", disable=not progress) as bar:
         try:
-            for outcome in run_videos(todo, inputs.model, options, model_input=inputs.model_input):
+            for outcome in run_videos(todo, inputs.model, options, model_input=inputs.model_input, clocks=clocks):
                 if outcome.error is not None:
                     store.record_failure(_video_row(outcome.task, model_id, summary.run_id), outcome.error)
                     summary.videos_failed += 1
@@ -250,7 +265,8 @@ def ingest_archive(inputs: IngestInputs, options: IngestOptions = IngestOptions(
     if inputs.adopt_model():
         get_run_logger().warning("dropped the store's embeddings of its former model: every video it lists is "
                                  "re-embedded with %s (model %s)", inputs.model, inputs.model_id)
-    summary = IngestSummary(run_id=uuid.uuid4().hex[:12])
+    summary = IngestSummary(run_id=uuid.uuid4().hex[:12], cameras_file=inputs.cameras.path,
+                            cameras_named=len(inputs.cameras.cameras))
     tasks = discover(inputs.videos)
     tasks += store_listed_videos(inputs.store, inputs.model_id, tasks)
     done = inputs.store.done_video_ids(inputs.model_id)
@@ -258,7 +274,9 @@ def ingest_archive(inputs: IngestInputs, options: IngestOptions = IngestOptions(
     summary.videos_found, summary.videos_skipped = len(tasks), len(tasks) - len(todo)
     try:
         if todo:
-            summary = ingest_videos(todo, inputs, options, ray_address, summary, progress)
+            clocks = video_clocks(inputs.cameras, tasks, options.backend)
+            summary = ingest_videos(todo, inputs, options, ray_address, summary, progress, clocks)
+        summary.camera_warnings = inputs.cameras.mismatches(_video_cameras(inputs.store, tasks))
     except KeyboardInterrupt:
         summary.aborted = "interrupted (Ctrl-C)"
         raise

@@ -12,12 +12,14 @@ from kpr_model.model_facts import ModelFacts, model_facts
 from pipelines.errors import UserError
 from storage import Store
 from storage.schema import GLOBAL_KIND
+from workers.cameras import Cameras, archive_cameras
 from workers.discover import ArchiveFiles, VideoTask, list_video_files
 
 
 @dataclass(frozen=True)
 class IngestInputs:
-    """What one ingestion reads and writes: an archive of videos, a LanceDB store (folder or URI), a model.
+    """What one ingestion reads and writes: an archive of videos (and its cameras file), a LanceDB store (folder or
+    URI), a model.
 
     A store holds one model's embeddings: a model other than the store's is refused unless
     ``replace_model`` asks to re-embed the whole store with it.
@@ -32,11 +34,17 @@ class IngestInputs:
     model: str
     model_input: str | None = None  # pixel coding of a global ReID ONNX model (None: the file's, else BGR 0..255)
     replace_model: bool = False     # re-embed the whole store with `model` when it holds another model's embeddings
+    cameras_file: str | None = None  # the cameras file (None: cameras.yaml in the archive folder, if there is one)
 
     @cached_property
     def videos(self) -> ArchiveFiles:
         """The archive's video files (ArchiveError when there are none)."""
         return list_video_files(self.archive)
+
+    @cached_property
+    def cameras(self) -> Cameras:
+        """The cameras file, read and checked (CamerasError), or none when the archive has none and none is named."""
+        return archive_cameras(self.videos.root, self.cameras_file)
 
     @cached_property
     def model_facts(self) -> ModelFacts:
@@ -59,10 +67,10 @@ class IngestInputs:
         return asdict(self.model_facts)
 
     def open(self) -> None:
-        """List the archive, read the model id, open the store and check that it holds this model (or none, or
-        ``replace_model``), so that a mistake in any of them shows before work starts (a bad archive or model
-        leaves no new store behind)."""
-        for opened in ("videos", "model_facts", "store"):
+        """List the archive, read its cameras file and the model id, open the store and check that it holds this
+        model (or none, or ``replace_model``), so that a mistake in any of them shows before work starts (a bad
+        archive, cameras file or model leaves no new store behind)."""
+        for opened in ("videos", "cameras", "model_facts", "store"):
             getattr(self, opened)
         held = self.store.model()
         if held is not None and held["model_id"] != self.model_id and not self.replace_model:

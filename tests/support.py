@@ -1,4 +1,4 @@
-"""Builders the tests share: unit vectors and random embeddings, store rows, image bytes, a free port."""
+"""Builders the tests share: unit vectors and random embeddings, store rows, image bytes, small videos, a free port."""
 from __future__ import annotations
 
 import socket
@@ -38,6 +38,14 @@ def video_row(video_id: str, camera_id: str = "cam-1", start_time: float = 1_000
     return {"video_id": video_id, "uri": f"file:///archive/{video_id}.mp4", "camera_id": camera_id,
             "start_time": start_time, "duration": duration, "num_frames": num_frames, "model_id": model_id,
             "run_id": "run-1"}
+
+
+def write_video(path, frames: int = 30, fps: float = 10.0, size=(96, 64)) -> None:
+    """A small MP4 of ``frames`` flat grey frames whose shade changes each frame."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    for i in range(frames):
+        writer.write(np.full((size[1], size[0], 3), (i * 8) % 256, np.uint8))
+    writer.release()
 
 
 def png_bytes(height: int, width: int, value: int = 90) -> bytes:

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from support import write_video
 from workers.annotations import AnnotationsBackend, load_sidecar
 from workers.crops import cut_person_crops, thumbnail_jpeg
 from workers.decode import iter_frame_batches, probe_video, sample_indices
@@ -16,14 +17,6 @@ from workers.discover import VideoTask, discover_videos, list_video_files
 from workers.errors import AnnotationError, ArchiveError, DecodeError
 from workers.records import DecodedFrame
 from workers.segments import plan_segments
-
-
-def _write_video(path, frames: int = 30, fps: float = 10.0, size=(96, 64)) -> None:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-    for i in range(frames):
-        image = np.full((size[1], size[0], 3), (i * 8) % 256, np.uint8)
-        writer.write(image)
-    writer.release()
 
 
 def _skeleton(x: float, y: float, conf: float = 2.0) -> list:
@@ -39,7 +32,7 @@ def test_sample_indices_follow_target_fps():
 def test_decode_samples_frames_with_container_timestamps(tmp_path):
     video = tmp_path / "cam" / "v.mp4"
     video.parent.mkdir()
-    _write_video(video, frames=30, fps=10.0)
+    write_video(video, frames=30, fps=10.0)
     info = probe_video(video)
     assert (info.num_frames, info.width, info.height) == (30, 96, 64)
     batches = list(iter_frame_batches(video, target_fps=5.0, batch_size=4))
@@ -53,7 +46,7 @@ def test_decode_samples_frames_with_container_timestamps(tmp_path):
 
 def test_segments_decode_the_same_frames_as_the_whole_video(tmp_path):
     video = tmp_path / "v.mp4"
-    _write_video(video, frames=30, fps=10.0)
+    write_video(video, frames=30, fps=10.0)
     segments = plan_segments(VideoTask("v", str(video), "cam"), probe_video(video), segment_s=0.7)
     assert [(s.start_frame, s.end_frame) for s in segments] == [(0, 7), (7, 14), (14, 21), (21, 28), (28, 30)]
     whole = [f for batch in iter_frame_batches(video, target_fps=4.0, batch_size=3) for f in batch]
@@ -119,7 +112,7 @@ def test_crops_carry_other_people_as_negative_prompts():
 def test_discovery_names_videos_by_content_and_camera_folder(tmp_path):
     for cam, frames in (("north", 5), ("south", 6)):
         (tmp_path / cam).mkdir()
-        _write_video(tmp_path / cam / "a.mp4", frames=frames)
+        write_video(tmp_path / cam / "a.mp4", frames=frames)
     shutil.copy(tmp_path / "north" / "a.mp4", tmp_path / "south" / "copy_of_north.mp4")
     (tmp_path / "notes.txt").write_text("not a video")
     tasks = discover_videos(list_video_files(tmp_path))

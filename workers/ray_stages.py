@@ -34,6 +34,7 @@ from workers.ingest_options import IngestOptions
 from workers.ray_address import check_ray_address
 from workers.records import BatchCrops, EmbeddedBatch, EmbeddedVideo, VideoFacts
 from workers.segments import Segment
+from workers.video_clocks import VideoClocks
 from workers.video_job import FrameDetector, plan_video
 
 DECODE_CPUS = 1
@@ -76,8 +77,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, log_to_d
 
 
 @ray.remote(num_cpus=DECODE_CPUS, max_retries=0)
-def _plan(task: VideoTask, options: IngestOptions) -> tuple[VideoFacts, list[Segment]]:
-    return plan_video(task, options.backend, options.segment_s)
+def _plan(task: VideoTask, options: IngestOptions, clocks: VideoClocks) -> tuple[VideoFacts, list[Segment]]:
+    return plan_video(task, options.backend, options.segment_s, clocks)
 
 
 @ray.remote(num_cpus=DECODE_CPUS, max_retries=0)
@@ -173,8 +174,10 @@ class _Video:
 class _Driver:
     """Feeds videos through the Ray stages within the backpressure bound and hands back finished videos."""
 
-    def __init__(self, detectors: list, embedders: list, options: IngestOptions, stats: StageStats):
+    def __init__(self, detectors: list, embedders: list, options: IngestOptions, stats: StageStats,
+                 clocks: VideoClocks):
         self.detectors, self.embedders, self.options, self.stats = detectors, embedders, options, stats
+        self.clocks = ray.put(clocks)  # stored once, not once per video: it may list every video of the archive
         self.pending: dict = {}  # object ref or decode generator -> (its handler, its video)
         self.parked: deque = deque()  # decode generators with a batch ready, waiting for room
         self.open: list[_Video] = []
@@ -193,7 +196,7 @@ class _Driver:
             while waiting and len(self.open) < self.options.max_batches_in_flight:
                 video = _Video(waiting.popleft())
                 self.open.append(video)
-                self.pending[_plan.remote(video.task, self.options)] = (self._on_plan, video)
+                self.pending[_plan.remote(video.task, self.options, self.clocks)] = (self._on_plan, video)
             self._start_decoders()
             self._pull_parked()
             if self.pending:
@@ -277,10 +280,12 @@ class _Driver:
 
 
 def run_videos(tasks: Sequence[VideoTask], model: str, options: IngestOptions = IngestOptions(),
-               stats: StageStats | None = None, model_input: str | None = None) -> Iterator[VideoOutcome]:
+               stats: StageStats | None = None, model_input: str | None = None,
+               clocks: VideoClocks = VideoClocks()) -> Iterator[VideoOutcome]:
     """Process ``tasks`` on Ray and yield one outcome per video as soon as it is done (any order).
 
-    ``model_input`` is the pixel coding of a global ReID ONNX ``model`` (None: the file's, else BGR 0..255).
+    ``model_input`` is the pixel coding of a global ReID ONNX ``model`` (None: the file's, else BGR 0..255);
+    ``clocks`` are the cameras file's time corrections (video_clocks).
 
     A video whose plan, decoding, detection or embedding fails is yielded with its reason; the others go on.
     ``stats``, when given, is filled in as the run goes.
@@ -288,7 +293,7 @@ def run_videos(tasks: Sequence[VideoTask], model: str, options: IngestOptions = 
     ensure_ray()
     detectors, embedders = _start_actors(model, options, model_input)
     try:
-        yield from _Driver(detectors, embedders, options, stats or StageStats()).run(tasks)
+        yield from _Driver(detectors, embedders, options, stats or StageStats(), clocks).run(tasks)
     finally:
         for actor in detectors + embedders:
             ray.kill(actor)

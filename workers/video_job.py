@@ -1,27 +1,23 @@
 """Per-video CPU work without Ray: probe and segment a video, detect people in batches of frames, cut crops."""
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
-from workers.backends import BackendConfig, make_backend, video_camera_and_start
+from workers.backends import BackendConfig, make_backend
 from workers.crops import cut_person_crops, thumbnail_jpeg
 from workers.decode import iter_frame_batches, probe_video
 from workers.discover import VideoTask
 from workers.records import BatchCrops, DecodedFrame, DetectionRecord, VideoFacts, detection_id
 from workers.segments import Segment, plan_segments
+from workers.video_clocks import VideoClocks, camera_and_start
 
 
-def plan_video(task: VideoTask, backend: BackendConfig, segment_s: float) -> tuple[VideoFacts, list[Segment]]:
-    """``task``'s video facts (camera and start time from its annotations when known) and its segments.
-
-    Without a known start time, the video is taken to end at its file's modification time.
-    """
+def plan_video(task: VideoTask, backend: BackendConfig, segment_s: float,
+               clocks: VideoClocks = VideoClocks()) -> tuple[VideoFacts, list[Segment]]:
+    """``task``'s video facts (camera and start time: see camera_and_start) and its segments."""
     info = probe_video(task.uri)
-    camera, start = video_camera_and_start(backend, task.uri)
-    if start is None:
-        start = os.path.getmtime(task.uri) - info.duration
-    facts = VideoFacts(task, camera or task.camera_id, float(start), info.duration, info.num_frames)
+    camera, start = camera_and_start(task, backend, info.duration, clocks)
+    facts = VideoFacts(task, camera, start, info.duration, info.num_frames)
     return facts, plan_segments(task, info, segment_s)
 
 
