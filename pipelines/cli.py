@@ -9,6 +9,7 @@ import argparse
 import math
 import os
 import sys
+import textwrap
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from pipelines.errors import UserError, is_user_error
 from pipelines.interrupts import EXIT_INTERRUPTED, second_ctrl_c_exits, start_prefect_server
 from workers.backends import (BACKENDS, BackendConfig, check_annotation_files, check_device_here,
                               check_model_files)
+from workers.cameras import CAMERAS_EXAMPLE
 from workers.ingest_options import IngestOptions
 
 EXIT_ERROR = 2
@@ -79,8 +81,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         check_device_here(options.device)
     from pipelines.ingest_inputs import IngestInputs
 
-    inputs = IngestInputs(str(args.archive), str(args.db), str(args.model), args.model_input, args.replace_model)
-    inputs.model_facts  # read first: a wrong model is one line before the annotation files are checked
+    inputs = IngestInputs(str(args.archive), str(args.db), str(args.model), args.model_input, args.replace_model,
+                          args.cameras)
+    inputs.cameras  # a bad cameras file is one line before the model is read
+    inputs.model_facts  # read before the annotation files are checked: a wrong model is one line
     check_annotation_files(backend, inputs.videos.files)
     inputs.open()
     from pipelines.flows import ingest_archive
@@ -122,6 +126,10 @@ def _print_ingest_summary(summary: dict) -> None:
               f"--min-box-height dropped), tracklets written: {summary['tracklets_written']}  "
               f"|  {summary['frames_per_s']:.1f} sampled frames/s, "
               f"{summary['detections_per_s']:.1f} detections/s  |  {summary['wall_s']:.1f} s  |  run {summary['run_id']}")
+    print(f"cameras file: {summary['cameras_file']} ({summary['cameras_named']} cameras)" if summary["cameras_file"]
+          else "cameras file: none (video times from sidecars or file times, in UTC)")
+    for warning in summary["camera_warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     for uri, reason in summary["failures"]:
         print(f"failed: {reason}" if uri in reason else f"failed: {uri}: {reason}", file=sys.stderr)
 
@@ -432,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
                "               the package); checkpoints are pickled models: load only trusted files.\n"
                "  --pose-model is a MoveNet SinglePose .tflite (e.g. movenet_singlepose_lightning_int8.tflite,\n"
                "  Google, TF Hub): top-down keypoints for boxes without any (yolox, MOT annotations).\n\n"
+               "Cameras file (README: the cameras file): cameras.yaml in ARCHIVE, or --cameras FILE, e.g.\n"
+               + textwrap.indent(CAMERAS_EXAMPLE, "  ") +
+               "  Stored times stay UTC; videos already ingested keep theirs.\n\n"
                "Example:\n  kpr ingest /data/archive --db store --model ckpt --backend yolox \\\n"
                "      --detector-model models/yolox_nano_416x416.onnx \\\n"
                "      --pose-model models/movenet_singlepose_lightning_int8.tflite --detectors 2",
@@ -446,6 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replace-model", action="store_true",
                    help="the store holds another model's embeddings: drop them and re-embed every video the store "
                         "lists (from its recorded location) and the archive's new ones with --model")
+    p.add_argument("--cameras", metavar="FILE",
+                   help="cameras file: names, time zones, clock offsets or start times, positions (default: "
+                        "ARCHIVE/cameras.yaml when there is one; see below)")
     # Defaults and checks of the knobs are IngestOptions' own (it refuses a bad value with one line).
     p.add_argument("--fps", type=float, default=IngestOptions.target_fps,
                    help="frames sampled per second of video (default %(default)s)")
