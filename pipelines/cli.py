@@ -284,6 +284,32 @@ def cmd_maintain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_list(args: argparse.Namespace) -> int:
+    from pipelines.browse import show_list
+    from pipelines.times import parse_time
+    from storage import Store
+    from storage.catalog import CatalogFilters, check_cameras
+
+    if args.status and args.what != "videos":
+        raise UserError("--status goes with `kpr list videos`")
+    if args.thumbnails and args.what != "tracklets":
+        raise UserError("--thumbnails goes with `kpr list tracklets`")
+    filters = CatalogFilters(tuple(args.camera) if args.camera else None, parse_time(args.since),
+                             parse_time(args.until), args.min_detections, args.status)
+    if filters.t_min is not None and filters.t_max is not None and filters.t_min > filters.t_max:
+        raise UserError(f"--since {args.since} is after --until {args.until}")
+    store = Store.open(args.db, create=False)
+    check_cameras(store, args.camera or ())
+    return show_list(store, args.what, filters, args.limit, args.offset, args.thumbnails, args.json)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from pipelines.browse import show_info
+    from storage import Store
+
+    return show_info(Store.open(args.db, create=False), args.json)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from pipelines.web.app import serve
 
@@ -552,6 +578,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-days", type=_non_negative(float), default=7.0,
                    help="keep table versions newer than this many days (default 7)")
     p.set_defaults(func=cmd_maintain)
+
+    p = sub.add_parser(
+        "list", help="list a store's cameras, videos or tracklets, to find one to search with",
+        description="Lists what a store holds, one page at a time: cameras (videos, detections, tracklets, first and\n"
+                    "last detection), videos (start, duration, detections, status and error) or tracklets (the id\n"
+                    "that kpr search --tracklet takes, camera, video, time span, detections, best detection). Times\n"
+                    "are UTC. Reads the store only.",
+        epilog="Examples:\n  kpr list --db store\n"
+               "  kpr list --db store tracklets --camera north --since 2026-01-01T08:00 --min-detections 10 \\\n"
+               "      --thumbnails thumbs\n  kpr list --db store videos --status failed",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", nargs="?", choices=("cameras", "videos", "tracklets"), default="cameras",
+                   help="what to list (default cameras)")
+    p.add_argument("--db", required=True, help="LanceDB store written by `kpr ingest`")
+    p.add_argument("--camera", action="append", help="only these cameras (repeatable)")
+    p.add_argument("--since", help="only what reaches this time or later (ISO 8601 or epoch seconds, UTC)")
+    p.add_argument("--until", help="only what starts at this time or earlier")
+    p.add_argument("--min-detections", type=_non_negative(int), default=0, metavar="N",
+                   help="only cameras, videos or tracklets with at least N detections (default 0)")
+    p.add_argument("--status", choices=("done", "failed", "writing"), help="only videos with this status")
+    p.add_argument("--limit", type=_positive(int), default=50, help="rows shown (default 50)")
+    p.add_argument("--offset", type=_non_negative(int), default=0, help="rows skipped first (default 0)")
+    p.add_argument("--thumbnails", type=Path, metavar="DIR",
+                   help="write each listed tracklet's best thumbnail as DIR/<tracklet id>.jpg")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("info", help="summarize a store: model, rows, cameras, time range, indexes, versions",
+                       description="Prints what a store holds: its location and size on disk, schema versions, model "
+                                   "(id, kind, parts K, dimension D), rows per table, cameras, videos by status, the "
+                                   "time range of its detections (UTC), its indexes (type, indexed and unindexed "
+                                   "rows) and table versions. Reads the store only.")
+    p.add_argument("--db", required=True, help="LanceDB store written by `kpr ingest`")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("serve", help="run the search web page over a store",
                        description="Serves a web page to search the store by detection, tracklet or uploaded crop "

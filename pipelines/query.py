@@ -5,11 +5,9 @@ accept the same queries, refuse the same mistakes and search the same way.
 """
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ from kpr_model.keypoints import group_names, part_grouping_of
 from pipelines.errors import UserError
 from pipelines.query_image import QueryEncoder, read_query_image
 from pipelines.query_prompt import KeypointPrompt
+from pipelines.times import parse_time
 from storage import PersonHit, PersonSearch, SearchFilters, SearchHit, Store
 
 
@@ -177,20 +176,3 @@ def parse_parts(values: Sequence[str], num_parts: int) -> list[int]:
         else:
             raise UserError(f"unknown part {value!r}: use a part name ({', '.join(names)}) or a number 1..{num_parts}")
     return sorted(set(chosen))
-
-
-def parse_time(text: str | None) -> float | None:
-    """Epoch seconds, or an ISO-8601 date/time (UTC unless it says otherwise)."""
-    if text is None:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            raise UserError(f"not a time: {text!r} (use ISO 8601 such as 2026-01-01T08:00:00, or epoch seconds)") from None
-        value = (moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment).timestamp()
-    if not math.isfinite(value):
-        raise UserError(f"not a time: {text!r}")
-    return value

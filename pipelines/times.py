@@ -1,7 +1,11 @@
-"""How results write times: always the date with the time (UTC), and a tracklet's span from first to last sight."""
+"""How results write times: always the date with the time (UTC), and a tracklet's span from first to last sight;
+and how the time filters users type are read (epoch seconds or ISO 8601), without loading a model."""
 from __future__ import annotations
 
+import math
 from datetime import datetime, timezone
+
+from pipelines.errors import UserError
 
 
 def utc_text(timestamp: float) -> str:
@@ -13,3 +17,25 @@ def span_text(t_start: float, t_end: float) -> str:
     """A UTC time span with its date, the end's date left out when it is the start's: "2026-01-01 08:00:03..08:00:10"."""
     start, end = utc_text(t_start), utc_text(t_end)
     return f"{start}..{end[11:] if end[:10] == start[:10] else end}"
+
+
+def iso_utc(timestamp: float) -> str:
+    """An epoch timestamp as ISO 8601 UTC, "2026-01-01T08:00:03Z" (for machine-readable output)."""
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str | None) -> float | None:
+    """Epoch seconds, or an ISO-8601 date/time (UTC unless it says otherwise)."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise UserError(f"not a time: {text!r} (use ISO 8601 such as 2026-01-01T08:00:00, or epoch seconds)") from None
+        value = (moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment).timestamp()
+    if not math.isfinite(value):
+        raise UserError(f"not a time: {text!r}")
+    return value

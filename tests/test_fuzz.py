@@ -24,7 +24,8 @@ from kpr_model.checkpoint_files import CheckpointError, read_checkpoint_info
 from kpr_model.config import KPRConfig, KPRConfigError
 from kpr_model.keypoints import SIDECAR_FORMAT
 from pipelines.errors import UserError
-from pipelines.query import parse_parts, parse_time
+from pipelines.query import parse_parts
+from pipelines.times import parse_time
 from pipelines.query_image import decode_image
 from pipelines.query_prompt import KeypointPrompt, prompt_from_json, read_prompt
 from training.augment import AugmentConfig
