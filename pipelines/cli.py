@@ -154,11 +154,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     result = QuerySearch(store, encoder, missing_model).run(query)
     hits, parts, names = result.hits, result.parts, result.part_names
     if result.people is not None:
-        _print_people(result.people)
+        _print_people(result.people, result.no_close_match_above)
     elif args.group:
         _print_groups(hits, parts)
     else:
-        _print_hits(hits, parts)
+        _print_hits(hits, parts, result.no_close_match_above)
     if args.html:
         title = (f"detection {args.detection}" if args.detection else f"tracklet {args.tracklet}" if args.tracklet
                  else f"image {args.image}")
@@ -167,7 +167,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         summary = {"results": f"{len(hits)} {'detections' if result.people is None else 'people (tracklets)'}",
                    "parts": ", ".join(names[p] for p in parts) if parts else "whole body",
                    "distance": "cosine of the global vectors" if result.global_only else "KPR part distance",
-                   "minimum visibility": args.min_visibility, "k-reciprocal re-ranking": "on" if args.rerank else "off"}
+                   "minimum visibility": args.min_visibility, "k-reciprocal re-ranking": "on" if args.rerank else "off",
+                   "no close match above": ("not calibrated (kpr calibrate)" if result.no_close_match_above is None
+                                            else f"{result.no_close_match_above:.4f}, the model's calibrated distance")}
         page = _write_page(args.html, title, _query_thumbnail(store, args, result), result, args.group, summary)
         print(f"wrote {page}", file=sys.stderr)
     return 0
@@ -191,8 +193,18 @@ def _visibility(hit, parts: list[int] | None) -> str:
     return "-" if math.isnan(value) else f"{value:.2f}"
 
 
-def _print_people(people) -> None:
-    """One line per person: rank, distance, camera, UTC time span, matched/total detections, closest detection, track."""
+def _print_ranked(lines: list[str], distances: list[float], far: float | None) -> None:
+    """Result lines, best first, with a line where the results above the calibrated ``far`` distance begin."""
+    for line, distance in zip(lines, distances):
+        if far is not None and distance > far:
+            print(f"---- no close match below: distance above {far:.4f}, the model's calibrated threshold ----")
+            far = None
+        print(line)
+
+
+def _print_people(people, far: float | None) -> None:
+    """One line per person: rank, distance, camera, UTC time span, matched/total detections, closest detection, track;
+    a line marks where the people above the calibrated ``far`` distance begin."""
     from pipelines.times import span_text
 
     if not people:
@@ -204,13 +216,15 @@ def _print_people(people) -> None:
     det_w = max(9, *(len(p.best.detection_id) for p in people))
     print(f"{'rank':>4}  {'distance':>8}  {'camera':<{cam_w}}  {'time span (UTC)':<{span_w}}  {'matched':>7}  "
           f"{'detection':<{det_w}}  track")
-    for rank, (person, span, count) in enumerate(zip(people, spans, counts), 1):
-        print(f"{rank:>4}  {person.distance:>8.4f}  {person.camera_id:<{cam_w}}  {span:<{span_w}}  {count:>7}  "
-              f"{person.best.detection_id:<{det_w}}  {person.track_id or '-'}")
+    _print_ranked([f"{rank:>4}  {person.distance:>8.4f}  {person.camera_id:<{cam_w}}  {span:<{span_w}}  {count:>7}  "
+                   f"{person.best.detection_id:<{det_w}}  {person.track_id or '-'}"
+                   for rank, (person, span, count) in enumerate(zip(people, spans, counts), 1)],
+                  [p.distance for p in people], far)
 
 
-def _print_hits(hits, parts: list[int] | None) -> None:
-    """One line per hit: rank, distance, camera, UTC time, frame, track, visibility of the queried parts, id."""
+def _print_hits(hits, parts: list[int] | None, far: float | None) -> None:
+    """One line per hit: rank, distance, camera, UTC time, frame, track, visibility of the queried parts, id; a line
+    marks where the hits above the calibrated ``far`` distance begin."""
     from pipelines.times import utc_text
 
     if not hits:
@@ -220,9 +234,9 @@ def _print_hits(hits, parts: list[int] | None) -> None:
     track_w = max(5, *(len(h.track_id or "-") for h in hits))
     print(f"{'rank':>4}  {'distance':>8}  {'camera':<{cam_w}}  {'time (UTC)':<19}  {'frame':>6}  {'track':<{track_w}}  "
           f"{'vis':>4}  detection")
-    for rank, hit in enumerate(hits, 1):
-        print(f"{rank:>4}  {hit.distance:>8.4f}  {hit.camera_id:<{cam_w}}  {utc_text(hit.timestamp):<19}  {hit.frame_index:>6}  "
-              f"{hit.track_id or '-':<{track_w}}  {_visibility(hit, parts):>4}  {hit.detection_id}")
+    _print_ranked([f"{rank:>4}  {hit.distance:>8.4f}  {hit.camera_id:<{cam_w}}  {utc_text(hit.timestamp):<19}  "
+                   f"{hit.frame_index:>6}  {hit.track_id or '-':<{track_w}}  {_visibility(hit, parts):>4}  {hit.detection_id}"
+                   for rank, hit in enumerate(hits, 1)], [h.distance for h in hits], far)
 
 
 def _print_groups(hits, parts: list[int] | None) -> None:
@@ -256,16 +270,32 @@ def _write_page(path: Path, title: str, query_thumb: bytes | None, result, group
 
     def section(heading: str, shown) -> ResultSection:
         captions = [f"track {h.track_id}" if h.track_id else "no track" for h in shown]
-        return ResultSection(heading, query_thumb, shown, hit_captions=captions, part_names=names, visibility_parts=parts)
+        return ResultSection(heading, query_thumb, shown, hit_captions=captions, part_names=names, visibility_parts=parts,
+                             no_close_match_above=result.no_close_match_above)
 
     if result.people is not None:
-        sections = [people_section(title, query_thumb, result.people, names, parts)]
+        sections = [people_section(title, query_thumb, result.people, names, parts, result.no_close_match_above)]
     elif grouped:
         sections = [section(f"camera {c.camera_id}: best d={c.best_distance:.3f}, {len(c.tracklets)} tracklet(s)",
                             [h for t in c.tracklets for h in t.hits]) for c in group_hits(result.hits)]
     else:
         sections = [section(title, result.hits)]
     return write_results_html(path, f"kpr search: {title}", sections, summary)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from pipelines.calibrate import archive_identities, calibrate
+    from storage import Store
+
+    store = Store.open(args.db, create=False)
+    also = [Store.open(db, create=False) for db in args.record_in or ()]
+    for kind, threshold in calibrate(store, archive_identities(store), also).items():
+        measure = "cosine distance of the global vectors" if kind == "global" else "KPR part distance"
+        print(f"{measure}: no close match above {threshold.distance:.4f} ({threshold.same_at_or_below:.1%} of "
+              f"{threshold.same_pairs} same-person tracklet pairs at or below it, {threshold.different_at_or_below:.1%} "
+              f"of {threshold.different_pairs} different-person pairs)")
+    print(f"recorded with the model of {', '.join(s.uri for s in (store, *also))}")
+    return 0
 
 
 def cmd_maintain(args: argparse.Namespace) -> int:
@@ -569,6 +599,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="list the top-k detections grouped by camera and tracklet (implies --detections)")
     p.add_argument("--html", type=Path, help="also write a self-contained HTML page of the results with thumbnails")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("calibrate", help="measure the model's \"no close match\" distance on a labelled store",
+                       description="Measures, on a store of a labelled archive (the annotation sidecars beside its\n"
+                                   "videos say who each detection is, as `kpr synth` writes them), the distances\n"
+                                   "between tracklets of the same person and of different people across cameras, as\n"
+                                   "people search measures them, and records in the store's model record the distance\n"
+                                   "that best separates them (and in those of --record-in). kpr search and kpr serve\n"
+                                   "then mark the results above it as \"no close match\" (not for part or re-ranked\n"
+                                   "searches, whose distances are on other scales).")
+    p.add_argument("--db", required=True, help="LanceDB store of a labelled archive, written by `kpr ingest`")
+    p.add_argument("--record-in", action="append", metavar="DB",
+                   help="also record the threshold in this store of the same model, e.g. the archive's (repeatable)")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("maintain", help="compact a store, drop old versions and (re)build its indexes",
                        description="Compacts the store's small per-video fragments, removes table versions older "

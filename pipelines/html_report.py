@@ -19,6 +19,7 @@ h1{font-size:1.4em} h2{font-size:1.05em;margin:1.2em 0 .4em}
 .row{display:flex;gap:8px;align-items:flex-start;flex-wrap:wrap}
 figure{margin:0;padding:4px;background:#fff;border:3px solid #ddd;border-radius:4px;text-align:center;font-size:11px}
 figure.query{border-color:#36c} figure.hit{border-color:#2a2} figure.miss{border-color:#d33}
+figure.far{border-style:dashed;opacity:.7} .nomatch{color:#b11;font-weight:600}
 figure img{height:128px;display:block;margin:0 auto 3px}
 table{border-collapse:collapse;margin:.5em 0} td,th{border:1px solid #ccc;padding:2px 8px;font-size:13px}
 details{text-align:left;margin-top:2px} details td,details th{font-size:10px;padding:0 3px}
@@ -32,7 +33,8 @@ class ResultSection:
     ``hit_captions`` add lines under each hit; ``part_names`` label the per-part distances shown under
     each hit ("part i" when empty);
     ``visibility_parts`` are the queried parts whose mean visibility each caption shows (all when None; none for
-    a global model's hits, which have no parts).
+    a global model's hits, which have no parts); hits farther than ``no_close_match_above`` (the model's
+    calibrated distance, None: not calibrated) say "no close match".
     """
 
     title: str
@@ -43,6 +45,7 @@ class ResultSection:
     hit_captions: Sequence[str] = field(default_factory=list)
     part_names: Sequence[str] = ()
     visibility_parts: Sequence[int] | None = None
+    no_close_match_above: float | None = None
 
 
 def _img(data: bytes | None) -> str:
@@ -52,13 +55,15 @@ def _img(data: bytes | None) -> str:
 
 
 def people_section(title: str, query_thumbnail: bytes | None, people: Sequence[PersonHit], part_names: Sequence[str] = (),
-                   visibility_parts: Sequence[int] | None = None) -> ResultSection:
+                   visibility_parts: Sequence[int] | None = None,
+                   no_close_match_above: float | None = None) -> ResultSection:
     """A query and its top people: each shown by its closest detection, with its tracklet, time span (UTC) and how many
     of its detections matched."""
     captions = [f"{f'track {p.track_id}' if p.track_id else 'no track'}\n{span_text(p.t_start, p.t_end)} UTC\n"
                 f"{p.matched} of {p.detections} detections matched" for p in people]
     return ResultSection(title, query_thumbnail, [p.best for p in people], hit_captions=captions,
-                         part_names=part_names, visibility_parts=visibility_parts)
+                         part_names=part_names, visibility_parts=visibility_parts,
+                         no_close_match_above=no_close_match_above)
 
 
 def _parts_table(hit: SearchHit, names: Sequence[str]) -> str:
@@ -77,12 +82,13 @@ def _section(section: ResultSection) -> str:
     figures = [f"<figure class='query'>{_img(section.query_thumbnail)}{html.escape(section.query_caption)}</figure>"]
     for i, hit in enumerate(section.hits):
         css = "" if section.correct is None else ("hit" if section.correct[i] else "miss")
+        far = section.no_close_match_above is not None and not hit.distance <= section.no_close_match_above
         extra = section.hit_captions[i] if i < len(section.hit_captions) else ""
         lines = "".join(f"<br>{html.escape(line)}" for line in extra.splitlines())
-        caption = (f"#{i + 1} {html.escape(hit.camera_id)}<br>d={hit.distance:.3f}<br>{utc_text(hit.timestamp)} UTC"
+        caption = (f"{'<span class=nomatch>no close match</span><br>' if far else ''}#{i + 1} {html.escape(hit.camera_id)}<br>d={hit.distance:.3f}<br>{utc_text(hit.timestamp)} UTC"
                    f"{'' if hit.visibility is None else f'<br>vis {hit.mean_visibility(section.visibility_parts):.2f}'}"
                    f"{lines}{_parts_table(hit, section.part_names)}")
-        figures.append(f"<figure class='{css}' title='{html.escape(hit.detection_id)}'>{_img(hit.thumbnail)}{caption}</figure>")
+        figures.append(f"<figure class='{css}{' far' if far else ''}' title='{html.escape(hit.detection_id)}'>{_img(hit.thumbnail)}{caption}</figure>")
     return f"<h2>{html.escape(section.title)}</h2><div class='row'>{''.join(figures)}</div>"
 
 

@@ -85,8 +85,8 @@ class IngestInputs:
         if held is not None and held["model_id"] != self.model_id:
             self.store.replace_model(self.model_record)
             return True
-        if held is None or held != self.model_record:
-            self.store.set_model(self.model_record)
+        if held is None or any(held.get(key) != value for key, value in self.model_record.items()):
+            self.store.set_model({**(held or {}), **self.model_record})  # a calibration (kpr calibrate) stays
         return False
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from kpr_model.embeddings import ReIDEmbeddings
 from kpr_model.keypoints import group_names, part_grouping_of
+from pipelines.calibrate import no_close_match_above
 from pipelines.errors import UserError
 from pipelines.query_image import QueryEncoder, read_query_image
 from pipelines.query_prompt import KeypointPrompt
@@ -56,7 +57,9 @@ class QueryResult:
     or "image"; ``parts`` the 0-based queried parts (None: the
     whole body) among the store's ``part_names`` (none for a global model's store); ``crop`` the RGB
     pixels that were embedded (an image, or a stored detection's thumbnail re-embedded with a prompt),
-    None for stored embeddings; ``global_only`` whether the hits were ranked by the global vectors alone.
+    None for stored embeddings; ``global_only`` whether the hits were ranked by the global vectors alone;
+    ``no_close_match_above`` the model's calibrated distance above which a hit is no close match (None: not
+    calibrated, or a part or re-ranked search, whose distances are on another scale).
     """
 
     hits: list[SearchHit]
@@ -66,6 +69,7 @@ class QueryResult:
     crop: np.ndarray | None = None
     global_only: bool = False
     people: list[PersonHit] | None = None
+    no_close_match_above: float | None = None
 
 
 class QuerySearch:
@@ -112,10 +116,12 @@ class QuerySearch:
                                                              stand_in)
             kind = "detection"
         options = {"k": query.k, "filters": filters, "parts": parts, "rerank": query.rerank, "global_only": global_only}
+        threshold = None if parts or query.rerank else no_close_match_above(self.store.model(), global_only)
         if query.detections:
-            return QueryResult(self.search.search(embedding, **options), kind, parts, names, crop, global_only)
+            return QueryResult(self.search.search(embedding, **options), kind, parts, names, crop, global_only,
+                               no_close_match_above=threshold)
         people = self.search.people(embedding, **options)
-        return QueryResult([p.best for p in people], kind, parts, names, crop, global_only, people)
+        return QueryResult([p.best for p in people], kind, parts, names, crop, global_only, people, threshold)
 
     def check_cameras(self, cameras: Sequence[str]) -> None:
         """Refuse camera names the store does not have, naming the known ones."""

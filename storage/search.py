@@ -34,6 +34,7 @@ __all__ = [
     "SearchFilters",
     "SearchHit",
     "TrackletGroup",
+    "cosine_distance",
     "embeddings_of",
     "group_hits",
 ]
@@ -370,7 +371,7 @@ class PersonSearch:
         if not found.num_rows:
             return None
         gallery = embeddings_of(found)
-        distance = _cosine_distance if global_only else partial(kpr_distance, parts=chosen)
+        distance = cosine_distance if global_only else partial(kpr_distance, parts=chosen)
         distances = distance(query, gallery)[0]
         order = np.argsort(distances, kind="stable")
         if rerank:
@@ -406,7 +407,7 @@ class _Ranking:
     global_model: bool
 
 
-def _cosine_distance(query: ReIDEmbeddings, gallery: ReIDEmbeddings) -> np.ndarray:
+def cosine_distance(query: ReIDEmbeddings, gallery: ReIDEmbeddings) -> np.ndarray:
     """1 - cosine similarity of the (unit) global vectors, [Q, G]: the distance of a global-only search."""
     return (1.0 - query.global_emb.astype(np.float64) @ gallery.global_emb.astype(np.float64).T).astype(np.float32)
 

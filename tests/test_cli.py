@@ -21,8 +21,9 @@ from support import png_bytes
 
 
 # Each command with an option only its own help shows: removing a command, or its option, fails the test.
-COMMAND_OPTIONS = {"ingest": "--backend", "search": "--tracklet", "maintain": "--keep-days", "serve": "--max-upload-mb",
-                   "synth": "--identities", "train": "--workers", "bench": "--baseline", "demo": "--train-minutes"}
+COMMAND_OPTIONS = {"ingest": "--backend", "search": "--tracklet", "calibrate": "--record-in", "maintain": "--keep-days",
+                   "serve": "--max-upload-mb", "synth": "--identities", "train": "--workers", "bench": "--baseline",
+                   "demo": "--train-minutes"}
 
 
 @pytest.mark.parametrize("command, option", COMMAND_OPTIONS.items())

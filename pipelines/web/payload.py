@@ -82,10 +82,12 @@ def person_json(person: PersonHit, rank: int, parts: Sequence[int] | None) -> di
 
 
 def results_json(result: QueryResult) -> dict:
-    """A search's results, best first: its people (``by`` "person") or, for a query of detections, its detections."""
+    """A search's results, best first: its people (``by`` "person") or, for a query of detections, its detections;
+    ``no_close_match_above`` is the model's calibrated distance above which a result is no close match (or null)."""
+    far = {"no_close_match_above": result.no_close_match_above}
     if result.people is None:
-        return {"by": "detection", "hits": [hit_json(h, i, result.parts) for i, h in enumerate(result.hits, 1)]}
-    return {"by": "person", "people": [person_json(p, i, result.parts) for i, p in enumerate(result.people, 1)]}
+        return {"by": "detection", "hits": [hit_json(h, i, result.parts) for i, h in enumerate(result.hits, 1)], **far}
+    return {"by": "person", "people": [person_json(p, i, result.parts) for i, p in enumerate(result.people, 1)], **far}
 
 
 def detection_json(row: dict) -> dict:

@@ -297,12 +297,27 @@ function renderResults(answer) {
   const byPerson = answer.by === "person";
   const parts = answer.parts ? ` · parts: ${answer.parts.join(", ")}` : "";
   const found = byPerson ? plural(answer.count, "person", "people") : plural(answer.count, "detection", "detections");
+  const far = answer.no_close_match_above;
+  const results = byPerson ? answer.people : answer.hits;
+  const isClose = (result) => far === null || (result.distance !== null && result.distance <= far);
+  const close = results.filter(isClose).length;
+  const calibrated = far === null ? "" : close
+    ? ` · ${close} within the model's calibrated distance ${far.toFixed(3)}`
+    : ` · no close match: none within the model's calibrated distance ${far.toFixed(3)}`;
   $("status").textContent = answer.count
-    ? `${found}, best first, for ${describeQuery(answer.query)}${parts} · ${Math.round(answer.elapsed_ms)} ms`
+    ? `${found}, best first, for ${describeQuery(answer.query)}${parts}${calibrated} · ${Math.round(answer.elapsed_ms)} ms`
     : `no results for ${describeQuery(answer.query)}: widen the filters`;
   const list = element("div", {class: "ranked", "data-by": answer.by});
-  list.append(...(byPerson ? answer.people.map(personCard) : answer.hits.map(hitCard)));
+  const cards = results.map(byPerson ? personCard : hitCard);
+  cards.forEach((card, i) => { if (!isClose(results[i])) markFar(card, far); });
+  list.append(...cards);
   $("results").replaceChildren(list);
+}
+
+function markFar(card, far) {
+  card.classList.add("far");
+  card.querySelector("figcaption").prepend(element("div", {class: "no-match",
+    title: `distance above ${far.toFixed(3)}, the model's calibrated threshold`}, "no close match"));
 }
 
 function formatDistance(distance) {
