@@ -62,12 +62,11 @@ class AnnSettings:
     postfilter_min_share: float = DEFAULT_POSTFILTER_MIN_SHARE
 
 
-def _count(table: lancedb.table.Table | None, video_id: str | None, where: str | None) -> int:
-    """Rows of a table that may not exist yet (0 then), optionally only those of one video and matching an escaped
-    ``where``."""
+def _count(table: lancedb.table.Table | None, video_id: str | None) -> int:
+    """Rows of a table that may not exist yet (0 then), optionally only those of one video."""
     if table is None:
         return 0
-    return table.count_rows(sql.all_of([None if video_id is None else sql.equals("video_id", video_id), where]))
+    return table.count_rows(None if video_id is None else sql.equals("video_id", video_id))
 
 
 def _query(table: lancedb.table.Table | None, where: str | None, columns: Sequence[str] | None,
@@ -250,14 +249,13 @@ class Store:
         """Number of video rows, optionally only those with ``status`` ("done" / "failed")."""
         return self._videos.count_rows(None if status is None else sql.equals("status", status))
 
-    def count_detections(self, video_id: str | None = None, where: str | None = None) -> int:
-        """Number of detection rows, optionally of one video and matching an escaped ``where``."""
-        return _count(self._open_detections(), video_id, where)
+    def count_detections(self, video_id: str | None = None) -> int:
+        """Number of detection rows, optionally of one video."""
+        return _count(self._open_detections(), video_id)
 
-    def count_tracklets(self, video_id: str | None = None, where: str | None = None) -> int:
-        """Number of tracklet rows, optionally of one video and matching an escaped ``where`` (0 for a store written
-        before tracklets existed)."""
-        return _count(self._open_tracklets(), video_id, where)
+    def count_tracklets(self, video_id: str | None = None) -> int:
+        """Number of tracklet rows, optionally of one video (0 for a store written before tracklets existed)."""
+        return _count(self._open_tracklets(), video_id)
 
     def query_detections(self, where: str | None, columns: Sequence[str] | None = None, limit: int | None = None) -> pa.Table:
         """Detection rows matching an already-escaped ``where`` clause (build it with storage.sql)."""
@@ -319,16 +317,14 @@ class Store:
         table = self._videos.search().where(where).select(["camera_id"]).limit(None).to_arrow()
         return sorted(set(table["camera_id"].to_pylist()))
 
-    def time_range(self, where: str | None = None) -> tuple[float, float] | None:
-        """(earliest, latest) timestamp in epoch seconds of the detections (matching an escaped ``where``), or None
-        while there is none."""
+    def time_range(self) -> tuple[float, float] | None:
+        """(earliest, latest) detection timestamp in epoch seconds, or None while there is no detection."""
         table = self._open_detections()
         if table is None:
             return None
         ends = []
         for ascending in (True, False):  # a top-1 per end: 10-30 ms at 1M rows, vs 250-500 ms for reading the column
             first = table.search().select(["timestamp"]).order_by([ColumnOrdering(column_name="timestamp", ascending=ascending)])
-            first = first.where(where) if where else first
             ends.append(first.limit(1).to_arrow()["timestamp"].to_pylist())
         return (float(ends[0][0]), float(ends[1][0])) if ends[0] else None
 
