@@ -12,17 +12,21 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kpr_model.embeddings import ReIDEmbeddings, aggregate
+from kpr_model.feedback import REJECTION_WEIGHT, fuse, rejection_penalty
 
-# storage/ may import this module only (ARCHITECTURE.md), so the embedding type and its
-# aggregation come with it.
+# storage/ may import this module only (ARCHITECTURE.md), so the embedding type, its aggregation
+# and the relevance feedback math come with it.
 __all__ = [
+    "REJECTION_WEIGHT",
     "ReIDEmbeddings",
     "aggregate",
     "check_parts",
+    "fuse",
     "k_reciprocal_rerank",
     "kpr_distance",
     "part_distance",
     "per_part_distances",
+    "rejection_penalty",
 ]
 
 if TYPE_CHECKING:

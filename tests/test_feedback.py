@@ -1,0 +1,115 @@
+"""Relevance feedback: confirmed hits fused into the query per part, rejected look-alikes pushed down, marked
+detections not shown again; through the store and through `kpr search --same/--not`.
+
+The store: person P (query seen from the front: lower body hidden), a look-alike L with P's upper body and other
+legs, and random passers-by, in three cameras. P's back view in camera 1 shows only the lower body.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kpr_model.distance import ReIDEmbeddings, fuse, rejection_penalty
+from pipelines.cli import main
+from storage import PersonSearch, SearchFilters, Store, StoreError, detection_row, detections_table
+from storage.feedback import Feedback, FeedbackSearch
+from support import unit_rows
+
+K, D = 4, 16
+UPPER, LOWER = [0, 1], [2, 3]
+OTHERS = 12
+OTHER_CAMERAS = SearchFilters(exclude_cameras=["cam0"])  # the query's camera
+
+
+def _person(parts: np.ndarray, visible: list[int], rng: np.random.Generator, noise: float) -> ReIDEmbeddings:
+    """One view of a person: its parts with noise, visibility 1 on ``visible`` (else 0), the global vector the mean
+    of the visible parts, as an occluded crop's global vector is."""
+    seen = unit_rows(parts + noise * rng.standard_normal(parts.shape))
+    visibility = np.zeros(K, np.float32)
+    visibility[visible] = 1.0
+    return ReIDEmbeddings(unit_rows(seen[visible].mean(axis=0))[None], seen[None], visibility[None])
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict:
+    """The store of the module docstring, and the query: P's front view."""
+    rng = np.random.default_rng(3)
+    p = unit_rows(rng.standard_normal((K, D)))
+    lookalike = p.copy()
+    lookalike[LOWER] = unit_rows(rng.standard_normal((len(LOWER), D)))
+    views = {  # detection id -> (camera, view)
+        "p-front": (0, _person(p, UPPER, rng, 0.3)),
+        "p-back": (1, _person(p, LOWER, rng, 0.05)),
+        "p-legs": (2, _person(p, LOWER, rng, 0.05)),
+        "p-full": (2, _person(p, UPPER + LOWER, rng, 0.35)),
+        "l-1": (1, _person(lookalike, UPPER + LOWER, rng, 0.05)),
+        "l-2": (2, _person(lookalike, UPPER + LOWER, rng, 0.05)),
+        **{f"x-{i}": (1 + i % 2, _person(unit_rows(rng.standard_normal((K, D))), UPPER + LOWER, rng, 0.05))
+           for i in range(OTHERS)},
+    }
+    store = Store.open(str(tmp_path_factory.mktemp("feedback") / "db"))
+    for camera in range(3):
+        ids = [i for i, (c, _) in views.items() if c == camera]
+        rows = [detection_row(det_id, f"video{camera}", f"cam{camera}", frame_index=n, timestamp=1_000.0 + n,
+                              bbox=[0, 0, 32, 64], model_id="m", track_id=f"video{camera}-{det_id}",
+                              thumbnail=b"\xff\xd8")
+                for n, det_id in enumerate(ids)]
+        video = {"video_id": f"video{camera}", "uri": f"/archive/cam{camera}.mp4", "camera_id": f"cam{camera}",
+                 "model_id": "m"}
+        store.write_video(video, detections_table(rows, ReIDEmbeddings.concat([views[i][1] for i in ids])))
+    return {"db": Path(store.uri), "search": PersonSearch(store), "query": views["p-front"][1]}
+
+
+def _ids(hits) -> list[str]:
+    return [h.detection_id for h in hits]
+
+
+def test_fusion_fills_the_parts_the_query_hid_and_leaves_parts_seen_nowhere_invisible():
+    rng = np.random.default_rng(0)
+    parts = unit_rows(rng.standard_normal((K, D)))
+    front = _person(parts, UPPER, rng, 0.1)
+    back = _person(parts, [2], rng, 0.1)
+    fused = fuse(front, back)
+    assert (fused.visibility[0] > 0).tolist() == [True, True, True, False]
+    assert float(fused.parts[0, 2] @ back.parts[0, 2]) == pytest.approx(1.0, abs=1e-5)  # only the back view shows it
+    assert float(fused.parts[0, 0] @ front.parts[0, 0]) == pytest.approx(1.0, abs=1e-5)
+    assert fuse(front, back.select(slice(0, 0))) is front
+
+
+def test_the_penalty_pushes_only_what_is_nearer_a_rejected_hit_than_the_query():
+    penalty = rejection_penalty(np.array([0.5, 0.5, 0.9]), np.array([[0.2, 0.8, 1.0], [0.9, 0.7, 0.4]]), weight=2.0)
+    assert penalty.tolist() == pytest.approx([0.6, 0.0, 1.0])
+    assert rejection_penalty(np.array([0.5]), np.zeros((0, 1))).tolist() == [0.0]
+
+
+def test_a_confirmed_back_view_finds_the_person_seen_only_from_behind(world):
+    search, query = world["search"], world["query"]
+    before = _ids(search.search(query, k=5, filters=OTHER_CAMERAS))
+    after = _ids(FeedbackSearch(search, Feedback(same=("p-back",))).search(query, k=5, filters=OTHER_CAMERAS))
+    assert before[0] != "p-legs"  # front and legs share no part: without the back view, no reason to rank it first
+    assert after[0] == "p-legs"
+    assert "p-back" not in after  # confirmed: part of the query now, not a new result
+
+
+def test_a_rejected_look_alike_drops_below_the_person(world):
+    search, query = world["search"], world["query"]
+    before = _ids(search.search(query, k=6, filters=OTHER_CAMERAS))
+    assert before.index("l-2") < before.index("p-full")  # the look-alike's upper body is the closer one
+    after = _ids(FeedbackSearch(search, Feedback(rejected=("l-1",))).search(query, k=6, filters=OTHER_CAMERAS))
+    assert after[0] == "p-full"
+    assert "l-1" not in after and ("l-2" not in after or after.index("l-2") > 0)
+
+
+def test_people_leave_out_the_marked_persons_tracklets(world):
+    people = FeedbackSearch(world["search"], Feedback(same=("p-back",), rejected=("l-1",))).people(world["query"], k=20)
+    shown = {p.track_id for p in people}
+    assert shown and not shown & {"video1-p-back", "video1-l-1"}
+
+
+def test_unknown_and_contradictory_marks_are_refused(world):
+    with pytest.raises(StoreError, match="unknown detection id 'nope'"):
+        FeedbackSearch(world["search"], Feedback(same=("p-back",), rejected=("nope",)))
+    with pytest.raises(StoreError, match="marked both"):
+        Feedback(same=("l-1",), rejected=("l-1",))
