@@ -182,3 +182,10 @@ def test_an_empty_store_says_so(tmp_path, capsys):
     for command in (["list", "tracklets"], ["info"]):
         assert main([*command, "--db", str(tmp_path / "db")]) == 0
         assert capsys.readouterr().out.strip().endswith("is empty: nothing was ingested into it yet")
+
+
+@pytest.mark.parametrize("command, option", [("list", "--thumbnails"), ("info", "--json")])
+def test_each_browse_command_has_its_own_help(command, option, capsys):
+    assert main([command, "--help"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: kpr {command} ") and option in text
