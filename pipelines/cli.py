@@ -148,7 +148,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                   cameras=tuple(args.camera) if args.camera else None, parts=tuple(args.part or ()),
                   since=args.since, until=args.until, min_visibility=args.min_visibility, k=args.k,
                   rerank=args.rerank, same_camera=args.same_camera, global_only=args.global_only,
-                  detections=args.detections or args.group)
+                  detections=args.detections or args.group, same=tuple(args.same or ()),
+                  rejected=tuple(args.rejected or ()))
     encoder = QueryEncoder(args.model, store, args.model_input) if args.image and args.model else None
     missing_model = "--image needs --model CHECKPOINT (the model the store was built with)"
     result = QuerySearch(store, encoder, missing_model).run(query)
@@ -563,7 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "  kpr search --db store --detection VIDEO_ID:0000120:000 --html hits.html\n"
                               "  kpr search --db store --tracklet 3f2a9c01d2e4-t7 --camera north --since 2026-01-01T08:00\n"
                               "  kpr search --db store --image crop.png --model ckpt --keypoints kp.json "
-                              "--part left_foot --part right_foot --min-visibility 0.3 --group",
+                              "--part left_foot --part right_foot --min-visibility 0.3 --group\n"
+                              "  kpr search --db store --tracklet 3f2a9c01d2e4-t7 --same 7b01c2d3e4f5:0000410:001 "
+                              "--not 7b01c2d3e4f5:0000088:000",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     query = p.add_mutually_exclusive_group(required=True)
     query.add_argument("--detection", metavar="ID", help="query with a stored detection id")
@@ -597,6 +600,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="list the top-k detections (several may be one tracklet's) instead of the top-k people")
     p.add_argument("--group", action="store_true",
                    help="list the top-k detections grouped by camera and tracklet (implies --detections)")
+    p.add_argument("--same", action="append", metavar="ID",
+                   help="relevance feedback: a detection id of an earlier hit that is the same person (repeatable); "
+                        "the query is fused with it part by part, so its view supplies the parts the query hides")
+    p.add_argument("--not", dest="rejected", action="append", metavar="ID",
+                   help="relevance feedback: a detection id of an earlier hit that is not this person (repeatable); "
+                        "hits that resemble it more than the query go down. Marked hits (and, in the list of "
+                        "people, their tracklets) are not listed again")
     p.add_argument("--html", type=Path, help="also write a self-contained HTML page of the results with thumbnails")
     p.set_defaults(func=cmd_search)
 

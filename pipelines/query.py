@@ -20,6 +20,7 @@ from pipelines.query_image import QueryEncoder, read_query_image
 from pipelines.query_prompt import KeypointPrompt
 from pipelines.times import parse_time
 from storage import PersonHit, PersonSearch, SearchFilters, SearchHit, Store
+from storage.feedback import Feedback, FeedbackSearch
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ class Query:
     ``k`` counts people (tracklets) unless ``detections`` asks for the top-k detections. ``image`` is
     an encoded crop (an upload) or an image file; ``prompt`` goes with an image, or with a stored
     detection, which is then re-embedded from its thumbnail. Cameras, parts and times are as typed
-    (part names or 1-based numbers; ISO 8601 or epoch seconds): QuerySearch.run checks them.
+    (part names or 1-based numbers; ISO 8601 or epoch seconds): QuerySearch.run checks them. ``same`` and
+    ``rejected`` are detection ids of earlier hits marked the same person and not this person (relevance feedback).
     """
 
     detection_id: str | None = None
@@ -46,6 +48,8 @@ class Query:
     same_camera: bool = False
     global_only: bool = False
     detections: bool = False
+    same: tuple[str, ...] = ()
+    rejected: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -117,11 +121,18 @@ class QuerySearch:
             kind = "detection"
         options = {"k": query.k, "filters": filters, "parts": parts, "rerank": query.rerank, "global_only": global_only}
         threshold = None if parts or query.rerank else no_close_match_above(self.store.model(), global_only)
+        search = self._with_feedback(query)
         if query.detections:
-            return QueryResult(self.search.search(embedding, **options), kind, parts, names, crop, global_only,
+            return QueryResult(search.search(embedding, **options), kind, parts, names, crop, global_only,
                                no_close_match_above=threshold)
-        people = self.search.people(embedding, **options)
+        people = search.people(embedding, **options)
         return QueryResult([p.best for p in people], kind, parts, names, crop, global_only, people, threshold)
+
+    def _with_feedback(self, query: Query) -> PersonSearch | FeedbackSearch:
+        """What searches the query: with the investigator's marks on earlier hits, if any."""
+        if not query.same and not query.rejected:
+            return self.search
+        return FeedbackSearch(self.search, Feedback(query.same, query.rejected))
 
     def check_cameras(self, cameras: Sequence[str]) -> None:
         """Refuse camera names the store does not have, naming the known ones."""

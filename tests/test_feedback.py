@@ -113,3 +113,30 @@ def test_unknown_and_contradictory_marks_are_refused(world):
         FeedbackSearch(world["search"], Feedback(same=("p-back",), rejected=("nope",)))
     with pytest.raises(StoreError, match="marked both"):
         Feedback(same=("l-1",), rejected=("l-1",))
+
+
+def _listed(capsys) -> list[str]:
+    """The detection ids `kpr search --detections` printed, best first."""
+    lines = capsys.readouterr().out.strip().splitlines()
+    return [line.split()[-1] for line in lines[1:] if not line.startswith("----")]
+
+
+def test_kpr_search_takes_same_and_not_marks(world, capsys):
+    query = ["search", "--db", str(world["db"]), "--detection", "p-front", "--detections", "-k", "3"]
+    assert main(query) == 0
+    assert _listed(capsys)[0] == "l-1"
+    assert main([*query, "--same", "p-back", "--not", "l-1"]) == 0
+    listed = _listed(capsys)
+    assert listed[0] == "p-legs" and not {"p-back", "l-1"} & set(listed)
+    assert main([*query[:-3], "--same", "p-back", "--not", "l-1"]) == 0  # the list of people
+    assert "video1-l-1" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("marks", "expected"), [
+    (["--same", "p-back", "--not", "nope"], "kpr search: error: unknown detection id 'nope' among the marked hits"),
+    (["--same", "l-1", "--not", "l-1"], "kpr search: error: detection 'l-1' is marked both"),
+])
+def test_a_bad_mark_is_one_line_and_exit_2(world, capsys, marks, expected):
+    assert main(["search", "--db", str(world["db"]), "--detection", "p-front", *marks]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(expected)
