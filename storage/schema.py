@@ -136,14 +136,15 @@ def videos_schema() -> pa.Schema:
     return pa.schema(fields, metadata={VERSION_KEY: str(SCHEMA_VERSION)})
 
 
-def check_version(schema: pa.Schema, table: str, uri: str) -> None:
-    """Raise StoreError unless ``schema`` carries one of READABLE_VERSIONS (the store refuses data it cannot read right)."""
+def check_version(schema: pa.Schema, table: str, uri: str, readable: Sequence[int] = READABLE_VERSIONS) -> None:
+    """Raise StoreError unless ``schema`` carries one of the ``readable`` versions (the store refuses data it cannot
+    read right)."""
     found = (schema.metadata or {}).get(VERSION_KEY)
-    if found not in {str(version).encode() for version in READABLE_VERSIONS}:
+    if found not in {str(version).encode() for version in readable}:
         written = "no schema version" if found is None else f"schema version {' '.join(found.decode(errors='replace').split())}"
-        readable = " or ".join(str(version) for version in READABLE_VERSIONS)
+        known = " or ".join(str(version) for version in readable)
         raise StoreError(
-            f"store at {uri}: table '{table}' has {written}, this code reads version {readable}; "
+            f"store at {uri}: table '{table}' has {written}, this code reads version {known}; "
             f"open it with the release that wrote it, or ingest into a new store location"
         )
 

@@ -79,7 +79,7 @@ def _creation_lock(uri: str) -> Iterator[None]:
         yield
 
 
-def _open_table(db: lancedb.DBConnection, name: str, schema: pa.Schema | None = None) -> lancedb.table.Table | None:
+def open_table(db: lancedb.DBConnection, name: str, schema: pa.Schema | None = None) -> lancedb.table.Table | None:
     """Open table ``name``, or create it with ``schema`` when missing (None when missing and no schema).
 
     Processes that may create take turns on a local store (see _creation_lock). A reader, or a
@@ -150,7 +150,7 @@ class StoreTables:
                     raise StoreError(f"cannot create store at {uri}: {exc.strerror or exc}") from exc
         try:
             db = lancedb.connect(uri, read_consistency_interval=timedelta(seconds=read_consistency_s))
-            videos = _open_table(db, VIDEOS, _keyed(videos_schema(), "video_id") if create else None)
+            videos = open_table(db, VIDEOS, _keyed(videos_schema(), "video_id") if create else None)
         except Exception as exc:  # lancedb surfaces I/O and object-store failures as assorted types
             raise StoreError(f"cannot open store at {uri}: {_object_store_reason(str(exc))}") from exc
         if videos is None:
@@ -161,7 +161,7 @@ class StoreTables:
     def detections(self) -> lancedb.table.Table | None:
         """The detections table if it exists yet (it is created by the first write), version-checked."""
         if self._detections is None:
-            self._adopt_detections(_open_table(self.db, DETECTIONS))
+            self._adopt_detections(open_table(self.db, DETECTIONS))
         return self._detections
 
     def _adopt_detections(self, table: lancedb.table.Table | None) -> None:
@@ -179,7 +179,7 @@ class StoreTables:
     def detections_for_write(self, dim: int, num_parts: int) -> lancedb.table.Table:
         """The detections table, created for (D, K) on first use; refuses a batch of another shape."""
         if self.detections() is None:
-            self._adopt_detections(_open_table(self.db, DETECTIONS, _keyed(detections_schema(dim, num_parts), "detection_id")))
+            self._adopt_detections(open_table(self.db, DETECTIONS, _keyed(detections_schema(dim, num_parts), "detection_id")))
         if self._shape != (dim, num_parts):
             raise StoreError(
                 f"store at {self.uri} holds embeddings with D={self._shape[0]}, K={self._shape[1]}; "
@@ -190,7 +190,7 @@ class StoreTables:
     def tracklets(self) -> lancedb.table.Table | None:
         """The tracklets table if it exists yet (created by the first write with tracklets), version-checked."""
         if self._tracklets is None:
-            table = _open_table(self.db, TRACKLETS)
+            table = open_table(self.db, TRACKLETS)
             if table is not None:
                 check_version(table.schema, TRACKLETS, self.uri)
             self._tracklets = table
@@ -205,7 +205,7 @@ class StoreTables:
                 f"refusing tracklets with D={dim}, K={num_parts}"
             )
         if self._tracklets is None:
-            self._tracklets = _open_table(self.db, TRACKLETS, _keyed(tracklets_schema(dim, num_parts), "track_id"))
+            self._tracklets = open_table(self.db, TRACKLETS, _keyed(tracklets_schema(dim, num_parts), "track_id"))
             check_version(self._tracklets.schema, TRACKLETS, self.uri)
         return self._tracklets
 
