@@ -179,7 +179,10 @@ class Ingest:
         # Short: Ray's socket paths live under it and must stay below the 107-byte Unix socket limit.
         self.ray_tmp = Path(tempfile.mkdtemp(prefix="krl-", dir="/tmp"))
         env = dict(os.environ, RAY_TMPDIR=str(self.ray_tmp), PREFECT_LOGGING_LEVEL="WARNING",
-                   PREFECT_SERVER_ANALYTICS_ENABLED="false")
+                   PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                   # Two ingestions and their Ray workers on 2 cores: the default 60 s start of the ephemeral
+                   # Prefect server timed out (the run exits 2 with that message before touching the store).
+                   PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="300")
         self.log_path = log_path
         self.started = time.perf_counter()
         with open(log_path, "wb") as out:
@@ -309,8 +312,8 @@ def store_snapshot(db: Path) -> Snapshot:
     """Every detection id, embedding and video row of the store at ``db``."""
     store = Store.open(str(db), create=False)
     tracklets = store.list_tracklets(columns=["track_id", "n_detections"])
-    snap = Snapshot(videos=store.video_rows(),
-                    tracklets=list(zip(tracklets["track_id"].to_pylist(), tracklets["n_detections"].to_pylist())))
+    tracklets = [] if not tracklets.num_rows else zip(tracklets["track_id"].to_pylist(), tracklets["n_detections"].to_pylist())
+    snap = Snapshot(videos=store.video_rows(), tracklets=list(tracklets))  # a run killed before its first commit: none
     for batch in store.iter_detections(columns=["detection_id", *EMBED_COLUMNS]):
         ids = batch["detection_id"].to_pylist()
         snap.ids += ids
