@@ -819,6 +819,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kpr: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `kpr list | head` closed the pipe: stop quietly, as other command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit-time flush would fail again
+        return EXIT_ERROR
     except Exception as exc:
         if is_user_error(exc):
             print(f"kpr {args.command}: error: {exc}", file=sys.stderr)
