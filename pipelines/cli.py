@@ -173,6 +173,10 @@ def cmd_search(args: argparse.Namespace) -> int:
                                             else f"{result.no_close_match_above:.4f}, the model's calibrated distance")}
         page = _write_page(args.html, title, _query_thumbnail(store, args, result), result, args.group, summary)
         print(f"wrote {page}", file=sys.stderr)
+    if args.case is not None:
+        from pipelines.cases import record_search
+
+        record_search(args.case, store, query, result)
     return 0
 
 
@@ -297,6 +301,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
               f"of {threshold.different_pairs} different-person pairs)")
     print(f"recorded with the model of {', '.join(s.uri for s in (store, *also))}")
     return 0
+
+
+def cmd_case(args: argparse.Namespace) -> int:
+    from pipelines.cases import run_case_command
+
+    return run_case_command(args)
 
 
 def cmd_maintain(args: argparse.Namespace) -> int:
@@ -608,6 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "hits that resemble it more than the query go down. Marked hits (and, in the list of "
                         "people, their tracklets) are not listed again")
     p.add_argument("--html", type=Path, help="also write a self-contained HTML page of the results with thumbnails")
+    p.add_argument("--case", metavar="NAME",
+                   help="record the query and the results shown in this case (a named investigation kept in the "
+                        "store, started on first use; see kpr case)")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("calibrate", help="measure the model's \"no close match\" distance on a labelled store",
@@ -622,6 +635,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record-in", action="append", metavar="DB",
                    help="also record the threshold in this store of the same model, e.g. the archive's (repeatable)")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("case", help="named investigations: list them, show one's timeline, note, mark, export evidence",
+                       description="A case is a named investigation kept in the store: `kpr search ... --case NAME`\n"
+                                   "records each query and the results it showed; marks and notes are added here.\n"
+                                   "export writes an evidence bundle readable offline: index.html, case.json, the\n"
+                                   "thumbnails and the archived frames with the box drawn, provenance per result\n"
+                                   "and a SHA-256 manifest of every file.",
+                       epilog="Examples:\n  kpr search --db store --tracklet 3f2a9c01d2e4-t7 --case lobby\n"
+                              "  kpr case list --db store\n  kpr case show lobby --db store\n"
+                              "  kpr case mark lobby --db store --same VIDEO_ID:0000120:000 --not VIDEO_ID:0000480:001\n"
+                              "  kpr case export lobby --db store --out lobby-evidence",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    on_store = _Parser(add_help=False)
+    on_store.add_argument("--db", required=True, help="LanceDB store written by `kpr ingest`")
+    actions.add_parser("list", parents=[on_store], help="list the store's cases, most recently active first")
+    a = actions.add_parser("show", parents=[on_store], help="print a case's timeline: searches, results, marks, notes")
+    a.add_argument("name", help="the case's name")
+    a = actions.add_parser("note", parents=[on_store], help="add a note to a case")
+    a.add_argument("name", help="the case's name")
+    a.add_argument("text", help="the note")
+    a = actions.add_parser("mark", parents=[on_store], help="record results marked as the same person or not")
+    a.add_argument("name", help="the case's name")
+    a.add_argument("--same", action="append", metavar="ID", help="a detection id of the same person (repeatable)")
+    a.add_argument("--not", dest="rejected", action="append", metavar="ID",
+                   help="a detection id of another person (repeatable)")
+    a = actions.add_parser("export", parents=[on_store], help="write a case's evidence bundle into a new folder")
+    a.add_argument("name", help="the case's name")
+    a.add_argument("--out", type=Path, required=True, help="the bundle's folder (new or empty)")
+    p.set_defaults(func=cmd_case)
 
     p = sub.add_parser("maintain", help="compact a store, drop old versions and (re)build its indexes",
                        description="Compacts the store's small per-video fragments, removes table versions older "
