@@ -60,12 +60,13 @@ def _detection_ids(events: list[CaseEvent]) -> list[str]:
 
 
 def _recorded_hits(events: list[CaseEvent]) -> dict[str, dict]:
-    """The first recorded result of each detection (its video, frame and box as seen when it was shown)."""
+    """The first recorded result of each detection (its video, frame and box as seen when it was shown, and the
+    model that ranked it)."""
     hits: dict[str, dict] = {}
     for event in events:
         if event.kind == "results":
             for hit in event.payload["hits"]:
-                hits.setdefault(hit["detection_id"], hit)
+                hits.setdefault(hit["detection_id"], {**hit, "model_id": event.payload.get("model_id")})
     return hits
 
 

@@ -11,7 +11,10 @@ import cv2
 import numpy as np
 import pyarrow as pa
 import pytest
+from test_search import build_store
 
+from kpr_model.checkpoint_files import read_model_id
+from kpr_model.config import KPRConfig
 from kpr_model.embeddings import ReIDEmbeddings, aggregate
 from pipelines.cli import main
 from storage import Store, detection_row, detections_table, tracklet_row, tracklets_table
@@ -194,3 +197,31 @@ def test_two_processes_appending_to_one_case_both_land(db):
     texts = [e.payload["text"] for e in Cases.open(str(db)).events("shared")]
     assert sorted(texts) == sorted(f"{name} {i}" for name in ("one", "two") for i in range(10))
     assert [t for t in texts if t.startswith("one")] == [f"one {i}" for i in range(10)]
+
+
+def test_image_query_is_kept_with_its_picture_and_prompt_and_a_lost_detection_keeps_its_record(
+        db, tiny_checkpoint, tmp_path, capsys):
+    store_path = tmp_path / "db"
+    build_store(store_path, dim=KPRConfig.tiny().embed_dim, model_id=read_model_id(tiny_checkpoint))
+    crop, prompt = tmp_path / "q.png", tmp_path / "kp.json"
+    cv2.imwrite(str(crop), np.full((64, 32, 3), 120, np.uint8))
+    prompt.write_text(json.dumps({"positive": [{"joint": "left_ankle", "x": 12, "y": 60}]}))
+    assert main(["search", "--db", str(store_path), "--image", str(crop), "--model", str(tiny_checkpoint),
+                 "--keypoints", str(prompt), "-k", "2", "--case", "upload"]) == 0
+    query = Cases.open(str(store_path)).events("upload")[0].payload
+    assert query["image"] == {"file": str(crop), "sha256": hashlib.sha256(crop.read_bytes()).hexdigest(),
+                              "bytes": crop.stat().st_size}
+    assert query["prompt"]["positive"][15][:2] == [12.0, 60.0]
+    assert main(["case", "export", "upload", "--db", str(store_path), "--out", str(tmp_path / "b")]) == 0
+    case = json.loads((tmp_path / "b" / "case.json").read_text())
+    assert (tmp_path / "b" / case["query_pictures"][case["events"][0]["event_id"]]).is_file()
+    assert all(e["frame"] is None and "no such file" in e["problems"][0] for e in case["evidence"].values())
+
+    gone = {"rank": 1, "detection_id": "va:0000099:000", "track_id": None, "video_id": "va", "camera_id": "cam-a",
+            "frame_index": 5, "timestamp": T0 + 5, "bbox": list(BOX), "distance": 0.5}
+    Cases.open(str(db)).append("lost", [("results", {"by": "detection", "model_id": MODEL_ID, "hits": [gone]})])
+    assert main(["case", "export", "lost", "--db", str(db), "--out", str(tmp_path / "lost")]) == 0
+    evidence = json.loads((tmp_path / "lost" / "case.json").read_text())["evidence"][gone["detection_id"]]
+    assert evidence["problems"] == ["the detection is no longer in the store"]
+    assert evidence["provenance"]["model_id"] == MODEL_ID and evidence["thumbnail"] is None
+    assert _box_is_drawn((tmp_path / "lost" / evidence["frame"]).read_bytes())
