@@ -23,10 +23,9 @@ import lancedb
 import pyarrow as pa
 
 from storage import sql
-from storage.schema import VERSION_KEY, NotFoundError, StoreError, check_version
+from storage.schema import CASES, VERSION_KEY, NotFoundError, StoreError, check_version
 from storage.tables import StoreTables, open_table
 
-CASES = "cases"
 CASES_VERSION = 1
 # What an event records: a query as asked, the results it showed, marks on results ("same" / "not"), a free note.
 EVENT_KINDS = ("query", "results", "marks", "note")

@@ -26,6 +26,7 @@ READABLE_VERSIONS = (1, 2)
 DETECTIONS = "detections"
 TRACKLETS = "tracklets"
 VIDEOS = "videos"
+CASES = "cases"
 NUM_KEYPOINTS = 17
 
 # The kinds of model a store records as its own (Store.model): part-based KPR, or a global ReID model.

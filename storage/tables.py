@@ -13,6 +13,7 @@ import lancedb
 import pyarrow as pa
 
 from storage.schema import (
+    CASES,
     DETECTIONS,
     TRACKLETS,
     VIDEOS,
@@ -220,8 +221,10 @@ class StoreTables:
         return self.videos
 
     def all(self) -> dict[str, lancedb.table.Table]:
-        """The tables that exist yet, by name (videos always; detections and tracklets once written)."""
-        tables = {VIDEOS: self.videos, DETECTIONS: self.detections(), TRACKLETS: self.tracklets()}
+        """The tables that exist yet, by name (videos always; detections and tracklets once written; cases once an
+        investigation was recorded), so that maintenance compacts and reports every one."""
+        tables = {VIDEOS: self.videos, DETECTIONS: self.detections(), TRACKLETS: self.tracklets(),
+                  CASES: open_table(self.db, CASES)}
         return {name: table for name, table in tables.items() if table is not None}
 
     def drop_embedded(self) -> None:

@@ -225,3 +225,16 @@ def test_image_query_is_kept_with_its_picture_and_prompt_and_a_lost_detection_ke
     assert evidence["problems"] == ["the detection is no longer in the store"]
     assert evidence["provenance"]["model_id"] == MODEL_ID and evidence["thumbnail"] is None
     assert _box_is_drawn((tmp_path / "lost" / evidence["frame"]).read_bytes())
+
+
+def test_maintain_compacts_the_cases_table_and_keeps_every_event(tmp_path):
+    store = Store.open(tmp_path / "db")
+    store.write_video({"video_id": "v0", "uri": "v0.mp4", "camera_id": "cam-a", "model_id": MODEL_ID}, None, None)
+    cases = Cases.open(str(tmp_path / "db"))
+    for i in range(12):  # one append (a version and a fragment) per event
+        cases.append("lobby", [("note", {"text": f"note {i}"})])
+    report = store.maintain(cleanup_older_than=None)
+    stats = Store.open(tmp_path / "db", create=False).table_stats()["cases"]
+    assert stats["fragments"] == 1 and stats["rows"] == 12
+    assert "cases.case_id" in report["indexes"]
+    assert [e.payload["text"] for e in Cases.open(str(tmp_path / "db")).events("lobby")] == [f"note {i}" for i in range(12)]
