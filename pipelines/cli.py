@@ -355,7 +355,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from pipelines.web.app import serve
 
     return serve(db=args.db, model=None if args.model is None else str(args.model), host=args.host, port=args.port,
-                 max_upload_mb=args.max_upload_mb, model_input=args.model_input)
+                 max_upload_mb=args.max_upload_mb, model_input=args.model_input,
+                 cameras_file=None if args.cameras is None else str(args.cameras), token=args.token)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -721,6 +722,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_bounded(int, 1, 65535, True, "a port number 1..65535"), default=8765,
                    help="port (default 8765)")
     p.add_argument("--max-upload-mb", type=_positive(float), default=8.0, help="largest accepted upload (default 8)")
+    p.add_argument("--cameras", type=Path, metavar="FILE",
+                   help="cameras file (as for kpr ingest) whose display names and time zones the hit views show "
+                        "(default: none, so camera ids and UTC)")
+    p.add_argument("--token", help="secret every API request must carry (open the page once as /?token=TOKEN); "
+                                   "required to listen on a non-loopback --host (default: $KPR_SERVE_TOKEN)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("synth", help="render a synthetic multi-camera archive (videos + sidecar annotations)")

@@ -216,26 +216,34 @@ def _tracklets_of_detections(store: Store, filters: CatalogFilters) -> pa.Table:
 
 
 def tracklet_thumbnails(store: Store, track_ids: Sequence[str]) -> dict[str, bytes]:
-    """The best thumbnail of each tracklet: its stored one, else that of its detection with the highest det_score x
-    mean visibility (what ingestion picks); tracklets without any are left out."""
+    """The best thumbnail of each tracklet: its stored one, else that of its best detection (see best_detections);
+    tracklets without any are left out."""
     if not track_ids:
         return {}
     chosen = {row["track_id"]: row["thumbnail"] for row in
               store.list_tracklets(sql.is_in("track_id", track_ids), columns=["track_id", "thumbnail"]).to_pylist()
               if row["thumbnail"]}
     missing = [track for track in track_ids if track not in chosen]
-    if missing:
-        rows = store.query_detections(sql.all_of([sql.is_in("track_id", missing), "thumbnail IS NOT NULL"]),
-                                      ["track_id", "det_score", "visibility", "thumbnail"])
-        if rows.num_rows:
-            visibility = np.stack(rows["visibility"].to_numpy(zero_copy_only=False)).mean(axis=1)
-            scores = np.nan_to_num(rows["det_score"].to_numpy(zero_copy_only=False).astype(np.float64)) * visibility
-            best: dict[str, int] = {}
-            for i, track in enumerate(rows["track_id"].to_pylist()):
-                if track not in best or scores[i] > scores[best[track]]:
-                    best[track] = i
-            chosen.update({track: rows["thumbnail"][i].as_py() for track, i in best.items()})
+    chosen.update({track: thumbnail for track, (_, thumbnail) in best_detections(store, missing).items()})
     return chosen
+
+
+def best_detections(store: Store, track_ids: Sequence[str]) -> dict[str, tuple[str, bytes]]:
+    """(detection id, thumbnail) of each tracklet's detection with the highest det_score x mean visibility (what
+    ingestion picks), read from the detections; tracklets without a thumbnail are left out."""
+    if not track_ids:
+        return {}
+    rows = store.query_detections(sql.all_of([sql.is_in("track_id", track_ids), "thumbnail IS NOT NULL"]),
+                                  ["track_id", "detection_id", "det_score", "visibility", "thumbnail"])
+    if not rows.num_rows:
+        return {}
+    visibility = np.stack(rows["visibility"].to_numpy(zero_copy_only=False)).mean(axis=1)
+    scores = np.nan_to_num(rows["det_score"].to_numpy(zero_copy_only=False).astype(np.float64)) * visibility
+    best: dict[str, int] = {}
+    for i, track in enumerate(rows["track_id"].to_pylist()):
+        if track not in best or scores[i] > scores[best[track]]:
+            best[track] = i
+    return {track: (rows["detection_id"][i].as_py(), rows["thumbnail"][i].as_py()) for track, i in best.items()}
 
 
 def _disk_bytes(uri: str) -> int | None:

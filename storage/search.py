@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from functools import partial
 
 import numpy as np
@@ -156,7 +157,8 @@ class SearchFilters:
             if value is not None and not math.isfinite(value):
                 raise StoreError(f"{name} must be a finite time in epoch seconds, got {value}")
         if self.t_min is not None and self.t_max is not None and self.t_min > self.t_max:
-            raise StoreError(f"empty time window: start {self.t_min} is after end {self.t_max}")
+            start, end = (datetime.fromtimestamp(t, timezone.utc).isoformat() for t in (self.t_min, self.t_max))
+            raise StoreError(f"empty time window: start {start} is after end {end}")
         if not 0.0 <= self.min_visibility <= 1.0:
             raise StoreError(f"minimum visibility must be between 0 and 1, got {self.min_visibility}")
 

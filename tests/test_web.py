@@ -1,10 +1,16 @@
 """The `kpr serve` web API over a real LanceDB store built from the synthetic archive: queries and bad input."""
 from __future__ import annotations
 
+import base64
 import json
+import logging
+import re
+import shutil
 import socket
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import quote
 
 import cv2
 import numpy as np
@@ -20,9 +26,12 @@ from kpr_model.model import KPR
 from kpr_model.model_files import open_encoder
 from pipelines.errors import UserError, user_error_types
 from pipelines.web.app import create_app, is_loopback, serve
+from pipelines.web.context import CLIP_FPS, CLIP_MAX_WIDTH, CLIP_SECONDS
 from storage import Store, StoreError, detection_row, detections_table
+from storage.schema import SCHEMA_VERSION
 from support import png_bytes, unit_rows
 from training.archive_truth import archive_truth
+from workers.cameras import read_cameras
 from workers.discover import discover_videos, list_video_files
 from workers.video_job import extract_video_crops
 
@@ -213,16 +222,135 @@ def test_upload_and_prompted_detection_queries_are_embedded_with_their_keypoints
     assert web_store.camera[query] not in {h["camera_id"] for h in _hits(body)}
 
 
-def test_detection_list_pages_through_one_camera(client, web_store):
-    camera = sorted(set(web_store.camera.values()))[1]
-    first = client.get("/api/detections", params={"camera": camera, "limit": 7}).json()
-    second = client.get("/api/detections", params={"camera": camera, "limit": 7, "offset": 7}).json()
-    ids = [d["detection_id"] for d in first["detections"] + second["detections"]]
-    assert len(set(ids)) == 14 and first["more"] is True
-    assert {web_store.camera[i] for i in ids} == {camera}
-    everything = client.get("/api/detections", params={"camera": camera, "limit": 500}).json()
-    assert everything["more"] is False
-    assert len(everything["detections"]) == sum(c == camera for c in web_store.camera.values())
+def test_the_picker_pages_tracklets_by_camera_and_time(client, web_store):
+    tracks = {t for t in web_store.track.values() if t}
+    first = client.get("/api/tracklets", params={"limit": 3}).json()
+    second = client.get("/api/tracklets", params={"limit": 3, "offset": 3}).json()
+    shown = first["tracklets"] + second["tracklets"]
+    assert first["total"] == len(tracks) > 6 and first["more"] is True
+    assert len({t["track_id"] for t in shown}) == 6 and {t["track_id"] for t in shown} <= tracks
+    assert [(t["camera_id"], t["t_start"]) for t in shown] == sorted((t["camera_id"], t["t_start"]) for t in shown)
+    for tracklet in shown:
+        assert web_store.track[tracklet["best_detection_id"]] == tracklet["track_id"]
+        assert tracklet["detections"] == sum(t == tracklet["track_id"] for t in web_store.track.values())
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\.\S+", tracklet["span_utc"])
+    thumb = client.get(shown[0]["thumbnail"])
+    assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8"
+    camera = shown[-1]["camera_id"]
+    of_camera = client.get("/api/tracklets", params={"camera": camera}).json()["tracklets"]
+    assert {t["track_id"] for t in of_camera} == {t for d, t in web_store.track.items() if t and web_store.camera[d] == camera}
+    jump = datetime.fromtimestamp(shown[0]["t_end"] + 1, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    later = client.get("/api/tracklets", params={"since": jump, "limit": 200}).json()
+    assert 0 < later["total"] < len(tracks) and shown[0]["track_id"] not in {t["track_id"] for t in later["tracklets"]}
+    assert all(t["t_end"] >= shown[0]["t_end"] for t in later["tracklets"])
+
+
+def test_the_picker_refuses_bad_parameters(client):
+    assert client.get("/api/tracklets", params={"camera": "cam99"}).json()["error"].startswith("unknown camera")
+    assert client.get("/api/tracklets", params={"since": "soon"}).json()["error"].startswith("not a time: 'soon'")
+    answer = client.get("/api/tracklets", params={"limit": "100000"})
+    assert answer.status_code == 422 and answer.json()["error"].startswith("limit: ")
+    assert client.get("/api/tracklets", params={"offset": "-1"}).status_code == 422
+    assert client.get("/api/tracklets/no-such-track/thumbnail").status_code == 404
+
+
+def _green(pixel: np.ndarray) -> bool:
+    """Whether a BGR pixel is the drawn box's green (allowing for JPEG's blur)."""
+    blue, green, red = (int(v) for v in pixel)
+    return green > 180 and red < 100 and blue < 100
+
+
+def test_a_hit_opens_where_and_when_its_provenance_its_frame_with_the_box_and_a_bounded_clip(client, web_store):
+    query = cross_camera_query(web_store)
+    path = "/api/hits/" + quote(query, safe="")
+    about = client.get(path).json()
+    assert about["camera_name"] == about["camera_id"] == web_store.camera[query] and about["timezone"] == "UTC"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", about["time_utc"])
+    provenance = about["provenance"]
+    assert provenance["detection_id"] == query and provenance["frame_index"] == int(query.split(":")[1])
+    assert provenance["track_id"] == web_store.track[query] and Path(provenance["video_uri"]).is_file()
+    assert provenance["model_id"] and provenance["store_schema_version"] == SCHEMA_VERSION
+    frame = cv2.imdecode(np.frombuffer(client.get(path + "/frame").content, np.uint8), cv2.IMREAD_COLOR)
+    x, y, w, h = (round(v) for v in provenance["bbox"])
+    assert _green(frame[y, x + w // 2]) and _green(frame[y + h // 2, x]), "no box drawn around the detection"
+    assert not _green(frame[y + h // 2, x + w // 2])
+    clip = client.get(path + "/clip").json()
+    frames = clip["frames"]
+    assert 1 < len(frames) <= 2 * CLIP_SECONDS * CLIP_FPS + 1 and clip["hit_frame"] in [f["frame_index"] for f in frames]
+    assert all(f["src"].startswith("data:image/jpeg;base64,") for f in frames)
+    assert client.get("/api/hits/no-such-detection/frame").status_code == 404
+
+
+@pytest.fixture()
+def lone_hit(small_archive, tmp_path) -> tuple[Path, Path, str]:
+    """A store of one detection on a copy of an archive video, a cameras file putting its camera in Tokyo, and the id."""
+    video = tmp_path / "copy.mp4"
+    shutil.copy(next(small_archive.rglob("*.mp4")), video)
+    store = Store.open(str(tmp_path / "db"))
+    row = detection_row("v:0000004:000", "v", "gate", 4, 1767254400.0, [10, 10, 20, 40], "m", 0.9, track_id="v-t1")
+    vectors = ReIDEmbeddings(unit_rows(np.ones((1, 4))), unit_rows(np.ones((1, 2, 4))), np.ones((1, 2), np.float32))
+    store.write_video({"video_id": "v", "uri": str(video), "camera_id": "gate", "model_id": "m",
+                       "start_time": 1767254400.0, "duration": 4.0, "num_frames": 40}, detections_table([row], vectors))
+    cameras = tmp_path / "cameras.yaml"
+    cameras.write_text("cameras:\n  gate: {name: North gate, timezone: Asia/Tokyo}\n")
+    return tmp_path / "db", cameras, "v:0000004:000"
+
+
+def test_a_hit_shows_its_cameras_name_and_local_time_and_says_when_its_video_is_gone(lone_hit):
+    db, cameras, hit = lone_hit
+    client = TestClient(create_app(str(db), cameras=read_cameras(cameras)))
+    about = client.get(f"/api/hits/{hit}").json()
+    assert about["camera_name"] == "North gate" and about["timezone"] == "Asia/Tokyo"
+    assert about["time_local"] == "2026-01-01 17:00:00 JST (UTC+09:00)"
+    assert about["time_utc"] == "2026-01-01 08:00:00 UTC"
+    clip = client.get(f"/api/hits/{hit}/clip").json()
+    indices = [f["frame_index"] for f in clip["frames"]]
+    assert 0 <= indices[0] < 4 and 4 in indices and len(indices) < 2 * CLIP_SECONDS * CLIP_FPS + 1  # cut at the start
+    first = base64.b64decode(clip["frames"][0]["src"].split(",", 1)[1])
+    assert cv2.imdecode(np.frombuffer(first, np.uint8), cv2.IMREAD_COLOR).shape[1] <= CLIP_MAX_WIDTH
+    Path(about["provenance"]["video_uri"]).write_bytes(b"not a video any more")
+    for path in (f"/api/hits/{hit}/frame", f"/api/hits/{hit.replace(':', '%3A')}/frame"):
+        answer = client.get(path)
+        error = answer.json()["error"]
+        assert answer.status_code == 410 and "cannot be read any more" in error and "copy.mp4" in error
+        assert "\n" not in error
+
+
+TOKEN = "test-token-0123456789abc"
+
+
+def test_with_a_token_every_api_request_must_carry_it(web_store):
+    client = TestClient(create_app(str(web_store.db), token=TOKEN))
+    refused = client.get("/api/info")
+    assert refused.status_code == 401 and "token" in refused.json()["error"]
+    assert client.get("/api/tracklets", headers={"x-kpr-token": TOKEN[:-1] + "x"}).status_code == 401
+    assert client.get("/api/info", headers={"x-kpr-token": TOKEN}).status_code == 200
+    assert client.get("/?token=wrong-token-0123456789").status_code == 401
+    assert client.get("/").status_code == 200 and client.get("/api/info").status_code == 401
+    welcome = client.get(f"/?token={TOKEN}", follow_redirects=False)
+    assert welcome.status_code == 303 and welcome.headers["location"] == "/"
+    assert "HttpOnly" in welcome.headers["set-cookie"] and "SameSite=Strict" in welcome.headers["set-cookie"]
+    assert client.get("/api/info").status_code == 200, "the cookie the first visit set is not accepted"
+
+
+def test_serving_beyond_loopback_needs_a_good_token(web_store, monkeypatch):
+    monkeypatch.delenv("KPR_SERVE_TOKEN", raising=False)
+    with pytest.raises(UserError, match="give --token TOKEN"):
+        serve(str(web_store.db), host="0.0.0.0")
+    monkeypatch.setenv("KPR_SERVE_TOKEN", "short")
+    with pytest.raises(UserError, match="at least 16 characters"):
+        serve(str(web_store.db), host="0.0.0.0")
+
+
+def test_every_request_is_logged_with_its_status_time_and_case(client, caplog):
+    with caplog.at_level(logging.INFO, logger="kpr.serve"):
+        client.get("/api/info", params={"case": "harbour theft"})
+        client.get("/api/tracklets", params={"limit": "0"})
+        client.get("/api/info", headers={"x-kpr-case": "night\nshift"})
+    lines = [record.getMessage() for record in caplog.records if record.name == "kpr.serve"]
+    assert re.fullmatch(r"GET /api/info 200 \d+ ms case=harbour theft", lines[0]), lines
+    assert re.fullmatch(r"GET /api/tracklets 422 \d+ ms", lines[1]), lines
+    assert lines[2].endswith("case=night shift") and "token" not in "".join(lines)
 
 
 QUERY, TRACK = "<a detection id>", "<its tracklet id>"
@@ -242,7 +370,8 @@ BAD_SEARCHES = [
     ({"data": {"track_id": "no-such-track"}}, 404, "unknown tracklet id"),
     ({"data": {"detection_id": QUERY, "parts": ["tail"]}}, 400, "unknown part 'tail'"),
     ({"data": {"detection_id": QUERY, "since": "yesterday"}}, 400, "not a time"),
-    ({"data": {"detection_id": QUERY, "since": "2026-01-02", "until": "2026-01-01"}}, 400, "empty time window"),
+    ({"data": {"detection_id": QUERY, "since": "2026-01-02", "until": "2026-01-01"}}, 400,
+     "empty time window: start 2026-01-02T00:00:00+00:00 is after end 2026-01-01"),
     ({"data": {"detection_id": QUERY, "cameras": ["cam1", "cam99"]}}, 400, "unknown camera 'cam99'"),
     ({"data": {"detection_id": QUERY, "cameras": [""]}}, 400, "choose at least one camera"),
     ({"data": {"detection_id": QUERY, "k": "0"}}, 422, "k: "),
@@ -309,13 +438,6 @@ def test_thumbnails_and_static_files_never_read_arbitrary_files(client, path):
     answer = client.get(path)
     assert answer.status_code == 404
     assert b"root:" not in answer.content and b"import" not in answer.content
-
-
-def test_listing_refuses_bad_parameters(client):
-    assert client.get("/api/detections", params={"camera": "cam99"}).json()["error"].startswith("unknown camera")
-    answer = client.get("/api/detections", params={"limit": "100000"})
-    assert answer.status_code == 422 and answer.json()["error"].startswith("limit: ")
-    assert client.get("/api/detections", params={"offset": "-1"}).status_code == 422
 
 
 def test_unexpected_host_headers_are_refused_when_restricted(web_store):

@@ -1,13 +1,17 @@
 """`kpr serve`: a JSON API over PersonSearch and the single page (static/) that drives it.
 
-Routes: GET / (the page), GET /api/info, GET /api/detections (pickable query crops),
-GET /api/thumbnails/{detection_id} (JPEG bytes from the store; ids are looked up, never used as
-paths), POST /api/search (multipart form). Every user mistake is a 4xx JSON ``{"error": "..."}``.
+Routes: GET / (the page), GET /api/info, GET /api/tracklets (pickable queries, a page by camera and time),
+GET /api/tracklets/{track_id}/thumbnail and /api/thumbnails/{detection_id} (JPEG bytes from the store),
+GET /api/hits/{detection_id} (where, when and provenance), /api/hits/{detection_id}/frame (its archived frame with
+the box, JPEG) and /api/hits/{detection_id}/clip (seconds around it), POST /api/search (multipart form). Ids are
+looked up, never used as paths. Every user mistake is a 4xx JSON ``{"error": "..."}``.
 """
 from __future__ import annotations
 
 import ipaddress
 import logging
+import os
+import re
 import socket
 import sys
 import time
@@ -28,12 +32,19 @@ from pipelines.errors import UserError, user_error_types
 from pipelines.query import Query, QuerySearch, part_names
 from pipelines.query_image import QueryEncoder
 from pipelines.query_prompt import prompt_from_text
+from pipelines.times import parse_time
+from pipelines.web.context import HitContext
 from pipelines.web.guard import RequestGuard
-from pipelines.web.payload import LIST_COLUMNS, detection_json, finite, query_json, results_json
-from storage import NotFoundError, Store, sql
+from pipelines.web.payload import finite, query_json, results_json, tracklet_json
+from storage import NotFoundError, Store
+from storage.catalog import CatalogFilters, best_detections, check_cameras, list_tracklets, tracklet_thumbnails
+from workers.cameras import Cameras, read_cameras
+from workers.errors import DecodeError
 
 K_MAX = 200
-LIST_MAX = 500
+LIST_MAX = 200
+TOKEN_ENV = "KPR_SERVE_TOKEN"
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._~+/=-]{16,}")
 FACTS_TTL_S = 10.0
 STATIC = Path(__file__).with_name("static")
 NO_MODEL = "this server has no model loaded (start kpr serve with --model), so it cannot embed images or keypoint prompts"
@@ -58,8 +69,10 @@ class SearchService:
     Routes run in a thread pool; QuerySearch runs the encoder (one model on the CPU) under a lock.
     """
 
-    def __init__(self, db: str, model: str | None = None, model_input: str | None = None) -> None:
+    def __init__(self, db: str, model: str | None = None, model_input: str | None = None,
+                 cameras: Cameras = Cameras()) -> None:
         self.store = Store.open(db, create=False)
+        self.context = HitContext(self.store, cameras)
         encoder = None if model is None else QueryEncoder(model, self.store, model_input)
         self.queries = QuerySearch(self.store, encoder, missing_model=NO_MODEL)
         self.image_queries = encoder is not None
@@ -95,14 +108,24 @@ class SearchService:
             "max_candidates": self.queries.search.max_candidates,
         }
 
-    def list_detections(self, camera: str | None, limit: int, offset: int) -> dict:
-        """A page of stored detections (optionally of one camera) to pick a query from."""
+    def list_tracklets(self, camera: str | None, since: str | None, limit: int, offset: int) -> dict:
+        """A page of tracklets (by camera, then start time; of one camera, seen at or after ``since``) to pick a
+        query from, each with its best detection (the one keypoint prompts are drawn on)."""
         if camera is not None:
-            self.queries.check_cameras([camera])
-        where = None if camera is None else sql.equals("camera_id", camera)
-        rows = self.store.list_detections(where, limit + 1, offset, columns=list(LIST_COLUMNS)).to_pylist()
-        return {"detections": [detection_json(r) for r in rows[:limit]], "offset": offset, "limit": limit,
-                "more": len(rows) > limit}
+            check_cameras(self.store, [camera])
+        filters = CatalogFilters(cameras=None if camera is None else (camera,), t_min=parse_time(since))
+        page = list_tracklets(self.store, filters, limit, offset)
+        unknown = [t.track_id for t in page.rows if t.best_detection_id is None]
+        best = {track: detection for track, (detection, _) in best_detections(self.store, unknown).items()}
+        return {"tracklets": [tracklet_json(t, t.best_detection_id or best.get(t.track_id)) for t in page.rows],
+                "offset": offset, "limit": limit, "total": page.total, "more": page.remaining > 0}
+
+    def tracklet_thumbnail(self, track_id: str) -> bytes:
+        """The best thumbnail of a tracklet; 404 for unknown ids or tracklets without one."""
+        found = tracklet_thumbnails(self.store, [track_id])
+        if track_id not in found:
+            raise HTTPException(404, f"unknown tracklet id {track_id!r} or it has no thumbnail")
+        return found[track_id]
 
     def thumbnail(self, detection_id: str) -> bytes:
         """The stored JPEG thumbnail of a detection; 404 for unknown ids (the id is only ever a store key)."""
@@ -119,6 +142,11 @@ class SearchService:
         return {"query": query_json(query, result), "parts": names, "count": len(result.hits),
                 "global_only": result.global_only, **results_json(result),
                 "elapsed_ms": finite(1000 * (time.perf_counter() - started))}
+
+
+def _jpeg(data: bytes) -> Response:
+    """JPEG bytes as a response the browser may keep for an hour (a stored detection's pixels do not change)."""
+    return Response(data, media_type="image/jpeg", headers={"cache-control": "private, max-age=3600"})
 
 
 def _blank(value: str | None) -> str | None:
@@ -149,28 +177,34 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return _error(422, _validation_message(exc))
 
+    async def unreadable(_: Request, exc: Exception) -> JSONResponse:
+        return _error(410, f"the archived video cannot be read any more: {exc}")
+
     async def crash(_: Request, exc: Exception) -> JSONResponse:
         log.error("internal error", exc_info=exc)
         return _error(500, f"internal error ({type(exc).__name__}); see the server log")
 
     for kind in user_error_types():
         app.add_exception_handler(kind, user_error)
+    app.add_exception_handler(DecodeError, unreadable)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(Exception, crash)
 
 
 def create_app(db: str, model: str | None = None, max_upload_bytes: int = 8 * 2**20,
-               allowed_hosts: list[str] | None = None, model_input: str | None = None) -> FastAPI:
+               allowed_hosts: list[str] | None = None, model_input: str | None = None,
+               cameras: Cameras = Cameras(), token: str | None = None) -> FastAPI:
     """The web app over the store at ``db``; with ``model`` (the store's model; ``model_input``: a global ONNX
-    model's pixel coding) image and keypoint queries work.
+    model's pixel coding) image and keypoint queries work; ``cameras`` names the cameras and their time zones.
 
-    Request bodies over ``max_upload_bytes`` get a 413; ``allowed_hosts`` (None: any) restricts the Host header.
+    Request bodies over ``max_upload_bytes`` get a 413; ``allowed_hosts`` (None: any) restricts the Host header;
+    with ``token`` every API request must carry it (see RequestGuard).
     """
-    service = SearchService(str(db), None if model is None else str(model), model_input)
+    service = SearchService(str(db), None if model is None else str(model), model_input, cameras)
     app = FastAPI(title="kpr person search", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     _add_error_handlers(app)
-    app.add_middleware(RequestGuard, max_body_bytes=max_upload_bytes, allowed_hosts=allowed_hosts)
+    app.add_middleware(RequestGuard, max_body_bytes=max_upload_bytes, allowed_hosts=allowed_hosts, token=token)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -181,16 +215,32 @@ def create_app(db: str, model: str | None = None, max_upload_bytes: int = 8 * 2*
     def info() -> dict:
         return service.info(max_upload_bytes)
 
-    @app.get("/api/detections")
-    def detections(camera: Annotated[str | None, QueryParam()] = None,
-                   limit: Annotated[int, QueryParam(ge=1, le=LIST_MAX)] = 48,
-                   offset: Annotated[int, QueryParam(ge=0)] = 0) -> dict:
-        return service.list_detections(_blank(camera), limit, offset)
+    @app.get("/api/tracklets")
+    def tracklets(camera: Annotated[str | None, QueryParam()] = None,
+                  since: Annotated[str | None, QueryParam()] = None,
+                  limit: Annotated[int, QueryParam(ge=1, le=LIST_MAX)] = 24,
+                  offset: Annotated[int, QueryParam(ge=0)] = 0) -> dict:
+        return service.list_tracklets(_blank(camera), _blank(since), limit, offset)
+
+    @app.get("/api/tracklets/{track_id}/thumbnail")
+    def tracklet_thumbnail(track_id: str) -> Response:
+        return _jpeg(service.tracklet_thumbnail(track_id))
 
     @app.get("/api/thumbnails/{detection_id}")
     def thumbnail(detection_id: str) -> Response:
-        return Response(service.thumbnail(detection_id), media_type="image/jpeg",
-                        headers={"cache-control": "private, max-age=3600"})
+        return _jpeg(service.thumbnail(detection_id))
+
+    @app.get("/api/hits/{detection_id}")
+    def hit(detection_id: str) -> dict:
+        return service.context.describe(detection_id)
+
+    @app.get("/api/hits/{detection_id}/frame")
+    def frame(detection_id: str) -> Response:
+        return _jpeg(service.context.frame(detection_id))
+
+    @app.get("/api/hits/{detection_id}/clip")
+    def clip(detection_id: str) -> dict:
+        return service.context.clip(detection_id)
 
     @app.post("/api/search")
     def search(
@@ -256,19 +306,37 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def serve_token(token: str | None) -> str | None:
+    """The token ``--token`` gives, else that of the KPR_SERVE_TOKEN environment variable, checked (None: neither)."""
+    token = token or os.environ.get(TOKEN_ENV) or None
+    if token is not None and not TOKEN_PATTERN.fullmatch(token):
+        raise UserError("the token must be at least 16 characters of letters, digits and ._~+/=- "
+                        "(for example: python -c 'import secrets; print(secrets.token_urlsafe())')")
+    return token
+
+
 def serve(db: str, model: str | None = None, host: str = "127.0.0.1", port: int = 8765,
-          max_upload_mb: float = 8.0, model_input: str | None = None) -> int:
-    """Run the web app on ``host``:``port`` until interrupted (loopback by default; other hosts get a warning)."""
+          max_upload_mb: float = 8.0, model_input: str | None = None, cameras_file: str | None = None,
+          token: str | None = None) -> int:
+    """Run the web app on ``host``:``port`` until interrupted: loopback by default; any other address needs a token
+    (``token`` or KPR_SERVE_TOKEN). Every request is logged on stderr."""
     if not max_upload_mb > 0:
         raise UserError(f"--max-upload-mb must be > 0, got {max_upload_mb}")
-    loopback, shown = is_loopback(host), _url_host(host)
+    loopback, shown, token = is_loopback(host), _url_host(host), serve_token(token)
+    if not loopback and token is None:
+        raise UserError(f"listening on {host} lets anyone who can reach this machine search the store: "
+                        f"give --token TOKEN (or set {TOKEN_ENV}), or serve on 127.0.0.1")
+    cameras = Cameras() if cameras_file is None else read_cameras(cameras_file)
     allowed = ["127.0.0.1", "localhost", "[::1]", shown.lower()] if loopback else None
-    app = create_app(db, model, int(max_upload_mb * 2**20), allowed_hosts=allowed, model_input=model_input)
+    app = create_app(db, model, int(max_upload_mb * 2**20), allowed_hosts=allowed, model_input=model_input,
+                     cameras=cameras, token=token)
     sock = _listen(host, port)
     bound = sock.getsockname()[1]
-    if not loopback:
-        print(f"kpr serve: warning: listening on {host}, so anyone who can reach this machine can search the store "
-              "(the app has no authentication)", file=sys.stderr)
-    print(f"kpr serve: http://{shown}:{bound}/ (store {db}; Ctrl+C stops)", file=sys.stderr, flush=True)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    entry = f"http://{shown}:{bound}/" + ("" if token is None else "?token=TOKEN (the token you gave)")
+    print(f"kpr serve: {entry} (store {db}; Ctrl+C stops)", file=sys.stderr, flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
     return 0

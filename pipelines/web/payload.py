@@ -1,4 +1,4 @@
-"""JSON shapes of the web API: what a search's query was, its people or detections, pickable detections."""
+"""JSON shapes of the web API: what a search's query was, its people or detections, pickable tracklets."""
 from __future__ import annotations
 
 import math
@@ -9,14 +9,18 @@ import numpy as np
 
 from pipelines.query import Query, QueryResult
 from pipelines.times import span_text, utc_text
+from storage.catalog import TrackletSummary
 from storage.search import PersonHit, SearchHit
-
-LIST_COLUMNS = ("detection_id", "camera_id", "timestamp", "frame_index", "track_id")
 
 
 def thumbnail_url(detection_id: str) -> str:
     """The app's URL of a stored detection's thumbnail (the id percent-encoded as one path segment)."""
     return "/api/thumbnails/" + quote(detection_id, safe="")
+
+
+def tracklet_thumbnail_url(track_id: str) -> str:
+    """The app's URL of a tracklet's best thumbnail (the id percent-encoded as one path segment)."""
+    return f"/api/tracklets/{quote(track_id, safe='')}/thumbnail"
 
 
 def finite(value: float) -> float | None:
@@ -90,6 +94,16 @@ def results_json(result: QueryResult) -> dict:
     return {"by": "person", "people": [person_json(p, i, result.parts) for i, p in enumerate(result.people, 1)], **far}
 
 
-def detection_json(row: dict) -> dict:
-    """A pickable query detection from a listing row (see LIST_COLUMNS)."""
-    return {**{column: row.get(column) for column in LIST_COLUMNS}, "thumbnail": thumbnail_url(row["detection_id"])}
+def tracklet_json(tracklet: TrackletSummary, best_detection_id: str | None) -> dict:
+    """A pickable tracklet: camera, time span (UTC, with its date), size, best thumbnail and best detection (the
+    crop keypoint prompts are drawn on; None when it has no thumbnail)."""
+    return {
+        "track_id": tracklet.track_id,
+        "camera_id": tracklet.camera_id,
+        "t_start": tracklet.t_start,
+        "t_end": tracklet.t_end,
+        "span_utc": span_text(tracklet.t_start, tracklet.t_end),
+        "detections": tracklet.detections,
+        "best_detection_id": best_detection_id,
+        "thumbnail": tracklet_thumbnail_url(tracklet.track_id),
+    }

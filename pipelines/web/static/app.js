@@ -1,20 +1,22 @@
 "use strict";
-// The kpr search page: pick or upload a query crop, click keypoint prompts, filter, and show the ranked people
-// (tracklets, each by its closest detection) or detections.
+// The kpr search page: pick a tracklet (by camera and time) or upload a crop, click keypoint prompts, filter, show
+// the ranked people (tracklets, each by its closest detection) or detections, and open any hit's frame and clip.
 // Plain DOM code: every value from the server is written with textContent or attributes, never as HTML.
 
-const PAGE_SIZE = 40;
+const PAGE_SIZE = 24;
 const VIEW_HEIGHT = 288;
 const VIEW_MAX_WIDTH = 200;
 
 const state = {
   info: null,
-  query: null,        // {kind: "detection", detectionId, cameraId, trackId} or {kind: "image", file}
+  query: null,        // {kind: "detection", detectionId, cameraId, trackId} (a picked tracklet: its best detection) or {kind: "image", file}
   image: null,        // the query crop as a loaded HTMLImageElement (null when the browser cannot show it)
   positive: [],       // [{joint, x, y}] in crop pixels
   negative: [],       // [{x, y}] in crop pixels
   pickOffset: 0,
   globalOnly: false,  // whether the shown hits were ranked by the global vectors alone
+  hit: null,          // the hit open in the detail panel
+  clipTimer: null,    // the interval that animates its clip
 };
 
 const $ = (id) => document.getElementById(id);
@@ -82,18 +84,18 @@ function ticked(kind) {
   return [...document.querySelectorAll(`input[name="${kind}"]`)].filter((i) => i.checked).map((i) => i.value);
 }
 
-// ---- picking a stored detection ----
+// ---- picking a stored tracklet ----
 
 async function loadPickPage() {
   const camera = $("pick-camera").value;
   const params = new URLSearchParams({limit: String(PAGE_SIZE), offset: String(state.pickOffset)});
   if (camera) params.set("camera", camera);
+  if ($("pick-since").value) params.set("since", $("pick-since").value);
   try {
-    const page = await api(`/api/detections?${params}`);
-    const grid = $("pick-grid");
-    grid.replaceChildren(...page.detections.map(pickTile));
-    $("pick-page").textContent = page.detections.length
-      ? `${state.pickOffset + 1}–${state.pickOffset + page.detections.length}` : "none";
+    const page = await api(`/api/tracklets?${params}`);
+    $("pick-grid").replaceChildren(...page.tracklets.map(pickTile));
+    $("pick-page").textContent = page.tracklets.length
+      ? `people ${state.pickOffset + 1}–${state.pickOffset + page.tracklets.length} of ${page.total}` : "no tracklets";
     $("pick-prev").disabled = state.pickOffset === 0;
     $("pick-next").disabled = !page.more;
   } catch (err) {
@@ -101,12 +103,31 @@ async function loadPickPage() {
   }
 }
 
-function pickTile(detection) {
-  const tile = element("button", {type: "button", class: "tile", "data-detection-id": detection.detection_id,
-    "data-camera": detection.camera_id, title: `${detection.camera_id} · ${utc(detection.timestamp)} · ${detection.track_id || ""}`});
-  tile.append(element("img", {src: detection.thumbnail, alt: detection.detection_id, loading: "lazy"}));
-  tile.addEventListener("click", () => chooseDetection(detection));
+function pickTile(tracklet) {
+  const tile = element("button", {type: "button", class: "tile", "data-track-id": tracklet.track_id,
+    "data-detection-id": tracklet.best_detection_id || "", "data-camera": tracklet.camera_id,
+    title: `${tracklet.camera_id} · ${tracklet.span_utc} UTC · track ${tracklet.track_id}`});
+  tile.append(element("img", {src: tracklet.thumbnail, alt: tracklet.track_id, loading: "lazy"}),
+    element("span", {class: "tile-camera"}, tracklet.camera_id),
+    element("span", {class: "tile-time"}, `${utc(tracklet.t_start).slice(11)} +${Math.round(tracklet.t_end - tracklet.t_start)} s`),
+    element("span", {class: "tile-size"}, plural(tracklet.detections, "detection", "detections")));
+  tile.addEventListener("click", () => chooseTracklet(tracklet, tile));
   return tile;
+}
+
+function chooseTracklet(tracklet, tile) {
+  state.query = {kind: "detection", detectionId: tracklet.best_detection_id, cameraId: tracklet.camera_id,
+    trackId: tracklet.track_id};
+  $("upload").value = "";
+  document.querySelectorAll(".tile.chosen").forEach((t) => t.classList.remove("chosen"));
+  tile.classList.add("chosen");
+  $("query-caption").textContent = `${tracklet.camera_id} · ${tracklet.span_utc} UTC · track ${tracklet.track_id}` +
+    ` · ${plural(tracklet.detections, "detection", "detections")}` +
+    (tracklet.best_detection_id ? " · keypoints go on its best detection" : "");
+  $("tracklet-option").hidden = false;
+  $("use-tracklet").checked = true;
+  showCrop(tracklet.best_detection_id ? `/api/thumbnails/${encodeURIComponent(tracklet.best_detection_id)}` : tracklet.thumbnail,
+    Boolean(tracklet.best_detection_id));
 }
 
 function chooseDetection(detection) {
@@ -114,13 +135,11 @@ function chooseDetection(detection) {
     trackId: detection.track_id};
   $("upload").value = "";
   document.querySelectorAll(".tile.chosen").forEach((t) => t.classList.remove("chosen"));
-  const tile = document.querySelector(`.tile[data-detection-id="${CSS.escape(detection.detection_id)}"]`);
-  if (tile) tile.classList.add("chosen");
-  $("query-caption").textContent = `${detection.camera_id} · ${utc(detection.timestamp)}` +
+  $("query-caption").textContent = `${detection.camera_id} · ${utc(detection.timestamp)} UTC` +
     (detection.track_id ? ` · track ${detection.track_id}` : "");
   $("tracklet-option").hidden = !detection.track_id;
   $("use-tracklet").checked = false;
-  showCrop(detection.thumbnail);
+  showCrop(detection.thumbnail, true);
 }
 
 function chooseUpload(file) {
@@ -129,15 +148,16 @@ function chooseUpload(file) {
   $("query-caption").textContent = `uploaded ${file.name} (${Math.ceil(file.size / 1024)} KiB)`;
   $("tracklet-option").hidden = true;
   $("use-tracklet").checked = false;
-  showCrop(URL.createObjectURL(file));
+  showCrop(URL.createObjectURL(file), true);
 }
 
 // ---- the query crop and its keypoint prompt ----
 
-function showCrop(url) {
+function showCrop(url, promptable) {
   state.positive = [];
   state.negative = [];
   state.image = null;
+  state.promptable = promptable;
   $("query-view").hidden = false;
   $("search").disabled = false;
   const image = new Image();
@@ -203,7 +223,7 @@ function updateKeypointCount() {
 }
 
 function placeKeypoint(event) {
-  if (!state.image || $("prompt-tools").disabled) return;
+  if (!state.image || !state.promptable || $("prompt-tools").disabled) return;
   const canvas = $("query-canvas");
   const box = canvas.getBoundingClientRect();
   const scale = viewScale() * box.width / canvas.width;
@@ -236,7 +256,7 @@ function searchForm() {
   const prompted = state.positive.length + state.negative.length > 0;
   if (query.kind === "image") {
     form.append("image", query.file, query.file.name);
-  } else if ($("use-tracklet").checked && query.trackId && !prompted) {
+  } else if (($("use-tracklet").checked || !query.detectionId) && query.trackId && !prompted) {
     form.append("track_id", query.trackId);
   } else {
     form.append("detection_id", query.detectionId);
@@ -277,6 +297,7 @@ async function runSearch() {
     showError(err.message);
   } finally {
     $("search").disabled = false;
+    $("results-panel").scrollIntoView({block: "start"});
   }
 }
 
@@ -357,8 +378,7 @@ function resultCard(hit, classes, lines) {
     caption.append(bar, partBars(hit));
   }
   card.append(caption);
-  card.addEventListener("click", () => chooseDetection({detection_id: hit.detection_id, camera_id: hit.camera_id,
-    timestamp: hit.timestamp, track_id: hit.track_id, thumbnail: hit.thumbnail}));
+  card.addEventListener("click", () => openHit(hit));
   return card;
 }
 
@@ -381,10 +401,87 @@ function partDetails(hit) {
   return [`${hit.camera_id} · ${hit.time_utc} UTC · frame ${hit.frame_index}`, ...lines].join("\n");
 }
 
+// ---- a hit's context: its frame with the box, the seconds around it, where and when, provenance ----
+
+async function openHit(hit) {
+  closeHit();
+  state.hit = hit;
+  $("hit-panel").hidden = false;
+  $("hit-title").textContent = `#${hit.rank} · ${hit.camera_id}`;
+  $("hit-when").textContent = `${hit.time_utc} UTC · frame ${hit.frame_index}`;
+  $("hit-clip-caption").textContent = "clip: decoding…";
+  const path = `/api/hits/${encodeURIComponent(hit.detection_id)}`;
+  try {
+    const about = await api(path);
+    $("hit-title").textContent = `#${hit.rank} · ${about.camera_name}`;
+    $("hit-when").textContent = `${about.time_local} · ${about.time_utc}`;
+    const list = $("hit-provenance-list");
+    for (const [name, value] of Object.entries(about.provenance)) {
+      list.append(element("dt", {}, name.replaceAll("_", " ")),
+        element("dd", {}, Array.isArray(value) ? value.map((v) => v.toFixed(1)).join(", ") : String(value ?? "–")));
+    }
+    const [frame, clip] = await Promise.all([fetchImage(`${path}/frame`), api(`${path}/clip`)]);
+    if (state.hit !== hit) return;
+    $("hit-frame").src = frame;
+    playClip(clip);
+  } catch (err) {
+    if (state.hit !== hit) return;
+    $("hit-clip-caption").textContent = "clip: not available";
+    $("hit-error").textContent = err.message;
+    $("hit-error").hidden = false;
+  }
+}
+
+async function fetchImage(path) {
+  const response = await fetch(path).catch((err) => { throw new Error(`cannot reach the server (${err.message})`); });
+  if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
+    throw new Error(body.error || `${response.status} ${response.statusText}`);
+  }
+  return URL.createObjectURL(await response.blob());
+}
+
+function playClip(clip) {
+  let shown = 0;
+  const seconds = (clip.frames.length - 1) / clip.fps;
+  $("hit-clip-caption").textContent = `clip: ${seconds.toFixed(1)} s around the hit at ${clip.fps} frames/s`;
+  const step = () => {
+    $("hit-clip").src = clip.frames[shown].src;
+    shown = (shown + 1) % clip.frames.length;
+  };
+  step();
+  state.clipTimer = setInterval(step, 1000 / clip.fps);
+}
+
+function closeHit() {
+  clearInterval(state.clipTimer);
+  state.hit = null;
+  $("hit-panel").hidden = true;
+  $("hit-error").hidden = true;
+  for (const id of ["hit-frame", "hit-clip"]) {
+    if ($(id).src.startsWith("blob:")) URL.revokeObjectURL($(id).src);
+    $(id).removeAttribute("src");
+  }
+  $("hit-provenance-list").replaceChildren();
+}
+
+function queryWithHit() {
+  const hit = state.hit;
+  closeHit();
+  chooseDetection({detection_id: hit.detection_id, camera_id: hit.camera_id, timestamp: hit.timestamp,
+    track_id: hit.track_id, thumbnail: hit.thumbnail});
+  $("query-panel").scrollIntoView({block: "start"});
+}
+
 // ---- wiring ----
 
 function wire() {
   $("pick-camera").addEventListener("change", () => { state.pickOffset = 0; loadPickPage(); });
+  $("pick-since").addEventListener("change", () => { state.pickOffset = 0; loadPickPage(); });
+  $("hit-close").addEventListener("click", closeHit);
+  $("hit-query").addEventListener("click", queryWithHit);
+  $("hit-panel").addEventListener("click", (event) => { if (event.target === $("hit-panel")) closeHit(); });
+  document.addEventListener("keydown", (event) => { if (event.key === "Escape" && state.hit) closeHit(); });
   $("pick-prev").addEventListener("click", () => { state.pickOffset = Math.max(0, state.pickOffset - PAGE_SIZE); loadPickPage(); });
   $("pick-next").addEventListener("click", () => { state.pickOffset += PAGE_SIZE; loadPickPage(); });
   $("upload").addEventListener("change", (event) => { if (event.target.files.length) chooseUpload(event.target.files[0]); });
