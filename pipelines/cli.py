@@ -351,6 +351,31 @@ def cmd_info(args: argparse.Namespace) -> int:
     return show_info(Store.open(args.db, create=False), args.json)
 
 
+def cmd_journey(args: argparse.Namespace) -> int:
+    import json
+
+    from pipelines.journey import build_journey, journey_lines, journey_rows, person_sightings
+    from storage import Store
+    from workers.cameras import Cameras, read_cameras
+
+    cameras = Cameras() if args.cameras is None else read_cameras(args.cameras)
+    store = Store.open(args.db, create=False)
+    sightings, chosen = person_sightings(store, args.tracklet, args.same or (), args.k)
+    journey = build_journey(sightings, cameras)
+    if args.json:
+        print(json.dumps({"query": args.tracklet, "chosen": chosen, **journey_rows(journey, cameras)}, indent=2))
+    else:
+        print(f"journey of {args.tracklet}: {len(sightings)} sighting(s) on "
+              f"{len({s.camera_id for s in sightings})} camera(s); {chosen}")
+        print("\n".join(journey_lines(journey, cameras)))
+    if args.html:
+        from pipelines.journey_page import write_journey_html
+
+        page = write_journey_html(args.html, f"Journey of {args.tracklet}", journey, cameras, chosen)
+        print(f"wrote {page}", file=sys.stderr)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from pipelines.web.app import serve
 
@@ -710,6 +735,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", required=True, help="LanceDB store written by `kpr ingest`")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser(
+        "journey", help="where a person went: their sightings across cameras in time order, with the transits",
+        description="The journey of the person of a tracklet: the tracklet and the sightings confirmed with --same\n"
+                    "(else the query's people search hits within the model's calibrated no-close-match distance),\n"
+                    "in time order, one line each (camera, local time, UTC), with the transit between cameras:\n"
+                    "its gap, the cameras file's usual transit time (connects_to, either way) and whether it is\n"
+                    "plausible, too fast or impossible (on two cameras at once; cameras linked with 0 s see one\n"
+                    "place). --html writes a page: a lane per camera on a shared time axis, the thumbnails in\n"
+                    "time order, the transits as arrows, and a camera map when the file gives positions.",
+        epilog="Examples:\n  kpr journey --db store --tracklet 3f2a9c01d2e4-t7 --cameras cameras.yaml --html journey.html\n"
+               "  kpr journey --db store --tracklet 3f2a9c01d2e4-t7 --same 7b01c2d3e4f5-t2 --same 7b01c2d3e4f5:0000410:001",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--db", required=True, help="LanceDB store written by `kpr ingest`")
+    p.add_argument("--tracklet", required=True, metavar="ID",
+                   help="the person's tracklet (or one of its detections, or a detection of no tracklet)")
+    p.add_argument("--same", action="append", metavar="ID",
+                   help="a tracklet, or a detection (its tracklet), confirmed as the same person (repeatable)")
+    p.add_argument("-k", "--k", type=_positive(int), default=20,
+                   help="without --same: the most search hits taken, those within the calibrated distance (default 20)")
+    p.add_argument("--cameras", type=Path, metavar="FILE",
+                   help="cameras file (as for kpr ingest): display names, time zones, transit times, positions")
+    p.add_argument("--html", type=Path, metavar="FILE", help="also write a self-contained HTML page of the journey")
+    p.add_argument("--json", action="store_true", help="print the journey as JSON instead of lines")
+    p.set_defaults(func=cmd_journey)
 
     p = sub.add_parser("serve", help="run the search web page over a store",
                        description="Serves a web page to search the store by detection, tracklet or uploaded crop "

@@ -3,19 +3,30 @@ and how the time filters users type are read (epoch seconds or ISO 8601), withou
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
 
 from pipelines.errors import UserError
 
 
+def clock_text(timestamp: float, zone: tzinfo) -> str:
+    """An epoch timestamp as the date and time on a clock in ``zone``, "2026-01-01 09:00:03"."""
+    return datetime.fromtimestamp(timestamp, tz=zone).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def utc_text(timestamp: float) -> str:
     """An epoch timestamp as its UTC date and time, "2026-01-01 08:00:03"."""
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return clock_text(timestamp, timezone.utc)
 
 
-def span_text(t_start: float, t_end: float) -> str:
-    """A UTC time span with its date, the end's date left out when it is the start's: "2026-01-01 08:00:03..08:00:10"."""
-    start, end = utc_text(t_start), utc_text(t_end)
+def zone_name(timestamp: float, zone: tzinfo) -> str:
+    """What ``zone`` is called at that time: "CET", "CEST", "UTC"."""
+    return datetime.fromtimestamp(timestamp, tz=zone).tzname() or str(zone)
+
+
+def span_text(t_start: float, t_end: float, zone: tzinfo = timezone.utc) -> str:
+    """A time span with its date (UTC, or in ``zone``), the end's date left out when it is the start's:
+    "2026-01-01 08:00:03..08:00:10"."""
+    start, end = clock_text(t_start, zone), clock_text(t_end, zone)
     return f"{start}..{end[11:] if end[:10] == start[:10] else end}"
 
 
