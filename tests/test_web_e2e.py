@@ -1,4 +1,5 @@
-"""The real `kpr serve` driven by headless Chromium (Playwright): pick a crop, click keypoints, filter, read results."""
+"""The real `kpr serve` driven by headless Chromium (Playwright): pick a tracklet, click keypoints, filter, read
+results, open a hit's frame and clip."""
 from __future__ import annotations
 
 import http.client
@@ -20,6 +21,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 SCREENSHOT = Path("/tmp/kpr_web_e2e.png")
+HIT_SCREENSHOT = Path("/tmp/kpr_web_e2e_hit.png")
 START_TIMEOUT_S = 120.0
 
 pytestmark = pytest.mark.integration
@@ -103,17 +105,19 @@ def browser():
             chromium.close()
 
 
-def _choose_query(store: WebStore, shown: list[str]) -> tuple[str, str]:
-    """A shown tile to query with, and a camera to untick that neither holds the query nor its identity."""
-    wanted = cross_camera_query(store)
-    det_id = wanted if wanted in shown else next(
-        d for d in shown if d in store.whole and len(cameras_of(store, store.identity[d])) > 1)
-    spare = sorted(set(store.camera.values()) - cameras_of(store, store.identity[det_id]))
+def _choose_query(store: WebStore, shown: list[list[str]]) -> tuple[str, str]:
+    """A shown tracklet to query with (one whose person another camera saw), and a camera to untick that neither
+    holds it nor saw its person."""
+    wanted = store.track[cross_camera_query(store)]
+    tracks = {track: best for track, best in shown}
+    track = wanted if wanted in tracks else next(
+        t for t, best in shown if best in store.whole and len(cameras_of(store, store.identity[best])) > 1)
+    spare = sorted(set(store.camera.values()) - cameras_of(store, store.identity[tracks[track]]))
     assert spare, "every camera saw the query's identity: no camera left to untick"
-    return det_id, spare[0]
+    return track, spare[0]
 
 
-def test_the_page_searches_with_picked_crop_keypoints_and_filters(browser, served):
+def test_the_page_searches_with_a_picked_tracklet_keypoints_and_filters_and_opens_a_hit(browser, served):
     from playwright.sync_api import expect
 
     store, port, process = served
@@ -123,15 +127,18 @@ def test_the_page_searches_with_picked_crop_keypoints_and_filters(browser, serve
     page.goto(f"http://127.0.0.1:{port}/")
     expect(page.locator("#store-info")).to_contain_text(f"{len(store.identity)} detections")
     page.locator("#pick-grid .tile").first.wait_for()
-    shown = page.locator("#pick-grid .tile").evaluate_all("tiles => tiles.map(t => t.dataset.detectionId)")
-    query, unticked = _choose_query(store, shown)
+    shown = page.locator("#pick-grid .tile").evaluate_all(
+        "tiles => tiles.map(t => [t.dataset.trackId, t.dataset.detectionId])")
+    track, unticked = _choose_query(store, shown)
+    query = dict(shown)[track]
 
-    page.locator(f'#pick-grid .tile[data-detection-id="{query}"]').click()
+    page.locator(f'#pick-grid .tile[data-track-id="{track}"]').click()
     expect(page.locator("#query-canvas")).to_be_visible()
+    expect(page.locator("#use-tracklet")).to_be_checked()
     page.locator(f'#cameras input[value="{unticked}"]').uncheck()
     page.locator("#k").fill("30")
     page.locator("#search").click()
-    expect(page.locator("#status")).to_contain_text("best first")
+    expect(page.locator("#status")).to_contain_text(f"best first, for tracklet {track}")
     people = page.locator("figure.person").evaluate_all(
         "cards => cards.map(c => [c.dataset.camera, c.dataset.trackId, c.querySelector('.time').textContent])")
     cameras = {camera for camera, _, _ in people}
@@ -147,6 +154,17 @@ def test_the_page_searches_with_picked_crop_keypoints_and_filters(browser, serve
     times = page.locator("figure.hit .time").all_text_contents()
     assert times and all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", t) for t in times), times
     page.locator("#detections").uncheck()
+    page.locator("#search").click()
+    expect(page.locator('.ranked[data-by="person"]')).to_be_visible()
+    page.locator('figure.person[data-rank="1"]').click()
+    expect(page.locator("#hit-clip-caption")).to_contain_text("around the hit")
+    expect(page.locator("#hit-when")).to_contain_text("UTC")
+    assert page.locator("#hit-frame").evaluate("img => img.complete && img.naturalWidth > 200")
+    page.locator("#hit-provenance summary").click()
+    expect(page.locator("#hit-provenance-list")).to_contain_text(top)
+    page.screenshot(path=str(HIT_SCREENSHOT))
+    page.keyboard.press("Escape")
+    expect(page.locator("#hit-panel")).to_be_hidden()
 
     canvas = page.locator("#query-canvas").bounding_box()
     page.locator("#joint").select_option(label="nose")

@@ -414,7 +414,7 @@ async function openHit(hit) {
   try {
     const about = await api(path);
     $("hit-title").textContent = `#${hit.rank} · ${about.camera_name}`;
-    $("hit-when").textContent = `${about.time_local} · ${about.time_utc}`;
+    $("hit-when").textContent = about.timezone === "UTC" ? about.time_utc : `${about.time_local} · ${about.time_utc}`;
     const list = $("hit-provenance-list");
     for (const [name, value] of Object.entries(about.provenance)) {
       list.append(element("dt", {}, name.replaceAll("_", " ")),
