@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kpr_model.embeddings import ReIDEmbeddings, aggregate
-from kpr_model.feedback import REJECTION_WEIGHT, fuse, rejection_penalty
+from kpr_model.feedback import NEGATIVE_WEIGHT, REJECTION_WEIGHT, fuse, rejection_penalty
 
 # storage/ may import this module only (ARCHITECTURE.md), so the embedding type, its aggregation
 # and the relevance feedback math come with it.
 __all__ = [
+    "NEGATIVE_WEIGHT",
     "REJECTION_WEIGHT",
     "ReIDEmbeddings",
     "aggregate",

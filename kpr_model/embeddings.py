@@ -57,7 +57,7 @@ class ReIDEmbeddings:
         )
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
     """Rows of ``x`` scaled to unit L2 norm along the last axis (all-zero rows stay zero)."""
     norm = np.linalg.norm(x, axis=-1, keepdims=True)
     return (x / np.maximum(norm, 1e-12)).astype(np.float32)
@@ -77,7 +77,7 @@ def aggregate(embeddings: ReIDEmbeddings) -> ReIDEmbeddings:
     parts = np.einsum("nk,nkd->kd", weights, embeddings.parts.astype(np.float64))
     global_emb = embeddings.global_emb.astype(np.float64).mean(axis=0)
     return ReIDEmbeddings(
-        _unit_rows(global_emb[None]),
-        _unit_rows(parts[None]),
+        unit_rows(global_emb[None]),
+        unit_rows(parts[None]),
         embeddings.visibility.max(axis=0, keepdims=True).astype(np.float32),
     )

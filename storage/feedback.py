@@ -1,5 +1,6 @@
-"""Search with relevance feedback: hits the investigator confirmed are fused into the query, look-alikes of the
-rejected ones are pushed down, and marked detections do not come back as new results.
+"""Search with relevance feedback: hits the investigator confirmed are fused into the query, the query moves away
+from what the rejected ones share, their look-alikes are pushed down, and marked detections do not come back as new
+results.
 
 The math is kpr_model.feedback's; this module reads the marked detections from the store and runs the searches.
 """
@@ -12,7 +13,7 @@ from functools import partial
 import numpy as np
 import pyarrow as pa
 
-from kpr_model.distance import REJECTION_WEIGHT, ReIDEmbeddings, fuse, kpr_distance, rejection_penalty
+from kpr_model.distance import NEGATIVE_WEIGHT, REJECTION_WEIGHT, ReIDEmbeddings, fuse, kpr_distance, rejection_penalty
 from storage.schema import EMBEDDING_COLUMNS, NotFoundError, StoreError, embeddings_of
 from storage.search import DEFAULT_CANDIDATES, PersonHit, PersonSearch, SearchFilters, SearchHit
 
@@ -42,7 +43,8 @@ class Feedback:
 
 class FeedbackSearch:
     """PersonSearch's searches with feedback: the query fused with the confirmed detections (visibility-weighted per
-    part), candidates ranked by their distance plus the rejection penalty, marked detections left out.
+    part) and moved away from what the rejected ones share (kpr_model.feedback.fuse), candidates ranked by their
+    distance plus the rejection penalty, marked detections left out.
 
     Marked detections are not shown again: the investigator has judged them, the confirmed ones are part of the
     query now and the rejected ones are wrong, so their places go to detections not yet seen; in a search for
@@ -51,11 +53,13 @@ class FeedbackSearch:
     global-only search) to the fused query and to the rejected detections (kpr_model.feedback.rejection_penalty).
     """
 
-    def __init__(self, search: PersonSearch, feedback: Feedback, rejection_weight: float = REJECTION_WEIGHT) -> None:
+    def __init__(self, search: PersonSearch, feedback: Feedback, rejection_weight: float = REJECTION_WEIGHT,
+                 negative_weight: float = NEGATIVE_WEIGHT) -> None:
         """Read the marked detections' embeddings; NotFoundError names the first id the store does not hold."""
         self.search_without_feedback = search
         self.feedback = feedback
         self.rejection_weight = rejection_weight
+        self.negative_weight = negative_weight
         rows = self._rows(feedback.marked)
         same = len(dict.fromkeys(feedback.same))
         marked = self._embeddings_of(rows)
@@ -67,12 +71,13 @@ class FeedbackSearch:
                global_only: bool = False) -> list[SearchHit]:
         """Top-``k`` detections for one query embedding and the feedback, best first (see PersonSearch.search)."""
         search = self.search_without_feedback
-        fused, filters = fuse(query, self.confirmed), self._excluding_marks(filters, tracklets=False)
+        fused, filters = self._fused(query), self._excluding_marks(filters, tracklets=False)
         if not len(self.rejected):
             return search.search(fused, k, filters, parts, rerank, candidates, global_only)
         hits = search.search(fused, REJECTION_POOL_FACTOR * k, filters, parts, rerank, candidates, global_only)
         penalty = self._penalty(fused, hits, parts, global_only)
-        return sorted((replace(h, distance=h.distance + p) for h, p in zip(hits, penalty)), key=lambda h: h.distance)[:k]
+        penalised = (replace(h, distance=h.distance + p) for h, p in zip(hits, penalty))
+        return sorted(penalised, key=lambda h: h.distance)[:k]
 
     def people(self, query: ReIDEmbeddings, k: int = 10, filters: SearchFilters = SearchFilters(),
                parts: Sequence[int] | None = None, rerank: bool = False, candidates: int = DEFAULT_CANDIDATES,
@@ -80,13 +85,17 @@ class FeedbackSearch:
         """Top-``k`` people for one query embedding and the feedback, best first (see PersonSearch.people); a person
         is penalised as its closest detection is."""
         search = self.search_without_feedback
-        fused, filters = fuse(query, self.confirmed), self._excluding_marks(filters, tracklets=True)
+        fused, filters = self._fused(query), self._excluding_marks(filters, tracklets=True)
         if not len(self.rejected):
             return search.people(fused, k, filters, parts, rerank, candidates, global_only)
         people = search.people(fused, REJECTION_POOL_FACTOR * k, filters, parts, rerank, candidates, global_only)
         penalty = self._penalty(fused, [p.best for p in people], parts, global_only)
         penalised = (replace(p, best=replace(p.best, distance=p.best.distance + x)) for p, x in zip(people, penalty))
         return sorted(penalised, key=lambda p: p.distance)[:k]
+
+    def _fused(self, query: ReIDEmbeddings) -> ReIDEmbeddings:
+        """The query fused with the confirmed detections and moved away from the rejected ones."""
+        return fuse(query, self.confirmed, self.rejected, self.negative_weight)
 
     def _excluding_marks(self, filters: SearchFilters, tracklets: bool) -> SearchFilters:
         """``filters`` that also leave out the marked detections (and their tracklets when ``tracklets``)."""
@@ -103,7 +112,8 @@ class FeedbackSearch:
             distance, fused, rejected, gallery = kpr_distance, *(_whole_body(e) for e in (fused, rejected, gallery))
         else:
             distance = partial(kpr_distance, parts=parts)
-        return rejection_penalty(distance(fused, gallery)[0], distance(rejected, gallery), self.rejection_weight).tolist()
+        to_query, to_rejected = distance(fused, gallery)[0], distance(rejected, gallery)
+        return rejection_penalty(to_query, to_rejected, self.rejection_weight).tolist()
 
     def _rows(self, ids: Sequence[str]) -> pa.Table:
         """The embeddings and tracklets of detections ``ids``, in that order; NotFoundError names the first id the

@@ -1,5 +1,6 @@
-"""Relevance feedback: confirmed hits fused into the query per part, rejected look-alikes pushed down, marked
-detections not shown again; through the store and through `kpr search --same/--not`.
+"""Relevance feedback: confirmed hits fused into the query per part, the query moved away from what rejected hits
+share, rejected look-alikes pushed down, marked detections not shown again; through the store and through
+`kpr search --same/--not`.
 
 The store: person P (query seen from the front: lower body hidden), a look-alike L with P's upper body and other
 legs, and random passers-by, in three cameras. P's back view in camera 1 shows only the lower body.
@@ -76,6 +77,23 @@ def test_fusion_fills_the_parts_the_query_hid_and_leaves_parts_seen_nowhere_invi
     assert float(fused.parts[0, 2] @ back.parts[0, 2]) == pytest.approx(1.0, abs=1e-5)  # only the back view shows it
     assert float(fused.parts[0, 0] @ front.parts[0, 0]) == pytest.approx(1.0, abs=1e-5)
     assert fuse(front, back.select(slice(0, 0))) is front
+
+
+def test_fusion_moves_away_from_the_look_several_rejected_hits_share_but_not_from_a_single_one():
+    rng = np.random.default_rng(1)
+    uniform, own = unit_rows(rng.standard_normal((2, K, D)))
+    query = _person(unit_rows(uniform + own), UPPER + LOWER, rng, 0.0)
+    rejected = ReIDEmbeddings.concat([_person(unit_rows(uniform + o), UPPER + LOWER, rng, 0.0)
+                                      for o in unit_rows(rng.standard_normal((6, K, D)))])
+    fused = fuse(query, rejected.select(slice(0, 0)), rejected)
+
+    def alignment(embeddings: ReIDEmbeddings, direction: np.ndarray) -> np.ndarray:
+        return np.einsum("kd,kd->k", embeddings.parts[0], direction)
+
+    assert (alignment(fused, uniform) < alignment(query, uniform) - 0.2).all()  # away from the uniform they share
+    assert (alignment(fused, own) > alignment(query, own)).all()  # towards what is the person's own
+    single = fuse(query, rejected.select(slice(0, 0)), rejected.select(slice(0, 1)))
+    np.testing.assert_array_equal(single.parts, query.parts)
 
 
 def test_the_penalty_pushes_only_what_is_nearer_a_rejected_hit_than_the_query():
