@@ -1,0 +1,244 @@
+"""Relevance feedback with a simulated investigator: mAP and recall@50 after 0, 1 and 2 rounds of feedback.
+
+Builds a small store of the search benchmark's synthetic world (bench.search_bench, written as its --bulk mode
+writes) and remembers which identity every stored tracklet shows. Each query is a fresh single-frame sighting of
+a stored identity, searched through storage.feedback.FeedbackSearch over the whole store. After each search the
+investigator marks the top ``--marks`` new people (as kpr search lists them; or detections) by ground truth (same
+identity: same person, else not this person) and searches again with all marks so far; the figures are those of
+the detection list. See bench/README.md. From the repository root, about 8 minutes on 2 cores:
+    nice -n 10 .venv/bin/python -m bench.feedback
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench.results_io import RESULTS, command_line, write_result
+from bench.search_bench import MODEL_ID, SyntheticWorld, WorldConfig, bulk_build_store
+from kpr_model.distance import NEGATIVE_WEIGHT, REJECTION_WEIGHT, ReIDEmbeddings
+from storage import PersonSearch, Store
+from storage.feedback import Feedback, FeedbackSearch
+
+
+class LabelledWorld(SyntheticWorld):
+    """The search benchmark's world, remembering the identity of every tracklet it generates (the ground truth)."""
+
+    def __init__(self, config: WorldConfig) -> None:
+        super().__init__(config)
+        self.track_identity: dict[str, int] = {}
+        self.rows_of = Counter()
+        self.tracklets_of = Counter()
+        self._drawn: list[int] = []
+
+    def sighting(self, rng: np.random.Generator, identity: int, n: int) -> ReIDEmbeddings:
+        """As SyntheticWorld.sighting, noting the identity drawn."""
+        self._drawn.append(identity)
+        return super().sighting(rng, identity, n)
+
+    def video_rows(self, index: int) -> tuple[dict, list[dict], ReIDEmbeddings]:
+        """As SyntheticWorld.video_rows, labelling its tracklets (they are drawn in the order they appear)."""
+        self._drawn = []
+        video, rows, embeddings = super().video_rows(index)
+        sizes = Counter(row["track_id"] for row in rows)
+        for track_id, identity in zip(sizes, self._drawn, strict=True):
+            self.track_identity[track_id] = identity
+            self.rows_of[identity] += sizes[track_id]
+            self.tracklets_of[identity] += 1
+        return video, rows, embeddings
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One ranked list's figures against its identity's stored rows."""
+
+    average_precision: float
+    recall_at_50: float
+    new_average_precision: float
+
+
+def average_precision(relevant: Sequence[bool], total: int) -> float:
+    """AP of a ranked list: sum of precision@i at each relevant rank i, divided by min(total, len(list))."""
+    flags = np.asarray(relevant, bool)
+    if not total or not len(flags):
+        return 0.0
+    precision = np.cumsum(flags) / np.arange(1, len(flags) + 1)
+    return float(precision[flags].sum() / min(total, len(flags)))
+
+
+def score(confirmed: Sequence[bool], new: Sequence[bool], total: int, depth: int) -> Scores:
+    """The investigator's list (the confirmed hits in marking order, then the new results, cut at ``depth``)
+    against ``total`` stored rows of the identity; new_average_precision ranks the new results alone against the
+    rows not confirmed yet (NaN when every row is confirmed)."""
+    shown = [*confirmed, *new][:depth]
+    left = total - len(confirmed)
+    return Scores(average_precision(shown, total),
+                  sum(shown[:50]) / max(min(total, 50), 1),
+                  average_precision(list(new)[:depth], left) if left else float("nan"))
+
+
+Variant = Callable[[Feedback], FeedbackSearch]
+
+
+def variants(search: PersonSearch, args: argparse.Namespace) -> dict[str, Variant]:
+    """The variants compared, each a FeedbackSearch for the marks so far: full feedback, without the move away from
+    the rejected, without the rejection penalty, fusion of the confirmed alone, and only leaving the marked
+    detections (and, among people, their tracklets) out."""
+    penalty, negative = args.rejection_weight, args.negative_weight
+    return {"feedback": lambda marks: FeedbackSearch(search, marks, penalty, negative),
+            "no_negative": lambda marks: FeedbackSearch(search, marks, penalty, 0.0),
+            "no_penalty": lambda marks: FeedbackSearch(search, marks, 0.0, negative),
+            "fusion_only": lambda marks: FeedbackSearch(search, marks, 0.0, 0.0),
+            "exclude_only": lambda marks: FeedbackSearch(search, Feedback(rejected=tuple(marks.marked)), 0.0, 0.0)}
+
+
+def investigate(variant: Variant, world: LabelledWorld, query: ReIDEmbeddings, identity: int,
+                args: argparse.Namespace) -> list[Scores]:
+    """Scores of the detection list after 0..``args.rounds`` rounds, each marking the top ``args.marks`` new people
+    (their closest detections) or detections (``args.mark``) by ground truth."""
+    same: list[str] = []
+    rejected: list[str] = []
+    scores = []
+    for round_ in range(args.rounds + 1):
+        search = variant(Feedback(tuple(same), tuple(rejected)))
+        hits = search.search(query, args.depth)
+        truth = [world.track_identity[h.track_id] == identity for h in hits]
+        scores.append(score([True] * len(same), truth, world.rows_of[identity], args.depth))
+        if round_ < args.rounds:
+            shown = [p.best for p in search.people(query, args.marks)] if args.mark == "people" else hits[:args.marks]
+            for hit in shown:
+                (same if world.track_identity[hit.track_id] == identity else rejected).append(hit.detection_id)
+    return scores
+
+
+def make_queries(world: LabelledWorld, n: int, min_tracklets: int, seed: int) -> list[tuple[int, ReIDEmbeddings]]:
+    """``n`` fresh single-frame sightings of distinct stored identities seen in at least ``min_tracklets`` tracklets."""
+    rng = np.random.default_rng([seed, 3])
+    eligible = sorted(i for i, count in world.tracklets_of.items() if count >= min_tracklets)
+    if len(eligible) < n:
+        raise SystemExit(f"only {len(eligible)} identities have {min_tracklets}+ tracklets; ask for fewer queries")
+    return [(int(i), world.sighting(rng, int(i), 1)) for i in rng.choice(eligible, n, replace=False)]
+
+
+def mean_rounds(per_query: list[list[Scores]]) -> list[dict]:
+    """Mean figures per round over the queries."""
+    rounds = []
+    for r in range(len(per_query[0])):
+        at = [q[r] for q in per_query]
+        rounds.append({"map": round(float(np.mean([s.average_precision for s in at])), 4),
+                       "recall_at_50": round(float(np.mean([s.recall_at_50 for s in at])), 4),
+                       "map_new_results": round(float(np.nanmean([s.new_average_precision for s in at])), 4)})
+    return rounds
+
+
+def int_list(text: str) -> list[int]:
+    """"1,75" -> [1, 75]."""
+    return [int(v) for v in text.split(",") if v]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options (see bench/README.md)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", type=Path,
+                        help="folder for the stores, one per world (default: a temporary folder, removed after)")
+    parser.add_argument("--rows", type=int, default=60_000)
+    parser.add_argument("--parts", type=int, default=8, help="K")
+    parser.add_argument("--dim", type=int, default=128, help="D")
+    parser.add_argument("--identities", type=int, default=1500)
+    parser.add_argument("--lookalike-groups", type=int_list, default=[1, 75],
+                        help="comma-separated, one world each; the first gives the headline rounds (default 1: "
+                             "everyone shares one prototype, a crowd dressed alike; 75: the search benchmark's 20 "
+                             "identities per group)")
+    parser.add_argument("--cameras", type=int, default=20)
+    parser.add_argument("--per-video", type=int, default=250)
+    parser.add_argument("--queries", type=int, default=60)
+    parser.add_argument("--min-tracklets", type=int, default=2, help="query identities have at least this many")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--marks", type=int, default=10, help="top new results the investigator marks per round")
+    parser.add_argument("--mark", choices=("people", "detections"), default="people",
+                        help="which results the investigator marks: the top people (kpr search's default list, each "
+                             "marked by its closest detection) or the top detections")
+    parser.add_argument("--depth", type=int, default=100, help="results per search, and the depth of AP")
+    parser.add_argument("--rejection-weight", type=float, default=REJECTION_WEIGHT)
+    parser.add_argument("--negative-weight", type=float, default=NEGATIVE_WEIGHT)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--note", default="")
+    parser.add_argument("--output", default=RESULTS / "feedback.json", help="result JSON ('-': print only)")
+    return parser.parse_args(argv)
+
+
+def measure_world(args: argparse.Namespace, groups: int, folder: Path, log) -> dict:
+    """Build one world's store in ``folder`` and run the simulated investigator with every variant over it."""
+    config = WorldConfig(args.rows, args.parts, args.dim, args.identities, groups, args.cameras, args.per_video,
+                         video_seconds=600.0, sample_fps=5.0, thumbnail_bytes=100, seed=args.seed)
+    world = LabelledWorld(config)
+    store = Store.open(folder)
+    if store.count_detections():
+        raise SystemExit(f"{folder} already holds detections; give a new --db folder")
+    log(f"writing {args.rows} rows in {config.videos} videos to {folder}")
+    build = bulk_build_store(store, world, 50, log)
+    store.set_model({"model_id": MODEL_ID, "kind": "kpr", "num_parts": args.parts, "dim": args.dim})
+    queries = make_queries(world, args.queries, args.min_tracklets, args.seed)
+    figures, seconds = {}, {}
+    for name, variant in variants(PersonSearch(store), args).items():
+        tick = time.perf_counter()
+        per_query = [investigate(variant, world, query, identity, args) for identity, query in queries]
+        seconds[name] = round(time.perf_counter() - tick, 1)
+        figures[name] = mean_rounds(per_query)
+        log(f"{groups} look-alike group(s), {name}: {figures[name]} ({seconds[name]} s)")
+    rows_of = [world.rows_of[identity] for identity, _ in queries]
+    return {"lookalike_groups": groups, "rounds": figures["feedback"],
+            "ablations": {name: rounds for name, rounds in figures.items() if name != "feedback"},
+            "identity_rows_mean": round(float(np.mean(rows_of)), 1), "identity_rows_min": min(rows_of),
+            "store_build_s": build["seconds"], "search_seconds": seconds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build each world's store, run the simulated investigator over it, write the figures."""
+    args = parse_args(argv)
+    log = lambda text: print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)  # noqa: E731
+    folder = args.db or Path(tempfile.mkdtemp(prefix="kpr_feedback_bench_"))
+    try:
+        worlds = [measure_world(args, groups, folder / f"groups_{groups}", log) for groups in args.lookalike_groups]
+    finally:
+        if args.db is None:
+            shutil.rmtree(folder, ignore_errors=True)
+    rounds = worlds[0]["rounds"]
+    write_result(args.output, {
+        "rounds": rounds,
+        "map_gain": round(rounds[-1]["map"] - rounds[0]["map"], 4),
+        "goal_map_gain_after_2_rounds": 0.15,
+        "worlds": worlds,
+        "metrics": "After round r the investigator's list is the detections confirmed so far (in marking order) "
+                   "followed by the new results, which leave out every marked detection; rejected ones are not in "
+                   "it. AP = sum of precision@i at the ranks i <= depth holding a row of the query's identity, "
+                   "divided by min(R, depth), R = the store's rows of that identity; recall_at_50 = rows of the "
+                   "identity among the list's first 50 / min(R, 50); map_new_results ranks the new results alone "
+                   "against the R minus confirmed rows (queries with rows left). Means over the queries. "
+                   "Ablations: no_negative = no move away from the rejected; no_penalty = no rejection penalty; "
+                   "fusion_only = neither; exclude_only = the query alone with the marked detections left out.",
+        "setup": {"rows": args.rows, "parts": args.parts, "dim": args.dim, "identities": args.identities,
+                  "cameras": args.cameras, "queries": args.queries,
+                  "query": "a fresh single-frame sighting of a stored identity with at least min_tracklets stored "
+                           "tracklets, unfiltered search of the whole store (no ANN index: exact candidates)",
+                  "min_tracklets": args.min_tracklets, "rounds": args.rounds, "marks_per_round": args.marks,
+                  "marked_results": args.mark,
+                  "depth": args.depth, "rejection_weight": args.rejection_weight,
+                  "negative_weight": args.negative_weight, "seed": args.seed},
+        "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": command_line("bench.feedback", argv), "note": args.note,
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
