@@ -46,12 +46,13 @@ class Transit:
 
 @dataclass(frozen=True)
 class Journey:
-    """A person's sightings in time order, the transits between consecutive ones, and every pair of sightings
-    (indices) on two cameras at once that do not overlap in view."""
+    """A person's sightings in time order, the transits between consecutive ones, every pair of sightings (indices)
+    on two cameras at once that do not overlap in view, and the index of the query's sighting."""
 
     sightings: list[Sighting]
     transits: list[Transit]
     conflicts: list[tuple[int, int]]
+    query: int
 
 
 def usual_transit(cameras: Cameras, origin: str, target: str) -> float | None:
@@ -64,7 +65,8 @@ def usual_transit(cameras: Cameras, origin: str, target: str) -> float | None:
 
 
 def build_journey(sightings: Sequence[Sighting], cameras: Cameras) -> Journey:
-    """The journey through ``sightings``: ordered by start (then end, then camera), transits and conflicts checked."""
+    """The journey through ``sightings`` (the query's first): ordered by start (then end, then camera), transits and
+    conflicts checked."""
     ordered = sorted(sightings, key=lambda s: (s.t_start, s.t_end, s.camera_id, s.key))
     transits = []
     for i in range(len(ordered) - 1):
@@ -76,7 +78,7 @@ def build_journey(sightings: Sequence[Sighting], cameras: Cameras) -> Journey:
     conflicts = [(i, j) for i in range(len(ordered)) for j in range(i + 1, len(ordered))
                  if ordered[j].t_start < ordered[i].t_end and ordered[i].camera_id != ordered[j].camera_id
                  and usual_transit(cameras, ordered[i].camera_id, ordered[j].camera_id) != 0]
-    return Journey(ordered, transits, conflicts)
+    return Journey(ordered, transits, conflicts, ordered.index(sightings[0]))
 
 
 def _verdict(before: Sighting, after: Sighting, gap: float, usual: float | None) -> str:
@@ -114,13 +116,13 @@ def person_sightings(store: Store, query_id: str, same: Sequence[str],
 def journey_rows(journey: Journey, cameras: Cameras) -> dict:
     """The journey as plain data (--json): each sighting with its camera's name, its UTC and local span, and each
     transit and conflict."""
-    sightings = []
+    sightings, query = [], journey.sightings[journey.query]
     for sighting in journey.sightings:
         display = cameras.display(sighting.camera_id)
         sightings.append({
             "track_id": sighting.track_id, "best_detection_id": sighting.best_detection_id,
             "camera_id": sighting.camera_id, "camera_name": display.name, "timezone": display.zone.key,
-            "video_id": sighting.video_id, "detections": sighting.detections,
+            "video_id": sighting.video_id, "detections": sighting.detections, "query": sighting is query,
             "t_start": sighting.t_start, "t_end": sighting.t_end,
             "start_utc": iso_utc(sighting.t_start), "end_utc": iso_utc(sighting.t_end),
             "local": local_span_text(sighting, cameras)})
@@ -149,6 +151,7 @@ def journey_lines(journey: Journey, cameras: Cameras) -> list[str]:
         utc = f"{span_text(sighting.t_start, sighting.t_end)} UTC"
         when = utc if display.zone.key == "UTC" else f"{local_span_text(sighting, cameras)} = {utc}"
         what = f"track {sighting.track_id}" if sighting.track_id else f"detection {sighting.key}"
+        what += " (the query)" if number == journey.query + 1 else ""
         lines.append(f"{number:>4}  {camera}  {when}  {sighting.detections} detection(s)  {what}")
     lines += [f"!! #{i + 1} and #{j + 1} are on two cameras at the same time: one of them is someone else"
               for i, j in journey.conflicts]
@@ -156,7 +159,9 @@ def journey_lines(journey: Journey, cameras: Cameras) -> list[str]:
 
 
 def duration_text(seconds: float) -> str:
-    """A duration as people say it: "45 s", "3 min 20 s", "2 h 05 min"."""
+    """A duration as people say it: "1.6 s", "45 s", "3 min 20 s", "2 h 05 min"."""
+    if abs(seconds) < 10:
+        return f"{abs(seconds):.1f} s"
     seconds = abs(round(seconds))
     if seconds < 60:
         return f"{seconds} s"

@@ -81,7 +81,8 @@ def timeline_svg(journey: Journey, cameras: Cameras) -> str:
     parts += _axis(t0, t1, x_at, height)
     xs = _thumb_positions([x_at(s.t_start) for s in sightings], LABEL_W, LABEL_W + plot_w)
     for number, (sighting, x) in enumerate(zip(sightings, xs), 1):
-        parts.append(_sighting_mark(number, sighting, x, lane_y(sighting.camera_id), x_at, cameras))
+        parts.append(_sighting_mark(number, sighting, x, lane_y(sighting.camera_id), x_at, cameras,
+                                    number == journey.query + 1))
     styles = list(VERDICT_STYLE)
     for transit in journey.transits:
         if transit.verdict not in VERDICT_STYLE:
@@ -115,18 +116,23 @@ def _axis(t0: float, t1: float, x_at, height: float) -> list[str]:
     return [f"<text x='8' y='{AXIS_H - 12}' font-size='11' fill='#444'>time (UTC)</text>", *marks]
 
 
-def _sighting_mark(number: int, sighting: Sighting, x: float, y: float, x_at, cameras: Cameras) -> str:
-    """One sighting on its lane: its numbered thumbnail (at ``x``), its time bar, and a line joining them."""
+def _sighting_mark(number: int, sighting: Sighting, x: float, y: float, x_at, cameras: Cameras, query: bool) -> str:
+    """One sighting on its lane: its numbered thumbnail (at ``x``; the query's framed in orange), its time bar, and a
+    line joining them."""
     display = cameras.display(sighting.camera_id)
     title = (f"#{number} {display.name}: {local_span_text(sighting, cameras)} ({span_text(sighting.t_start, sighting.t_end)}"
-             f" UTC), {sighting.detections} detection(s), {'track ' + sighting.track_id if sighting.track_id else 'no track'}")
+             f" UTC), {sighting.detections} detection(s), {'track ' + sighting.track_id if sighting.track_id else 'no track'}"
+             f"{', the query' if query else ''}")
     image = (f"<image href='{_data_uri(sighting.thumbnail)}' x='{x:.1f}' y='{y + 6}' width='{THUMB_W}' "
              f"height='{THUMB_H}' preserveAspectRatio='xMidYMid meet'/>" if sighting.thumbnail else "")
+    frame = "stroke='#e70' stroke-width='3'" if query else "stroke='#36c'"
     bar_x, bar_y = x_at(sighting.t_start), y + THUMB_H + 16
     bar_w = max(x_at(sighting.t_end) - bar_x, 3.0)
-    return (f"<g class='sighting' data-key='{html.escape(sighting.key)}'><title>{html.escape(title)}</title>"
+    return (f"<g class='sighting{' query' if query else ''}' data-key='{html.escape(sighting.key)}'>"
+            f"<title>{html.escape(title)}</title>"
             f"<line x1='{x + THUMB_W / 2:.1f}' y1='{y + 6 + THUMB_H}' x2='{bar_x:.1f}' y2='{bar_y}' stroke='#aab'/>"
-            f"<rect x='{x:.1f}' y='{y + 6}' width='{THUMB_W}' height='{THUMB_H}' fill='#eee' stroke='#36c'/>{image}"
+            f"<rect x='{x:.1f}' y='{y + 6}' width='{THUMB_W}' height='{THUMB_H}' fill='#eee'/>{image}"
+            f"<rect x='{x:.1f}' y='{y + 6}' width='{THUMB_W}' height='{THUMB_H}' fill='none' {frame}/>"
             f"<rect x='{bar_x:.1f}' y='{bar_y}' width='{bar_w:.1f}' height='8' rx='2' fill='#36c'/>"
             f"<circle cx='{x:.1f}' cy='{y + 6}' r='9' fill='#36c'/><text x='{x:.1f}' y='{y + 10}' font-size='11' "
             f"fill='#fff' text-anchor='middle'>{number}</text></g>")
@@ -195,7 +201,7 @@ def _table(journey: Journey, cameras: Cameras) -> str:
             rows.append(f"<tr class='transit'><td></td><td colspan='7' class='{css}'>&rarr; "
                         f"{html.escape(transit_text(transit))}</td></tr>")
         display = cameras.display(sighting.camera_id)
-        rows.append(f"<tr><td>{number}</td><td>{html.escape(display.name)} ({html.escape(sighting.camera_id)})</td>"
+        rows.append(f"<tr><td>{number}{' (query)' if number == journey.query + 1 else ''}</td><td>{html.escape(display.name)} ({html.escape(sighting.camera_id)})</td>"
                     f"<td>{html.escape(local_span_text(sighting, cameras))}</td>"
                     f"<td>{span_text(sighting.t_start, sighting.t_end)}</td>"
                     f"<td>{duration_text(sighting.t_end - sighting.t_start)}</td><td>{sighting.detections}</td>"

@@ -81,6 +81,7 @@ def test_confirmed_sightings_come_in_time_order_with_their_transits_checked(stor
     sightings = journey["sightings"]
     assert [s["track_id"] for s in sightings] == ["a-p0", "b-p0", "c-p0", "d-p0", None]
     assert sightings[4]["best_detection_id"] == _det_id(4, 0)  # a detection of no tracklet is its own sighting
+    assert [s["query"] for s in sightings] == [True, False, False, False, False]
     assert [s["camera_name"] for s in sightings] == ["North gate", "Lobby", "Car park", "Back door", "North gate"]
     assert sightings[0]["start_utc"] == "2026-01-01T08:00:00Z"
     assert sightings[0]["local"] == "2026-01-01 09:00:00..09:00:10 CET"
@@ -99,7 +100,7 @@ def test_the_text_timeline_marks_the_flagged_transits(store_dir, cameras_file, c
     assert lines[0].startswith("journey of a-p0: 3 sighting(s) on 3 camera(s)")
     assert "North gate (cam-a)" in lines[1] and "09:00:00..09:00:10 CET = 2026-01-01 08:00:00..08:00:10 UTC" in lines[1]
     assert "-> 1 min 00 s, usual 45 s: plausible" in lines[2] and "!!" not in lines[2]
-    assert lines[4].lstrip().startswith("!!") and "5 s, usual 40 s: suspicious" in lines[4]
+    assert lines[4].lstrip().startswith("!!") and "5.0 s, usual 40 s: suspicious" in lines[4]
     assert "Car park (cam-c)" in lines[5] and len(lines) == 6
 
 
@@ -129,6 +130,7 @@ def test_the_page_has_one_lane_per_camera_every_thumbnail_and_no_map_without_pos
                                                                                          cameras_file):
     text = _page(store_dir, tmp_path, cameras_file)
     assert re.findall(r"class='lane' data-camera='([^']+)'", text) == ["cam-a", "cam-b", "cam-c", "cam-d"]
+    assert re.findall(r"class='sighting query' data-key='([^']+)'", text) == ["a-p0"]
     store = Store.open(store_dir, create=False)
     for index in (0, 1, 2, 3, 4):
         thumbnail = store.get_detection(_det_id(index, 0), ["thumbnail"])["thumbnail"]
