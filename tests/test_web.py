@@ -301,6 +301,7 @@ def test_a_hit_shows_its_cameras_name_and_local_time_and_says_when_its_video_is_
     client = TestClient(create_app(str(db), cameras=read_cameras(cameras)))
     about = client.get(f"/api/hits/{hit}").json()
     assert about["camera_name"] == "North gate" and about["timezone"] == "Asia/Tokyo"
+    assert client.get("/api/info").json()["camera_names"] == {"gate": "North gate"}
     assert about["time_local"] == "2026-01-01 17:00:00 JST (UTC+09:00)"
     assert about["time_utc"] == "2026-01-01 08:00:00 UTC"
     clip = client.get(f"/api/hits/{hit}/clip").json()

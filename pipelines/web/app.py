@@ -90,7 +90,7 @@ class SearchService:
         return self._facts
 
     def info(self, max_upload_bytes: int) -> dict:
-        """The page's start-up facts: cameras, time range, part and joint names (none for a global model's store),
+        """The page's start-up facts: cameras (and their display names), time range, part and joint names (none for a global model's store),
         counts, whether images can be queried and whether the store's model is a global one."""
         facts = self.facts()
         return {
@@ -98,6 +98,7 @@ class SearchService:
             "detections": facts.detections,
             "videos": facts.videos,
             "cameras": list(facts.cameras),
+            "camera_names": {camera: self.context.cameras.display(camera).name for camera in facts.cameras},
             "time_range": None if facts.time_range is None else list(facts.time_range),
             "parts": [] if facts.num_parts is None or facts.global_model else part_names(facts.num_parts),
             "global_model": facts.global_model,

@@ -60,8 +60,8 @@ async function loadInfo() {
   $("store-info").textContent =
     `${info.detections} detections · ${info.cameras.length} cameras · ${info.videos} videos${range} · ${model}`;
   for (const camera of info.cameras) {
-    $("pick-camera").append(element("option", {value: camera}, camera));
-    $("cameras").append(checkbox("camera", camera, true));
+    $("pick-camera").append(element("option", {value: camera}, cameraName(camera)));
+    $("cameras").append(checkbox("camera", camera, true, cameraName(camera)));
   }
   info.parts.forEach((name) => $("parts").append(checkbox("part", name, false)));
   info.joints.forEach((name, index) => $("joint").append(element("option", {value: String(index)}, name.replace("_", " "))));
@@ -72,12 +72,16 @@ async function loadInfo() {
   $("prompt-tools").disabled = !info.image_queries || info.global_model;  // a global model takes no keypoints
 }
 
-function checkbox(kind, value, checked) {
+function checkbox(kind, value, checked, shown = value) {
   const label = element("label");
   const input = element("input", {type: "checkbox", name: kind, value});
   input.checked = checked;
-  label.append(input, " " + value);
+  label.append(input, " " + shown);
   return label;
+}
+
+function cameraName(camera) {
+  return state.info.camera_names[camera] || camera;
 }
 
 function ticked(kind) {
@@ -108,7 +112,7 @@ function pickTile(tracklet) {
     "data-detection-id": tracklet.best_detection_id || "", "data-camera": tracklet.camera_id,
     title: `${tracklet.camera_id} · ${tracklet.span_utc} UTC · track ${tracklet.track_id}`});
   tile.append(element("img", {src: tracklet.thumbnail, alt: tracklet.track_id, loading: "lazy"}),
-    element("span", {class: "tile-camera"}, tracklet.camera_id),
+    element("span", {class: "tile-camera"}, cameraName(tracklet.camera_id)),
     element("span", {class: "tile-time"}, `${utc(tracklet.t_start).slice(11)} +${Math.round(tracklet.t_end - tracklet.t_start)} s`),
     element("span", {class: "tile-size"}, plural(tracklet.detections, "detection", "detections")));
   tile.addEventListener("click", () => chooseTracklet(tracklet, tile));
@@ -121,7 +125,7 @@ function chooseTracklet(tracklet, tile) {
   $("upload").value = "";
   document.querySelectorAll(".tile.chosen").forEach((t) => t.classList.remove("chosen"));
   tile.classList.add("chosen");
-  $("query-caption").textContent = `${tracklet.camera_id} · ${tracklet.span_utc} UTC · track ${tracklet.track_id}` +
+  $("query-caption").textContent = `${cameraName(tracklet.camera_id)} · ${tracklet.span_utc} UTC · track ${tracklet.track_id}` +
     ` · ${plural(tracklet.detections, "detection", "detections")}` +
     (tracklet.best_detection_id ? " · keypoints go on its best detection" : "");
   $("tracklet-option").hidden = false;
@@ -135,7 +139,7 @@ function chooseDetection(detection) {
     trackId: detection.track_id};
   $("upload").value = "";
   document.querySelectorAll(".tile.chosen").forEach((t) => t.classList.remove("chosen"));
-  $("query-caption").textContent = `${detection.camera_id} · ${utc(detection.timestamp)} UTC` +
+  $("query-caption").textContent = `${cameraName(detection.camera_id)} · ${utc(detection.timestamp)} UTC` +
     (detection.track_id ? ` · track ${detection.track_id}` : "");
   $("tracklet-option").hidden = !detection.track_id;
   $("use-tracklet").checked = false;
@@ -368,7 +372,7 @@ function resultCard(hit, classes, lines) {
   caption.append(element("div", {class: "rank"}, `#${hit.rank}`));
   const measure = state.globalOnly ? "cosine distance of the global vectors" : "KPR distance";
   caption.append(element("div", {class: "distance", title: measure}, formatDistance(hit.distance)));
-  caption.append(element("div", {class: "camera"}, hit.camera_id), ...lines);
+  caption.append(element("div", {class: "camera", title: hit.camera_id}, cameraName(hit.camera_id)), ...lines);
   if (hit.visibility) {
     const visibility = hit.query_visibility === null ? 0 : hit.query_visibility;
     const bar = element("div", {class: "visibility", title: `visibility ${visibility.toFixed(2)}`});
@@ -407,7 +411,7 @@ async function openHit(hit) {
   closeHit();
   state.hit = hit;
   $("hit-panel").hidden = false;
-  $("hit-title").textContent = `#${hit.rank} · ${hit.camera_id}`;
+  $("hit-title").textContent = `#${hit.rank} · ${cameraName(hit.camera_id)}`;
   $("hit-when").textContent = `${hit.time_utc} UTC · frame ${hit.frame_index}`;
   $("hit-clip-caption").textContent = "clip: decoding…";
   const path = `/api/hits/${encodeURIComponent(hit.detection_id)}`;
