@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.results_io import RESULTS, command_line, write_result
-from bench.search_bench import MODEL_ID, SyntheticWorld, WorldConfig, bulk_build_store
+from bench.search_bench import MODEL_ID, SyntheticWorld, WorldConfig, bulk_build_store, int_list
 from kpr_model.distance import NEGATIVE_WEIGHT, REJECTION_WEIGHT, ReIDEmbeddings
 from storage import PersonSearch, Store
 from storage.feedback import Feedback, FeedbackSearch
@@ -138,11 +138,6 @@ def mean_rounds(per_query: list[list[Scores]]) -> list[dict]:
                        "recall_at_50": round(float(np.mean([s.recall_at_50 for s in at])), 4),
                        "map_new_results": round(float(np.nanmean([s.new_average_precision for s in at])), 4)})
     return rounds
-
-
-def int_list(text: str) -> list[int]:
-    """"1,75" -> [1, 75]."""
-    return [int(v) for v in text.split(",") if v]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

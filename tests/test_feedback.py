@@ -158,3 +158,14 @@ def test_a_bad_mark_is_one_line_and_exit_2(world, capsys, marks, expected):
     assert main(["search", "--db", str(world["db"]), "--detection", "p-front", *marks]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(expected)
+
+
+def test_the_benchmark_scores_the_confirmed_first_then_the_new_results():
+    from bench.feedback import average_precision, score
+
+    assert average_precision([True, False, True], total=2) == pytest.approx((1 + 2 / 3) / 2)
+    assert average_precision([False, True], total=5) == pytest.approx(0.5 / 2)  # depth 2 bounds what can be found
+    scores = score(confirmed=[True, True], new=[False, True], total=4, depth=100)
+    assert scores.average_precision == pytest.approx((1 + 1 + 3 / 4) / 4)
+    assert scores.recall_at_50 == pytest.approx(3 / 4)
+    assert scores.new_average_precision == pytest.approx(0.5 / 2)
