@@ -120,6 +120,13 @@ def test_a_rejected_look_alike_drops_below_the_person(world):
     assert "l-1" not in after and ("l-2" not in after or after.index("l-2") > 0)
 
 
+def test_a_global_only_search_takes_feedback_on_the_whole_body_vectors(world):
+    search = FeedbackSearch(world["search"], Feedback(same=("p-full",), rejected=("l-1",)))
+    hits = search.search(world["query"], k=8, filters=OTHER_CAMERAS, global_only=True)
+    assert hits and not {"p-full", "l-1"} & set(_ids(hits))
+    assert [h.distance for h in hits] == sorted(h.distance for h in hits)
+
+
 def test_people_leave_out_the_marked_persons_tracklets(world):
     people = FeedbackSearch(world["search"], Feedback(same=("p-back",), rejected=("l-1",))).people(world["query"], k=20)
     shown = {p.track_id for p in people}
