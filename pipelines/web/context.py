@@ -8,6 +8,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 
 import cv2
 import numpy as np
@@ -75,10 +76,14 @@ class HitContext:
     def __init__(self, store: Store, cameras: Cameras) -> None:
         self.store = store
         self.cameras = cameras
-        self.schema_version = store.table_stats().get("detections", {}).get("schema_version")
         self._videos: dict[str, dict] = {}
         self._clips: OrderedDict[str, dict] = OrderedDict()
         self._lock = threading.Lock()
+
+    @cached_property
+    def schema_version(self) -> int | None:
+        """The schema version the store's detections were written with (read once, on the first hit opened)."""
+        return self.store.table_stats().get("detections", {}).get("schema_version")
 
     def _video(self, video_id: str) -> dict:
         """A video's row (the videos table is re-read when a video is not known yet: ingestion may have added it)."""
