@@ -16,6 +16,7 @@ from pipelines.cli import main
 from storage import Store, detection_row, detections_table, tracklet_row, tracklets_table
 from support import MODEL_ID, unit_rows
 from workers.crops import thumbnail_jpeg
+from workers.records import detection_id
 
 PARTS, DIM = 4, 16
 T0 = 1_767_254_400.0  # 2026-01-01T08:00:00Z
@@ -36,7 +37,8 @@ POSITIONS = {"cam-a": "[0, 0]", "cam-b": "[40, 10]", "cam-c": "[30, 60]", "cam-d
 
 
 def _det_id(index: int, frame: int) -> str:
-    return f"v{index}:{frame:07d}:000"
+    """The id of detection ``frame`` of passage ``index`` (its video is v<index>)."""
+    return detection_id(f"v{index}", frame, 0)
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +169,9 @@ def test_a_missing_store_is_one_line(tmp_path, capsys):
     assert main(["journey", "--db", str(tmp_path / "none"), "--tracklet", "a-p0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no store" in err[0]
+
+
+def test_help_names_every_option(capsys):
+    assert main(["journey", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert all(option in text for option in ("--tracklet", "--same", "--cameras", "--html", "--json", "-k"))
