@@ -15,7 +15,7 @@ BOX_RGB = (0, 255, 0)
 FRAME_JPEG_QUALITY = 90
 
 
-def _local_path(uri: str) -> Path:
+def local_video_path(uri: str) -> Path:
     """The file a video uri names (a plain path or file://); DecodeError for an object-store uri."""
     if "://" in uri and not uri.startswith("file://"):
         raise DecodeError(f"{uri}: only local video files can be decoded here")
@@ -34,7 +34,7 @@ def draw_box(frame: np.ndarray, bbox: Sequence[float]) -> np.ndarray:
 def frame_with_box(uri: str, frame_index: int, bbox: Sequence[float]) -> bytes:
     """Frame ``frame_index`` of the video at ``uri`` as JPEG bytes with box (x, y, w, h) drawn; DecodeError when the
     video or that frame cannot be read."""
-    path = _local_path(uri)
+    path = local_video_path(uri)
     frames = list(decode_frames(path, [int(frame_index)], batch_size=1))
     if not frames:
         raise DecodeError(f"{path}: has no frame {frame_index}")

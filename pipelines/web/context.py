@@ -18,7 +18,7 @@ from storage import Store, sql
 from workers.cameras import Cameras
 from workers.decode import decode_frames
 from workers.errors import DecodeError
-from workers.frames import _local_path, draw_box, frame_with_box
+from workers.frames import local_video_path, draw_box, frame_with_box
 
 CLIP_SECONDS = 2.0  # seconds of video shown before and after the hit
 CLIP_FPS = 4.0  # frames per second of the clip
@@ -136,7 +136,7 @@ class HitContext:
         indices = sorted({hit.frame_index + round(k * step) for k in range(-reach, reach + 1)})
         boxes = self._track_boxes(hit, indices[0], indices[-1])
         frames = []
-        for index, rgb in decode_frames(_local_path(hit.uri), indices, batch_size=4):
+        for index, rgb in decode_frames(local_video_path(hit.uri), indices, batch_size=4):
             box = _nearest_box(index, boxes, step)
             frames.append({"frame_index": int(index), "src": _jpeg_data_uri(rgb if box is None else draw_box(rgb, box))})
         if not frames:
