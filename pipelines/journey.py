@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pipelines.calibrate import no_close_match_above
-from pipelines.query import Query, QuerySearch
 from pipelines.times import iso_utc, span_text, zone_name
 from storage import Store
 from storage.sightings import Sighting, read_sightings
@@ -100,6 +98,9 @@ def person_sightings(store: Store, query_id: str, same: Sequence[str],
     chosen = read_sightings(store, [query_id, *same])
     if same:
         return chosen, f"the query and {len(chosen) - 1} confirmed sighting(s)"
+    from pipelines.calibrate import no_close_match_above  # searching loads the model code (PyTorch): only when needed
+    from pipelines.query import Query, QuerySearch
+
     threshold = no_close_match_above(store.model(), global_only=False)
     if threshold is None:
         return chosen, "the query alone: nothing confirmed (--same) and the model is not calibrated (kpr calibrate)"
