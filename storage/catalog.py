@@ -229,8 +229,9 @@ def tracklet_thumbnails(store: Store, track_ids: Sequence[str]) -> dict[str, byt
 
 
 def best_detections(store: Store, track_ids: Sequence[str]) -> dict[str, tuple[str, bytes]]:
-    """(detection id, thumbnail) of each tracklet's detection with the highest det_score x mean visibility (what
-    ingestion picks), read from the detections; tracklets without a thumbnail are left out."""
+    """(detection id, thumbnail) of each tracklet's detection with the highest det_score x mean visibility, read from
+    the detections: for tracklets without a stored row (ingestion also weighs joints and box height; its pick is
+    the stored one); tracklets without a thumbnail are left out."""
     if not track_ids:
         return {}
     rows = store.query_detections(sql.all_of([sql.is_in("track_id", track_ids), "thumbnail IS NOT NULL"]),

@@ -248,3 +248,16 @@ def test_bad_detection_thresholds_are_one_line_and_exit_2(tmp_path, capsys, args
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0] and err[0].startswith("kpr ingest: error:")
     assert not db.exists()
+
+
+def test_tracklet_thumbnail_is_a_crop_that_shows_the_whole_person() -> None:
+    path = _walk(0, 0, 5, 0, 6)
+    path[5] = (25.0, 0.0, 0.9, 110.0)  # farther from the camera: a smaller crop
+    records, embeddings, _ = _scene({0: path}, fps=5.0)
+    embeddings.visibility[1] = 1.0  # parts look visible, but an obstacle hides its legs: 6 of 17 joints seen
+    records[1].keypoints[:6, 2] = 1.0
+    for i in (0, 2, 3, 4, 5):
+        records[i].keypoints[:, 2] = 1.0
+    embeddings.visibility[5] = 1.0
+    (tracklet,) = track_video(VIDEO, records, embeddings)
+    assert tracklet.best_detection_id == records[0].detection_id  # whole, near and first among equals

@@ -13,6 +13,7 @@ heights, not frames and pixels, so the same settings work at any sampling fps an
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 
@@ -195,13 +196,25 @@ def _link(records: list[DetectionRecord], indices: list[int], global_emb: np.nda
     return [track.members for track in sorted(finished + live, key=lambda track: position[track.members[0]])]
 
 
+def _thumbnail_scores(records: Sequence[DetectionRecord], visibility: np.ndarray) -> np.ndarray:
+    """How well each crop of one tracklet shows its person, to pick the thumbnail an investigator sees first.
+
+    det_score x mean part visibility x mean joint confidence x box height over the tallest: a person half
+    hidden behind an obstacle keeps a confident box and visible-looking parts but loses joints, and a
+    distant crop shows less than a close one. Joints count only when some crop has keypoints.
+    """
+    scores = np.array([float(r.det_score or 0.0) for r in records]) * np.asarray(visibility, np.float64).mean(axis=1)
+    joints = np.array([float(np.clip(r.keypoints[:, 2], 0.0, 1.0).mean()) for r in records])
+    heights = np.array([float(r.bbox[3]) for r in records])
+    return scores * (joints if joints.max() > 0 else 1.0) * heights / max(float(heights.max()), 1e-9)
+
+
 def _tracklet(track_id: str, members: list[int], records: list[DetectionRecord],
               embeddings: ReIDEmbeddings) -> Tracklet:
-    """A Tracklet of the records at ``members``; its thumbnail is the one with the highest det_score x mean visibility."""
+    """A Tracklet of the records at ``members``; its thumbnail is the best shown one (see _thumbnail_scores)."""
     members = sorted(members, key=lambda i: _frame_order(records[i]))
     chosen = embeddings.select(np.asarray(members))
-    scores = np.array([float(records[i].det_score or 0.0) for i in members]) * chosen.visibility.mean(axis=1)
-    best = records[members[int(np.argmax(scores))]]
+    best = records[members[int(np.argmax(_thumbnail_scores([records[i] for i in members], chosen.visibility)))]]
     times = [records[i].timestamp for i in members]
     return Tracklet(track_id, float(min(times)), float(max(times)), len(members), aggregate(chosen),
                     best.thumbnail, best.detection_id)
