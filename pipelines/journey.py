@@ -154,9 +154,15 @@ def journey_lines(journey: Journey, cameras: Cameras) -> list[str]:
         what = f"track {sighting.track_id}" if sighting.track_id else f"detection {sighting.key}"
         what += " (the query)" if number == journey.query + 1 else ""
         lines.append(f"{number:>4}  {camera}  {when}  {sighting.detections} detection(s)  {what}")
-    lines += [f"!! #{i + 1} and #{j + 1} are on two cameras at the same time: one of them is someone else"
-              for i, j in journey.conflicts]
+    if journey.conflicts:
+        lines.append(f"!! seen {conflicts_text(journey)}")
     return lines
+
+
+def conflicts_text(journey: Journey) -> str:
+    """One sentence on the pairs of sightings on two cameras at the same time."""
+    pairs = ", ".join(f"#{i + 1} and #{j + 1}" for i, j in journey.conflicts)
+    return f"on two cameras at the same time (one of each pair is someone else): {pairs}"
 
 
 def duration_text(seconds: float) -> str:

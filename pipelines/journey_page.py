@@ -9,8 +9,8 @@ import math
 from pathlib import Path
 
 from pipelines.html_report import PAGE_STYLE
-from pipelines.journey import (IMPOSSIBLE, NO_USUAL_TIME, PLAUSIBLE, SHARED_VIEW, TOO_FAST, Journey, duration_text,
-                               local_span_text, transit_text)
+from pipelines.journey import (IMPOSSIBLE, NO_USUAL_TIME, PLAUSIBLE, SHARED_VIEW, TOO_FAST, Journey, conflicts_text,
+                               duration_text, local_span_text, transit_text)
 from pipelines.times import span_text, utc_text
 from storage.sightings import Sighting
 from workers.cameras import Cameras, GeoPoint, MapPoint
@@ -80,9 +80,10 @@ def timeline_svg(journey: Journey, cameras: Cameras) -> str:
                      f"{html.escape(display.zone.key)}</text></g>")
     parts += _axis(t0, t1, x_at, height)
     xs = _thumb_positions([x_at(s.t_start) for s in sightings], LABEL_W, LABEL_W + plot_w)
-    for number, (sighting, x) in enumerate(zip(sightings, xs), 1):
-        parts.append(_sighting_mark(number, sighting, x, lane_y(sighting.camera_id), x_at, cameras,
-                                    number == journey.query + 1))
+    conflicted = {i for pair in journey.conflicts for i in pair}
+    for i, (sighting, x) in enumerate(zip(sightings, xs)):
+        parts.append(_sighting_mark(i + 1, sighting, x, lane_y(sighting.camera_id), x_at, cameras,
+                                    i == journey.query, i in conflicted))
     styles = list(VERDICT_STYLE)
     for transit in journey.transits:
         if transit.verdict not in VERDICT_STYLE:
@@ -116,19 +117,22 @@ def _axis(t0: float, t1: float, x_at, height: float) -> list[str]:
     return [f"<text x='8' y='{AXIS_H - 12}' font-size='11' fill='#444'>time (UTC)</text>", *marks]
 
 
-def _sighting_mark(number: int, sighting: Sighting, x: float, y: float, x_at, cameras: Cameras, query: bool) -> str:
-    """One sighting on its lane: its numbered thumbnail (at ``x``; the query's framed in orange), its time bar, and a
-    line joining them."""
+def _sighting_mark(number: int, sighting: Sighting, x: float, y: float, x_at, cameras: Cameras, query: bool,
+                   conflicted: bool) -> str:
+    """One sighting on its lane: its numbered thumbnail (at ``x``; the query's framed in orange, one seen by another
+    camera at the same time dashed in red), its time bar, and a line joining them."""
     display = cameras.display(sighting.camera_id)
     title = (f"#{number} {display.name}: {local_span_text(sighting, cameras)} ({span_text(sighting.t_start, sighting.t_end)}"
              f" UTC), {sighting.detections} detection(s), {'track ' + sighting.track_id if sighting.track_id else 'no track'}"
              f"{', the query' if query else ''}")
     image = (f"<image href='{_data_uri(sighting.thumbnail)}' x='{x:.1f}' y='{y + 6}' width='{THUMB_W}' "
              f"height='{THUMB_H}' preserveAspectRatio='xMidYMid meet'/>" if sighting.thumbnail else "")
-    frame = "stroke='#e70' stroke-width='3'" if query else "stroke='#36c'"
+    colour = "#e70" if query else "#c00" if conflicted else "#36c"
+    dashes = " stroke-dasharray='5 3'" if conflicted else ""
+    frame = f"stroke='{colour}' stroke-width='{3 if query or conflicted else 1}'{dashes}"
     bar_x, bar_y = x_at(sighting.t_start), y + THUMB_H + 16
     bar_w = max(x_at(sighting.t_end) - bar_x, 3.0)
-    return (f"<g class='sighting{' query' if query else ''}' data-key='{html.escape(sighting.key)}'>"
+    return (f"<g class='sighting{' query' if query else ''}{' conflict' if conflicted else ''}' data-key='{html.escape(sighting.key)}'>"
             f"<title>{html.escape(title)}</title>"
             f"<line x1='{x + THUMB_W / 2:.1f}' y1='{y + 6 + THUMB_H}' x2='{bar_x:.1f}' y2='{bar_y}' stroke='#aab'/>"
             f"<rect x='{x:.1f}' y='{y + 6}' width='{THUMB_W}' height='{THUMB_H}' fill='#eee'/>{image}"
@@ -216,8 +220,8 @@ def write_journey_html(path: str | Path, title: str, journey: Journey, cameras: 
     flagged = [t for t in journey.transits if t.flagged]
     lines = [f"{len(sightings)} sighting(s) on {len({s.camera_id for s in sightings})} camera(s), "
              f"{span_text(sightings[0].t_start, max(s.t_end for s in sightings))} UTC; sightings: {html.escape(chosen)}."]
-    lines += [f"<span class='flag'>#{i + 1} and #{j + 1} are on two cameras at the same time: one of them is "
-              "someone else.</span>" for i, j in journey.conflicts]
+    if journey.conflicts:
+        lines.append(f"<span class='flag'>Seen {html.escape(conflicts_text(journey))}.</span>")
     if flagged:
         lines.append(f"<span class='warn'>{len(flagged)} transit(s) flagged: check those sightings.</span>")
     map_part = map_svg(journey, cameras)

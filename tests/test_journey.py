@@ -133,6 +133,8 @@ def test_the_page_has_one_lane_per_camera_every_thumbnail_and_no_map_without_pos
     text = _page(store_dir, tmp_path, cameras_file)
     assert re.findall(r"class='lane' data-camera='([^']+)'", text) == ["cam-a", "cam-b", "cam-c", "cam-d"]
     assert re.findall(r"class='sighting query' data-key='([^']+)'", text) == ["a-p0"]
+    assert re.findall(r"class='sighting conflict' data-key='([^']+)'", text) == ["c-p0", "d-p0"]
+    assert "Seen on two cameras at the same time (one of each pair is someone else): #3 and #4." in text
     store = Store.open(store_dir, create=False)
     for index in (0, 1, 2, 3, 4):
         thumbnail = store.get_detection(_det_id(index, 0), ["thumbnail"])["thumbnail"]
