@@ -176,7 +176,7 @@ def map_svg(journey: Journey, cameras: Cameras) -> str:
         (x1, y1), (x2, y2) = at(a), at(b)
         length = max(math.hypot(x2 - x1, y2 - y1), 1e-9)
         ux, uy = (x2 - x1) / length, (y2 - y1) / length
-        bend = 8 * (1 + steps[:step - 1].count((a, b)) + steps[:step - 1].count((b, a)))  # repeated legs fan out
+        bend = 14 * (1 + steps[:step - 1].count((a, b)) + steps[:step - 1].count((b, a)))  # repeated legs fan out
         cx, cy = (x1 + x2) / 2 - uy * bend, (y1 + y2) / 2 + ux * bend
         parts.append(f"<g class='leg'><path d='M{x1 + ux * 9:.1f},{y1 + uy * 9:.1f} Q{cx:.1f},{cy:.1f} "
                      f"{x2 - ux * 9:.1f},{y2 - uy * 9:.1f}' fill='none' stroke='#36c' stroke-width='2' "

@@ -177,3 +177,9 @@ def test_help_names_every_option(capsys):
     assert main(["journey", "--help"]) == 0
     text = capsys.readouterr().out
     assert all(option in text for option in ("--tracklet", "--same", "--cameras", "--html", "--json", "-k"))
+
+
+def test_a_detection_stands_for_its_tracklet(store_dir, capsys):
+    journey = _journey(capsys, "--db", str(store_dir), "--tracklet", _det_id(0, 1), "--same", _det_id(1, 2))
+    assert [(s["track_id"], s["query"], s["detections"]) for s in journey["sightings"]] == [("a-p0", True, 3),
+                                                                                           ("b-p0", False, 3)]
