@@ -98,16 +98,15 @@ def person_sightings(store: Store, query_id: str, same: Sequence[str],
     chosen = read_sightings(store, [query_id, *same])
     if same:
         return chosen, f"the query and {len(chosen) - 1} confirmed sighting(s)"
-    from pipelines.calibrate import no_close_match_above  # searching loads the model code (PyTorch): only when needed
-    from pipelines.query import Query, QuerySearch
+    from pipelines.query import Query, QuerySearch  # searching loads the model code (PyTorch): only when needed
 
-    threshold = no_close_match_above(store.model(), global_only=False)
-    if threshold is None:
-        return chosen, "the query alone: nothing confirmed (--same) and the model is not calibrated (kpr calibrate)"
     query = chosen[0]
     asked = (Query(track_id=query.track_id, k=hits, same_camera=True) if query.track_id
              else Query(detection_id=query.key, k=hits, same_camera=True))
     result = QuerySearch(store, None, "").run(asked)
+    threshold = result.no_close_match_above  # that of the distance the store's model searches by (KPR or global)
+    if threshold is None:
+        return chosen, "the query alone: nothing confirmed (--same) and the model is not calibrated (kpr calibrate)"
     close = [p.track_id or p.best.detection_id for p in result.people if p.distance <= threshold]
     chosen = read_sightings(store, [query.key, *close])
     return chosen, (f"the query and {len(chosen) - 1} hit(s) within the calibrated no-close-match distance "

@@ -106,13 +106,17 @@ def test_the_text_timeline_marks_the_flagged_transits(store_dir, cameras_file, c
     assert "Car park (cam-c)" in lines[5] and len(lines) == 6
 
 
-def test_without_marks_the_calibrated_hits_are_the_journey(store_dir, capsys):
+@pytest.mark.parametrize("kind", ["kpr", "global"])
+def test_without_marks_the_calibrated_hits_are_the_journey(store_dir, capsys, kind):
+    """The hits within the distance calibrated for what the store's model searches by (the cosine of the global
+    vectors for a global model): the other person's tracklets are not among them."""
     store = Store.open(store_dir, create=False)
     model = store.model()
-    journey = _journey(capsys, "--db", str(store_dir), "--tracklet", "a-p0")
-    assert [s["track_id"] for s in journey["sightings"]] == ["a-p0"] and "not calibrated" in journey["chosen"]
-    store.set_model({**model, NO_CLOSE_MATCH: {"kpr": {"distance": 0.5}}})
+    store.set_model({**model, "kind": kind})
     try:
+        journey = _journey(capsys, "--db", str(store_dir), "--tracklet", "a-p0")
+        assert [s["track_id"] for s in journey["sightings"]] == ["a-p0"] and "not calibrated" in journey["chosen"]
+        store.set_model({**model, "kind": kind, NO_CLOSE_MATCH: {kind: {"distance": 0.3}}})
         journey = _journey(capsys, "--db", str(store_dir), "--tracklet", "a-p0")
     finally:
         store.set_model(model)
