@@ -126,13 +126,15 @@ def _query_pictures(events: list[CaseEvent], out: Path) -> dict[str, str]:
     return pictures
 
 
-def _marks(events: list[CaseEvent]) -> dict[str, str]:
-    """The latest mark of each marked detection: "same" or "not"."""
+def latest_marks(events: list[CaseEvent]) -> dict[str, str]:
+    """The latest mark of each marked detection: "same" or "not" (a mark taken back is gone)."""
     marks = {}
     for event in events:
         if event.kind == "marks":
             marks.update({i: "same" for i in event.payload["same"]})
             marks.update({i: "not" for i in event.payload["not"]})
+            for cleared in event.payload.get("cleared", ()):
+                marks.pop(cleared, None)
     return marks
 
 
@@ -154,7 +156,7 @@ def _figure(hit: dict, item: Evidence, mark: str | None) -> str:
 
 def _page(case: dict, events: list[CaseEvent], evidence: dict[str, Evidence], pictures: dict[str, str]) -> str:
     """The bundle's index.html: the case header, then every event in order with its results."""
-    esc, marks = html.escape, _marks(events)
+    esc, marks = html.escape, latest_marks(events)
     body = [f"<h1>Case {esc(case['name'])}</h1>",
             f'<p class="meta">{esc(case["case_id"])} &middot; exported {esc(case["exported_utc"])} from '
             f'{esc(case["store"])} &middot; model {esc(str(case["model_id"]))} &middot; store schema version '

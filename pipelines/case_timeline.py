@@ -53,8 +53,9 @@ def event_lines(event: CaseEvent) -> list[str]:
         head = f"results  {len(hits)} {unit}" + (f", top {min(len(hits), SHOWN_RESULTS)}:" if hits else " (no match)")
         return [head, *(f"           {_result_line(hit)}" for hit in hits[:SHOWN_RESULTS])]
     if event.kind == "marks":
+        cleared = f"; taken back: {', '.join(payload['cleared'])}" if payload.get("cleared") else ""
         return [f"marks    same person: {', '.join(payload['same']) or '-'}; not this person: "
-                f"{', '.join(payload['not']) or '-'}"]
+                f"{', '.join(payload['not']) or '-'}{cleared}"]
     return [f"note     {payload['text']}"]
 
 

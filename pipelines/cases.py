@@ -70,20 +70,35 @@ def results_payload(result: QueryResult, model_id: str | None) -> dict:
             "no_close_match_above": result.no_close_match_above}
 
 
-def marks_payload(same: Sequence[str], rejected: Sequence[str]) -> dict:
-    """Results marked as the same person as the query, or as not this person, by detection id."""
-    return {"same": list(dict.fromkeys(same)), "not": list(dict.fromkeys(rejected))}
+def marks_payload(same: Sequence[str], rejected: Sequence[str], cleared: Sequence[str] = ()) -> dict:
+    """Results marked as the same person as the query, or as not this person, by detection id; ``cleared``: marks
+    taken back (listed only when there are some)."""
+    payload = {"same": list(dict.fromkeys(same)), "not": list(dict.fromkeys(rejected))}
+    return {**payload, "cleared": list(dict.fromkeys(cleared))} if cleared else payload
+
+
+def check_marked(store: Store, ids: Sequence[str]) -> None:
+    """Refuse detection ids the store does not hold (UserError naming the first)."""
+    rows = store.detections_by_ids(list(ids), ["detection_id"])
+    held = set(rows["detection_id"].to_pylist()) if rows.num_rows else set()
+    unknown = [i for i in ids if i not in held]
+    if unknown:
+        raise UserError(f"unknown detection id {unknown[0]!r}: mark the ids of the results shown")
+
+
+def search_events(store: Store, query: Query, result: QueryResult) -> list[tuple[str, dict]]:
+    """What a case records of one search: the marks it searched with (if any), the query, and the results shown."""
+    model = store.model()
+    marks = [("marks", marks_payload(query.same, query.rejected))] if query.same or query.rejected else []
+    return [*marks, ("query", query_payload(query, result)),
+            ("results", results_payload(result, model and model["model_id"]))]
 
 
 def record_search(name: str, store: Store, query: Query, result: QueryResult) -> None:
-    """Record a search and the results it showed in case ``name`` (created on first use), saying so on stderr; the
-    marks it searched with come first, as a marks event."""
+    """Record a search and the results it showed in case ``name`` (created on first use), saying so on stderr."""
     cases = Cases.open(store.uri)
     new = not cases.exists(name)
-    model = store.model()
-    marks = [("marks", marks_payload(query.same, query.rejected))] if query.same or query.rejected else []
-    cases.append(name, [*marks, ("query", query_payload(query, result)),
-                        ("results", results_payload(result, model and model["model_id"]))])
+    cases.append(name, search_events(store, query, result))
     print(f"{'created case' if new else 'recorded in case'} {name.strip()!r} ({len(result.hits)} results)",
           file=sys.stderr)
 
@@ -102,12 +117,7 @@ def run_case_command(args: argparse.Namespace) -> int:
         if not args.same and not args.rejected:
             raise UserError("give --same ID or --not ID (repeatable)")
         cases.events(args.name)
-        marked = [*(args.same or ()), *(args.rejected or ())]
-        rows = Store.open(args.db, create=False).detections_by_ids(marked, ["detection_id"])
-        held = set(rows["detection_id"].to_pylist()) if rows.num_rows else set()
-        unknown = [i for i in marked if i not in held]
-        if unknown:
-            raise UserError(f"unknown detection id {unknown[0]!r}: mark the ids that kpr search printed")
+        check_marked(Store.open(args.db, create=False), [*(args.same or ()), *(args.rejected or ())])
         cases.append(args.name, [("marks", marks_payload(args.same or (), args.rejected or ()))])
         print(f"marks recorded in case {args.name.strip()!r}", file=sys.stderr)
         return 0

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import io
 import json
 import logging
 import re
 import shutil
 import socket
+import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -383,6 +386,10 @@ BAD_SEARCHES = [
     ({"data": {"detection_id": QUERY, "track_id": "t"}}, 400, "exactly one query"),
     ({"data": {"k": "3"}}, 400, "exactly one query"),
     ({"data": {"track_id": TRACK, "keypoints": '{"positive": []}'}}, 400, "not with a tracklet"),
+    ({"data": {"track_id": TRACK, "same": ["nope:1"]}}, 404, "unknown detection id 'nope:1' among the marked hits"),
+    ({"data": {"track_id": TRACK, "same": [QUERY], "not": [QUERY]}}, 400, "marked both as the same person"),
+    ({"data": {"track_id": TRACK, "not": [f"d{i}" for i in range(201)]}}, 400, "at most 200 marked results"),
+    ({"data": {"track_id": TRACK, "case": "x" * 201}}, 400, "a case name is 1 to 200 printable characters"),
 ]
 
 
@@ -464,3 +471,88 @@ def test_serve_refuses_a_busy_port_and_a_missing_store(web_store, tmp_path):
 def test_loopback_hosts_are_recognised():
     assert all(is_loopback(h) for h in ("127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"))
     assert not any(is_loopback(h) for h in ("0.0.0.0", "192.168.1.4", "::", "example.org"))
+
+
+def _people(client: TestClient, track: str, **data) -> list[dict]:
+    """The people a tracklet search shows (k = 6), with the given marks, case and options."""
+    answer = client.post("/api/search", data={"track_id": track, "k": "6", **data})
+    assert answer.status_code == 200, answer.text
+    return answer.json()["people"]
+
+
+def test_marked_hits_are_searched_with_and_not_shown_again(client, web_store):
+    track = web_store.track[cross_camera_query(web_store)]
+    first = _people(client, track)
+    same, other = first[0]["best"]["detection_id"], first[1]["best"]["detection_id"]
+    again = _people(client, track, same=[same], **{"not": [other]})
+    shown = {p["track_id"] for p in again}
+    assert len(again) == 6 and not shown & {first[0]["track_id"], first[1]["track_id"]}
+    assert {p["track_id"] for p in first[2:]} <= shown
+
+
+def test_a_case_records_searches_and_marks_and_reopens_with_them(client, web_store):
+    query = cross_camera_query(web_store)
+    track, camera = web_store.track[query], web_store.camera[query]
+    others = sorted(set(web_store.camera.values()) - {camera})
+    first = _people(client, track, case="harbour", cameras=others, since="2000-01-01T00:00:00")
+    same, other, third = (p["best"]["detection_id"] for p in first[:3])
+    assert client.post("/api/case/marks", data={"case": "harbour", "same": [same, third]}).status_code == 200
+    marked = client.post("/api/case/marks", data={"case": "harbour", "not": [other], "cleared": [third]}).json()
+    assert {(m["detection_id"], m["mark"]) for m in marked["marks"]} == {(same, "same"), (other, "not")}
+    _people(client, track, case="harbour", cameras=others, since="2000-01-01T00:00:00", k="4", same=[same],
+            **{"not": [other]})
+    listed = client.get("/api/cases").json()["cases"]
+    assert {"name": "harbour", "searches": 2, "marks": 3} == {key: listed[0][key] for key in ("name", "searches", "marks")}
+    reopened = client.get("/api/case", params={"case": " harbour "}).json()
+    assert reopened["query"]["track_id"] == track and reopened["query"]["k"] == 4
+    assert reopened["query"]["cameras"] == others and reopened["query"]["since"] == "2000-01-01T00:00:00"
+    assert [(m["detection_id"], m["mark"], m["camera_id"]) for m in reopened["marks"]] == [
+        (same, "same", web_store.camera[same]), (other, "not", web_store.camera[other])]
+
+
+def test_bad_marks_and_unknown_cases_get_a_4xx_and_one_line(client, web_store):
+    _people(client, web_store.track[cross_camera_query(web_store)], case="marks-checked")
+    for data, status, message in [({"case": "marks-checked", "same": ["nope:1"]}, 400, "unknown detection id 'nope:1'"),
+                                  ({"case": "marks-checked"}, 400, "give the marked results"),
+                                  ({"same": ["nope:1"]}, 422, "case: ")]:
+        answer = client.post("/api/case/marks", data=data)
+        assert answer.status_code == status and message in answer.json()["error"], answer.text
+    for path in ("/api/case", "/api/case/export"):
+        answer = client.get(path, params={"case": "no such case"})
+        assert answer.status_code == 404 and "no case named 'no such case'" in answer.json()["error"]
+
+
+def test_the_journey_of_the_query_and_its_confirmed_hits_as_timeline_and_map(web_store, model, tmp_path):
+    query = cross_camera_query(web_store)
+    cameras = sorted(set(web_store.camera.values()))
+    (tmp_path / "cameras.yaml").write_text("cameras:\n" + "".join(
+        f"  {camera}: {{name: Gate {i}, position: [{10 * i}, {5 * i}]}}\n" for i, camera in enumerate(cameras)))
+    app = TestClient(create_app(str(web_store.db), cameras=read_cameras(tmp_path / "cameras.yaml")))
+    people = _people(app, web_store.track[query])
+    confirmed = [p["best"]["detection_id"] for p in people[:2]]
+    journey = app.get("/api/journey", params={"query": web_store.track[query], "same": confirmed}).json()
+    assert journey["chosen"] == "the query and 2 confirmed sighting(s)" and len(journey["sightings"]) == 3
+    assert [s["query"] for s in journey["sightings"]].count(True) == 1
+    starts = [s["t_start"] for s in journey["sightings"]]
+    assert starts == sorted(starts) and len(journey["transits"]) == 2
+    assert journey["timeline_svg"].startswith("<svg") and journey["timeline_svg"].count("class='sighting") == 3
+    assert "Gate" in journey["map_svg"] and "class='leg'" in journey["map_svg"]
+    plain = TestClient(create_app(str(web_store.db))).get("/api/journey", params={"query": web_store.track[query]})
+    assert plain.json()["map_svg"] == "" and len(plain.json()["sightings"]) == 1
+    unknown = app.get("/api/journey", params={"query": "nope-t1"})
+    assert unknown.status_code == 404 and "unknown tracklet or detection id 'nope-t1'" in unknown.json()["error"]
+
+
+def test_a_case_exports_as_a_zip_of_its_evidence_bundle(client, web_store):
+    people = _people(client, web_store.track[cross_camera_query(web_store)], case="export me/now")
+    client.post("/api/case/marks", data={"case": "export me/now", "same": [people[0]["best"]["detection_id"]]})
+    answer = client.get("/api/case/export", params={"case": "export me/now"})
+    assert answer.status_code == 200 and answer.headers["content-type"] == "application/zip"
+    assert answer.headers["content-disposition"] == 'attachment; filename="case-export-me-now.zip"'
+    bundle = zipfile.ZipFile(io.BytesIO(answer.content))
+    manifest = json.loads(bundle.read("case-export-me-now/manifest.json"))["files"]
+    assert {"index.html", "case.json"} <= set(manifest) and any(name.startswith("frames/") for name in manifest)
+    for name, digest in manifest.items():
+        assert hashlib.sha256(bundle.read(f"case-export-me-now/{name}")).hexdigest() == digest
+    case = json.loads(bundle.read("case-export-me-now/case.json"))
+    assert [e["kind"] for e in case["events"]] == ["query", "results", "marks"]

@@ -3,8 +3,10 @@
 Routes: GET / (the page), GET /api/info, GET /api/tracklets (pickable queries, a page by camera and time),
 GET /api/tracklets/{track_id}/thumbnail and /api/thumbnails/{detection_id} (JPEG bytes from the store),
 GET /api/hits/{detection_id} (where, when and provenance), /api/hits/{detection_id}/frame (its archived frame with
-the box, JPEG) and /api/hits/{detection_id}/clip (seconds around it), POST /api/search (multipart form). Ids are
-looked up, never used as paths. Every user mistake is a 4xx JSON ``{"error": "..."}``.
+the box, JPEG) and /api/hits/{detection_id}/clip (seconds around it), POST /api/search (multipart form; with ``same`` / ``not`` marks and
+a ``case`` to record it in), GET /api/cases, GET /api/case?case= (reopen), POST /api/case/marks, GET
+/api/case/export?case= (the evidence bundle as a zip) and GET /api/journey?query=&same= (timeline and map SVG). Ids
+are looked up, never used as paths. Every user mistake is a 4xx JSON ``{"error": "..."}``.
 """
 from __future__ import annotations
 
@@ -35,8 +37,10 @@ from pipelines.query_prompt import prompt_from_text
 from pipelines.times import parse_time
 from pipelines.web.context import HitContext
 from pipelines.web.guard import RequestGuard
+from pipelines.web.investigation import Investigation, check_marks
 from pipelines.web.payload import finite, query_json, results_json, tracklet_json
 from storage import NotFoundError, Store
+from storage.cases import check_name
 from storage.catalog import CatalogFilters, best_detections, check_cameras, list_tracklets, tracklet_thumbnails
 from workers.cameras import Cameras, read_cameras
 from workers.errors import DecodeError
@@ -76,6 +80,7 @@ class SearchService:
         encoder = None if model is None else QueryEncoder(model, self.store, model_input)
         self.queries = QuerySearch(self.store, encoder, missing_model=NO_MODEL)
         self.image_queries = encoder is not None
+        self.investigation = Investigation(self.store, cameras)
         self._facts: StoreFacts | None = None
         self._facts_at = 0.0
 
@@ -135,14 +140,20 @@ class SearchService:
             raise HTTPException(404, f"detection {detection_id!r} has no thumbnail")
         return row["thumbnail"]
 
-    def run(self, query: Query) -> dict:
-        """Answer one search: its people (or detections), best first, with what the query was."""
+    def run(self, query: Query, case: str | None = None) -> dict:
+        """Answer one search: its people (or detections), best first, with what the query was; with ``case``, the
+        search, its marks and its results are recorded in that case."""
         started = time.perf_counter()
+        check_marks(query.same, query.rejected)
+        if case is not None:
+            check_name(case)
         result = self.queries.run(query)
+        if case is not None:
+            self.investigation.record_search(case, query, result)
         names = None if result.parts is None else [result.part_names[p] for p in result.parts]
         return {"query": query_json(query, result), "parts": names, "count": len(result.hits),
                 "global_only": result.global_only, **results_json(result),
-                "elapsed_ms": finite(1000 * (time.perf_counter() - started))}
+                "case": case, "elapsed_ms": finite(1000 * (time.perf_counter() - started))}
 
 
 def _jpeg(data: bytes) -> Response:
@@ -153,6 +164,11 @@ def _jpeg(data: bytes) -> Response:
 def _blank(value: str | None) -> str | None:
     """None for missing or blank form values, the stripped text otherwise."""
     return value.strip() if value is not None and value.strip() else None
+
+
+def _ids(values: list[str] | None) -> tuple[str, ...]:
+    """The non-blank ids of a repeated form or query field, stripped, each once."""
+    return tuple(dict.fromkeys(v.strip() for v in values or () if v.strip()))
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -259,12 +275,17 @@ def create_app(db: str, model: str | None = None, max_upload_bytes: int = 8 * 2*
         same_camera: Annotated[bool, Form()] = False,
         global_only: Annotated[bool, Form()] = False,
         detections: Annotated[bool, Form()] = False,
+        same: Annotated[list[str] | None, Form()] = None,
+        rejected: Annotated[list[str] | None, Form(alias="not")] = None,
+        case: Annotated[str | None, Form()] = None,
     ) -> dict:
         """Search by a stored detection, a stored tracklet or an uploaded crop: the top-k people (tracklets), each by
         its closest detection, or with ``detections`` the top-k detections.
 
         Each search re-ranks a bounded number of candidates, whatever it asks for (at most ``max_candidates``
         of /api/info; k-reciprocal re-ranking re-orders the best of them only), so one request's work is bounded.
+        ``same`` / ``not`` are detection ids of earlier hits marked the same person or not this person (relevance
+        feedback; marked hits are not shown again); with ``case`` the search is recorded in that case.
         """
         prompt = _blank(keypoints)
         query = Query(
@@ -272,8 +293,35 @@ def create_app(db: str, model: str | None = None, max_upload_bytes: int = 8 * 2*
             image=None if image is None else image.file.read(), prompt=None if prompt is None else prompt_from_text(prompt),
             cameras=None if cameras is None else tuple(c.strip() for c in cameras if c.strip()), parts=tuple(parts or ()),
             since=_blank(since), until=_blank(until), min_visibility=min_visibility, k=k, rerank=rerank,
-            same_camera=same_camera, global_only=global_only, detections=detections)
-        return service.run(query)
+            same_camera=same_camera, global_only=global_only, detections=detections,
+            same=_ids(same), rejected=_ids(rejected))
+        return service.run(query, _blank(case))
+
+    @app.get("/api/cases")
+    def cases() -> dict:
+        return service.investigation.list_cases()
+
+    @app.get("/api/case")
+    def case(case: Annotated[str, QueryParam()]) -> dict:
+        return service.investigation.reopen(case)
+
+    @app.post("/api/case/marks")
+    def marks(case: Annotated[str, Form()], same: Annotated[list[str] | None, Form()] = None,
+              rejected: Annotated[list[str] | None, Form(alias="not")] = None,
+              cleared: Annotated[list[str] | None, Form()] = None) -> dict:
+        """Record a change of marks in a case: results marked the same person or not, or marks taken back."""
+        return service.investigation.record_marks(case, _ids(same), _ids(rejected), _ids(cleared))
+
+    @app.get("/api/case/export")
+    def export(case: Annotated[str, QueryParam()]) -> Response:
+        name, data = service.investigation.export_zip(case)
+        return Response(data, media_type="application/zip",
+                        headers={"content-disposition": f'attachment; filename="{name}"'})
+
+    @app.get("/api/journey")
+    def journey(query: Annotated[str, QueryParam()], same: Annotated[list[str] | None, QueryParam()] = None) -> dict:
+        """The journey of the person of a tracklet or detection and its confirmed sightings (``same``)."""
+        return service.investigation.journey(query.strip(), _ids(same))
 
     return app
 
