@@ -1,8 +1,11 @@
 """The real `kpr serve` driven by headless Chromium (Playwright): pick a tracklet, click keypoints, filter, read
-results, open a hit's frame and clip."""
+results, open a hit's frame and clip; the investigation loop: mark hits, search again, the journey, reopen and export
+the case."""
 from __future__ import annotations
 
+import hashlib
 import http.client
+import io
 import json
 import re
 import signal
@@ -10,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -22,6 +26,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-component-update", "--disable-sync"]
 SCREENSHOT = Path("/tmp/kpr_web_e2e.png")
 HIT_SCREENSHOT = Path("/tmp/kpr_web_e2e_hit.png")
+MARKS_SCREENSHOT = Path("/tmp/kpr_web_e2e_marks.png")
+JOURNEY_SCREENSHOT = Path("/tmp/kpr_web_e2e_journey.png")
 START_TIMEOUT_S = 120.0
 
 pytestmark = pytest.mark.integration
@@ -185,6 +191,69 @@ def test_the_page_searches_with_a_picked_tracklet_keypoints_and_filters_and_open
     page.locator("#search").click()
     expect(page.locator("#error")).to_be_visible()
     expect(page.locator("#error")).to_contain_text("not an image")
+    assert errors == []
+
+
+def test_the_investigation_loop_marks_searches_again_follows_the_journey_and_exports_the_case(browser, served):
+    from playwright.sync_api import expect
+
+    store, port, _ = served
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"http://127.0.0.1:{port}/")
+    page.locator("#pick-grid .tile").first.wait_for()
+    page.locator("#case-name").fill("loop case")
+    page.locator("#case-name").press("Tab")
+    shown = page.locator("#pick-grid .tile").evaluate_all(
+        "tiles => tiles.map(t => [t.dataset.trackId, t.dataset.detectionId])")
+    track, _ = _choose_query(store, shown)
+    page.locator(f'#pick-grid .tile[data-track-id="{track}"]').click()
+    page.locator("#search").click()
+    expect(page.locator("#status")).to_contain_text("recorded in case “loop case”")
+    first = page.locator("figure.person").evaluate_all("cards => cards.map(c => [c.dataset.detectionId, c.dataset.trackId])")
+    (same, same_track), (other, other_track) = first[0], first[1]
+
+    page.locator(f'figure.person[data-detection-id="{same}"] button.mark[data-mark="same"]').click()
+    page.locator(f'figure.person[data-detection-id="{other}"]').click()
+    page.locator("#hit-not").click()
+    expect(page.locator("#hit-not")).to_have_attribute("aria-pressed", "true")
+    page.keyboard.press("Escape")
+    expect(page.locator(f'figure.person[data-detection-id="{same}"]')).to_have_class(re.compile("marked-same"))
+    expect(page.locator(f'figure.person[data-detection-id="{other}"] .mark-label')).to_have_text("not this person")
+    expect(page.locator("#marks-summary")).to_have_text("confirmed: 1 · rejected: 1")
+    expect(page.locator("#confirmed figure")).to_have_count(1)
+    expect(page.locator("#case-status")).to_contain_text("marks recorded")
+    page.screenshot(path=str(MARKS_SCREENSHOT))
+
+    page.locator("#search-again").click()
+    expect(page.locator("#status")).to_contain_text("with 1 confirmed and 1 rejected (not shown again)")
+    again = page.locator("figure.person").evaluate_all("cards => cards.map(c => c.dataset.trackId)")
+    assert again and not {same_track, other_track} & set(again), (same_track, other_track, again)
+    assert page.locator("#confirmed figure").get_attribute("data-detection-id") == same
+
+    page.locator("#journey").click()
+    expect(page.locator("#journey-summary")).to_contain_text("2 sightings on 2 cameras: the query and 1 confirmed")
+    expect(page.locator("#journey-lines")).to_contain_text("(the query)")
+    page.wait_for_function("() => document.querySelector('#journey-timeline').naturalWidth > 300")
+    page.screenshot(path=str(JOURNEY_SCREENSHOT))
+    page.keyboard.press("Escape")
+    expect(page.locator("#journey-panel")).to_be_hidden()
+
+    page.reload()
+    page.locator("#case-list").select_option("loop case")
+    page.locator("#case-open").click()
+    expect(page.locator("#status")).to_contain_text(f"for tracklet {track} · with 1 confirmed and 1 rejected")
+    expect(page.locator("#marks-summary")).to_have_text("confirmed: 1 · rejected: 1")
+    with page.expect_download() as download:
+        page.locator("#case-export").click()
+    expect(page.locator("#case-status")).to_contain_text("exported case-loop-case.zip")
+    bundle = zipfile.ZipFile(io.BytesIO(Path(download.value.path()).read_bytes()))
+    manifest = json.loads(bundle.read("case-loop-case/manifest.json"))["files"]
+    assert all(hashlib.sha256(bundle.read(f"case-loop-case/{name}")).hexdigest() == digest
+               for name, digest in manifest.items())
+    kinds = [e["kind"] for e in json.loads(bundle.read("case-loop-case/case.json"))["events"]]
+    assert kinds.count("query") == 3 and kinds.count("marks") >= 3, kinds
     assert errors == []
 
 

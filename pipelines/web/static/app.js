@@ -1,6 +1,8 @@
 "use strict";
 // The kpr search page: pick a tracklet (by camera and time) or upload a crop, click keypoint prompts, filter, show
-// the ranked people (tracklets, each by its closest detection) or detections, and open any hit's frame and clip.
+// the ranked people (tracklets, each by its closest detection) or detections, and open any hit's frame and clip;
+// mark hits "same person" / "not this person" and search again with the marks, follow the person's journey, and keep
+// it all in a case (recorded in the store, reopened, exported as an evidence bundle).
 // Plain DOM code: every value from the server is written with textContent or attributes, never as HTML.
 
 const PAGE_SIZE = 24;
@@ -17,6 +19,9 @@ const state = {
   globalOnly: false,  // whether the shown hits were ranked by the global vectors alone
   hit: null,          // the hit open in the detail panel
   clipTimer: null,    // the interval that animates its clip
+  marks: new Map(),   // detection id -> {mark: "same" | "not", hit}: the investigator's marks, sent with every search
+  case: "",           // the case searches and marks are recorded in ("": none)
+  searched: null,     // the stored id (tracklet or detection) the shown results were searched for, for the journey
 };
 
 const $ = (id) => document.getElementById(id);
@@ -38,10 +43,15 @@ function showError(message) {
   box.hidden = !message;
 }
 
+function withCase(path) {
+  if (!state.case) return path;
+  return `${path}${path.includes("?") ? "&" : "?"}case=${encodeURIComponent(state.case)}`;
+}
+
 async function api(path, options) {
   let response;
   try {
-    response = await fetch(path, options);
+    response = await fetch(withCase(path), options);
   } catch (err) {
     throw new Error(`cannot reach the server (${err.message})`);
   }
@@ -120,6 +130,7 @@ function pickTile(tracklet) {
 }
 
 function chooseTracklet(tracklet, tile) {
+  if (!state.query || state.query.trackId !== tracklet.track_id) clearMarks();
   state.query = {kind: "detection", detectionId: tracklet.best_detection_id, cameraId: tracklet.camera_id,
     trackId: tracklet.track_id};
   $("upload").value = "";
@@ -147,6 +158,7 @@ function chooseDetection(detection) {
 }
 
 function chooseUpload(file) {
+  clearMarks();
   state.query = {kind: "image", file};
   document.querySelectorAll(".tile.chosen").forEach((t) => t.classList.remove("chosen"));
   $("query-caption").textContent = `uploaded ${file.name} (${Math.ceil(file.size / 1024)} KiB)`;
@@ -284,6 +296,8 @@ function searchForm() {
   form.append("global_only", String($("global-only").checked));
   form.append("same_camera", String($("same-camera").checked));
   form.append("detections", String($("detections").checked));
+  for (const [id, {mark}] of state.marks) form.append(mark, id);
+  if (state.case) form.append("case", state.case);
   return form;
 }
 
@@ -293,8 +307,11 @@ async function runSearch() {
   $("search").disabled = true;
   $("status").textContent = "searching…";
   try {
-    const answer = await api("/api/search", {method: "POST", body: searchForm()});
+    const form = searchForm();
+    const answer = await api("/api/search", {method: "POST", body: form});
+    state.searched = form.get("track_id") || form.get("detection_id");
     renderResults(answer);
+    if (answer.case) loadCases();
   } catch (err) {
     $("status").textContent = "";
     $("results").replaceChildren();
@@ -329,14 +346,19 @@ function renderResults(answer) {
   const calibrated = far === null ? "" : close
     ? ` · ${close} within the model's calibrated distance ${far.toFixed(3)}`
     : ` · no close match: none within the model's calibrated distance ${far.toFixed(3)}`;
+  const sent = [...state.marks.values()];
+  const confirmed = sent.filter((m) => m.mark === "same").length;
+  const marks = sent.length ? ` · with ${confirmed} confirmed and ${sent.length - confirmed} rejected (not shown again)` : "";
+  const recorded = answer.case ? ` · recorded in case “${answer.case}”` : "";
   $("status").textContent = answer.count
-    ? `${found}, best first, for ${describeQuery(answer.query)}${parts}${calibrated} · ${Math.round(answer.elapsed_ms)} ms`
-    : `no results for ${describeQuery(answer.query)}: widen the filters`;
+    ? `${found}, best first, for ${describeQuery(answer.query)}${marks}${parts}${calibrated}${recorded} · ${Math.round(answer.elapsed_ms)} ms`
+    : `no results for ${describeQuery(answer.query)}${marks}: widen the filters`;
   const list = element("div", {class: "ranked", "data-by": answer.by});
   const cards = results.map(byPerson ? personCard : hitCard);
   cards.forEach((card, i) => { if (!isClose(results[i])) markFar(card, far); });
   list.append(...cards);
   $("results").replaceChildren(list);
+  showMarks();
 }
 
 function markFar(card, far) {
@@ -381,9 +403,88 @@ function resultCard(hit, classes, lines) {
     bar.append(fill);
     caption.append(bar, partBars(hit));
   }
+  caption.append(element("div", {class: "mark-label"}),
+    markButtons(hit, [["same", "✓ same"], ["not", "✗ not"]]));
   card.append(caption);
   card.addEventListener("click", () => openHit(hit));
+  showCardMark(card);
   return card;
+}
+
+// ---- marks: "same person" / "not this person", sent with every search and recorded in the case ----
+
+function markButtons(hit, labels) {
+  const box = element("div", {class: "mark-buttons"});
+  for (const [mark, text] of labels) {
+    const button = element("button", {type: "button", class: "mark", "data-mark": mark, "aria-pressed": "false",
+      title: mark === "same" ? "the same person as the query" : "not this person"}, text);
+    button.addEventListener("click", (event) => { event.stopPropagation(); toggleMark(hit, mark); });
+    box.append(button);
+  }
+  return box;
+}
+
+function showCardMark(card) {
+  const mark = state.marks.get(card.dataset.detectionId)?.mark;
+  card.classList.toggle("marked-same", mark === "same");
+  card.classList.toggle("marked-not", mark === "not");
+  card.querySelector(".mark-label").textContent = mark === "same" ? "same person" : mark === "not" ? "not this person" : "";
+  card.querySelectorAll("button.mark").forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.mark === mark)));
+}
+
+async function toggleMark(hit, mark) {
+  const was = state.marks.get(hit.detection_id)?.mark;
+  if (was === mark) state.marks.delete(hit.detection_id);
+  else state.marks.set(hit.detection_id, {mark, hit});
+  showMarks();
+  const change = was === mark ? {cleared: [hit.detection_id]} : {[mark]: [hit.detection_id]};
+  await recordMarks(change);
+}
+
+async function recordMarks(change) {
+  if (!state.case) return;
+  const form = new FormData();
+  form.append("case", state.case);
+  for (const [kind, ids] of Object.entries(change)) ids.forEach((id) => form.append(kind, id));
+  try {
+    await api("/api/case/marks", {method: "POST", body: form});
+    $("case-status").textContent = `marks recorded in case “${state.case}”`;
+  } catch (err) {
+    showError(`the marks were not recorded: ${err.message}`);
+  }
+}
+
+function clearMarks() {
+  if (!state.marks.size) return;
+  const ids = [...state.marks.keys()];
+  state.marks.clear();
+  showMarks();
+  recordMarks({cleared: ids});
+}
+
+function showMarks() {
+  document.querySelectorAll("figure.hit").forEach(showCardMark);
+  if (state.hit) {
+    const mark = state.marks.get(state.hit.detection_id)?.mark;
+    for (const id of ["hit-same", "hit-not"]) $(id).setAttribute("aria-pressed", String($(id).dataset.mark === mark));
+  }
+  const marks = [...state.marks.values()];
+  const confirmed = marks.filter((m) => m.mark === "same");
+  $("marks-panel").hidden = !state.searched && !marks.length;
+  $("marks-summary").textContent = marks.length
+    ? `confirmed: ${confirmed.length} · rejected: ${marks.length - confirmed.length}`
+    : "no marks yet: mark results “same” or “not”, then search again";
+  $("journey").disabled = !state.searched;
+  $("clear-marks").disabled = !marks.length;
+  $("confirmed").replaceChildren(...confirmed.map(({hit}) => {
+    const figure = element("figure", {"data-detection-id": hit.detection_id,
+      title: `${cameraName(hit.camera_id)} · ${hit.time_utc} UTC · ${hit.detection_id}`});
+    const undo = element("button", {type: "button", title: "take back"}, "×");
+    undo.addEventListener("click", () => toggleMark(hit, "same"));
+    figure.append(element("img", {src: hit.thumbnail, alt: hit.detection_id}), undo,
+      element("figcaption", {}, `${cameraName(hit.camera_id)} ${hit.time_utc.slice(11)}`));
+    return figure;
+  }));
 }
 
 function partBars(hit) {
@@ -412,6 +513,7 @@ async function openHit(hit) {
   state.hit = hit;
   $("hit-panel").hidden = false;
   $("hit-title").textContent = `#${hit.rank} · ${cameraName(hit.camera_id)}`;
+  showMarks();
   $("hit-when").textContent = `${hit.time_utc} UTC · frame ${hit.frame_index}`;
   $("hit-clip-caption").textContent = "clip: decoding…";
   const path = `/api/hits/${encodeURIComponent(hit.detection_id)}`;
@@ -437,7 +539,7 @@ async function openHit(hit) {
 }
 
 async function fetchImage(path) {
-  const response = await fetch(path).catch((err) => { throw new Error(`cannot reach the server (${err.message})`); });
+  const response = await fetch(withCase(path)).catch((err) => { throw new Error(`cannot reach the server (${err.message})`); });
   if (!response.ok) {
     const body = await response.json().catch(() => ({}));
     throw new Error(body.error || `${response.status} ${response.statusText}`);
@@ -477,6 +579,149 @@ function queryWithHit() {
   $("query-panel").scrollIntoView({block: "start"});
 }
 
+// ---- the journey: the query and the confirmed hits in time order, on a timeline and (with positions) a map ----
+
+async function openJourney() {
+  const params = new URLSearchParams({query: state.searched});
+  for (const [id, {mark}] of state.marks) if (mark === "same") params.append("same", id);
+  $("journey-panel").hidden = false;
+  $("journey-error").hidden = true;
+  $("journey-summary").textContent = "following the person…";
+  try {
+    const journey = await api(`/api/journey?${params}`);
+    const cameras = new Set(journey.sightings.map((s) => s.camera_id)).size;
+    const flagged = journey.transits.filter((t) => t.flagged).length;
+    $("journey-summary").textContent = `${plural(journey.sightings.length, "sighting", "sightings")} on ` +
+      `${plural(cameras, "camera", "cameras")}: ${journey.chosen}` + (flagged ? ` · ${flagged} transit(s) flagged` : "");
+    $("journey-timeline").src = svgUrl(journey.timeline_svg);
+    $("journey-map").hidden = !journey.map_svg;
+    if (journey.map_svg) $("journey-map").src = svgUrl(journey.map_svg);
+    $("journey-lines").textContent = journey.lines.join("\n");
+  } catch (err) {
+    $("journey-summary").textContent = "";
+    $("journey-error").textContent = err.message;
+    $("journey-error").hidden = false;
+  }
+}
+
+function svgUrl(svg) {
+  // An SVG shown as an image does not see the page's styles: it gets the page's font here.
+  const styled = svg.replace(/^<svg[^>]*>/, (open) => `${open}<style>text{font-family:system-ui,sans-serif}</style>`);
+  return URL.createObjectURL(new Blob([styled], {type: "image/svg+xml"}));
+}
+
+function closeJourney() {
+  $("journey-panel").hidden = true;
+  for (const id of ["journey-timeline", "journey-map"]) {
+    if ($(id).src.startsWith("blob:")) URL.revokeObjectURL($(id).src);
+    $(id).removeAttribute("src");
+  }
+  $("journey-lines").textContent = "";
+}
+
+// ---- cases: record into one, reopen one, export its evidence bundle ----
+
+function setCase(name) {
+  state.case = name.trim();
+  $("case-export").disabled = !state.case;
+  $("case-status").textContent = state.case ? `searches and marks are recorded in case “${state.case}”` : "";
+}
+
+async function loadCases() {
+  try {
+    const {cases} = await api("/api/cases");
+    const chosen = $("case-list").value;
+    $("case-list").replaceChildren(element("option", {value: ""}, cases.length ? "cases…" : "no cases yet"),
+      ...cases.map((c) => element("option", {value: c.name},
+        `${c.name} · ${plural(c.searches, "search", "searches")} · last ${c.last_utc} UTC`)));
+    $("case-list").value = cases.some((c) => c.name === chosen) ? chosen : "";
+    $("case-open").disabled = !$("case-list").value;
+  } catch (err) {
+    showError(err.message);
+  }
+}
+
+async function reopenCase() {
+  const name = $("case-list").value;
+  if (!name) return;
+  showError("");
+  try {
+    const opened = await api(`/api/case?${new URLSearchParams({case: name})}`);
+    $("case-name").value = opened.case;
+    setCase(opened.case);
+    state.marks = new Map(opened.marks.map((m) => [m.detection_id, {mark: m.mark,
+      hit: {...m, thumbnail: `/api/thumbnails/${encodeURIComponent(m.detection_id)}`}}]));
+    const query = opened.query;
+    if (!query || query.image) {
+      state.searched = null;
+      showMarks();
+      $("case-status").textContent = `reopened case “${opened.case}”: ` +
+        (query ? "its last query was an uploaded image: upload it again to search" : "no search yet");
+      return;
+    }
+    restoreFilters(query);
+    restoreQuery(query);
+    $("case-status").textContent = `reopened case “${opened.case}”: its last search, filters and marks`;
+    await runSearch();
+  } catch (err) {
+    showError(err.message);
+  }
+}
+
+function restoreFilters(query) {
+  const cameras = query.cameras;
+  document.querySelectorAll('input[name="camera"]').forEach((i) => { i.checked = !cameras || cameras.includes(i.value); });
+  document.querySelectorAll('input[name="part"]').forEach((i) => { i.checked = query.parts.includes(i.value); });
+  for (const name of ["since", "until"]) $(name).value = query[name] || "";
+  $("min-visibility").value = String(query.min_visibility);
+  $("min-visibility-value").textContent = Number(query.min_visibility).toFixed(2);
+  $("k").value = String(query.k);
+  $("rerank").checked = query.rerank;
+  $("same-camera").checked = query.same_camera;
+  $("detections").checked = query.detections;
+  if (!state.info.global_model) $("global-only").checked = query.global_only;
+}
+
+function restoreQuery(query) {
+  const marks = state.marks;
+  if (query.track_id) {
+    state.query = {kind: "detection", detectionId: null, cameraId: null, trackId: query.track_id};
+    $("query-caption").textContent = `track ${query.track_id} (from the case)`;
+    $("tracklet-option").hidden = false;
+    $("use-tracklet").checked = true;
+    showCrop(`/api/tracklets/${encodeURIComponent(query.track_id)}/thumbnail`, false);
+  } else {
+    chooseDetection({detection_id: query.detection_id, camera_id: null, timestamp: null, track_id: null,
+      thumbnail: `/api/thumbnails/${encodeURIComponent(query.detection_id)}`});
+    $("query-caption").textContent = `detection ${query.detection_id} (from the case)`;
+  }
+  state.marks = marks;
+}
+
+async function exportCase() {
+  if (!state.case) return;
+  showError("");
+  $("case-status").textContent = "exporting: drawing every result's frame…";
+  try {
+    const response = await fetch(`/api/case/export?${new URLSearchParams({case: state.case})}`);
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      throw new Error(body.error || `${response.status} ${response.statusText}`);
+    }
+    const name = (response.headers.get("content-disposition") || "").match(/filename="([^"]+)"/)?.[1] || "case.zip";
+    const blob = await response.blob();
+    const link = element("a", {href: URL.createObjectURL(blob), download: name});
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+    $("case-status").textContent = `exported ${name} (${Math.ceil(blob.size / 1024)} KiB): open its index.html; manifest.json lists every file's SHA-256`;
+  } catch (err) {
+    $("case-status").textContent = "";
+    showError(`export failed: ${err.message}`);
+  }
+}
+
 // ---- wiring ----
 
 function wire() {
@@ -485,7 +730,20 @@ function wire() {
   $("hit-close").addEventListener("click", closeHit);
   $("hit-query").addEventListener("click", queryWithHit);
   $("hit-panel").addEventListener("click", (event) => { if (event.target === $("hit-panel")) closeHit(); });
-  document.addEventListener("keydown", (event) => { if (event.key === "Escape" && state.hit) closeHit(); });
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && state.hit) closeHit();
+    else if (event.key === "Escape") closeJourney();
+  });
+  for (const id of ["hit-same", "hit-not"]) $(id).addEventListener("click", () => toggleMark(state.hit, $(id).dataset.mark));
+  $("search-again").addEventListener("click", runSearch);
+  $("journey").addEventListener("click", openJourney);
+  $("clear-marks").addEventListener("click", clearMarks);
+  $("journey-close").addEventListener("click", closeJourney);
+  $("journey-panel").addEventListener("click", (event) => { if (event.target === $("journey-panel")) closeJourney(); });
+  $("case-name").addEventListener("change", () => setCase($("case-name").value));
+  $("case-list").addEventListener("change", () => { $("case-open").disabled = !$("case-list").value; });
+  $("case-open").addEventListener("click", reopenCase);
+  $("case-export").addEventListener("click", exportCase);
   $("pick-prev").addEventListener("click", () => { state.pickOffset = Math.max(0, state.pickOffset - PAGE_SIZE); loadPickPage(); });
   $("pick-next").addEventListener("click", () => { state.pickOffset += PAGE_SIZE; loadPickPage(); });
   $("upload").addEventListener("change", (event) => { if (event.target.files.length) chooseUpload(event.target.files[0]); });
@@ -501,7 +759,7 @@ async function start() {
   wire();
   try {
     await loadInfo();
-    await loadPickPage();
+    await Promise.all([loadPickPage(), loadCases()]);
   } catch (err) {
     showError(err.message);
   }
