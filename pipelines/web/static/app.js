@@ -538,13 +538,17 @@ async function openHit(hit) {
   }
 }
 
-async function fetchImage(path) {
+async function fetchOk(path) {
   const response = await fetch(withCase(path)).catch((err) => { throw new Error(`cannot reach the server (${err.message})`); });
   if (!response.ok) {
     const body = await response.json().catch(() => ({}));
     throw new Error(body.error || `${response.status} ${response.statusText}`);
   }
-  return URL.createObjectURL(await response.blob());
+  return response;
+}
+
+async function fetchImage(path) {
+  return URL.createObjectURL(await (await fetchOk(path)).blob());
 }
 
 function playClip(clip) {
@@ -703,11 +707,7 @@ async function exportCase() {
   showError("");
   $("case-status").textContent = "exporting: drawing every result's frame…";
   try {
-    const response = await fetch(`/api/case/export?${new URLSearchParams({case: state.case})}`);
-    if (!response.ok) {
-      const body = await response.json().catch(() => ({}));
-      throw new Error(body.error || `${response.status} ${response.statusText}`);
-    }
+    const response = await fetchOk("/api/case/export");
     const name = (response.headers.get("content-disposition") || "").match(/filename="([^"]+)"/)?.[1] || "case.zip";
     const blob = await response.blob();
     const link = element("a", {href: URL.createObjectURL(blob), download: name});
