@@ -109,17 +109,16 @@ def wait_until_up(process: subprocess.Popen, port: int) -> None:
 
 
 def query_bodies(port: int, count: int, k: int, seed: int) -> list[str]:
-    """``count`` search forms over detections picked at random from the store (every other one filtered)."""
+    """``count`` search forms over detections picked at random from the store (every other one filtered): the best
+    detections of ten pages of tracklets that the page's picker lists, at random places in its list."""
     client = Client(port)
     info = client.get_json("/api/info")
-    ids, offset = [], 0
-    while True:
-        page = client.get_json(f"/api/detections?limit=500&offset={offset}")
-        ids += [d["detection_id"] for d in page["detections"]]
-        offset += 500
-        if not page["more"] or len(ids) >= 20_000:
-            break
     rng = np.random.default_rng(seed)
+    total = client.get_json("/api/tracklets?limit=1")["total"]
+    ids = []
+    for offset in sorted({int(o) for o in rng.integers(0, max(total - 200, 1), 10)}):
+        page = client.get_json(f"/api/tracklets?limit=200&offset={offset}")
+        ids += [t["best_detection_id"] for t in page["tracklets"] if t["best_detection_id"]]
     start, end = info["time_range"]
     bodies = []
     for n in range(count):
