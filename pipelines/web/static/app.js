@@ -122,7 +122,7 @@ function pickTile(tracklet) {
     "data-detection-id": tracklet.best_detection_id || "", "data-camera": tracklet.camera_id,
     title: `${tracklet.camera_id} · ${tracklet.span_utc} UTC · track ${tracklet.track_id}`});
   tile.append(element("img", {src: tracklet.thumbnail, alt: tracklet.track_id, loading: "lazy"}),
-    element("span", {class: "tile-camera"}, cameraName(tracklet.camera_id)),
+    element("span", {class: "tile-camera", title: cameraName(tracklet.camera_id)}, cameraName(tracklet.camera_id)),
     element("span", {class: "tile-time"}, `${utc(tracklet.t_start).slice(11)} +${Math.round(tracklet.t_end - tracklet.t_start)} s`),
     element("span", {class: "tile-size"}, plural(tracklet.detections, "detection", "detections")));
   tile.addEventListener("click", () => chooseTracklet(tracklet, tile));
