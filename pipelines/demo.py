@@ -11,13 +11,13 @@ import shutil
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipelines.errors import UserError
 from pipelines.flows import ingest_archive
 from pipelines.ingest_inputs import IngestInputs
-from pipelines.html_report import ResultSection, write_results_html
+from pipelines.html_report import people_section, write_results_html
 from storage import PersonSearch, Store
 from training.archive_truth import archive_truth
 from training.evaluation import chance_metrics, metrics_from_matches
@@ -142,11 +142,16 @@ def run_demo(config: DemoConfig) -> dict:
         hits = search.by_detection(det_id, k=gallery_size, other_cameras_only=True, candidates=gallery_size)
         identities = [truth[_truth_key(h.detection_id)].identity for h in hits]
         ranked.append([i == record.identity for i in identities])
-        if record.identity not in shown:
+        if record.identity not in shown:  # the report shows each identity's top 8 people, as kpr search lists them
             shown.add(record.identity)
-            sections.append(ResultSection(
-                f"{record.identity} seen by {record.camera_id}", store.get_detection(det_id)["thumbnail"], hits[:8],
-                correct=ranked[-1][:8], query_caption=f"query {record.camera_id}", hit_captions=identities[:8]))
+            query, filters = search.detection_query(det_id)
+            people = search.people(query, k=8, filters=filters)
+            section = people_section(f"{record.identity} seen by {record.camera_id}",
+                                     store.get_detection(det_id)["thumbnail"], people)
+            found = [truth[_truth_key(person.best.detection_id)].identity for person in people]
+            sections.append(replace(section, correct=[i == record.identity for i in found],
+                                    query_caption=f"query {record.camera_id}",
+                                    hit_captions=[f"{i}\n{c}" for i, c in zip(found, section.hit_captions)]))
     timings["query_s"] = time.perf_counter() - t
 
     metrics, chance = metrics_from_matches(ranked), chance_metrics(ranked)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -22,6 +23,9 @@ def test_quick_demo_writes_its_reports(tmp_path, capsys):
     assert report["wall_s"] > 0
     page = (out / "demo_report.html").read_text()
     assert page.count("class='query'") == report["identities"]
+    for section in page.split("<h2>")[1:]:  # people, not detections: each tracklet once, with its span and matches
+        tracks = re.findall(r"<br>track ([^<]+)<br>", section)
+        assert tracks and len(tracks) == len(set(tracks)) and "detections matched" in section
     assert "cross-camera top-1" in capsys.readouterr().out
 
 
