@@ -1,12 +1,16 @@
 """Relevance feedback with a simulated investigator: mAP and recall@50 after 0, 1 and 2 rounds of feedback.
 
-Builds a small store of the search benchmark's synthetic world (bench.search_bench, written as its --bulk mode
-writes) and remembers which identity every stored tracklet shows. Each query is a fresh single-frame sighting of
-a stored identity, searched through storage.feedback.FeedbackSearch over the whole store. After each search the
-investigator marks the top ``--marks`` new people (as kpr search lists them; or detections) by ground truth (same
-identity: same person, else not this person) and searches again with all marks so far; the figures are those of
-the detection list. See bench/README.md. From the repository root, about 8 minutes on 2 cores:
-    nice -n 10 .venv/bin/python -m bench.feedback
+Two modes, each writing its own part of the result. ``--store DB``: a store ingested from a labelled archive (the
+annotation sidecars `kpr synth` and `kpr demo` write beside the videos say who every detection is), so the
+embeddings are a real model's output of rendered video; each labelled tracklet queries the other cameras, as
+people search is used. Without it: a small store of the search benchmark's synthetic world (bench.search_bench,
+written as its --bulk mode writes) that remembers which identity every stored tracklet shows; each query is a fresh
+single-frame sighting of a stored identity searched over the whole store. Searches go through
+storage.feedback.FeedbackSearch; after each one the investigator marks the top ``--marks`` new people (as kpr search
+lists them; or detections) by ground truth (same identity: same person, else not this person) and searches again
+with all marks so far; the figures are those of the detection list. See bench/README.md. From the repository root:
+    nice -n 10 .venv/bin/python -m bench.feedback --store DB   # seconds for a demo-sized store
+    nice -n 10 .venv/bin/python -m bench.feedback              # synthetic worlds, about 8 minutes on 2 cores
 """
 from __future__ import annotations
 
@@ -23,11 +27,24 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.results_io import RESULTS, command_line, write_result
+from bench.results_io import RESULTS, command_line, merge_result
 from bench.search_bench import MODEL_ID, SyntheticWorld, WorldConfig, bulk_build_store, int_list
 from kpr_model.distance import NEGATIVE_WEIGHT, REJECTION_WEIGHT, ReIDEmbeddings
-from storage import PersonSearch, Store
+from pipelines.calibrate import archive_identities, tracklet_identities
+from pipelines.errors import UserError
+from storage import PersonSearch, SearchFilters, SearchHit, Store, StoreError
 from storage.feedback import Feedback, FeedbackSearch
+
+METRICS = ("After round r the investigator's list is the detections confirmed so far (in marking order) followed by "
+           "the new results, which leave out every marked detection; rejected ones are not in it. AP = sum of "
+           "precision@i at the ranks i <= depth holding a relevant row, divided by min(R, depth), R = the store's "
+           "relevant rows (synthetic: the rows of the query's identity; store: the detections of the query's "
+           "identity on the other cameras); recall_at_50 = relevant rows among the list's first 50 / min(R, 50); "
+           "map_new_results ranks the new results alone against the R minus confirmed rows (queries with rows "
+           "left). Means over the queries. Ablations: no_negative = no move away from the rejected; no_penalty = no "
+           "rejection penalty; fusion_only = neither; exclude_only = the query alone with the marked detections "
+           "left out.")
+GOAL_MAP_GAIN = 0.15
 
 
 class LabelledWorld(SyntheticWorld):
@@ -101,8 +118,18 @@ def variants(search: PersonSearch, args: argparse.Namespace) -> dict[str, Varian
             "exclude_only": lambda marks: FeedbackSearch(search, Feedback(rejected=tuple(marks.marked)), 0.0, 0.0)}
 
 
-def investigate(variant: Variant, world: LabelledWorld, query: ReIDEmbeddings, identity: int,
-                args: argparse.Namespace) -> list[Scores]:
+@dataclass(frozen=True)
+class Query:
+    """One query of the simulated investigator: its embedding, the filters it searches with, which hits show its
+    person (the ground truth) and how many stored rows are relevant."""
+
+    embedding: ReIDEmbeddings
+    filters: SearchFilters
+    is_same: Callable[[SearchHit], bool]
+    relevant: int
+
+
+def investigate(variant: Variant, query: Query, args: argparse.Namespace) -> list[Scores]:
     """Scores of the detection list after 0..``args.rounds`` rounds, each marking the top ``args.marks`` new people
     (their closest detections) or detections (``args.mark``) by ground truth."""
     same: list[str] = []
@@ -110,23 +137,68 @@ def investigate(variant: Variant, world: LabelledWorld, query: ReIDEmbeddings, i
     scores = []
     for round_ in range(args.rounds + 1):
         search = variant(Feedback(tuple(same), tuple(rejected)))
-        hits = search.search(query, args.depth)
-        truth = [world.track_identity[h.track_id] == identity for h in hits]
-        scores.append(score([True] * len(same), truth, world.rows_of[identity], args.depth))
+        hits = search.search(query.embedding, args.depth, query.filters)
+        scores.append(score([True] * len(same), [query.is_same(h) for h in hits], query.relevant, args.depth))
         if round_ < args.rounds:
-            shown = [p.best for p in search.people(query, args.marks)] if args.mark == "people" else hits[:args.marks]
+            shown = ([p.best for p in search.people(query.embedding, args.marks, query.filters)]
+                     if args.mark == "people" else hits[:args.marks])
             for hit in shown:
-                (same if world.track_identity[hit.track_id] == identity else rejected).append(hit.detection_id)
+                (same if query.is_same(hit) else rejected).append(hit.detection_id)
     return scores
 
 
-def make_queries(world: LabelledWorld, n: int, min_tracklets: int, seed: int) -> list[tuple[int, ReIDEmbeddings]]:
-    """``n`` fresh single-frame sightings of distinct stored identities seen in at least ``min_tracklets`` tracklets."""
+def run_variants(search: PersonSearch, queries: Sequence[Query], args: argparse.Namespace, label: str,
+                 log) -> dict:
+    """Every variant's mean figures per round over ``queries`` and the seconds each took."""
+    figures, seconds = {}, {}
+    for name, variant in variants(search, args).items():
+        tick = time.perf_counter()
+        figures[name] = mean_rounds([investigate(variant, query, args) for query in queries])
+        seconds[name] = round(time.perf_counter() - tick, 1)
+        log(f"{label}, {name}: {figures[name]} ({seconds[name]} s)")
+    return {"rounds": figures["feedback"],
+            "map_gain": round(figures["feedback"][-1]["map"] - figures["feedback"][0]["map"], 4),
+            "ablations": {name: rounds for name, rounds in figures.items() if name != "feedback"},
+            "search_seconds": seconds}
+
+
+def world_queries(world: LabelledWorld, n: int, min_tracklets: int, seed: int) -> list[Query]:
+    """``n`` fresh single-frame sightings of distinct stored identities seen in at least ``min_tracklets`` tracklets,
+    each searching the whole store."""
     rng = np.random.default_rng([seed, 3])
     eligible = sorted(i for i, count in world.tracklets_of.items() if count >= min_tracklets)
     if len(eligible) < n:
-        raise SystemExit(f"only {len(eligible)} identities have {min_tracklets}+ tracklets; ask for fewer queries")
-    return [(int(i), world.sighting(rng, int(i), 1)) for i in rng.choice(eligible, n, replace=False)]
+        raise UserError(f"only {len(eligible)} identities have {min_tracklets}+ tracklets; ask for fewer queries")
+    return [Query(world.sighting(rng, int(i), 1), SearchFilters(),
+                  lambda hit, identity=int(i): world.track_identity[hit.track_id] == identity,
+                  world.rows_of[int(i)])
+            for i in rng.choice(eligible, n, replace=False)]
+
+
+def store_queries(search: PersonSearch, identity_of: Callable[[str], str | None], n: int | None,
+                  seed: int) -> list[Query]:
+    """Each labelled tracklet of the store with relevant detections on other cameras (or a sample of ``n``) as a
+    tracklet query over the other cameras; relevant are the detections of its person (the identity most of its
+    labelled detections have) on those cameras, a hit shows the person when its detection is labelled so."""
+    rows = search.store.query_detections(None, ["detection_id", "track_id", "camera_id"])
+    identities = tracklet_identities(rows, identity_of)
+    per_camera = Counter((identity_of(d), c) for d, c in zip(rows["detection_id"].to_pylist(),
+                                                             rows["camera_id"].to_pylist()))
+    camera_of = dict(zip(rows["track_id"].to_pylist(), rows["camera_id"].to_pylist()))  # one video per tracklet
+    relevant = {track: sum(count for (identity, camera), count in per_camera.items()
+                           if identity == identities[track] and camera != camera_of[track])
+                for track in sorted(identities)}
+    tracks = [track for track, count in relevant.items() if count]
+    if not tracks:
+        raise UserError(f"no labelled tracklet of the store at {search.store.uri} has its person on another camera")
+    if n is not None and n < len(tracks):
+        tracks = sorted(np.random.default_rng([seed, 3]).choice(tracks, n, replace=False).tolist())
+    queries = []
+    for track in tracks:
+        embedding, filters = search.tracklet_query(track)
+        queries.append(Query(embedding, filters, lambda hit, person=identities[track]: identity_of(hit.detection_id)
+                             == person, relevant[track]))
+    return queries
 
 
 def mean_rounds(per_query: list[list[Scores]]) -> list[dict]:
@@ -143,8 +215,12 @@ def mean_rounds(per_query: list[list[Scores]]) -> list[dict]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options (see bench/README.md)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", type=Path,
+                        help="measure on this store, ingested from an archive with annotation sidecars (kpr synth, "
+                             "kpr demo), instead of the synthetic worlds; it is only read")
     parser.add_argument("--db", type=Path,
-                        help="folder for the stores, one per world (default: a temporary folder, removed after)")
+                        help="synthetic: folder for the stores, one per world (default: a temporary folder, removed "
+                             "after)")
     parser.add_argument("--rows", type=int, default=60_000)
     parser.add_argument("--parts", type=int, default=8, help="K")
     parser.add_argument("--dim", type=int, default=128, help="D")
@@ -155,7 +231,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "identities per group)")
     parser.add_argument("--cameras", type=int, default=20)
     parser.add_argument("--per-video", type=int, default=250)
-    parser.add_argument("--queries", type=int, default=60)
+    parser.add_argument("--queries", type=int,
+                        help="synthetic: query identities (default 60); --store: a sample of the labelled tracklets "
+                             "(default all)")
     parser.add_argument("--min-tracklets", type=int, default=2, help="query identities have at least this many")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--marks", type=int, default=10, help="top new results the investigator marks per round")
@@ -167,8 +245,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--negative-weight", type=float, default=NEGATIVE_WEIGHT)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--note", default="")
-    parser.add_argument("--output", default=RESULTS / "feedback.json", help="result JSON ('-': print only)")
+    parser.add_argument("--output", default=RESULTS / "feedback.json",
+                        help="result JSON, of which the run replaces its mode's part ('-': print only)")
     return parser.parse_args(argv)
+
+
+def investigator_setup(args: argparse.Namespace) -> dict:
+    """The simulated investigator's settings, as recorded with either mode's figures."""
+    return {"rounds": args.rounds, "marks_per_round": args.marks, "marked_results": args.mark, "depth": args.depth,
+            "rejection_weight": args.rejection_weight, "negative_weight": args.negative_weight, "seed": args.seed}
 
 
 def measure_world(args: argparse.Namespace, groups: int, folder: Path, log) -> dict:
@@ -178,60 +263,70 @@ def measure_world(args: argparse.Namespace, groups: int, folder: Path, log) -> d
     world = LabelledWorld(config)
     store = Store.open(folder)
     if store.count_detections():
-        raise SystemExit(f"{folder} already holds detections; give a new --db folder")
+        raise UserError(f"{folder} already holds detections; give a new --db folder")
     log(f"writing {args.rows} rows in {config.videos} videos to {folder}")
     build = bulk_build_store(store, world, 50, log)
     store.set_model({"model_id": MODEL_ID, "kind": "kpr", "num_parts": args.parts, "dim": args.dim})
-    queries = make_queries(world, args.queries, args.min_tracklets, args.seed)
-    figures, seconds = {}, {}
-    for name, variant in variants(PersonSearch(store), args).items():
-        tick = time.perf_counter()
-        per_query = [investigate(variant, world, query, identity, args) for identity, query in queries]
-        seconds[name] = round(time.perf_counter() - tick, 1)
-        figures[name] = mean_rounds(per_query)
-        log(f"{groups} look-alike group(s), {name}: {figures[name]} ({seconds[name]} s)")
-    rows_of = [world.rows_of[identity] for identity, _ in queries]
-    return {"lookalike_groups": groups, "rounds": figures["feedback"],
-            "ablations": {name: rounds for name, rounds in figures.items() if name != "feedback"},
-            "identity_rows_mean": round(float(np.mean(rows_of)), 1), "identity_rows_min": min(rows_of),
-            "store_build_s": build["seconds"], "search_seconds": seconds}
+    queries = world_queries(world, args.queries or 60, args.min_tracklets, args.seed)
+    figures = run_variants(PersonSearch(store), queries, args, f"{groups} look-alike group(s)", log)
+    rows_of = [query.relevant for query in queries]
+    return {"lookalike_groups": groups, **figures, "identity_rows_mean": round(float(np.mean(rows_of)), 1),
+            "identity_rows_min": min(rows_of), "store_build_s": build["seconds"]}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Build each world's store, run the simulated investigator over it, write the figures."""
-    args = parse_args(argv)
-    log = lambda text: print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)  # noqa: E731
+def measure_synthetic(args: argparse.Namespace, log) -> dict:
+    """The synthetic worlds' figures, the first world's as the headline."""
     folder = args.db or Path(tempfile.mkdtemp(prefix="kpr_feedback_bench_"))
     try:
         worlds = [measure_world(args, groups, folder / f"groups_{groups}", log) for groups in args.lookalike_groups]
     finally:
         if args.db is None:
             shutil.rmtree(folder, ignore_errors=True)
-    rounds = worlds[0]["rounds"]
-    write_result(args.output, {
-        "rounds": rounds,
-        "map_gain": round(rounds[-1]["map"] - rounds[0]["map"], 4),
-        "goal_map_gain_after_2_rounds": 0.15,
-        "worlds": worlds,
-        "metrics": "After round r the investigator's list is the detections confirmed so far (in marking order) "
-                   "followed by the new results, which leave out every marked detection; rejected ones are not in "
-                   "it. AP = sum of precision@i at the ranks i <= depth holding a row of the query's identity, "
-                   "divided by min(R, depth), R = the store's rows of that identity; recall_at_50 = rows of the "
-                   "identity among the list's first 50 / min(R, 50); map_new_results ranks the new results alone "
-                   "against the R minus confirmed rows (queries with rows left). Means over the queries. "
-                   "Ablations: no_negative = no move away from the rejected; no_penalty = no rejection penalty; "
-                   "fusion_only = neither; exclude_only = the query alone with the marked detections left out.",
-        "setup": {"rows": args.rows, "parts": args.parts, "dim": args.dim, "identities": args.identities,
-                  "cameras": args.cameras, "queries": args.queries,
-                  "query": "a fresh single-frame sighting of a stored identity with at least min_tracklets stored "
-                           "tracklets, unfiltered search of the whole store (no ANN index: exact candidates)",
-                  "min_tracklets": args.min_tracklets, "rounds": args.rounds, "marks_per_round": args.marks,
-                  "marked_results": args.mark,
-                  "depth": args.depth, "rejection_weight": args.rejection_weight,
-                  "negative_weight": args.negative_weight, "seed": args.seed},
-        "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": command_line("bench.feedback", argv), "note": args.note,
-    })
+    return {"rounds": worlds[0]["rounds"], "map_gain": worlds[0]["map_gain"], "worlds": worlds,
+            "setup": {"rows": args.rows, "parts": args.parts, "dim": args.dim, "identities": args.identities,
+                      "cameras": args.cameras, "queries": args.queries or 60,
+                      "query": "a fresh single-frame sighting of a stored identity with at least min_tracklets "
+                               "stored tracklets, unfiltered search of the whole store (no ANN index: exact "
+                               "candidates)",
+                      "min_tracklets": args.min_tracklets, **investigator_setup(args)}}
+
+
+def measure_store(store: Store, identity_of: Callable[[str], str | None], args: argparse.Namespace, log) -> dict:
+    """The simulated investigator with every variant over a labelled store, its tracklets querying the other
+    cameras (``identity_of``: who a detection is, None: not labelled)."""
+    search = PersonSearch(store)
+    queries = store_queries(search, identity_of, args.queries, args.seed)
+    log(f"{len(queries)} labelled tracklets query {store.count_detections()} detections")
+    figures = run_variants(search, queries, args, "store", log)
+    relevant = [query.relevant for query in queries]
+    return {**figures,
+            "queries": len(queries), "relevant_rows_mean": round(float(np.mean(relevant)), 1),
+            "relevant_rows_min": min(relevant),
+            "setup": {"store": store.uri, "detections": store.count_detections(), "model": store.model(),
+                      "query": "each labelled tracklet (its aggregated embedding; the person most of its labelled "
+                               "detections are) with detections of its person on another camera, searching the "
+                               "other cameras (kpr search --tracklet); a hit is the same person when its detection "
+                               "is labelled so",
+                      **investigator_setup(args)}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the simulated investigator in the mode asked for and write its figures into the result JSON."""
+    args = parse_args(argv)
+    log = lambda text: print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        if args.store is not None:
+            store = Store.open(args.store, create=False)
+            mode, figures = "store", measure_store(store, archive_identities(store), args, log)
+        else:
+            mode, figures = "synthetic", measure_synthetic(args, log)
+    except (UserError, StoreError) as exc:
+        print(f"bench.feedback: error: {exc}", file=sys.stderr)
+        return 2
+    merge_result(args.output, {
+        "goal_map_gain_after_2_rounds": GOAL_MAP_GAIN, "metrics": METRICS,
+        mode: {**figures, "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "command": command_line("bench.feedback", argv), "note": args.note}})
     return 0
 
 

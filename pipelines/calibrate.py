@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from kpr_model.distance import ReIDEmbeddings, aggregate, kpr_distance
 from pipelines.errors import UserError
@@ -56,6 +57,17 @@ def separating_threshold(same: np.ndarray, different: np.ndarray) -> Threshold:
                      len(different))
 
 
+def tracklet_identities(rows: pa.Table, identity_of: Callable[[str], str | None]) -> dict[str, str]:
+    """Who each tracklet of ``rows`` (detection_id and track_id columns) is: the person most of its labelled
+    detections are (``identity_of`` a detection id; None: unknown); tracklets with no labelled detection are left out."""
+    votes: dict[str, Counter] = {}
+    for detection_id, track_id in zip(rows["detection_id"].to_pylist(), rows["track_id"].to_pylist()):
+        identity = identity_of(detection_id)
+        if track_id and identity is not None:
+            votes.setdefault(track_id, Counter())[identity] += 1
+    return {track_id: counts.most_common(1)[0][0] for track_id, counts in votes.items()}
+
+
 def pair_distances(store: Store, identity_of: Callable[[str], str | None],
                    global_only: bool) -> tuple[np.ndarray, np.ndarray]:
     """Distances of same-person and of different-person tracklet pairs across cameras, as people search measures
@@ -67,21 +79,17 @@ def pair_distances(store: Store, identity_of: Callable[[str], str | None],
         raise UserError(f"the store holds more than {MAX_DETECTIONS} detections: calibrate on a labelled archive's "
                         "own store")
     rows = store.query_detections(None, ["detection_id", "track_id", "camera_id", *EMBEDDING_COLUMNS])
-    votes: dict[str, Counter] = {}
-    for detection_id, track_id in zip(rows["detection_id"].to_pylist(), rows["track_id"].to_pylist()):
-        identity = identity_of(detection_id)
-        if track_id and identity is not None:
-            votes.setdefault(track_id, Counter())[identity] += 1
-    if not votes:
+    identities = tracklet_identities(rows, identity_of)
+    if not identities:
         raise UserError("no tracklet of the store has a labelled detection: calibration needs a labelled archive")
-    tracks = sorted(votes)
+    tracks = sorted(identities)
     index = {track_id: i for i, track_id in enumerate(tracks)}
     owner = np.array([index.get(t, -1) if t else -1 for t in rows["track_id"].to_pylist()])
     rows, owner = rows.filter(owner >= 0), owner[owner >= 0]
     gallery = embeddings_of(rows)
     cameras = np.empty(len(tracks), dtype=object)
     cameras[owner] = rows["camera_id"].to_pylist()  # a tracklet lies within one video
-    identity = np.array([votes[t].most_common(1)[0][0] for t in tracks])
+    identity = np.array([identities[t] for t in tracks])
     queries = ReIDEmbeddings.concat([aggregate(gallery.select(np.flatnonzero(owner == i))) for i in range(len(tracks))])
     distance = cosine_distance if global_only else kpr_distance
     same, different = [], []

@@ -33,6 +33,12 @@ def _embeddings(base: np.ndarray, noise: float, n: int, rng: np.random.Generator
     return ReIDEmbeddings(unit_rows(parts.mean(axis=1)), parts, np.ones((n, K), np.float32))
 
 
+def person_of(detection_id: str) -> str:
+    """Who a detection of the people store is: person 0 in passages 0-2, else one person per passage."""
+    passage = int(detection_id.split("-")[1])
+    return "0" if passage < 3 else f"p{passage}"
+
+
 def build_people_store(path: Path) -> Store:
     """The store described in the module docstring."""
     rng = np.random.default_rng(7)

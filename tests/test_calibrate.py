@@ -5,22 +5,16 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from people_store import LONG_TRACK, QUERY_TRACK, TRUE_TRACK, build_people_store
+from people_store import LONG_TRACK, QUERY_TRACK, TRUE_TRACK, build_people_store, person_of
 from pipelines.calibrate import NO_CLOSE_MATCH, calibrate, separating_threshold
 from pipelines.cli import main
 from pipelines.web.app import create_app
 
 
-def _person(detection_id: str) -> str:
-    """Who a detection of the people store is: person 0 in passages 0-2, else one person per passage."""
-    passage = int(detection_id.split("-")[1])
-    return "0" if passage < 3 else f"p{passage}"
-
-
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
     store = build_people_store(tmp_path_factory.mktemp("calibrated") / "db")
-    return store, calibrate(store, _person)
+    return store, calibrate(store, person_of)
 
 
 def test_the_threshold_is_the_distance_that_best_separates_same_from_different_pairs():

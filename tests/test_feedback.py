@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from kpr_model.distance import ReIDEmbeddings, fuse, rejection_penalty
+from people_store import build_people_store, person_of
 from pipelines.cli import main
 from storage import PersonSearch, SearchFilters, Store, StoreError, detection_row, detections_table
 from storage.feedback import Feedback, FeedbackSearch
@@ -176,3 +177,17 @@ def test_the_benchmark_scores_the_confirmed_first_then_the_new_results():
     assert scores.average_precision == pytest.approx((1 + 1 + 3 / 4) / 4)
     assert scores.recall_at_50 == pytest.approx(3 / 4)
     assert scores.new_average_precision == pytest.approx(0.5 / 2)
+
+
+def test_the_benchmark_measures_a_labelled_stores_tracklets_against_the_other_cameras(tmp_path, capsys):
+    from bench.feedback import main as bench, measure_store, parse_args
+
+    store = build_people_store(tmp_path / "db")  # person 0 in 3 tracklets on cam0-cam2 (3, 60, 4 detections)
+    result = measure_store(store, person_of, parse_args(["--store", store.uri, "--marks", "2"]), log=lambda _: None)
+    assert result["queries"] == 3  # person 0's tracklets: nobody else is seen by two cameras
+    assert result["relevant_rows_mean"] == pytest.approx((64 + 7 + 63) / 3, abs=0.05)  # the other cameras' rows only
+    assert [r["map"] for r in result["rounds"]] == [1.0, 1.0, 1.0]  # the store's people are far apart
+    assert set(result["ablations"]) == {"no_negative", "no_penalty", "fusion_only", "exclude_only"}
+    assert bench(["--store", store.uri, "--output", "-"]) == 2  # no annotation sidecars beside its videos
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bench.feedback: error: no annotation sidecar beside")
