@@ -9,7 +9,7 @@ single-frame sighting of a stored identity searched over the whole store. Search
 storage.feedback.FeedbackSearch; after each one the investigator marks the top ``--marks`` new people (as kpr search
 lists them; or detections) by ground truth (same identity: same person, else not this person) and searches again
 with all marks so far; the figures are those of the detection list. See bench/README.md. From the repository root:
-    nice -n 10 .venv/bin/python -m bench.feedback --store DB   # seconds for a demo-sized store
+    nice -n 10 .venv/bin/python -m bench.feedback --store DB   # the demo's store: about 4 minutes on 2 cores
     nice -n 10 .venv/bin/python -m bench.feedback              # synthetic worlds, about 8 minutes on 2 cores
 """
 from __future__ import annotations
