@@ -123,6 +123,13 @@ def _choose_query(store: WebStore, shown: list[list[str]]) -> tuple[str, str]:
     return track, spare[0]
 
 
+
+def _wait_loaded(page, selector: str, min_width: int = 1) -> None:
+    """Wait until the first image matching ``selector`` has loaded (images arrive after their card is drawn);
+    fails with a timeout when it never does."""
+    page.wait_for_function("([s, w]) => { const img = document.querySelector(s);"
+                           " return Boolean(img && img.complete && img.naturalWidth >= w); }", arg=[selector, min_width])
+
 def test_the_page_searches_with_a_picked_tracklet_keypoints_and_filters_and_opens_a_hit(browser, served):
     from playwright.sync_api import expect
 
@@ -165,7 +172,7 @@ def test_the_page_searches_with_a_picked_tracklet_keypoints_and_filters_and_open
     page.locator('figure.person[data-rank="1"]').click()
     expect(page.locator("#hit-clip-caption")).to_contain_text("around the hit")
     expect(page.locator("#hit-when")).to_contain_text("UTC")
-    assert page.locator("#hit-frame").evaluate("img => img.complete && img.naturalWidth > 200")
+    _wait_loaded(page, "#hit-frame", min_width=201)
     page.locator("#hit-provenance summary").click()
     expect(page.locator("#hit-provenance-list")).to_contain_text(top)
     page.screenshot(path=str(HIT_SCREENSHOT))
@@ -183,7 +190,7 @@ def test_the_page_searches_with_a_picked_tracklet_keypoints_and_filters_and_open
     expect(page.locator("#status")).to_contain_text("re-embedded with 1 target and 1 occluder keypoints")
     cameras = set(page.locator("figure.person").evaluate_all("cards => cards.map(c => c.dataset.camera)"))
     assert cameras and unticked not in cameras
-    assert page.locator("figure.hit img").first.evaluate("img => img.complete && img.naturalHeight > 0")
+    _wait_loaded(page, "figure.hit img")
     page.screenshot(path=str(SCREENSHOT), full_page=True)
 
     page.locator("#upload").set_input_files(files=[{"name": "notes.txt", "mimeType": "text/plain",
