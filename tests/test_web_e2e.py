@@ -123,7 +123,6 @@ def _choose_query(store: WebStore, shown: list[list[str]]) -> tuple[str, str]:
     return track, spare[0]
 
 
-
 def _wait_loaded(page, selector: str, min_width: int = 1) -> None:
     """Wait until the first image matching ``selector`` has loaded (images arrive after their card is drawn);
     fails with a timeout when it never does."""
