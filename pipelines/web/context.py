@@ -13,7 +13,7 @@ from functools import cached_property
 import cv2
 import numpy as np
 
-from pipelines.times import utc_text
+from pipelines.times import clock_text, utc_text, zone_name
 from storage import Store, sql
 from workers.cameras import Cameras
 from workers.decode import decode_frames
@@ -46,9 +46,9 @@ class HitSource:
 
 def local_text(timestamp: float, cameras: Cameras, camera_id: str) -> str:
     """A time in the camera's time zone with its date, zone and UTC offset: "2026-01-01 09:00:03 CET (UTC+01:00)"."""
-    moment = datetime.fromtimestamp(timestamp, cameras.display(camera_id).zone)
-    offset = moment.strftime("%z")
-    return f"{moment:%Y-%m-%d %H:%M:%S} {moment.tzname()} (UTC{offset[:3]}:{offset[3:]})"
+    zone = cameras.display(camera_id).zone
+    offset = datetime.fromtimestamp(timestamp, zone).strftime("%z")
+    return f"{clock_text(timestamp, zone)} {zone_name(timestamp, zone)} (UTC{offset[:3]}:{offset[3:]})"
 
 
 def _jpeg_data_uri(rgb: np.ndarray) -> str:
