@@ -781,10 +781,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="render a synthetic multi-camera archive (videos + sidecar annotations)")
     p.add_argument("out", type=Path, help="output folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--identities", type=int, default=16)
-    p.add_argument("--cameras", type=int, default=4)
-    p.add_argument("--duration", type=float, default=30.0, help="seconds of video per camera")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed: the same seed and options render the same world (default 0)")
+    p.add_argument("--identities", type=_positive(int), default=16,
+                   help="people in the world, each walking through 2 or 3 of the cameras; with more of them, "
+                        "more share a torso or trouser colour (22 torso colours), so they are harder to tell "
+                        "apart; give a longer --duration so that each one is seen (default 16)")
+    p.add_argument("--cameras", type=_bounded(int, 2, 9, True, "2..9"), default=4,
+                   help="cameras, one video each, 2 to 9 (default 4)")
+    p.add_argument("--duration", type=_positive(float), default=30.0, help="seconds of video per camera (default 30)")
     p.add_argument("--crops", type=Path, help="also export ReID crops in the Market-1501 layout to this folder")
     p.set_defaults(func=cmd_synth)
 
