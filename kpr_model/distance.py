@@ -12,19 +12,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kpr_model.embeddings import ReIDEmbeddings, aggregate
-from kpr_model.feedback import NEGATIVE_WEIGHT, REJECTION_WEIGHT, fuse, rejection_penalty
+from kpr_model.feedback import FeedbackWeights, exemplar_distance, fuse, rejection_penalty
 
 # storage/ may import this module only (ARCHITECTURE.md), so the embedding type, its aggregation
 # and the relevance feedback math come with it.
 __all__ = [
-    "NEGATIVE_WEIGHT",
-    "REJECTION_WEIGHT",
+    "FeedbackWeights",
     "ReIDEmbeddings",
     "aggregate",
     "check_parts",
+    "exemplar_distance",
     "fuse",
     "k_reciprocal_rerank",
     "kpr_distance",
+    "paired_kpr_distance",
     "part_distance",
     "per_part_distances",
     "rejection_penalty",
@@ -151,6 +152,26 @@ def kpr_distance(
     q_feats, q_vis = _distance_stack(query, parts)
     g_feats, g_vis = _distance_stack(gallery, parts)
     return part_distance(q_feats, q_vis, g_feats, g_vis, chunk_size=chunk_size, device=device).numpy()
+
+
+def paired_kpr_distance(first: ReIDEmbeddings, second: ReIDEmbeddings, chunk_size: int = 16_384) -> np.ndarray:
+    """KPR distance [N] between row i of ``first`` and row i of ``second``: the diagonal of kpr_distance without the
+    [N, N] matrix, for scoring many chosen pairs (linking) at once.
+
+    Holistic + parts, visibility binarised, mean over mutually visible entries; the holistic entry is always
+    visible, so every pair has one.
+    """
+    if len(first) != len(second):
+        raise ValueError(f"paired_kpr_distance takes two batches of one length, got {len(first)} and {len(second)}")
+    result = np.empty(len(first), np.float32)
+    for start in range(0, len(first), chunk_size):
+        rows = slice(start, start + chunk_size)
+        a_feats, a_vis = first.select(rows).test_stack()
+        b_feats, b_vis = second.select(rows).test_stack()
+        mutual = ((a_vis > 0) & (b_vis > 0)).astype(np.float32)
+        per_part = np.linalg.norm(a_feats - b_feats, axis=-1)
+        result[rows] = (per_part * mutual).sum(axis=1) / mutual.sum(axis=1)
+    return result
 
 
 def per_part_distances(query: ReIDEmbeddings, gallery: ReIDEmbeddings) -> np.ndarray:

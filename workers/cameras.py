@@ -30,6 +30,7 @@ cameras:
     timezone: Europe/Paris
     start_time: 2026-03-01T08:00  # local start of its first video, when file times mean nothing:
                                   # its videos, in path order, run back to back from it
+    connects_to: {north: [30, 120]}  # or a transit window: [fastest, slowest] seconds (kpr link)
 """
 CAMERA_KEYS = ("name", "timezone", "clock_offset_s", "start_time", "position", "connects_to")
 
@@ -60,7 +61,8 @@ class Camera:
     clock_offset_s: float = 0.0
     start_time: float | None = None  # start of the camera's first video (its local wall-clock time, made UTC)
     position: MapPoint | GeoPoint | None = None
-    connects_to: dict[str, float] = field(default_factory=dict)  # camera id -> usual transit time in seconds
+    connects_to: dict[str, float] = field(default_factory=dict)  # camera id -> usual (or fastest) transit seconds
+    transit_windows: dict[str, tuple[float, float]] = field(default_factory=dict)  # camera id -> (fastest, slowest)
 
 
 class CameraDisplay(NamedTuple):
@@ -185,8 +187,8 @@ def _camera(camera_id: str, raw: Any, ids: set[str], path: str) -> Camera:
     offset = _number(raw["clock_offset_s"], error, "clock_offset_s") if "clock_offset_s" in raw else 0.0
     start = _start_time(raw["start_time"], zone, error) if "start_time" in raw else None
     position = _position(raw["position"], error) if "position" in raw else None
-    links = _links(raw["connects_to"], camera_id, ids, error) if "connects_to" in raw else {}
-    return Camera(camera_id, str(name).strip(), timezone, offset, start, position, links)
+    links, windows = _links(raw["connects_to"], camera_id, ids, error) if "connects_to" in raw else ({}, {})
+    return Camera(camera_id, str(name).strip(), timezone, offset, start, position, links, windows)
 
 
 def _zone(value: Any, error) -> ZoneInfo:
@@ -232,17 +234,28 @@ def _position(value: Any, error) -> MapPoint | GeoPoint:
     raise error("position", f"expected [x, y] in metres or {{lat: .., lon: ..}} in degrees, got {value!r}")
 
 
-def _links(value: Any, camera_id: str, ids: set[str], error) -> dict[str, float]:
-    """Other cameras of the file this one leads to, with their transit time in seconds (>= 0)."""
+def _links(value: Any, camera_id: str, ids: set[str], error) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """Other cameras of the file this one leads to: the usual transit time in seconds (>= 0) of each (the fastest of a
+    window), and the [fastest, slowest] transit window of those given one."""
     if not isinstance(value, dict):
         raise error("connects_to", f"expected a mapping of camera id -> transit seconds, got {value!r}")
-    links = {}
+    links, windows = {}, {}
     for key, seconds in value.items():
         other = str(key)
         if other not in ids or other == camera_id:
             raise error("connects_to", f"{other!r} is not another camera of this file")
+        if isinstance(seconds, list):
+            if len(seconds) != 2:
+                raise error("connects_to", f"transit window to {other!r}: expected [fastest, slowest] seconds, "
+                                           f"got {seconds!r}")
+            fastest, slowest = (_number(v, error, "connects_to") for v in seconds)
+            if not 0 <= fastest <= slowest:
+                raise error("connects_to", f"impossible transit window to {other!r}: [{fastest:g}, {slowest:g}] "
+                                           "(needs 0 <= fastest <= slowest)")
+            links[other], windows[other] = fastest, (fastest, slowest)
+            continue
         transit = _number(seconds, error, "connects_to")
         if transit < 0:
             raise error("connects_to", f"transit time to {other!r} must be >= 0 seconds, got {transit:g}")
         links[other] = transit
-    return links
+    return links, windows

@@ -1,0 +1,113 @@
+"""Linking tracklets into identities: each constraint keeps apart two people that appearance alone would merge,
+the transit window of a cameras file, and the same identities whatever the input order."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kpr_model.distance import ReIDEmbeddings, kpr_distance, paired_kpr_distance
+from workers.cameras import read_cameras
+from workers.errors import CamerasError
+from workers.link import GLOBAL_DISTANCE, LinkSettings, Topology, Tracklets, link_tracklets
+
+DIM, PARTS = 16, 4
+SETTINGS = LinkSettings(threshold=0.5, neighbours=5)
+
+
+def _looks(people: list[int], seed: int = 0) -> ReIDEmbeddings:
+    """Aggregated embeddings of tracklets of ``people`` (one appearance per person, a little noise per tracklet)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(people) + 1, PARTS + 1, DIM))
+    looks = centres[people] + 0.02 * rng.standard_normal((len(people), PARTS + 1, DIM))
+    looks /= np.linalg.norm(looks, axis=-1, keepdims=True)
+    return ReIDEmbeddings(looks[:, 0].astype(np.float32), looks[:, 1:].astype(np.float32),
+                          np.ones((len(people), PARTS), np.float32))
+
+
+def _tracklets(rows: list[tuple[str, str, float, float, int]], seed: int = 0) -> Tracklets:
+    """Tracklets from (video, camera, start, end, person) rows, named t0, t1, ..."""
+    return Tracklets([f"t{i}" for i in range(len(rows))], [r[0] for r in rows], [r[1] for r in rows],
+                     np.array([r[2] for r in rows]), np.array([r[3] for r in rows]), _looks([r[4] for r in rows], seed))
+
+
+def _together(linking, first: int, second: int) -> bool:
+    return bool(linking.identity[first] == linking.identity[second])
+
+
+def test_one_look_across_videos_is_one_identity_and_different_looks_are_not():
+    tracklets = _tracklets([("v1", "a", 0, 10, 0), ("v2", "b", 100, 110, 0), ("v3", "a", 500, 510, 1)])
+    linking = link_tracklets(tracklets, None, SETTINGS)
+    assert _together(linking, 0, 1) and not _together(linking, 0, 2)
+    assert linking.identities == 2 and 0 < linking.confidence[0] <= 1 and linking.confidence[2] == 1.0
+
+
+def test_two_tracklets_of_one_video_stay_apart_however_alike():
+    tracklets = _tracklets([("v1", "a", 0, 10, 0), ("v1", "a", 20, 30, 0)])
+    assert not _together(link_tracklets(tracklets, None, SETTINGS), 0, 1)
+    assert _together(link_tracklets(tracklets, None, LinkSettings(0.5, 5, same_video=False)), 0, 1)
+
+
+def test_one_person_is_not_on_two_cameras_at_once_unless_they_see_the_same_place():
+    tracklets = _tracklets([("v1", "a", 0, 10, 0), ("v2", "b", 5, 15, 0)])
+    assert not _together(link_tracklets(tracklets, None, SETTINGS), 0, 1)
+    assert _together(link_tracklets(tracklets, None, LinkSettings(0.5, 5, overlap=False)), 0, 1)
+    shared = Topology({("a", "b"): (0.0, 10.0)})
+    assert _together(link_tracklets(tracklets, shared, SETTINGS), 0, 1)
+
+
+@pytest.mark.parametrize("start, linked", [(15.0, False), (60.0, True), (500.0, False)])
+def test_a_gap_outside_the_transit_window_is_no_link(start, linked):
+    tracklets = _tracklets([("v1", "a", 0, 10, 0), ("v2", "b", start, start + 10, 0)])
+    topology = Topology({("a", "b"): (30.0, 120.0)})
+    assert _together(link_tracklets(tracklets, topology, SETTINGS), 0, 1) is linked
+    assert _together(link_tracklets(tracklets, topology, LinkSettings(0.5, 5, transit=False)), 0, 1)
+
+
+def test_cameras_not_connected_link_only_through_others():
+    tracklets = _tracklets([("v1", "a", 0, 10, 0), ("v3", "c", 100, 110, 0)])
+    topology = Topology({("a", "b"): (30.0, 120.0), ("b", "c"): (30.0, 120.0)})
+    assert not _together(link_tracklets(tracklets, topology, SETTINGS), 0, 1)
+    through = _tracklets([("v1", "a", 0, 10, 0), ("v3", "c", 100, 110, 0), ("v2", "b", 50, 60, 0)])
+    linking = link_tracklets(through, topology, SETTINGS)
+    assert _together(linking, 0, 1) and _together(linking, 0, 2)
+
+
+def test_groups_holding_a_forbidden_pair_are_not_merged():
+    # t0 and t2 are one video's two people; t1 looks like both: it joins one of them, never both.
+    rows = [("v1", "a", 0, 10, 0), ("v2", "b", 100, 110, 0), ("v1", "a", 0, 10, 0)]
+    linking = link_tracklets(_tracklets(rows), None, LinkSettings(1.0, 5))
+    assert not _together(linking, 0, 2) and (_together(linking, 0, 1) or _together(linking, 1, 2))
+
+
+def test_the_same_tracklets_in_any_order_give_the_same_identities():
+    rows = [("v1", "a", 0, 10, p % 3) for p in range(3)] + [(f"v{p + 2}", "b", 100 + p, 130, p % 3) for p in range(6)]
+    tracklets = _tracklets(rows, seed=3)
+    base = link_tracklets(tracklets, None, SETTINGS)
+    order = np.random.default_rng(1).permutation(len(tracklets))
+    shuffled = Tracklets([tracklets.track_ids[i] for i in order], [tracklets.video_ids[i] for i in order],
+                         [tracklets.camera_ids[i] for i in order], tracklets.t_start[order], tracklets.t_end[order],
+                         tracklets.embeddings.select(order))
+    again = link_tracklets(shuffled, None, SETTINGS)
+    assert np.array_equal(again.identity, base.identity[order])
+    assert np.array_equal(again.confidence, base.confidence[order])
+
+
+def test_the_global_baseline_links_by_the_global_vectors():
+    tracklets = _tracklets([("v1", "a", 0, 10, 0), ("v2", "b", 100, 110, 0), ("v3", "a", 500, 510, 1)])
+    linking = link_tracklets(tracklets, None, LinkSettings(0.2, 5, distance=GLOBAL_DISTANCE))
+    assert _together(linking, 0, 1) and not _together(linking, 0, 2)
+
+
+def test_paired_distance_is_the_diagonal_of_the_kpr_distance():
+    first, second = _looks([0, 1, 2, 3], seed=1), _looks([1, 1, 0, 3], seed=2)
+    second.visibility[0, :2] = 0.0
+    assert np.allclose(paired_kpr_distance(first, second), np.diag(kpr_distance(first, second)), atol=1e-5)
+
+
+def test_a_cameras_file_gives_transit_windows_and_refuses_an_impossible_one(tmp_path):
+    path = tmp_path / "cameras.yaml"
+    path.write_text("cameras:\n  a:\n    connects_to: {b: [30, 120]}\n  b:\n    connects_to: {c: 40}\n  c: {}\n")
+    assert Topology.from_cameras(read_cameras(path)).windows == {("a", "b"): (30.0, 120.0), ("b", "c"): (20.0, 160.0)}
+    path.write_text("cameras:\n  a:\n    connects_to: {b: [120, 30]}\n  b: {}\n")
+    with pytest.raises(CamerasError, match=r"camera 'a': connects_to: impossible transit window to 'b': \[120, 30\]"):
+        read_cameras(path)

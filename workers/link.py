@@ -1,0 +1,256 @@
+"""Linking tracklets into global identities: who, across cameras and videos, is the same person.
+
+Candidate pairs are each tracklet's nearest neighbours by global vector (never all pairs), scored by the KPR part
+distance between tracklet aggregates (or the global cosine distance, the baseline). Where and when constrain them:
+two tracklets of one video are different people (the tracker decided); two cameras that do not see the same place
+cannot show one person at once; between connected cameras a person takes between the fastest and the slowest
+transit time, so a shorter gap is someone else and a pair outside the window is no direct link, and cameras that
+are not connected have no direct link (the person may still join both through others). Clustering is average
+linkage over the candidate pairs, best pairs first, under a distance threshold, never merging two groups that hold
+a pair the constraints forbid. Deterministic: the same tracklets give the same identities whatever their order.
+"""
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from kpr_model.distance import ReIDEmbeddings, paired_kpr_distance
+from workers.cameras import Cameras
+
+KPR_DISTANCE = "kpr"
+GLOBAL_DISTANCE = "global"
+# A link given by its usual transit time t alone is taken as the window [t * low, t * high].
+USUAL_WINDOW = (0.5, 4.0)
+_PAIR_BLOCK = 256
+
+
+@dataclass(frozen=True)
+class Tracklets:
+    """Tracklet summaries to link: ids, video, camera, UTC span (seconds) and aggregated embedding of each."""
+
+    track_ids: Sequence[str]
+    video_ids: Sequence[str]
+    camera_ids: Sequence[str]
+    t_start: np.ndarray
+    t_end: np.ndarray
+    embeddings: ReIDEmbeddings
+
+    def __len__(self) -> int:
+        return len(self.track_ids)
+
+    def ordered(self) -> tuple["Tracklets", np.ndarray]:
+        """The tracklets sorted by track id (what makes linking independent of input order) and that order."""
+        order = np.array(sorted(range(len(self)), key=lambda i: self.track_ids[i]), dtype=np.int64)
+        pick = [int(i) for i in order]
+        return Tracklets([self.track_ids[i] for i in pick], [self.video_ids[i] for i in pick],
+                         [self.camera_ids[i] for i in pick], np.asarray(self.t_start, np.float64)[order],
+                         np.asarray(self.t_end, np.float64)[order], self.embeddings.select(order)), order
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Which cameras connect, with the [fastest, slowest] transit seconds between them (both ways); a window that
+    starts at 0 s means the two cameras see the same place, so one person may be on both at once."""
+
+    windows: dict[tuple[str, str], tuple[float, float]]
+
+    def window(self, first: str, second: str) -> tuple[float, float] | None:
+        """The transit window between two cameras, either way (None: not connected)."""
+        return self.windows.get((first, second) if first <= second else (second, first))
+
+    @classmethod
+    def from_cameras(cls, cameras: Cameras) -> "Topology":
+        """The links of a cameras file: a window given as [fastest, slowest], else one around the usual time
+        (USUAL_WINDOW); a link given both ways keeps the first camera's (in id order)."""
+        windows: dict[tuple[str, str], tuple[float, float]] = {}
+        for camera_id in sorted(cameras.cameras):
+            camera = cameras.cameras[camera_id]
+            for other, usual in sorted(camera.connects_to.items()):
+                given = camera.transit_windows.get(other) or (usual * USUAL_WINDOW[0], usual * USUAL_WINDOW[1])
+                windows.setdefault((camera_id, other) if camera_id <= other else (other, camera_id), given)
+        return cls(windows)
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    """How tracklets are linked: the distance, the threshold under which groups merge, the candidate neighbours per
+    tracklet, and which constraints hold (each can be turned off, for ablations)."""
+
+    threshold: float
+    neighbours: int = 15
+    distance: str = KPR_DISTANCE
+    same_video: bool = True
+    overlap: bool = True
+    transit: bool = True
+
+    def __post_init__(self) -> None:
+        if self.distance not in (KPR_DISTANCE, GLOBAL_DISTANCE):
+            raise ValueError(f"unknown distance {self.distance!r} (known: {KPR_DISTANCE}, {GLOBAL_DISTANCE})")
+        if not self.threshold > 0 or self.neighbours < 1:
+            raise ValueError(f"threshold must be > 0 and neighbours >= 1, got {self.threshold}, {self.neighbours}")
+
+
+@dataclass(frozen=True)
+class Linking:
+    """The outcome, aligned with the input tracklets: each one's identity (index of the group, numbered by the
+    group's earliest tracklet) and its link confidence in [0, 1] (1 - distance to its nearest fellow / threshold;
+    1 for a tracklet alone)."""
+
+    identity: np.ndarray
+    confidence: np.ndarray
+    candidate_pairs: int
+
+    @property
+    def identities(self) -> int:
+        """How many identities the tracklets form."""
+        return int(self.identity.max()) + 1 if len(self.identity) else 0
+
+
+def _camera_rule(first: str, second: str, topology: Topology | None, settings: LinkSettings) -> tuple[float, float]:
+    """(shortest gap allowed, longest gap of a direct link) between tracklets of cameras ``first`` and ``second``."""
+    if first == second:
+        return -np.inf, np.inf
+    window = None if topology is None else topology.window(first, second)
+    shared_view = window is not None and window[0] == 0
+    shortest = 0.0 if settings.overlap and not shared_view else -np.inf
+    if not settings.transit or topology is None:
+        return shortest, np.inf
+    if window is None:
+        return shortest, -np.inf
+    return (window[0] if window[0] > 0 else shortest), window[1]
+
+
+class _Rules:
+    """The constraints on one set of tracklets: which pairs may never share an identity, which may link directly."""
+
+    def __init__(self, tracklets: Tracklets, topology: Topology | None, settings: LinkSettings) -> None:
+        cameras = sorted(set(tracklets.camera_ids))
+        index = {camera: i for i, camera in enumerate(cameras)}
+        self.camera = np.array([index[c] for c in tracklets.camera_ids], np.int64)
+        videos = {video: i for i, video in enumerate(sorted(set(tracklets.video_ids)))}
+        self.video = np.array([videos[v] for v in tracklets.video_ids], np.int64)
+        self.start, self.end = np.asarray(tracklets.t_start, np.float64), np.asarray(tracklets.t_end, np.float64)
+        self.same_video = settings.same_video
+        rule = np.array([[_camera_rule(first, second, topology, settings) for second in cameras] for first in cameras],
+                        np.float64).reshape(len(cameras), len(cameras), 2)
+        # The shortest gap allowed between tracklets of two cameras (negative: overlapping in time), and the
+        # longest gap of a direct link between them (-inf: no direct link).
+        self.min_gap, self.max_gap = rule[..., 0], rule[..., 1]
+
+    def gap(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """Seconds from the end of the earlier tracklet to the start of the later one (negative: they overlap)."""
+        return np.maximum(self.start[second] - self.end[first], self.start[first] - self.end[second])
+
+    def forbidden(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """Which pairs (index arrays, broadcast) can never be one person."""
+        clash = self.gap(first, second) < self.min_gap[self.camera[first], self.camera[second]]
+        if self.same_video:
+            clash |= self.video[first] == self.video[second]
+        return clash
+
+    def direct(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """Which pairs may link directly: not forbidden, and within the transit window of their cameras."""
+        within = self.gap(first, second) <= self.max_gap[self.camera[first], self.camera[second]]
+        return within & ~self.forbidden(first, second)
+
+
+def nearest_pairs(vectors: np.ndarray, neighbours: int, block: int = _PAIR_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``neighbours`` nearest other rows by cosine of the (unit) global vectors, as distinct pairs
+    (i < j, sorted): the candidate pairs, O(N * neighbours) of them, computed block by block."""
+    n = len(vectors)
+    count = min(neighbours, n - 1)
+    if count < 1:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    vectors = np.ascontiguousarray(vectors, np.float32)
+    found = []
+    for start in range(0, n, block):
+        similarity = vectors[start:start + block] @ vectors.T
+        rows = np.arange(start, start + len(similarity))
+        similarity[rows - start, rows] = -np.inf
+        top = np.argpartition(-similarity, count - 1, axis=1)[:, :count]
+        found.append(np.stack([np.repeat(rows, count), top.reshape(-1)], axis=1))
+    pairs = np.sort(np.concatenate(found), axis=1)
+    pairs = np.unique(pairs, axis=0)
+    return pairs[:, 0], pairs[:, 1]
+
+
+def pair_distances(embeddings: ReIDEmbeddings, first: np.ndarray, second: np.ndarray, distance: str) -> np.ndarray:
+    """The distance of each pair of tracklet aggregates: KPR part distance, or the global cosine distance."""
+    if distance == GLOBAL_DISTANCE:
+        return 1.0 - np.einsum("nd,nd->n", embeddings.global_emb[first], embeddings.global_emb[second])
+    return paired_kpr_distance(embeddings.select(first), embeddings.select(second))
+
+
+def link_tracklets(tracklets: Tracklets, topology: Topology | None, settings: LinkSettings) -> Linking:
+    """Group ``tracklets`` into identities (see the module docstring); the result is aligned with the input."""
+    if not len(tracklets):
+        return Linking(np.empty(0, np.int64), np.empty(0, np.float32), 0)
+    ordered, order = tracklets.ordered()
+    rules = _Rules(ordered, topology, settings)
+    first, second = nearest_pairs(ordered.embeddings.global_emb, settings.neighbours)
+    keep = rules.direct(first, second)
+    first, second = first[keep], second[keep]
+    distances = pair_distances(ordered.embeddings, first, second, settings.distance).astype(np.float64)
+    groups = _cluster(len(ordered), first, second, distances, rules, settings.threshold)
+    identity, confidence = _label(ordered, groups, first, second, distances, settings.threshold)
+    aligned_identity, aligned_confidence = np.empty_like(identity), np.empty_like(confidence)
+    aligned_identity[order], aligned_confidence[order] = identity, confidence
+    return Linking(aligned_identity, aligned_confidence, int(len(first)))
+
+
+def _cluster(n: int, first: np.ndarray, second: np.ndarray, distances: np.ndarray, rules: _Rules,
+             threshold: float) -> list[list[int]]:
+    """Average linkage over the candidate pairs: merge the closest two groups (mean distance of the pairs between
+    them) while it is under ``threshold``, never two groups that hold a forbidden pair; the groups, as member lists."""
+    members: dict[int, list[int]] = {i: [i] for i in range(n)}
+    links: dict[int, dict[int, list[float]]] = {i: {} for i in range(n)}
+    for a, b, d in zip(first.tolist(), second.tolist(), distances.tolist()):
+        links[a][b] = [d, 1.0]
+        links[b][a] = [d, 1.0]
+    version = [0] * n
+    heap = [(d, a, b, 0, 0) for a, b, d in zip(first.tolist(), second.tolist(), distances.tolist()) if d < threshold]
+    heapq.heapify(heap)
+    while heap:
+        mean, a, b, seen_a, seen_b = heapq.heappop(heap)
+        if a not in members or b not in members or version[a] != seen_a or version[b] != seen_b:
+            continue
+        left, right = np.array(members[a]), np.array(members[b])
+        if rules.forbidden(left[:, None], right[None, :]).any():
+            del links[a][b], links[b][a]  # a bigger group holding either still holds the forbidden pair
+            continue
+        keep, gone = (a, b) if len(members[a]) >= len(members[b]) else (b, a)
+        members[keep].extend(members.pop(gone))
+        del links[keep][gone]
+        for other, (total, count) in links.pop(gone).items():
+            if other == keep:
+                continue
+            del links[other][gone]
+            merged = links[keep].setdefault(other, [0.0, 0.0])
+            merged[0] += total
+            merged[1] += count
+            links[other][keep] = merged
+        version[keep] += 1
+        for other, (total, count) in links[keep].items():
+            if total / count < threshold:
+                low, high = min(keep, other), max(keep, other)
+                heapq.heappush(heap, (total / count, low, high, version[low], version[high]))
+    return list(members.values())
+
+
+def _label(tracklets: Tracklets, groups: list[list[int]], first: np.ndarray, second: np.ndarray,
+           distances: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Identity numbers (groups in order of their earliest tracklet: start time, then id) and link confidences."""
+    earliest = [min(group, key=lambda i: (tracklets.t_start[i], tracklets.track_ids[i])) for group in groups]
+    ranked = sorted(range(len(groups)), key=lambda g: (tracklets.t_start[earliest[g]], tracklets.track_ids[earliest[g]]))
+    identity = np.empty(len(tracklets), np.int64)
+    for number, g in enumerate(ranked):
+        identity[groups[g]] = number
+    nearest = np.full(len(tracklets), np.inf)
+    fellow = identity[first] == identity[second]
+    np.minimum.at(nearest, first[fellow], distances[fellow])
+    np.minimum.at(nearest, second[fellow], distances[fellow])
+    confidence = np.where(np.isfinite(nearest), np.clip(1.0 - nearest / threshold, 0.0, 1.0), 1.0)
+    return identity, confidence.astype(np.float32)
