@@ -41,8 +41,11 @@ def _as_tensor(value: ArrayLike, device: torch.device, dtype: torch.dtype | None
     """A numpy array or tensor as a tensor on ``device`` (optionally cast to ``dtype``)."""
     import torch
 
-    tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
-    return tensor.to(device=device, dtype=dtype or tensor.dtype)
+    if not isinstance(value, torch.Tensor):
+        value = np.ascontiguousarray(value)
+        # A read-only view (a vector column read from the store) is copied: PyTorch warns on wrapping one.
+        value = torch.from_numpy(value if value.flags.writeable else value.copy())
+    return value.to(device=device, dtype=dtype or value.dtype)
 
 
 def _check_shapes(feats: torch.Tensor, vis: torch.Tensor, name: str) -> None:

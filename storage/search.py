@@ -48,9 +48,9 @@ _META_COLUMNS = ("detection_id", "video_id", "camera_id", "frame_index", "timest
 PART_POOL_FACTOR = 5
 
 
-# ANN candidates re-ranked by the exact part distance: 500 reaches recall@50 0.987 against an exact scan
-# at 1M detections (200 gave 0.962); see bench/results/search.json.
-DEFAULT_CANDIDATES = 500
+# ANN candidates re-ranked by the exact part distance: at 1M detections, without refinement, 700 reach
+# recall@50 0.988 against an exact scan (500: 0.979, 1000: 0.992); see bench/results/search.json.
+DEFAULT_CANDIDATES = 700
 # Candidates when the filter keeps few enough rows to be scanned exactly (AnnSettings.flat_max_rows): among
 # a filter's few rows the KPR top-50 is mostly other people, whose global-vector order differs more from
 # KPR's, so 500 candidates of a 15k-row filter reached only 0.82 of it (see bench/README.md).
@@ -368,8 +368,10 @@ class PersonSearch:
         where = filters.where(chosen if chosen is not None else range(query.num_parts))
         # An exact scan already ranks a global-only search exactly; a KPR re-rank needs the larger pool.
         flat_limit = pool if global_only else min(max(pool, self.filtered_candidates), self.max_candidates)
+        selective = filters.cameras is not None or filters.t_min is not None or filters.t_max is not None
+        bound = self.store.detections_at_most(filters.cameras, filters.t_min, filters.t_max) if selective else None
         found = self.store.nearest(query.global_emb[0], where, pool, [*EMBEDDING_COLUMNS, *columns],
-                                   flat_limit=flat_limit)
+                                   flat_limit=flat_limit, kept_at_most=bound)
         if not found.num_rows:
             return None
         gallery = embeddings_of(found)

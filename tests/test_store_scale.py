@@ -126,6 +126,32 @@ def test_ann_probes_refinement_and_flat_filtering_trade_speed_for_exactness(tmp_
     np.testing.assert_allclose(distances(flat.nearest(query, one_camera, 10, ["camera_id"])), exact_cam0, rtol=1e-4, atol=1e-5)
 
 
+def test_a_filter_bounded_by_the_videos_table_is_scanned_exactly_and_a_wrong_bound_costs_no_row(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "db", ann=AnnSettings(flat_max_rows=150))
+    _fill(store, videos=6, per_video=50)  # cam-0: v000 (1000-1060 s), v003 (1300-1360 s); cam-1: v001, v004; ...
+    store.record_failure(video_row("broken", "cam-1", 1_000.0), "decode error")
+    assert store.detections_at_most(["cam-1"], None, None) == 100
+    assert store.detections_at_most(["cam-0", "cam-1"], 1_200.0, 1_420.0) == 100  # v003, v004
+    assert store.detections_at_most(None, 2_000.0, None) == 0
+    table = store.query_detections(None, columns=["camera_id", "timestamp", "vector"])
+    query = random_embeddings(np.random.default_rng(3), 1, PARTS, DIM).global_emb[0]
+    squared = ((global_vectors(table) - query) ** 2).sum(axis=1)
+    cameras = np.array(table["camera_id"].to_pylist())
+
+    def nearest(where: str, bound: int) -> list[float]:
+        return store.nearest(query, where, 10, ["camera_id"], kept_at_most=bound)["_distance"].to_pylist()
+
+    for where, kept in (("camera_id = 'cam-1'", cameras == "cam-1"), ("camera_id != 'cam-9'", cameras != "cam-9")):
+        exact = np.sort(squared[kept])[:10]
+        for bound in (0, 100, 10_000):  # a bound below the truth (videos written since it was read) changes nothing
+            np.testing.assert_allclose(nearest(where, bound), exact, rtol=1e-4, atol=1e-5)
+    spanless = video_row("spanless", "cam-1", 1_000.0)
+    rows = detections_of(spanless, random_embeddings(np.random.default_rng(4), 5, PARTS, DIM))
+    store.write_video({**spanless, "start_time": None}, rows)
+    assert store.detections_at_most(["cam-1"], None, None) is None
+    assert store.detections_at_most(["cam-2"], None, None) == 100
+
+
 def test_vector_index_plan_follows_table_size_and_dimension() -> None:
     plan = vector_index_plan(1_000_000, 128)
     assert (plan["type"], plan["num_partitions"], plan["num_sub_vectors"]) == ("IVF_PQ", 1000, 32)
