@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -34,6 +34,9 @@ DEFAULT_MAX_NPROBES = 60
 DEFAULT_REFINE_FACTOR = None
 DEFAULT_FLAT_MAX_ROWS = 50_000
 DEFAULT_POSTFILTER_MIN_SHARE = 0.9
+# Rows per batch of a filter's exact scan: LanceDB's own batch size. One batch of all the rows (15k at 1M) makes it
+# join its batches first: the same median search, a longer tail (p95 55 vs 51 ms, interleaved at 1M rows).
+_SCAN_BATCH_ROWS = 8192
 # A filter applied after the vector search is applied to this many times the candidates asked for.
 _POSTFILTER_FETCH = 2
 LIST_COLUMNS = ("detection_id", "video_id", "camera_id", "frame_index", "timestamp", "track_id", "bbox",
@@ -84,28 +87,41 @@ def _query(table: lancedb.table.Table | None, where: str | None, columns: Sequen
     return query.limit(limit).to_arrow()
 
 
-@dataclass
 class _VideoSpans:
-    """The done videos' cameras, spans and detection counts as arrays, read again only when the videos table changed."""
+    """Each camera's done videos as arrays of start, end and detection count, read again only when the videos
+    table has a newer version than the one they were read at."""
 
-    version: int | None = None
-    cameras: np.ndarray = field(default_factory=lambda: np.empty(0, object))
-    starts: np.ndarray = field(default_factory=lambda: np.empty(0))
-    ends: np.ndarray = field(default_factory=lambda: np.empty(0))
-    detections: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    def __init__(self) -> None:
+        self.version: int | None = None
+        self.cameras: dict[str, np.ndarray] = {}  # camera id -> [n, 3]: start, end, detections of its done videos
 
-    def current(self, videos: lancedb.table.Table) -> "_VideoSpans":
-        """These spans, refreshed first when ``videos`` has a newer version than the one they were read at."""
+    def at_most(self, videos: lancedb.table.Table, cameras: Sequence[str] | None, t_min: float | None,
+                t_max: float | None) -> int | None:
+        """The detections of the done videos of ``cameras`` (None: all) whose span meets [t_min, t_max]; None when
+        one of those videos has no known span."""
+        self._refresh(videos)
+        chosen = [self.cameras[c] for c in (self.cameras if cameras is None else cameras) if c in self.cameras]
+        spans = np.concatenate(chosen) if chosen else np.empty((0, 3))
+        met = np.ones(len(spans), bool)
+        if t_min is not None:
+            met &= ~(spans[:, 1] < t_min)
+        if t_max is not None:
+            met &= ~(spans[:, 0] > t_max)
+        return None if np.isnan(spans[met, :2]).any() else int(spans[met, 2].sum())
+
+    def _refresh(self, videos: lancedb.table.Table) -> None:
+        """Read the videos table again if it changed since."""
         version = videos.version
-        if version != self.version:
-            rows = videos.search().where(sql.equals("status", "done")).select(
-                ["camera_id", "start_time", "duration", "n_detections"]).limit(None).to_arrow()
-            starts = rows["start_time"].to_numpy(zero_copy_only=False).astype(np.float64)
-            self.cameras = rows["camera_id"].to_numpy(zero_copy_only=False)
-            self.starts, self.ends = starts, starts + rows["duration"].to_numpy(zero_copy_only=False).astype(np.float64)
-            self.detections = rows["n_detections"].fill_null(0).to_numpy().astype(np.int64)
-            self.version = version
-        return self
+        if version == self.version:
+            return
+        rows = videos.search().where(sql.equals("status", "done")).select(
+            ["camera_id", "start_time", "duration", "n_detections"]).limit(None).to_arrow()
+        starts = rows["start_time"].to_numpy(zero_copy_only=False).astype(np.float64)
+        ends = starts + rows["duration"].to_numpy(zero_copy_only=False).astype(np.float64)
+        spans = np.stack([starts, ends, rows["n_detections"].fill_null(0).to_numpy().astype(np.float64)], axis=1)
+        camera_ids = np.asarray(rows["camera_id"].to_pylist(), object)
+        self.cameras = {str(c): spans[camera_ids == c] for c in dict.fromkeys(camera_ids)}
+        self.version = version
 
 
 class Store:
@@ -288,15 +304,7 @@ class Store:
         """At most how many detections lie in ``cameras`` (None: all) between ``t_min`` and ``t_max``, from the videos
         table alone: the detections of the done videos of those cameras whose span meets the window. None when one
         of those videos has no known span. Lets a search skip counting a filter's rows (6 ms at 1M rows)."""
-        spans = self._spans.current(self._videos)
-        chosen = np.ones(len(spans.cameras), bool) if cameras is None else np.isin(spans.cameras, list(cameras))
-        if t_min is not None:
-            chosen &= ~(spans.ends < t_min)
-        if t_max is not None:
-            chosen &= ~(spans.starts > t_max)
-        if np.isnan(spans.starts[chosen]).any() or np.isnan(spans.ends[chosen]).any():
-            return None
-        return int(spans.detections[chosen].sum())
+        return self._spans.at_most(self._videos, cameras, t_min, t_max)
 
     def query_detections(self, where: str | None, columns: Sequence[str] | None = None, limit: int | None = None) -> pa.Table:
         """Detection rows matching an already-escaped ``where`` clause (build it with storage.sql)."""
@@ -424,9 +432,8 @@ class Store:
         re-rank pool of a 15k-row filter at 1M rows.
         """
         names = list(dict.fromkeys([*columns, "detection_id", "vector"]))
-        # One batch: taking rows from a table of many chunks costs more than the scan's larger batch.
         rows = table.search().where(where).select(names).with_row_id(True).limit(self.ann.flat_max_rows + 1)
-        rows = rows.to_batches(batch_size=self.ann.flat_max_rows + 1).read_all()
+        rows = rows.to_batches(batch_size=_SCAN_BATCH_ROWS).read_all()
         if rows.num_rows > self.ann.flat_max_rows:
             return None
         offsets = global_vectors(rows) - np.asarray(vector, np.float32)
