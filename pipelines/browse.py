@@ -149,6 +149,7 @@ def _info_lines(summary: StoreSummary) -> list[str]:
                            f"{model['model_id']} ({model['kind']}, K={model['num_parts']} parts, D={model['dim']})"),
         "rows:        " + ", ".join(f"{name} {rows.get(name, 0)}" for name in ("detections", "tracklets", "videos")),
         f"cameras:     {len(summary.cameras)}" + (f": {', '.join(summary.cameras)}" if summary.cameras else ""),
+        "cameras file: " + (summary.cameras_file or "none recorded (kpr ingest records the one it reads)"),
         "videos:      " + (", ".join(f"{count} {status}" for status, count in sorted(summary.videos_by_status.items()))
                            or "none"),
         "time range:  " + ("no detections" if span is None else

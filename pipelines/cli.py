@@ -355,11 +355,11 @@ def cmd_journey(args: argparse.Namespace) -> int:
     import json
 
     from pipelines.journey import build_journey, journey_lines, journey_rows, person_sightings
+    from pipelines.store_cameras import view_cameras
     from storage import Store
-    from workers.cameras import Cameras, read_cameras
 
-    cameras = Cameras() if args.cameras is None else read_cameras(args.cameras)
     store = Store.open(args.db, create=False)
+    cameras = view_cameras(store, args.cameras)
     sightings, chosen = person_sightings(store, args.tracklet, args.same or (), args.k)
     journey = build_journey(sightings, cameras)
     if args.json:
@@ -756,7 +756,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", "--k", type=_positive(int), default=20,
                    help="without --same: the most search hits taken, those within the calibrated distance (default 20)")
     p.add_argument("--cameras", type=Path, metavar="FILE",
-                   help="cameras file (as for kpr ingest): display names, time zones, transit times, positions")
+                   help="cameras file (as for kpr ingest): display names, time zones, transit times, positions "
+                        "(default: the one the store's latest ingestion read, if any)")
     p.add_argument("--html", type=Path, metavar="FILE", help="also write a self-contained HTML page of the journey")
     p.add_argument("--json", action="store_true", help="print the journey as JSON instead of lines")
     p.set_defaults(func=cmd_journey)
@@ -774,7 +775,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=_positive(float), default=8.0, help="largest accepted upload (default 8)")
     p.add_argument("--cameras", type=Path, metavar="FILE",
                    help="cameras file (as for kpr ingest) whose display names and time zones the hit views show "
-                        "(default: none, so camera ids and UTC)")
+                        "(default: the one the store's latest ingestion read; without one, camera ids and UTC)")
     p.add_argument("--token", help="secret every API request must carry (open the page once as /?token=TOKEN); "
                                    "required to listen on a non-loopback --host (default: $KPR_SERVE_TOKEN)")
     p.set_defaults(func=cmd_serve)

@@ -15,6 +15,7 @@ from kpr_model.embeddings import ReIDEmbeddings
 from pipelines.errors import UserError
 from pipelines.ingest_inputs import IngestInputs, store_listed_videos
 from pipelines.interrupts import commit_whole
+from pipelines.store_cameras import remember_cameras
 from storage import Store, StoreError, VideoRows, detection_row, detections_table, tracklet_row, tracklets_table
 from workers.discover import ArchiveFiles, VideoTask, discover_videos
 from workers.errors import WorkerError
@@ -267,6 +268,9 @@ def ingest_archive(inputs: IngestInputs, options: IngestOptions = IngestOptions(
                                  "re-embedded with %s (model %s)", inputs.model, inputs.model_id)
     summary = IngestSummary(run_id=uuid.uuid4().hex[:12], cameras_file=inputs.cameras.path,
                             cameras_named=len(inputs.cameras.cameras))
+    if remember_cameras(inputs.store, inputs.cameras):
+        get_run_logger().info("the store now remembers cameras file %s: kpr serve and kpr journey use it",
+                              inputs.cameras.path)
     tasks = discover(inputs.videos)
     tasks += store_listed_videos(inputs.store, inputs.model_id, tasks)
     done = inputs.store.done_video_ids(inputs.model_id)

@@ -108,6 +108,7 @@ class StoreSummary:
     tables: dict[str, dict]
     indexes: dict[str, dict]
     cameras: list[str]
+    cameras_file: str | None  # the cameras file the views use (recorded by the latest ingestion with one)
     videos_by_status: dict[str, int]
     time_range: tuple[float, float] | None
     disk_bytes: int | None
@@ -259,5 +260,5 @@ def summarize(store: Store) -> StoreSummary:
     return StoreSummary(
         uri=store.uri, schema_version=SCHEMA_VERSION, readable_versions=READABLE_VERSIONS, model=store.model(),
         tables=store.table_stats(), indexes=store.index_stats(), cameras=camera_ids(store),
-        videos_by_status=dict(Counter(row["status"] for row in store.video_rows())), time_range=store.time_range(),
+        cameras_file=(store.cameras_file() or (None,))[0], videos_by_status=dict(Counter(row["status"] for row in store.video_rows())), time_range=store.time_range(),
         disk_bytes=_disk_bytes(store.uri))

@@ -26,6 +26,8 @@ from storage.writer import DEFAULT_LEASE_S, VideoRows, VideoWriter
 _ID_BATCH = 1000
 # Field metadata of the videos table's `model_id` column that records the store's model (see Store.model).
 STORE_MODEL_KEY = "kpr:store_model"
+# Field metadata of the videos table's `camera_id` column: the cameras file that the latest ingestion with one read.
+STORE_CAMERAS_KEY = "kpr:cameras_file"
 # The ANN defaults, chosen by bench/search_bench.py at 1M rows, D=128 (see bench/README.md).
 DEFAULT_NPROBES = 10
 DEFAULT_MAX_NPROBES = 60
@@ -264,6 +266,20 @@ class Store:
     def set_model(self, model: dict) -> None:
         """Record ``model`` (as `model` returns it) as the model of the store's embeddings."""
         self._videos.update_field_metadata({"path": "model_id", "metadata": {STORE_MODEL_KEY: json.dumps(model)}})
+
+    def cameras_file(self) -> tuple[str, str] | None:
+        """(path, text) of the cameras file that the latest ingestion with one read, None if none did: the views
+        (kpr serve, kpr journey) use it when they are given no cameras file of their own."""
+        recorded = (self._videos.schema.field("camera_id").metadata or {}).get(STORE_CAMERAS_KEY.encode())
+        if not recorded:
+            return None
+        record = json.loads(recorded)
+        return record["path"], record["text"]
+
+    def record_cameras_file(self, path: str, text: str) -> None:
+        """Remember the cameras file ``path`` with its ``text`` (replacing the one remembered before)."""
+        record = json.dumps({"path": path, "text": text})
+        self._videos.update_field_metadata({"path": "camera_id", "metadata": {STORE_CAMERAS_KEY: record}})
 
     def replace_model(self, model: dict) -> None:
         """Make ``model`` the store's model: drop every detection and tracklet (the old model's), then record it.

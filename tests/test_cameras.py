@@ -176,6 +176,9 @@ cameras:
     assert f"cameras file: {archive / 'cameras.yaml'} (3 cameras)" in out
     assert "describes camera(s) with no video: cam9" in err and "does not describe camera(s) cam3" in err
     store = Store.open(str(db), create=False)
+    assert store.cameras_file() == (str((archive / "cameras.yaml").resolve()), (archive / "cameras.yaml").read_text())
+    assert main(["info", "--db", str(db)]) == 0
+    assert f"cameras file: {(archive / 'cameras.yaml').resolve()}" in capsys.readouterr().out
     sidecar_start = {v.parent.name: json.loads(v.with_suffix(".json").read_text())["start_time"]
                      for v in archive.rglob("*.mp4")}
     expected = {"cam1": sidecar_start["cam1"] + 90.0,

@@ -13,8 +13,10 @@ import pytest
 from kpr_model.embeddings import ReIDEmbeddings, aggregate
 from pipelines.calibrate import NO_CLOSE_MATCH
 from pipelines.cli import main
+from pipelines.store_cameras import remember_cameras
 from storage import Store, detection_row, detections_table, tracklet_row, tracklets_table
 from support import MODEL_ID, unit_rows
+from workers.cameras import read_cameras
 from workers.crops import thumbnail_jpeg
 from workers.records import detection_id
 
@@ -93,6 +95,21 @@ def test_confirmed_sightings_come_in_time_order_with_their_transits_checked(stor
                         (-5.0, None, "impossible: seen on both cameras at once", True),
                         (100.0, None, "no usual transit time", False)]
     assert journey["conflicts"] == [{"first": 3, "second": 4}]
+
+
+def test_the_cameras_file_the_store_recorded_is_used_unless_another_is_given(store_dir, cameras_file, tmp_path,
+                                                                           capsys):
+    def names(*args: str) -> list[str]:
+        journey = _journey(capsys, "--db", str(store_dir), "--tracklet", "a-p0", "--same", "b-p0", *args)
+        return [s["camera_name"] for s in journey["sightings"]]
+
+    assert names() == ["cam-a", "cam-b"]  # nothing recorded: camera ids
+    assert remember_cameras(Store.open(str(store_dir), create=False), read_cameras(cameras_file))
+    assert not remember_cameras(Store.open(str(store_dir), create=False), read_cameras(cameras_file))  # same file
+    assert names() == ["North gate", "Lobby"]
+    other = tmp_path / "other.yaml"
+    other.write_text("cameras:\n  cam-a: {name: Front}\n")
+    assert names("--cameras", str(other)) == ["Front", "cam-b"]
 
 
 def test_the_text_timeline_marks_the_flagged_transits(store_dir, cameras_file, capsys):

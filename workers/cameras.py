@@ -114,12 +114,23 @@ def archive_cameras(archive_root: str | Path, path: str | None = None) -> Camera
 
 def read_cameras(path: str | Path) -> Cameras:
     """Read and check a cameras file: CamerasError with one line naming the file, camera and key of a mistake."""
+    return parse_cameras(cameras_text(path), path)
+
+
+def cameras_text(path: str | Path) -> str:
+    """The text of the cameras file ``path`` (CamerasError when it cannot be read as text)."""
     try:
-        document = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        return Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise CamerasError(f"cannot read cameras file {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise CamerasError(f"{path}: not a text file") from None
+
+
+def parse_cameras(text: str, path: str | Path) -> Cameras:
+    """Check the text of a cameras file (read from ``path``, which errors name), as read_cameras does."""
+    try:
+        document = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise CamerasError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(document, dict) or "cameras" not in document:

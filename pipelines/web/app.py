@@ -34,6 +34,7 @@ from pipelines.errors import UserError, user_error_types
 from pipelines.query import Query, QuerySearch, part_names
 from pipelines.query_image import QueryEncoder
 from pipelines.query_prompt import prompt_from_text
+from pipelines.store_cameras import view_cameras
 from pipelines.times import parse_time
 from pipelines.web.context import HitContext
 from pipelines.web.guard import RequestGuard
@@ -42,7 +43,7 @@ from pipelines.web.payload import finite, query_json, results_json, tracklet_jso
 from storage import NotFoundError, Store
 from storage.cases import check_name
 from storage.catalog import CatalogFilters, best_detections, check_cameras, list_tracklets, tracklet_thumbnails
-from workers.cameras import Cameras, read_cameras
+from workers.cameras import Cameras
 from workers.errors import DecodeError
 
 K_MAX = 200
@@ -375,7 +376,7 @@ def serve(db: str, model: str | None = None, host: str = "127.0.0.1", port: int 
     if not loopback and token is None:
         raise UserError(f"listening on {host} lets anyone who can reach this machine search the store: "
                         f"give --token TOKEN (or set {TOKEN_ENV}), or serve on 127.0.0.1")
-    cameras = Cameras() if cameras_file is None else read_cameras(cameras_file)
+    cameras = view_cameras(Store.open(db, create=False), cameras_file)
     allowed = ["127.0.0.1", "localhost", "[::1]", shown.lower()] if loopback else None
     app = create_app(db, model, int(max_upload_mb * 2**20), allowed_hosts=allowed, model_input=model_input,
                      cameras=cameras, token=token)
