@@ -24,7 +24,7 @@ from pipelines.times import iso_utc, utc_text
 from storage import Store
 from storage.cases import CaseEvent, Cases
 from workers.errors import DecodeError
-from workers.frames import frame_with_box
+from workers.frames import frames_with_boxes
 
 MANIFEST = "manifest.json"
 _EXTRA_STYLE = """
@@ -81,7 +81,7 @@ def _gather(store: Store, events: list[CaseEvent], schema_version: int | None, o
     uris = {row["video_id"]: row["uri"] for row in store.video_rows()}
     (out / "thumbs").mkdir()
     (out / "frames").mkdir()
-    evidence = {}
+    evidence, wanted = {}, {}
     for number, detection_id in enumerate(ids, 1):
         row = stored.get(detection_id) or recorded.get(detection_id)
         item = evidence[detection_id] = Evidence(detection_id)
@@ -101,17 +101,25 @@ def _gather(store: Store, events: list[CaseEvent], schema_version: int | None, o
         if uri is None:
             item.problems.append(f"video {row['video_id']} is not in the store's videos table")
             continue
-        print(f"\rdecoding frames: {number}/{len(ids)}", end="", file=sys.stderr)
-        try:
-            jpeg = frame_with_box(uri, row["frame_index"], row["bbox"])
-        except DecodeError as exc:
-            item.problems.append(f"the frame cannot be read from the archived video: {exc}")
-            continue
-        item.frame = f"frames/{number:04d}.jpg"
-        (out / item.frame).write_bytes(jpeg)
-    if ids:
-        print(file=sys.stderr)
+        wanted.setdefault(uri, []).append((number, item, row["frame_index"], row["bbox"]))
+    _write_frames(wanted, out)
     return evidence
+
+
+def _write_frames(wanted: dict[str, list[tuple[int, Evidence, int, list]]], out: Path) -> None:
+    """Decode each video's wanted frames in one pass, draw their boxes and write them under ``out``/frames."""
+    done, total = 0, sum(len(items) for items in wanted.values())
+    for uri, items in wanted.items():
+        for (number, item, _, _), jpeg in zip(items, frames_with_boxes(uri, [(i, box) for _, _, i, box in items])):
+            if isinstance(jpeg, DecodeError):
+                item.problems.append(f"the frame cannot be read from the archived video: {jpeg}")
+                continue
+            item.frame = f"frames/{number:04d}.jpg"
+            (out / item.frame).write_bytes(jpeg)
+        done += len(items)
+        print(f"\rdecoding frames: {done}/{total}", end="", file=sys.stderr)
+    if total:
+        print(file=sys.stderr)
 
 
 def _query_pictures(events: list[CaseEvent], out: Path) -> dict[str, str]:

@@ -22,7 +22,7 @@ from storage.cases import Cases
 from support import MODEL_ID, unit_rows, write_video
 from workers.crops import thumbnail_jpeg
 from workers.errors import DecodeError
-from workers.frames import BOX_RGB, frame_with_box
+from workers.frames import BOX_RGB, frame_with_box, frames_with_boxes
 
 PARTS, DIM = 4, 16
 T0 = 1_767_254_400.0  # 2026-01-01T08:00:00Z
@@ -179,6 +179,14 @@ def test_frame_with_box_of_a_missing_video_is_a_decode_error(db):
         frame_with_box(str(db.parent / f"{GONE_CAMERA}.mp4"), 0, BOX)
     with pytest.raises(DecodeError, match="has no frame 99"):
         frame_with_box(str(db.parent / "cam-a.mp4"), 99, BOX)
+
+
+def test_frames_of_one_video_come_from_one_pass_each_with_its_own_box_or_error(db):
+    first, missing, again = frames_with_boxes(str(db.parent / "cam-a.mp4"), [(2, BOX), (99, BOX), (0, BOX)])
+    assert _box_is_drawn(first) and _box_is_drawn(again) and first != again
+    assert isinstance(missing, DecodeError) and "has no frame 99" in str(missing)
+    gone = frames_with_boxes(str(db.parent / f"{GONE_CAMERA}.mp4"), [(0, BOX), (1, BOX)])
+    assert all(isinstance(result, DecodeError) and "no such file" in str(result) for result in gone)
 
 
 _APPEND = """

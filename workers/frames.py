@@ -34,12 +34,37 @@ def draw_box(frame: np.ndarray, bbox: Sequence[float]) -> np.ndarray:
 def frame_with_box(uri: str, frame_index: int, bbox: Sequence[float]) -> bytes:
     """Frame ``frame_index`` of the video at ``uri`` as JPEG bytes with box (x, y, w, h) drawn; DecodeError when the
     video or that frame cannot be read."""
-    path = local_video_path(uri)
-    frames = list(decode_frames(path, [int(frame_index)], batch_size=1))
-    if not frames:
-        raise DecodeError(f"{path}: has no frame {frame_index}")
-    ok, data = cv2.imencode(".jpg", cv2.cvtColor(draw_box(frames[0][1], bbox), cv2.COLOR_RGB2BGR),
-                            [cv2.IMWRITE_JPEG_QUALITY, FRAME_JPEG_QUALITY])
-    if not ok:
-        raise DecodeError(f"{path}: frame {frame_index} could not be encoded as JPEG")
-    return data.tobytes()
+    (result,) = frames_with_boxes(uri, [(frame_index, bbox)])
+    if isinstance(result, DecodeError):
+        raise result
+    return result
+
+
+def frames_with_boxes(uri: str, boxes: Sequence[tuple[int, Sequence[float]]]) -> list[bytes | DecodeError]:
+    """For each (frame index, box) of the video at ``uri``, the frame as JPEG bytes with the box drawn, or the
+    DecodeError it got. The video is opened and decoded once for all of them (an evidence bundle of many results
+    of one video paid an open and a seek per result), and each frame is encoded as soon as it is decoded."""
+    results: list[bytes | DecodeError | None] = [None] * len(boxes)
+    wanted: dict[int, list[int]] = {}
+    for position, (index, _) in enumerate(boxes):
+        wanted.setdefault(int(index), []).append(position)
+    try:
+        path = local_video_path(uri)
+    except DecodeError as exc:
+        return [exc] * len(boxes)
+    failure = None
+    try:
+        for index, pixels in decode_frames(path, sorted(wanted)):
+            for position in wanted[index]:
+                results[position] = _jpeg(path, index, draw_box(pixels, boxes[position][1]))
+    except DecodeError as exc:  # the frames decoded before it keep their result
+        failure = exc
+    return [result if result is not None else failure or DecodeError(f"{path}: has no frame {int(boxes[i][0])}")
+            for i, result in enumerate(results)]
+
+
+def _jpeg(path: Path, frame_index: int, pixels: np.ndarray) -> bytes | DecodeError:
+    """RGB ``pixels`` of frame ``frame_index`` as JPEG bytes (a DecodeError naming the frame if encoding fails)."""
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY,
+                                                                              FRAME_JPEG_QUALITY])
+    return data.tobytes() if ok else DecodeError(f"{path}: frame {frame_index} could not be encoded as JPEG")
