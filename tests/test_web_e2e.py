@@ -251,6 +251,7 @@ def test_the_investigation_loop_marks_searches_again_follows_the_journey_and_exp
     page.locator("#case-open").click()
     expect(page.locator("#status")).to_contain_text(f"for tracklet {track} · with 1 confirmed and 1 rejected")
     expect(page.locator("#marks-summary")).to_have_text("confirmed: 1 · rejected: 1")
+    expect(page.locator(f'#pick-grid .tile[data-track-id="{track}"]')).to_have_class(re.compile("chosen"))
     with page.expect_download() as download:
         page.locator("#case-export").click()
     expect(page.locator("#case-status")).to_contain_text("exported case-loop-case.zip")

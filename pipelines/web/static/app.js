@@ -108,6 +108,7 @@ async function loadPickPage() {
   try {
     const page = await api(`/api/tracklets?${params}`);
     $("pick-grid").replaceChildren(...page.tracklets.map(pickTile));
+    markQueryTile();
     $("pick-page").textContent = page.tracklets.length
       ? `people ${state.pickOffset + 1}–${state.pickOffset + page.tracklets.length} of ${page.total}` : "no tracklets";
     $("pick-prev").disabled = state.pickOffset === 0;
@@ -127,6 +128,13 @@ function pickTile(tracklet) {
     element("span", {class: "tile-size"}, plural(tracklet.detections, "detection", "detections")));
   tile.addEventListener("click", () => chooseTracklet(tracklet, tile));
   return tile;
+}
+
+function markQueryTile() {
+  // The tracklet the query searches with stays marked in the picker: on its page, and after a case is reopened.
+  const track = state.query && $("use-tracklet").checked ? state.query.trackId : null;
+  document.querySelectorAll("#pick-grid .tile").forEach((t) => t.classList.toggle("chosen", Boolean(track) &&
+    t.dataset.trackId === track));
 }
 
 function chooseTracklet(tracklet, tile) {
@@ -693,6 +701,7 @@ function restoreQuery(query) {
     $("query-caption").textContent = `track ${query.track_id} (from the case)`;
     $("tracklet-option").hidden = false;
     $("use-tracklet").checked = true;
+    markQueryTile();
     showCrop(`/api/tracklets/${encodeURIComponent(query.track_id)}/thumbnail`, false);
   } else {
     chooseDetection({detection_id: query.detection_id, camera_id: null, timestamp: null, track_id: null,
