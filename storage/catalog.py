@@ -195,9 +195,11 @@ def list_tracklets(store: Store, filters: CatalogFilters, limit: int, offset: in
     table = store.list_tracklets(where, columns=TRACKLET_COLUMNS)
     if not table.column_names:  # a store written before tracklets were stored: its detections' track ids
         table = _tracklets_of_detections(store, filters)
-    rows = sorted(table.to_pylist(), key=lambda row: (row["camera_id"], row["t_start"], row["track_id"]))
-    return _page([TrackletSummary(row["track_id"], row["camera_id"], row["video_id"], row["t_start"], row["t_end"],
-                                  row["n_detections"], row["best_detection_id"]) for row in rows], limit, offset)
+    # Sorted in Arrow and only the page made into Python rows: a store's 100k tracklets cost 0.1-0.2 s as dicts.
+    table = table.sort_by([("camera_id", "ascending"), ("t_start", "ascending"), ("track_id", "ascending")])
+    rows = table.slice(offset, limit).to_pylist() if offset < table.num_rows else []
+    return Page([TrackletSummary(row["track_id"], row["camera_id"], row["video_id"], row["t_start"], row["t_end"],
+                                 row["n_detections"], row["best_detection_id"]) for row in rows], table.num_rows, offset)
 
 
 def _tracklets_of_detections(store: Store, filters: CatalogFilters) -> pa.Table:
