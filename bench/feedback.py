@@ -22,14 +22,15 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from bench.results_io import RESULTS, command_line, merge_result
 from bench.search_bench import MODEL_ID, SyntheticWorld, WorldConfig, bulk_build_store, int_list
-from kpr_model.distance import NEGATIVE_WEIGHT, REJECTION_WEIGHT, ReIDEmbeddings
+from kpr_model.distance import ReIDEmbeddings
+from kpr_model.feedback import FeedbackWeights
 from pipelines.calibrate import archive_identities, tracklet_identities
 from pipelines.errors import UserError
 from storage import PersonSearch, SearchFilters, SearchHit, Store, StoreError
@@ -104,18 +105,27 @@ def score(confirmed: Sequence[bool], new: Sequence[bool], total: int, depth: int
 
 
 Variant = Callable[[Feedback], FeedbackSearch]
+VARIANTS = ("feedback", "single_query", "detections", "no_gather", "no_nearest_view", "no_negative", "no_penalty",
+            "exclude_only")
 
 
 def variants(search: PersonSearch, args: argparse.Namespace) -> dict[str, Variant]:
-    """The variants compared, each a FeedbackSearch for the marks so far: full feedback, without the move away from
-    the rejected, without the rejection penalty, fusion of the confirmed alone, and only leaving the marked
-    detections (and, among people, their tracklets) out."""
-    penalty, negative = args.rejection_weight, args.negative_weight
-    return {"feedback": lambda marks: FeedbackSearch(search, marks, penalty, negative),
-            "no_negative": lambda marks: FeedbackSearch(search, marks, penalty, 0.0),
-            "no_penalty": lambda marks: FeedbackSearch(search, marks, 0.0, negative),
-            "fusion_only": lambda marks: FeedbackSearch(search, marks, 0.0, 0.0),
-            "exclude_only": lambda marks: FeedbackSearch(search, Feedback(rejected=tuple(marks.marked)), 0.0, 0.0)}
+    """The variants compared (those ``args.variants`` names), each a FeedbackSearch for the marks so far: full
+    feedback; the fused query alone (no candidates gathered for the confirmed hits, no nearest-view distance);
+    without gathering; without the nearest-view distance; without the move away from the rejected; without the
+    rejection penalty; and only leaving the marked detections (and, among people, their tracklets) out."""
+    weights = FeedbackWeights(args.negative_weight, args.rejection_weight, args.exemplar_weight)
+    single = replace(weights, exemplar=0.0)
+    every = {"feedback": lambda marks: FeedbackSearch(search, marks, weights),
+             "single_query": lambda marks: FeedbackSearch(search, marks, single, gather=False),
+             "detections": lambda marks: FeedbackSearch(search, marks, weights, whole_tracklets=False),
+             "no_gather": lambda marks: FeedbackSearch(search, marks, weights, gather=False),
+             "no_nearest_view": lambda marks: FeedbackSearch(search, marks, single),
+             "no_negative": lambda marks: FeedbackSearch(search, marks, replace(weights, negative=0.0)),
+             "no_penalty": lambda marks: FeedbackSearch(search, marks, replace(weights, rejection=0.0)),
+             "exclude_only": lambda marks: FeedbackSearch(search, Feedback(rejected=tuple(marks.marked)),
+                                                          FeedbackWeights(0.0, 0.0, 0.0), gather=False)}
+    return {name: every[name] for name in args.variants}
 
 
 @dataclass(frozen=True)
@@ -156,9 +166,10 @@ def run_variants(search: PersonSearch, queries: Sequence[Query], args: argparse.
         figures[name] = mean_rounds([investigate(variant, query, args) for query in queries])
         seconds[name] = round(time.perf_counter() - tick, 1)
         log(f"{label}, {name}: {figures[name]} ({seconds[name]} s)")
-    return {"rounds": figures["feedback"],
-            "map_gain": round(figures["feedback"][-1]["map"] - figures["feedback"][0]["map"], 4),
-            "ablations": {name: rounds for name, rounds in figures.items() if name != "feedback"},
+    headline = args.variants[0]
+    return {"variant": headline, "rounds": figures[headline],
+            "map_gain": round(figures[headline][-1]["map"] - figures[headline][0]["map"], 4),
+            "ablations": {name: rounds for name, rounds in figures.items() if name != headline},
             "search_seconds": seconds}
 
 
@@ -212,6 +223,15 @@ def mean_rounds(per_query: list[list[Scores]]) -> list[dict]:
     return rounds
 
 
+def variant_list(text: str) -> list[str]:
+    """Comma-separated variant names, each one of VARIANTS."""
+    names = [name for name in text.split(",") if name]
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"variants are {', '.join(VARIANTS)}; got {text!r}")
+    return names
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options (see bench/README.md)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -241,19 +261,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="which results the investigator marks: the top people (kpr search's default list, each "
                              "marked by its closest detection) or the top detections")
     parser.add_argument("--depth", type=int, default=100, help="results per search, and the depth of AP")
-    parser.add_argument("--rejection-weight", type=float, default=REJECTION_WEIGHT)
-    parser.add_argument("--negative-weight", type=float, default=NEGATIVE_WEIGHT)
+    parser.add_argument("--rejection-weight", type=float, default=FeedbackWeights.rejection)
+    parser.add_argument("--negative-weight", type=float, default=FeedbackWeights.negative)
+    parser.add_argument("--exemplar-weight", type=float, default=FeedbackWeights.exemplar)
+    parser.add_argument("--variants", type=variant_list, default=list(VARIANTS),
+                        help="comma-separated variants to run, the first giving the run's rounds (default "
+                             f"{','.join(VARIANTS)})")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--key",
+                        help="the result JSON's key for this run's figures (default: store with --store, else "
+                             "synthetic)")
+    parser.add_argument("--headline", action="store_true",
+                        help="also make this run's rounds the result's headline: its top-level rounds and map_gain")
     parser.add_argument("--note", default="")
     parser.add_argument("--output", default=RESULTS / "feedback.json",
-                        help="result JSON, of which the run replaces its mode's part ('-': print only)")
+                        help="result JSON, of which the run replaces its --key's part ('-': print only)")
     return parser.parse_args(argv)
 
 
 def investigator_setup(args: argparse.Namespace) -> dict:
     """The simulated investigator's settings, as recorded with either mode's figures."""
     return {"rounds": args.rounds, "marks_per_round": args.marks, "marked_results": args.mark, "depth": args.depth,
-            "rejection_weight": args.rejection_weight, "negative_weight": args.negative_weight, "seed": args.seed}
+            "rejection_weight": args.rejection_weight, "negative_weight": args.negative_weight,
+            "exemplar_weight": args.exemplar_weight, "seed": args.seed}
 
 
 def measure_world(args: argparse.Namespace, groups: int, folder: Path, log) -> dict:
@@ -323,10 +353,12 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, StoreError) as exc:
         print(f"bench.feedback: error: {exc}", file=sys.stderr)
         return 2
+    key = args.key or mode
+    headline = {"headline": key, "rounds": figures["rounds"], "map_gain": figures["map_gain"]} if args.headline else {}
     merge_result(args.output, {
-        "goal_map_gain_after_2_rounds": GOAL_MAP_GAIN, "metrics": METRICS,
-        mode: {**figures, "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "command": command_line("bench.feedback", argv), "note": args.note}})
+        "goal_map_gain_after_2_rounds": GOAL_MAP_GAIN, "metrics": METRICS, **headline,
+        key: {**figures, "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "command": command_line("bench.feedback", argv), "note": args.note}})
     return 0
 
 

@@ -5,6 +5,8 @@ Pure numpy on ReIDEmbeddings and distances, so that search (storage/) and its be
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from kpr_model.embeddings import ReIDEmbeddings, aggregate, unit_rows
@@ -18,6 +20,25 @@ NEGATIVE_WEIGHT = 0.3
 # (the rows it pushes there already rank below the person's), but a rejected look-alike that shares the query's
 # only visible parts needs it (tests/test_feedback.py).
 REJECTION_WEIGHT = 1.0
+# How far a candidate's distance moves from the fused query's towards that of the nearest single view (the query
+# or a confirmed hit): 1 ranks by the nearer of the fused query and that view (see exemplar_distance).
+EXEMPLAR_WEIGHT = 0.5
+
+
+@dataclass(frozen=True)
+class FeedbackWeights:
+    """How strongly each kind of mark acts: ``negative`` moves the query away from what the rejected share (fuse),
+    ``rejection`` pushes down what is nearer a rejected hit (rejection_penalty), ``exemplar`` lets a candidate
+    near one confirmed view rank as that view's match (exemplar_distance)."""
+
+    negative: float = NEGATIVE_WEIGHT
+    rejection: float = REJECTION_WEIGHT
+    exemplar: float = EXEMPLAR_WEIGHT
+
+    def __post_init__(self) -> None:
+        """Refuse weights outside their ranges."""
+        if self.negative < 0 or self.rejection < 0 or not 0 <= self.exemplar <= 1:
+            raise ValueError(f"feedback weights must be >= 0 (exemplar at most 1), got {self}")
 
 
 def fuse(query: ReIDEmbeddings, confirmed: ReIDEmbeddings, rejected: ReIDEmbeddings | None = None,
@@ -26,8 +47,8 @@ def fuse(query: ReIDEmbeddings, confirmed: ReIDEmbeddings, rejected: ReIDEmbeddi
 
     Per part, the visibility-weighted mean of every view that shows the part, so a confirmed back view
     supplies the parts a front view hid, while a part that no view shows stays invisible (visibility 0);
-    the global vector is the mean of all views. Each view counts once, the query like any confirmed hit
-    (aggregating each tracklet's confirmed hits into one view first did not do better in bench/feedback.py's world).
+    the global vector is the mean of all views. Each view counts once, the query like any confirmed hit (search
+    passes each marked tracklet's aggregated embedding as one view).
     Then, as Rocchio's relevance feedback does, each part moves away from what the rejected hits share: their
     visibility-weighted mean part (unnormalised: rejections with little in common barely move it) x
     ``negative_weight`` x (1 - 1/n), n the rejected views that show the part, is subtracted before re-normalising;
@@ -70,3 +91,21 @@ def rejection_penalty(to_query: np.ndarray, to_rejected: np.ndarray, weight: flo
     if not len(to_rejected):
         return np.zeros_like(to_query)
     return weight * np.maximum(to_query - to_rejected.min(axis=0), 0.0)
+
+
+def exemplar_distance(to_fused: np.ndarray, to_views: np.ndarray, weight: float = EXEMPLAR_WEIGHT) -> np.ndarray:
+    """Each candidate's distance from the person sought [G]: its distance from the fused query, moved by ``weight``
+    towards its distance from the nearest single view when that is smaller.
+
+    ``to_fused`` [G] are the distances from the fused query, ``to_views`` [V, G] from each view the investigator
+    has accepted (the query and the confirmed hits), in one metric. The fused query is a mean: of a front and a
+    back view it keeps both halves, and a candidate that shows only what one view showed (a back seen from
+    behind, legs behind a car) is near that view but farther from the mean, so the nearest view speaks for it.
+    """
+    to_fused = np.asarray(to_fused, np.float64)
+    to_views = np.asarray(to_views, np.float64)
+    if to_views.ndim != 2 or to_views.shape[1] != to_fused.shape[0]:
+        raise ValueError(f"expected to_fused [G] and to_views [V, G], got {to_fused.shape} and {to_views.shape}")
+    if not len(to_views):
+        return to_fused
+    return to_fused - weight * np.maximum(to_fused - to_views.min(axis=0), 0.0)

@@ -1,25 +1,36 @@
-"""Search with relevance feedback: hits the investigator confirmed are fused into the query, the query moves away
-from what the rejected ones share, their look-alikes are pushed down, and marked detections do not come back as new
-results.
+"""Search with relevance feedback: the tracklets of hits the investigator confirmed are fused into the query and
+searched with, the query moves away from what the rejected ones share, their look-alikes are pushed down, and marked
+detections do not come back as new results.
 
 The math is kpr_model.feedback's; this module reads the marked detections from the store and runs the searches.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
 
-from kpr_model.distance import NEGATIVE_WEIGHT, REJECTION_WEIGHT, ReIDEmbeddings, fuse, kpr_distance, rejection_penalty
+from kpr_model.distance import (
+    FeedbackWeights,
+    ReIDEmbeddings,
+    exemplar_distance,
+    fuse,
+    kpr_distance,
+    rejection_penalty,
+)
+from storage import sql
 from storage.schema import EMBEDDING_COLUMNS, NotFoundError, StoreError, embeddings_of
 from storage.search import DEFAULT_CANDIDATES, PersonHit, PersonSearch, SearchFilters, SearchHit
 
-# With rejections, the fused query's best REJECTION_POOL_FACTOR x k results are re-scored, so that the
-# ones rejections push below the k-th have others to take their place.
-REJECTION_POOL_FACTOR = 3
+# With feedback, the fused query's best POOL_FACTOR x k results are re-scored, so that the ones the marks push
+# below the k-th have others to take their place.
+POOL_FACTOR = 3
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -42,27 +53,33 @@ class Feedback:
 
 
 class FeedbackSearch:
-    """PersonSearch's searches with feedback: the query fused with the confirmed detections (visibility-weighted per
-    part) and moved away from what the rejected ones share (kpr_model.feedback.fuse), candidates ranked by their
-    distance plus the rejection penalty, marked detections left out.
+    """PersonSearch's searches with feedback: each marked detection stands for its tracklet (the tracklet's
+    aggregated embedding, ``whole_tracklets``); the query is fused with the confirmed ones (visibility-weighted per
+    part) and moved away from what the rejected ones share (kpr_model.feedback.fuse); candidates are gathered for
+    the fused query and for each confirmed one (``gather``), ranked by their distance from the fused query moved
+    towards that from the nearest of the query and the confirmed (kpr_model.feedback.exemplar_distance), plus the
+    rejection penalty; marked detections are left out.
 
-    Marked detections are not shown again: the investigator has judged them, the confirmed ones are part of the
-    query now and the rejected ones are wrong, so their places go to detections not yet seen; in a search for
-    people a mark judges the whole person, so the marked detections' tracklets are left out too. The penalty
-    compares each candidate's exact KPR distance (over the queried parts; of the whole-body vectors in a
-    global-only search) to the fused query and to the rejected detections (kpr_model.feedback.rejection_penalty).
+    A mark judges the person a tracklet follows, and the tracklet's views together show more of them than the one
+    marked. A confirmed back view's matches lie near it but may lie far from the fused query, a mean of front and
+    back, so they are gathered and ranked by that view too. Marked detections are not shown again: the investigator
+    has judged them, the confirmed ones are part of the query now and the rejected ones are wrong, so their places
+    go to detections not yet seen; in a search for people a mark judges the whole person, so the marked
+    detections' tracklets are left out too. Distances are exact KPR distances over the queried parts (of the
+    whole-body vectors in a global-only search).
     """
 
-    def __init__(self, search: PersonSearch, feedback: Feedback, rejection_weight: float = REJECTION_WEIGHT,
-                 negative_weight: float = NEGATIVE_WEIGHT) -> None:
-        """Read the marked detections' embeddings; NotFoundError names the first id the store does not hold."""
+    def __init__(self, search: PersonSearch, feedback: Feedback, weights: FeedbackWeights = FeedbackWeights(),
+                 gather: bool = True, whole_tracklets: bool = True) -> None:
+        """Read the marked detections' embeddings (with ``whole_tracklets``, those of their tracklets);
+        NotFoundError names the first id the store does not hold."""
         self.search_without_feedback = search
         self.feedback = feedback
-        self.rejection_weight = rejection_weight
-        self.negative_weight = negative_weight
+        self.weights = weights
+        self.gather = gather
         rows = self._rows(feedback.marked)
         same = len(dict.fromkeys(feedback.same))
-        marked = self._embeddings_of(rows)
+        marked = self._tracklets_of(rows) if whole_tracklets else self._embeddings_of(rows)
         self.confirmed, self.rejected = marked.select(slice(0, same)), marked.select(slice(same, None))
         self.marked_tracklets = sorted({t for t in rows["track_id"].to_pylist() if t}) if rows.num_rows else []
 
@@ -70,50 +87,65 @@ class FeedbackSearch:
                parts: Sequence[int] | None = None, rerank: bool = False, candidates: int = DEFAULT_CANDIDATES,
                global_only: bool = False) -> list[SearchHit]:
         """Top-``k`` detections for one query embedding and the feedback, best first (see PersonSearch.search)."""
-        search = self.search_without_feedback
-        fused, filters = self._fused(query), self._excluding_marks(filters, tracklets=False)
-        if not len(self.rejected):
-            return search.search(fused, k, filters, parts, rerank, candidates, global_only)
-        hits = search.search(fused, REJECTION_POOL_FACTOR * k, filters, parts, rerank, candidates, global_only)
-        penalty = self._penalty(fused, hits, parts, global_only)
-        penalised = (replace(h, distance=h.distance + p) for h, p in zip(hits, penalty))
-        return sorted(penalised, key=lambda h: h.distance)[:k]
+        search = partial(self.search_without_feedback.search, filters=self._excluding_marks(filters, tracklets=False),
+                         parts=parts, rerank=rerank, candidates=candidates, global_only=global_only)
+        fused = self._fused(query)
+        if not self.feedback.marked:
+            return search(fused, k)
+        hits = _first_of_each(self._gathered(search, fused, k), lambda h: h.detection_id)
+        scores = self._scores(query, fused, hits, parts, global_only)
+        return sorted((replace(h, distance=d) for h, d in zip(hits, scores)), key=lambda h: h.distance)[:k]
 
     def people(self, query: ReIDEmbeddings, k: int = 10, filters: SearchFilters = SearchFilters(),
                parts: Sequence[int] | None = None, rerank: bool = False, candidates: int = DEFAULT_CANDIDATES,
                global_only: bool = False) -> list[PersonHit]:
         """Top-``k`` people for one query embedding and the feedback, best first (see PersonSearch.people); a person
-        is penalised as its closest detection is."""
-        search = self.search_without_feedback
-        fused, filters = self._fused(query), self._excluding_marks(filters, tracklets=True)
-        if not len(self.rejected):
-            return search.people(fused, k, filters, parts, rerank, candidates, global_only)
-        people = search.people(fused, REJECTION_POOL_FACTOR * k, filters, parts, rerank, candidates, global_only)
-        penalty = self._penalty(fused, [p.best for p in people], parts, global_only)
-        penalised = (replace(p, best=replace(p.best, distance=p.best.distance + x)) for p, x in zip(people, penalty))
-        return sorted(penalised, key=lambda p: p.distance)[:k]
+        is scored as its closest detection is."""
+        search = partial(self.search_without_feedback.people, filters=self._excluding_marks(filters, tracklets=True),
+                         parts=parts, rerank=rerank, candidates=candidates, global_only=global_only)
+        fused = self._fused(query)
+        if not self.feedback.marked:
+            return search(fused, k)
+        people = self._gathered(search, fused, k)
+        scores = self._scores(query, fused, [p.best for p in people], parts, global_only)
+        ranked = sorted((replace(p, best=replace(p.best, distance=d)) for p, d in zip(people, scores)),
+                        key=lambda p: p.distance)
+        return _first_of_each(ranked, lambda p: p.track_id or p.best.detection_id)[:k]
 
     def _fused(self, query: ReIDEmbeddings) -> ReIDEmbeddings:
         """The query fused with the confirmed detections and moved away from the rejected ones."""
-        return fuse(query, self.confirmed, self.rejected, self.negative_weight)
+        return fuse(query, self.confirmed, self.rejected, self.weights.negative)
+
+    def _gathered(self, search: Callable[[ReIDEmbeddings, int], list[T]], fused: ReIDEmbeddings, k: int) -> list[T]:
+        """The fused query's best POOL_FACTOR x ``k`` results and, with ``gather``, each confirmed detection's best
+        ``k``."""
+        found = search(fused, POOL_FACTOR * k)
+        for i in range(len(self.confirmed) if self.gather else 0):
+            found += search(self.confirmed.select(slice(i, i + 1)), k)
+        return found
 
     def _excluding_marks(self, filters: SearchFilters, tracklets: bool) -> SearchFilters:
         """``filters`` that also leave out the marked detections (and their tracklets when ``tracklets``)."""
         return replace(filters, exclude_detection_ids=[*filters.exclude_detection_ids, *self.feedback.marked],
                        exclude_track_ids=[*filters.exclude_track_ids, *(self.marked_tracklets if tracklets else ())])
 
-    def _penalty(self, fused: ReIDEmbeddings, hits: Sequence[SearchHit], parts: Sequence[int] | None,
-                 global_only: bool) -> list[float]:
-        """The rejection penalty of each hit."""
+    def _scores(self, query: ReIDEmbeddings, fused: ReIDEmbeddings, hits: Sequence[SearchHit],
+                parts: Sequence[int] | None, global_only: bool) -> list[float]:
+        """Each hit's distance from the nearest of the fused query, the query and the confirmed detections, plus
+        its rejection penalty."""
         if not hits:
             return []
-        gallery, rejected = self._embeddings_of(self._rows([h.detection_id for h in hits])), self.rejected
+        gallery = self._embeddings_of(self._rows([h.detection_id for h in hits]))
+        views, rejected = ReIDEmbeddings.concat([query, self.confirmed]), self.rejected
         if global_only or self.search_without_feedback.global_model:
-            distance, fused, rejected, gallery = kpr_distance, *(_whole_body(e) for e in (fused, rejected, gallery))
+            distance = kpr_distance
+            fused, views, rejected, gallery = (_whole_body(e) for e in (fused, views, rejected, gallery))
         else:
             distance = partial(kpr_distance, parts=parts)
-        to_query, to_rejected = distance(fused, gallery)[0], distance(rejected, gallery)
-        return rejection_penalty(to_query, to_rejected, self.rejection_weight).tolist()
+        nearest = exemplar_distance(distance(fused, gallery)[0], distance(views, gallery), self.weights.exemplar)
+        if len(rejected):
+            nearest = nearest + rejection_penalty(nearest, distance(rejected, gallery), self.weights.rejection)
+        return nearest.tolist()
 
     def _rows(self, ids: Sequence[str]) -> pa.Table:
         """The embeddings and tracklets of detections ``ids``, in that order; NotFoundError names the first id the
@@ -125,6 +157,19 @@ class FeedbackSearch:
             raise NotFoundError(f"unknown detection id {unknown[0]!r} among the marked hits")
         return rows
 
+    def _tracklets_of(self, rows: pa.Table) -> ReIDEmbeddings:
+        """The aggregated embedding of each row's stored tracklet (the row's own where it has none): a mark on one
+        detection judges the person the tracklet follows, and the tracklet's views together show more of them."""
+        own = self._embeddings_of(rows)
+        tracks = rows["track_id"].to_pylist() if rows.num_rows else []
+        storable = [t for t in dict.fromkeys(tracks) if t and sql.storable(t)]
+        if not storable:
+            return own
+        stored = self.search_without_feedback.store.list_tracklets(sql.is_in("track_id", storable))
+        at = {t: len(own) + i for i, t in enumerate(stored["track_id"].to_pylist())} if stored.num_rows else {}
+        both = ReIDEmbeddings.concat([own, embeddings_of(stored)]) if at else own
+        return both.select(np.array([at.get(t, i) for i, t in enumerate(tracks)], np.int64))
+
     def _embeddings_of(self, rows: pa.Table) -> ReIDEmbeddings:
         """The rows' embeddings (no row: zero rows of the store's shape)."""
         if rows.num_rows:
@@ -132,6 +177,14 @@ class FeedbackSearch:
         dim, parts = self.search_without_feedback.store.embedding_shape or (0, 0)
         return ReIDEmbeddings(np.zeros((0, dim), np.float32), np.zeros((0, parts, dim), np.float32),
                               np.zeros((0, parts), np.float32))
+
+
+def _first_of_each(items: Sequence[T], key: Callable[[T], Hashable]) -> list[T]:
+    """``items`` in their order, keeping the first of those with the same ``key``."""
+    first: dict[Hashable, T] = {}
+    for item in items:
+        first.setdefault(key(item), item)
+    return list(first.values())
 
 
 def _whole_body(embeddings: ReIDEmbeddings) -> ReIDEmbeddings:

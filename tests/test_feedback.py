@@ -7,15 +7,25 @@ legs, and random passers-by, in three cameras. P's back view in camera 1 shows o
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from kpr_model.distance import ReIDEmbeddings, fuse, rejection_penalty
+from kpr_model.distance import FeedbackWeights, ReIDEmbeddings, aggregate, exemplar_distance, fuse, rejection_penalty
 from people_store import build_people_store, person_of
 from pipelines.cli import main
-from storage import PersonSearch, SearchFilters, Store, StoreError, detection_row, detections_table
+from storage import (
+    PersonSearch,
+    SearchFilters,
+    Store,
+    StoreError,
+    detection_row,
+    detections_table,
+    tracklet_row,
+    tracklets_table,
+)
 from storage.feedback import Feedback, FeedbackSearch
 from support import unit_rows
 
@@ -51,8 +61,15 @@ def world(tmp_path_factory) -> dict:
         **{f"x-{i}": (1 + i % 2, _person(unit_rows(rng.standard_normal((K, D))), UPPER + LOWER, rng, 0.05))
            for i in range(OTHERS)},
     }
-    store = Store.open(str(tmp_path_factory.mktemp("feedback") / "db"))
-    for camera in range(3):
+    store = _store(tmp_path_factory.mktemp("feedback") / "db", views)
+    return {"db": Path(store.uri), "search": PersonSearch(store), "query": views["p-front"][1]}
+
+
+def _store(folder: Path, views: dict[str, tuple[int, ReIDEmbeddings]]) -> Store:
+    """A store of ``views`` (detection id -> (camera, view)), one video per camera, each detection its own
+    tracklet."""
+    store = Store.open(str(folder))
+    for camera in sorted({c for c, _ in views.values()}):
         ids = [i for i, (c, _) in views.items() if c == camera]
         rows = [detection_row(det_id, f"video{camera}", f"cam{camera}", frame_index=n, timestamp=1_000.0 + n,
                               bbox=[0, 0, 32, 64], model_id="m", track_id=f"video{camera}-{det_id}",
@@ -61,7 +78,7 @@ def world(tmp_path_factory) -> dict:
         video = {"video_id": f"video{camera}", "uri": f"/archive/cam{camera}.mp4", "camera_id": f"cam{camera}",
                  "model_id": "m"}
         store.write_video(video, detections_table(rows, ReIDEmbeddings.concat([views[i][1] for i in ids])))
-    return {"db": Path(store.uri), "search": PersonSearch(store), "query": views["p-front"][1]}
+    return store
 
 
 def _ids(hits) -> list[str]:
@@ -110,6 +127,59 @@ def test_a_confirmed_back_view_finds_the_person_seen_only_from_behind(world):
     assert before[0] != "p-legs"  # front and legs share no part: without the back view, no reason to rank it first
     assert after[0] == "p-legs"
     assert "p-back" not in after  # confirmed: part of the query now, not a new result
+
+
+def test_the_confirmed_back_views_own_match_is_gathered_and_ranked_by_that_view(tmp_path):
+    # P's front and back differ but for the shoes (a coat open in front, a backpack); the fused query is their mean,
+    # nearest to passers-by who look like neither view but lie between them, so P's other back view is beyond its
+    # few best candidates.
+    rng = np.random.default_rng(5)
+    front, back = unit_rows(rng.standard_normal((2, K, D)))
+    back[-1] = front[-1]
+    between = unit_rows(front + back)
+    views = {"p-front": (0, _person(front, UPPER + LOWER, rng, 0.02)),
+             "p-back": (1, _person(back, UPPER + LOWER, rng, 0.02)),
+             "p-back-2": (2, _person(back, UPPER + LOWER, rng, 0.02)),
+             **{f"x-{i}": (1 + i % 2, _person(between, UPPER + LOWER, rng, 0.12)) for i in range(6)}}
+    search, query = PersonSearch(_store(tmp_path / "db", views)), views["p-front"][1]
+    marks = Feedback(same=("p-back",))
+    weights = FeedbackWeights()
+    assert _ids(FeedbackSearch(search, marks, weights).search(query, k=1, filters=OTHER_CAMERAS)) == ["p-back-2"]
+    fused_alone = FeedbackSearch(search, marks, replace(weights, exemplar=0.0), gather=False)
+    assert _ids(fused_alone.search(query, k=1, filters=OTHER_CAMERAS)) != ["p-back-2"]
+    not_gathered = FeedbackSearch(search, marks, weights, gather=False)
+    assert _ids(not_gathered.search(query, k=1, filters=OTHER_CAMERAS)) != ["p-back-2"]
+
+
+def test_a_confirmed_detection_brings_its_whole_tracklet(tmp_path):
+    # The confirmed detection is its tracklet's first frame, upper body only, as the front-view query; the rest of the
+    # tracklet shows the legs, the only part P's sighting on camera 2 shows.
+    rng = np.random.default_rng(6)
+    p = unit_rows(rng.standard_normal((K, D)))
+    views = {"p-front": (0, _person(p, UPPER, rng, 0.05)), "p-legs": (2, _person(p, LOWER, rng, 0.05)),
+             **{f"x-{i}": (2, _person(unit_rows(rng.standard_normal((K, D))), UPPER, rng, 0.05)) for i in range(4)}}
+    store = _store(tmp_path / "db", views)
+    entering = [_person(p, UPPER, rng, 0.05), *(_person(p, UPPER + LOWER, rng, 0.05) for _ in range(3))]
+    ids = [f"p-walk-{n}" for n in range(len(entering))]
+    rows = [detection_row(det_id, "video1", "cam1", frame_index=n, timestamp=2_000.0 + n, bbox=[0, 0, 32, 64],
+                          model_id="m", track_id="walk", thumbnail=b"\xff\xd8") for n, det_id in enumerate(ids)]
+    tracklet = tracklet_row("walk", "video1", "cam1", 2_000.0, 2_003.0, len(ids), ids[1], b"\xff\xd8", "m")
+    embeddings = ReIDEmbeddings.concat(entering)
+    store.write_video({"video_id": "video1", "uri": "/archive/cam1.mp4", "camera_id": "cam1", "model_id": "m"},
+                      detections_table(rows, embeddings), tracklets_table([tracklet], aggregate(embeddings)))
+    search, marks = PersonSearch(store), Feedback(same=("p-walk-0",))
+    other_cameras = SearchFilters(exclude_cameras=["cam0", "cam1"])
+    whole = FeedbackSearch(search, marks).search(views["p-front"][1], k=1, filters=other_cameras)
+    alone = FeedbackSearch(search, marks, whole_tracklets=False).search(views["p-front"][1], k=1, filters=other_cameras)
+    assert _ids(whole) == ["p-legs"] and _ids(alone) != ["p-legs"]
+
+
+def test_the_nearest_view_distance_moves_towards_the_nearest_view_only_when_it_is_nearer():
+    to_fused = np.array([0.5, 0.2, 0.8])
+    to_views = np.array([[0.1, 0.9, 0.9], [0.7, 0.6, 0.4]])
+    assert exemplar_distance(to_fused, to_views, weight=1.0).tolist() == pytest.approx([0.1, 0.2, 0.4])
+    assert exemplar_distance(to_fused, to_views, weight=0.5).tolist() == pytest.approx([0.3, 0.2, 0.6])
+    assert exemplar_distance(to_fused, to_views, weight=0.0).tolist() == pytest.approx(to_fused.tolist())
 
 
 def test_a_rejected_look_alike_drops_below_the_person(world):
@@ -187,7 +257,8 @@ def test_the_benchmark_measures_a_labelled_stores_tracklets_against_the_other_ca
     assert result["queries"] == 3  # person 0's tracklets: nobody else is seen by two cameras
     assert result["relevant_rows_mean"] == pytest.approx((64 + 7 + 63) / 3, abs=0.05)  # the other cameras' rows only
     assert [r["map"] for r in result["rounds"]] == [1.0, 1.0, 1.0]  # the store's people are far apart
-    assert set(result["ablations"]) == {"no_negative", "no_penalty", "fusion_only", "exclude_only"}
+    assert set(result["ablations"]) == {"single_query", "detections", "no_gather", "no_nearest_view", "no_negative",
+                                        "no_penalty", "exclude_only"}
     assert bench(["--store", store.uri, "--output", "-"]) == 2  # no annotation sidecars beside its videos
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("bench.feedback: error: no annotation sidecar beside")
