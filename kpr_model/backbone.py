@@ -340,6 +340,12 @@ class PromptableBackbone(nn.Module):
 
     def forward(self, images: torch.Tensor, prompts: torch.Tensor, cameras: torch.Tensor | None = None) -> torch.Tensor:
         """Spatial features of ``images`` prompted by ``prompts`` (+ the camera term when ``cameras`` [N] is given)."""
+        selected = self.selected_stages(images, prompts, cameras)
+        return self.msf(selected) if self.msf is not None else selected[0]
+
+    def selected_stages(self, images: torch.Tensor, prompts: torch.Tensor,
+                        cameras: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Outputs of the ``fusion_stages`` of the prompted backbone, before the fusion."""
         tokens = self.features.stem(images)
         if prompts.shape[-2:] != images.shape[-2:]:
             prompts = F.interpolate(prompts, size=images.shape[-2:], mode="bilinear", align_corners=True)
@@ -347,8 +353,7 @@ class PromptableBackbone(nn.Module):
         if cameras is not None:
             tokens = tokens + self._camera_term(cameras.to(tokens.device)).to(tokens.dtype)
         outputs = self.features.stages(tokens, upto=self.stages_used[-1])
-        selected = [outputs[s - 1] for s in self.stages_used]
-        return self.msf(selected) if self.msf is not None else selected[0]
+        return [outputs[s - 1] for s in self.stages_used]
 
     def _camera_term(self, cameras: torch.Tensor) -> torch.Tensor:
         """camera_scale x sie_embed[camera] per image, shaped to add onto the stem's tokens."""

@@ -28,13 +28,16 @@ def prepare_crops(
     keypoints: Sequence[np.ndarray | None] | None,
     negative_keypoints: Sequence[np.ndarray | None] | None,
     config: KPRConfig,
+    device: str | torch.device = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised images [N, 3, H, W] and prompts [N, P + 2, H, W] from HxWx3 uint8 RGB crops.
+    """Normalised images [N, 3, H, W] and prompts [N, P + 2, H, W] on ``device`` from HxWx3 uint8 RGB crops.
 
     As the official test transform: OpenCV bilinear resize of the uint8 crop (no antialiasing),
     then (pixel / 255 - mean) / std. Keypoints ([17, 3] per crop) and negatives ([M, 17, 3] per
-    crop) are in each crop's pixels and follow the resize (``_rescale``).
+    crop) are in each crop's pixels and follow the resize (``_rescale``). Only the resized uint8
+    pixels and the keypoints cross to ``device``: normalisation and prompt rendering happen there.
     """
+    device = torch.device(device)
     n = len(crops)
     check_lengths(n, keypoints, negative_keypoints)
     size = config.image_size
@@ -42,15 +45,17 @@ def prepare_crops(
         check_crop(crop)
     resized = [cv2.resize(np.ascontiguousarray(c), size[::-1], interpolation=cv2.INTER_LINEAR) for c in crops]
     pixels = torch.from_numpy(np.stack(resized)) if resized else torch.zeros(0, *size, 3, dtype=torch.uint8)
-    batch = pixels.permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(config.norm_mean).view(1, 3, 1, 1)
-    std = torch.tensor(config.norm_std).view(1, 3, 1, 1)
+    if device.type == "cuda":
+        pixels = pixels.pin_memory()
+    batch = pixels.to(device, non_blocking=True).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(config.norm_mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(config.norm_std, device=device).view(1, 3, 1, 1)
     shapes = [c.shape for c in crops]
     positive = None if keypoints is None else [_rescale(k, s, size) for k, s in zip(keypoints, shapes)]
     negative = None if negative_keypoints is None else [
         _rescale(k, s, size) for k, s in zip(negative_keypoints, shapes)
     ]
-    prompts = keypoints_to_prompt([None] * n if positive is None else positive, negative, size, config)
+    prompts = keypoints_to_prompt([None] * n if positive is None else positive, negative, size, config, device)
     return (batch - mean) / std, prompts
 
 
@@ -133,9 +138,8 @@ class KPREncoder(EncoderShape):
     def _embed_batch(self, crops: Sequence[np.ndarray], keypoints: Sequence[np.ndarray | None] | None,
                      negative_keypoints: Sequence[np.ndarray | None] | None,
                      cameras: Sequence[int] | None = None) -> ReIDEmbeddings:
-        images, prompts = prepare_crops(crops, keypoints, negative_keypoints, self.config)
+        images, prompts = prepare_crops(crops, keypoints, negative_keypoints, self.config, device=self.device)
         camera_ids = None if cameras is None else torch.as_tensor(np.asarray(cameras, np.int64), device=self.device)
-        holistic, parts, visibility = self.model.forward_reid(images.to(self.device), prompts.to(self.device),
-                                                              camera_ids)
+        holistic, parts, visibility = self.model.forward_reid(images, prompts, camera_ids)
         return ReIDEmbeddings(holistic.float().cpu().numpy(), parts.float().cpu().numpy(),
                               visibility.float().cpu().numpy())

@@ -76,7 +76,7 @@ def relative_position_index(window: int) -> torch.Tensor:
 
 
 class WindowMSA(nn.Module):
-    """Multi-head self-attention inside windows, with a learned relative position bias."""
+    """Multi-head self-attention inside windows, with a learned relative position bias (fused SDPA kernel)."""
 
     def __init__(self, dim: int, num_heads: int, window: int, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
         super().__init__()
@@ -94,16 +94,17 @@ class WindowMSA(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x [B * nW, L, C] (L = window^2); mask [nW, L, L] of 0 / -100 or None."""
         b, n, c = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        attn = (q * self.scale) @ k.transpose(-2, -1)  # [B*nW, heads, L, L]
+        heads = self.num_heads
+        q, k, v = self.qkv(x).view(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)  # [B*nW, heads, L, d]
         bias = self.relative_position_bias_table[self.relative_position_index.reshape(-1)]
-        attn = attn + bias.view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
-        if mask is not None:
+        bias = bias.view(n, n, heads).permute(2, 0, 1).unsqueeze(0)  # [1, heads, L, L]
+        if mask is not None:  # windows of one image side by side as heads, so the [nW, L, L] mask broadcasts over B
             nw = mask.shape[0]
-            attn = attn.view(b // nw, nw, self.num_heads, n, n) + mask[None, :, None]
-            attn = attn.view(b, self.num_heads, n, n)
-        attn = self.attn_drop(attn.softmax(dim=-1))
-        out = (attn @ v).transpose(1, 2).reshape(b, n, c)
+            bias = (bias + mask[:, None]).reshape(1, nw * heads, n, n)
+            q, k, v = (t.reshape(b // nw, nw * heads, n, c // heads) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale,
+                                             dropout_p=self.attn_drop.p if self.training else 0.0)
+        out = out.reshape(b, heads, n, c // heads).transpose(1, 2).reshape(b, n, c)
         return self.proj_drop(self.proj(out))
 
 

@@ -75,8 +75,10 @@ def test_prompt_tokenizer_zero_at_init_then_effective(tiny) -> None:
         again = changed(images, prompt)
         no_prompt = changed(images)
     assert not torch.allclose(again.embeddings["bn_foreground"], prompted.embeddings["bn_foreground"], atol=1e-4)
-    # no prompt = empty prompt (background channel 1), which now also moves the tokens
-    assert torch.allclose(no_prompt.features, changed(images, empty_prompt(2, config.image_size, config)).features)
+    # no prompt = empty prompt (background channel 1), which now also moves the tokens; this pass tracks gradients,
+    # so its fused attention kernel may differ from the no-grad one in the last bits
+    empty = changed(images, empty_prompt(2, config.image_size, config)).features
+    assert torch.allclose(no_prompt.features, empty, atol=1e-5)
 
 
 def test_gradients_reach_prompt_tokenizer(tiny) -> None:
