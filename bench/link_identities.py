@@ -1,0 +1,269 @@
+"""Linking tracklets into identities on a synthetic site whose people are known: clustering quality and time at scale.
+
+The site is a grid of cameras, each connected to its neighbours with a transit window; each person walks from
+camera to camera, never twice past one (a tracklet per passage, a transit drawn from the window between two), at their own time of the
+span; a camera's videos are back to back, so a tracklet belongs to the video it starts in. Appearance is the
+search benchmark's (bench.search_bench.SyntheticWorld: look-alike groups, per-sighting and per-frame noise, part
+occlusions that shift the global vector), aggregated per tracklet as ingestion does. Every method links the same
+candidate pairs (each tracklet's nearest neighbours by global vector) with its own threshold, the one of best
+pairwise F1 on a tuning site (another seed), and is measured on the test site: pairwise precision, recall and F1
+over tracklet pairs and BCubed F1. Then 100k synthetic tracklets are linked with KPR + constraints and timed.
+See bench/README.md. From the repository root (about N minutes on 2 cores):
+    nice -n 10 .venv/bin/python -m bench.link_identities
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from bench.results_io import RESULTS, command_line, write_result
+from bench.search_bench import SyntheticWorld, WorldConfig
+from kpr_model.distance import ReIDEmbeddings, aggregate
+from workers.link import GLOBAL_DISTANCE, KPR_DISTANCE, LinkSettings, Topology, Tracklets, link_tracklets
+
+GOAL_F1_GAIN = 0.10
+METRICS = ("Pairwise: over all pairs of tracklets, precision = pairs linked that are one person / pairs linked, "
+           "recall = pairs of one person linked / pairs of one person, F1 their harmonic mean. BCubed: per tracklet, "
+           "precision = share of its identity's tracklets that are its person, recall = share of its person's "
+           "tracklets in its identity; F1 of the means. Thresholds: each method's best pairwise F1 on a tuning site "
+           "of another seed.")
+# What each method turns on: distance, same-video / overlap / transit constraints, the cameras' topology.
+METHODS = {
+    "kpr_constraints": (KPR_DISTANCE, True, True, True, True),
+    "global_only": (GLOBAL_DISTANCE, False, False, False, False),
+    "kpr_only": (KPR_DISTANCE, False, False, False, False),
+    "global_constraints": (GLOBAL_DISTANCE, True, True, True, True),
+    "kpr_no_same_video": (KPR_DISTANCE, False, True, True, True),
+    "kpr_no_overlap": (KPR_DISTANCE, True, False, True, True),
+    "kpr_no_transit": (KPR_DISTANCE, True, True, False, True),
+}
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """The synthetic site: a grid of cameras, people walking across it, and how they look."""
+
+    people: int
+    grid: tuple[int, int]
+    span_s: float
+    video_s: float
+    visits: tuple[int, int]
+    dwell_s: tuple[float, float]
+    fastest_s: tuple[float, float]
+    slowest_factor: float
+    frames: tuple[int, int]
+    lookalike_groups: int
+    noise: float  # scales every person's sighting noise (SyntheticWorld.difficulty): 1 is the search benchmark's
+    parts: int
+    dim: int
+    seed: int
+
+    @property
+    def cameras(self) -> list[str]:
+        """Camera ids, row by row."""
+        return [f"cam-{r}-{c}" for r in range(self.grid[0]) for c in range(self.grid[1])]
+
+
+@dataclass(frozen=True)
+class Site:
+    """A generated site: its tracklets, the person each one shows, and the cameras' topology."""
+
+    tracklets: Tracklets
+    person: np.ndarray
+    topology: Topology
+
+
+def build_site(config: SiteConfig) -> Site:
+    """Generate the site of ``config`` (deterministic in its seed)."""
+    rng = np.random.default_rng([config.seed, 7])
+    cameras = config.cameras
+    rows, cols = config.grid
+    neighbours: dict[int, list[int]] = {i: [] for i in range(len(cameras))}
+    windows = {}
+    for r in range(rows):
+        for c in range(cols):
+            here = r * cols + c
+            for there in ([here + 1] if c + 1 < cols else []) + ([here + cols] if r + 1 < rows else []):
+                fastest = float(rng.uniform(*config.fastest_s))
+                windows[tuple(sorted((cameras[here], cameras[there])))] = (fastest, fastest * config.slowest_factor)
+                neighbours[here].append(there)
+                neighbours[there].append(here)
+    topology = Topology(windows)
+    world = SyntheticWorld(WorldConfig(rows=1, parts=config.parts, dim=config.dim, identities=config.people,
+                                       lookalike_groups=config.lookalike_groups, cameras=len(cameras), per_video=1,
+                                       video_seconds=config.video_s, sample_fps=5.0, thumbnail_bytes=0,
+                                       seed=config.seed))
+    world.difficulty = world.difficulty * config.noise
+    track_ids, video_ids, camera_ids, starts, ends, people, looks = [], [], [], [], [], [], []
+    for person in range(config.people):
+        camera = int(rng.integers(len(cameras)))
+        t = float(rng.uniform(0.0, config.span_s))
+        seen = {camera}
+        for visit in range(int(rng.integers(config.visits[0], config.visits[1] + 1))):
+            if visit:
+                unvisited = [c for c in neighbours[camera] if c not in seen]
+                if not unvisited:
+                    break
+                there = int(rng.choice(unvisited))
+                low, high = topology.window(cameras[camera], cameras[there])
+                t += float(rng.uniform(low, high))
+                camera = there
+                seen.add(camera)
+            dwell = float(rng.uniform(*config.dwell_s))
+            video = f"{cameras[camera]}/{int(t // config.video_s)}"
+            track_ids.append(f"{video}:p{person}v{visit}")
+            video_ids.append(video)
+            camera_ids.append(cameras[camera])
+            starts.append(t)
+            ends.append(t + dwell)
+            people.append(person)
+            looks.append(aggregate(world.sighting(rng, person, int(rng.integers(config.frames[0],
+                                                                                config.frames[1] + 1)))))
+            t += dwell
+    tracklets = Tracklets(track_ids, video_ids, camera_ids, np.array(starts), np.array(ends),
+                          ReIDEmbeddings.concat(looks))
+    return Site(tracklets, np.array(people), topology)
+
+
+def pairwise_scores(truth: np.ndarray, found: np.ndarray) -> dict[str, float]:
+    """Pairwise precision, recall and F1 of the clustering ``found`` against the labels ``truth``."""
+    def pairs(labels: np.ndarray) -> float:
+        counts = np.unique(labels, return_counts=True, axis=0)[1].astype(np.float64)
+        return float((counts * (counts - 1) / 2).sum())
+
+    both = pairs(np.stack([truth, found], axis=1))
+    linked, same = pairs(found), pairs(truth)
+    precision = both / linked if linked else 1.0
+    recall = both / same if same else 1.0
+    return {"pairwise_precision": precision, "pairwise_recall": recall, "pairwise_f1": _f1(precision, recall)}
+
+
+def bcubed_f1(truth: np.ndarray, found: np.ndarray) -> float:
+    """BCubed F1: per item, the precision and recall of its cluster against its class; F1 of their means."""
+    joint, inverse, counts = np.unique(np.stack([truth, found], axis=1), axis=0, return_inverse=True,
+                                       return_counts=True)
+    shared = counts[inverse.reshape(-1)].astype(np.float64)
+    cluster_size = np.unique(found, return_counts=True, return_inverse=True)
+    class_size = np.unique(truth, return_counts=True, return_inverse=True)
+    precision = float((shared / cluster_size[2][cluster_size[1]]).mean())
+    recall = float((shared / class_size[2][class_size[1]]).mean())
+    return _f1(precision, recall)
+
+
+def _f1(precision: float, recall: float) -> float:
+    """Harmonic mean of ``precision`` and ``recall`` (0 when both are 0)."""
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+
+def method_settings(method: str, threshold: float, neighbours: int) -> tuple[LinkSettings, bool]:
+    """The link settings of ``method`` at ``threshold`` and whether it knows the cameras' topology."""
+    distance, same_video, overlap, transit, topology = METHODS[method]
+    return LinkSettings(threshold, neighbours, distance, same_video, overlap, transit), topology
+
+
+def evaluate(site: Site, method: str, threshold: float, neighbours: int) -> dict[str, float]:
+    """Link ``site`` with ``method`` at ``threshold``: its scores against the site's people."""
+    settings, knows_topology = method_settings(method, threshold, neighbours)
+    linking = link_tracklets(site.tracklets, site.topology if knows_topology else None, settings)
+    return {**pairwise_scores(site.person, linking.identity), "bcubed_f1": bcubed_f1(site.person, linking.identity),
+            "identities": linking.identities}
+
+
+def best_threshold(site: Site, method: str, grid: Sequence[float], neighbours: int) -> float:
+    """The threshold of ``grid`` with the best pairwise F1 of ``method`` on ``site`` (the lowest among equals)."""
+    scores = [evaluate(site, method, threshold, neighbours)["pairwise_f1"] for threshold in grid]
+    return float(grid[int(np.argmax(scores))])
+
+
+def threshold_grid(distance: str, steps: int) -> np.ndarray:
+    """Thresholds tried: KPR part distances and global cosine distances of unit vectors live on different scales."""
+    high = 2.0 if distance == KPR_DISTANCE else 1.0
+    return np.round(np.linspace(high / steps, high, steps), 4)
+
+
+def time_at_scale(config: SiteConfig, count: int, threshold: float, neighbours: int) -> dict:
+    """Seconds to link about ``count`` tracklets of a site grown to that size with KPR + constraints."""
+    per_person = (config.visits[0] + config.visits[1]) / 2
+    people = int(round(count / per_person))
+    scale = people / config.people
+    site = build_site(replace(config, people=people, span_s=config.span_s * scale,
+                              seed=config.seed + 100))
+    settings, _ = method_settings("kpr_constraints", threshold, neighbours)
+    started = time.perf_counter()
+    linking = link_tracklets(site.tracklets, site.topology, settings)
+    seconds = time.perf_counter() - started
+    return {"tracklets": len(site.tracklets), "seconds": round(seconds, 1), "identities": linking.identities,
+            "candidate_pairs": linking.candidate_pairs,
+            "pairwise_f1": round(pairwise_scores(site.person, linking.identity)["pairwise_f1"], 4)}
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The whole benchmark: thresholds tuned on one site, scores on another, then the time at scale."""
+    config = SiteConfig(people=args.people, grid=(args.rows, args.cols), span_s=args.span_s, video_s=args.video_s,
+                        visits=(2, 7), dwell_s=(5.0, 40.0), fastest_s=(20.0, 90.0), slowest_factor=3.0,
+                        frames=(3, 12), lookalike_groups=max(1, args.people // args.lookalike_size), noise=args.noise,
+                        parts=args.parts, dim=args.dim, seed=args.seed)
+    tuning, test = build_site(config), build_site(replace(config, seed=args.seed + 1))
+    print(f"sites: {len(tuning.tracklets)} / {len(test.tracklets)} tracklets of {config.people} people, "
+          f"{len(config.cameras)} cameras", file=sys.stderr)
+    methods = {}
+    for method in args.methods:
+        threshold = best_threshold(tuning, method, threshold_grid(METHODS[method][0], args.steps), args.neighbours)
+        scores = evaluate(test, method, threshold, args.neighbours)
+        methods[method] = {key: round(value, 4) for key, value in scores.items()} | {"threshold": threshold}
+        print(f"{method}: {methods[method]}", file=sys.stderr)
+    result = {"methods": methods}
+    if "kpr_constraints" in methods and "global_only" in methods:
+        gain = methods["kpr_constraints"]["pairwise_f1"] - methods["global_only"]["pairwise_f1"]
+        result["pairwise_f1_gain"] = round(gain, 4)
+        result["goal_f1_gain"] = GOAL_F1_GAIN
+        result["goal_met"] = gain >= GOAL_F1_GAIN
+    if args.scale:
+        scale = time_at_scale(config, args.scale, methods.get("kpr_constraints", {}).get("threshold", 1.0),
+                              args.neighbours)
+        result["link_100k_s" if args.scale == 100_000 else f"link_{args.scale}_s"] = scale["seconds"]
+        result["scale"] = scale
+    return result | {
+        "site": {"people": config.people, "cameras": len(config.cameras), "grid": list(config.grid),
+                 "tracklets": len(test.tracklets), "span_s": config.span_s, "video_s": config.video_s,
+                 "lookalike_groups": config.lookalike_groups, "noise": config.noise, "parts": config.parts, "dim": config.dim,
+                 "neighbours": args.neighbours, "seeds": {"tuning": config.seed, "test": config.seed + 1}},
+        "metrics": METRICS,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--people", type=int, default=600)
+    parser.add_argument("--rows", type=int, default=3, help="camera grid rows")
+    parser.add_argument("--cols", type=int, default=4, help="camera grid columns")
+    parser.add_argument("--span-s", type=float, default=3600.0, help="seconds the people arrive over")
+    parser.add_argument("--video-s", type=float, default=300.0, help="seconds per video")
+    parser.add_argument("--lookalike-size", type=int, default=20, help="people per look-alike group")
+    parser.add_argument("--noise", type=float, default=1.0, help="sighting noise, times the search benchmark's")
+    parser.add_argument("--parts", type=int, default=8, help="K")
+    parser.add_argument("--dim", type=int, default=128, help="D")
+    parser.add_argument("--neighbours", type=int, default=15, help="candidate neighbours per tracklet")
+    parser.add_argument("--steps", type=int, default=40, help="thresholds tried per method")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--scale", type=int, default=100_000, help="tracklets of the timed run (0: none)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(RESULTS / "identities.json"), help="result file ('-': print only)")
+    args = parser.parse_args(argv)
+    result = run(args) | {"command": command_line("bench.link_identities", argv)}
+    write_result(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
