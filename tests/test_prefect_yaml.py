@@ -20,7 +20,8 @@ def _load_flow(entrypoint: str) -> Flow:
 
 
 EXPECTED_FLOWS = {"ingest-archive-nightly": "ingest-archive", "train-kpr-weekly": "train-kpr",
-                  "benchmark-kpr-weekly": "benchmark-kpr", "adapt-model": "adapt-model"}
+                  "benchmark-kpr-weekly": "benchmark-kpr", "adapt-model": "adapt-model",
+                  "link-identities": "link-identities"}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_FLOWS))

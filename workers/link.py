@@ -3,11 +3,13 @@
 Candidate pairs are each tracklet's nearest neighbours by global vector (never all pairs), scored by the KPR part
 distance between tracklet aggregates (or the global cosine distance, the baseline). Where and when constrain them:
 two tracklets of one video are different people (the tracker decided); two cameras that do not see the same place
-cannot show one person at once; between connected cameras a person takes between the fastest and the slowest
-transit time, so a shorter gap is someone else and a pair outside the window is no direct link, and cameras that
-are not connected have no direct link (the person may still join both through others). Clustering is average
-linkage over the candidate pairs, best pairs first, under a distance threshold, never merging two groups that hold
-a pair the constraints forbid. Deterministic: the same tracklets give the same identities whatever their order.
+cannot show one person at once; between connected cameras a person takes at least the fastest transit time, so a
+shorter gap is someone else. A direct move is one between connected cameras within their [fastest, slowest]
+window (or within one camera); cameras that are not connected have none. Clustering is average linkage over the
+candidate pairs, best first, under a distance threshold: two groups merge only when no pair between them is
+forbidden and at least one pair is a direct move (a person seen on two cameras that are not connected joins
+both once a sighting in between bridges them). Deterministic: the same tracklets give the same identities
+whatever their order.
 """
 from __future__ import annotations
 
@@ -152,7 +154,7 @@ class _Rules:
         return clash
 
     def direct(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
-        """Which pairs may link directly: not forbidden, and within the transit window of their cameras."""
+        """Which pairs are a direct move: not forbidden, and within the transit window of their cameras."""
         within = self.gap(first, second) <= self.max_gap[self.camera[first], self.camera[second]]
         return within & ~self.forbidden(first, second)
 
@@ -191,7 +193,7 @@ def link_tracklets(tracklets: Tracklets, topology: Topology | None, settings: Li
     ordered, order = tracklets.ordered()
     rules = _Rules(ordered, topology, settings)
     first, second = nearest_pairs(ordered.embeddings.global_emb, settings.neighbours)
-    keep = rules.direct(first, second)
+    keep = ~rules.forbidden(first, second)
     first, second = first[keep], second[keep]
     distances = pair_distances(ordered.embeddings, first, second, settings.distance).astype(np.float64)
     groups = _cluster(len(ordered), first, second, distances, rules, settings.threshold)
@@ -217,10 +219,12 @@ def _cluster(n: int, first: np.ndarray, second: np.ndarray, distances: np.ndarra
         mean, a, b, seen_a, seen_b = heapq.heappop(heap)
         if a not in members or b not in members or version[a] != seen_a or version[b] != seen_b:
             continue
-        left, right = np.array(members[a]), np.array(members[b])
-        if rules.forbidden(left[:, None], right[None, :]).any():
+        left, right = np.array(members[a])[:, None], np.array(members[b])[None, :]
+        if rules.forbidden(left, right).any():
             del links[a][b], links[b][a]  # a bigger group holding either still holds the forbidden pair
             continue
+        if not rules.direct(left, right).any():
+            continue  # no direct move between them yet: another group may bridge them later
         keep, gone = (a, b) if len(members[a]) >= len(members[b]) else (b, a)
         members[keep].extend(members.pop(gone))
         del links[keep][gone]
