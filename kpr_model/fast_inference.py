@@ -25,14 +25,12 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from contextlib import nullcontext
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kpr_model.checkpoint import load_checkpoint
 from kpr_model.config import KPRConfig
 from kpr_model.embeddings import ReIDEmbeddings
 from kpr_model.encoder import KPREncoder, prepare_crops
@@ -159,12 +157,6 @@ class FastKPREncoder(KPREncoder):
         self.graph = optimised_kpr(self.model, self.device, channels_last, compile_backend)
         autocast_for(self.device, dtype)  # refuses an unknown dtype now, not at the first batch
         self.batch_shape: int | None = None
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cuda") -> "FastKPREncoder":
-        """Optimised encoder for a project checkpoint directory (bf16 and compiled)."""
-        model, config, model_id = load_checkpoint(path, device=device)
-        return cls(model, config, device=device, model_id=model_id)
 
     def embed(self, crops: Sequence[np.ndarray], keypoints: Sequence[np.ndarray | None] | None = None,
               negative_keypoints: Sequence[np.ndarray | None] | None = None, batch_size: int = 64,

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from kpr_model.config import KPRConfig
-from kpr_model.fast_inference import FastKPREncoder, optimised_kpr
 from kpr_model.encoder import KPREncoder
+from kpr_model.fast_inference import FastKPREncoder, autocast_for, optimised_kpr
 from kpr_model.model import KPR
 from kpr_model.prompts import keypoints_to_prompt
 
@@ -50,15 +50,22 @@ def cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1)
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_fp32_matches_the_eager_model(name: str) -> None:
+def eager_and_optimised(name: str, dtype: str = "fp32", compile_backend: str | None = None, n: int = 6) -> tuple:
+    """(eager fp32 ``forward_reid`` outputs, optimised-path outputs under ``dtype``) of one random batch."""
     config = CONFIGS[name]()
     model = trained_like(config)
-    images, prompts = inputs(config)
-    fast = optimised_kpr(model, "cpu", channels_last=True)
+    images, prompts = inputs(config, n)
+    fast = optimised_kpr(model, "cpu", channels_last=True, compile_backend=compile_backend)
     with torch.inference_mode():
         expected = model.forward_reid(images, prompts)
-        got = fast(images.contiguous(memory_format=torch.channels_last), prompts)
+        with autocast_for(torch.device("cpu"), dtype):
+            got = fast(images.contiguous(memory_format=torch.channels_last), prompts)
+    return expected, got
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_fp32_matches_the_eager_model(name: str) -> None:
+    expected, got = eager_and_optimised(name)
     for want, have in zip(expected, got):
         assert have.shape == want.shape
         torch.testing.assert_close(have, want, atol=1e-4, rtol=0)
@@ -66,14 +73,7 @@ def test_fp32_matches_the_eager_model(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["tiny", "tiny_solider"])
 def test_bf16_embeddings_keep_cosine_0999(name: str) -> None:
-    config = CONFIGS[name]()
-    model = trained_like(config)
-    images, prompts = inputs(config)
-    fast = optimised_kpr(model, "cpu", channels_last=True)
-    with torch.inference_mode():
-        expected = model.forward_reid(images, prompts)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            holistic, parts, visibility = fast(images, prompts)
+    expected, (holistic, parts, visibility) = eager_and_optimised(name, dtype="bf16")
     assert cosines(holistic, expected[0]).min() >= 0.999
     assert cosines(parts, expected[1]).min() >= 0.999
     assert (visibility - expected[2]).abs().max() <= 0.05
@@ -81,13 +81,7 @@ def test_bf16_embeddings_keep_cosine_0999(name: str) -> None:
 
 def test_compiled_path_matches_the_eager_model() -> None:
     """torch.compile (inductor, static shapes) on CPU: the slow test of this file (~3.5 min on 2 busy cores, cold cache)."""
-    config = KPRConfig.tiny_solider()
-    model = trained_like(config)
-    images, prompts = inputs(config, n=4)
-    fast = optimised_kpr(model, "cpu", channels_last=True, compile_backend="inductor")
-    with torch.inference_mode():
-        expected = model.forward_reid(images, prompts)
-        got = fast(images, prompts)
+    expected, got = eager_and_optimised("tiny_solider", compile_backend="inductor", n=4)
     for want, have in zip(expected, got):
         torch.testing.assert_close(have, want, atol=1e-4, rtol=0)
 
