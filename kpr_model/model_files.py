@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Union
 
 from kpr_model.encoder import KPREncoder
+from kpr_model.fast_inference import FastKPREncoder
 from kpr_model.global_onnx import GlobalOnnxEncoder
 from kpr_model.model_facts import is_kpr_export, is_onnx, refuse_coding
 from kpr_model.onnx_encoder import OnnxKPREncoder
@@ -15,11 +16,13 @@ Encoder = Union[KPREncoder, OnnxKPREncoder, GlobalOnnxEncoder]
 
 
 def open_encoder(path: str | Path, device: str = "cpu", input_coding: str | None = None) -> Encoder:
-    """The encoder for ``path``: PyTorch for checkpoint folders, onnxruntime for ``.onnx`` files (a KPR export when
-    the file carries KPR metadata, else a global ReID model, whose pixel coding ``input_coding`` may set)."""
+    """The encoder for ``path``: PyTorch for checkpoint folders (the optimised bf16, compiled path on CUDA), onnxruntime
+    for ``.onnx`` files (a KPR export when the file carries KPR metadata, else a global ReID model, whose pixel
+    coding ``input_coding`` may set)."""
     if not is_onnx(path):
         refuse_coding(path, input_coding)
-        return KPREncoder.from_checkpoint(path, device=device)
+        encoder = FastKPREncoder if str(device).startswith("cuda") else KPREncoder
+        return encoder.from_checkpoint(path, device=device)
     session = open_onnx_session(path, device)
     if is_kpr_export(session.get_modelmeta().custom_metadata_map):
         refuse_coding(path, input_coding)
