@@ -1,6 +1,7 @@
 """Relevance feedback with a simulated investigator: mAP and recall@50 after 0, 1 and 2 rounds of feedback.
 
-Two modes, each writing its own part of the result. ``--store DB``: a store ingested from a labelled archive (the
+Two modes, each writing its own part of the result (``--key``; ``--headline`` also makes it the result's top-level
+rounds). ``--store DB``: a store ingested from a labelled archive (the
 annotation sidecars `kpr synth` and `kpr demo` write beside the videos say who every detection is), so the
 embeddings are a real model's output of rendered video; each labelled tracklet queries the other cameras, as
 people search is used. Without it: a small store of the search benchmark's synthetic world (bench.search_bench,
@@ -9,8 +10,10 @@ single-frame sighting of a stored identity searched over the whole store. Search
 storage.feedback.FeedbackSearch; after each one the investigator marks the top ``--marks`` new people (as kpr search
 lists them; or detections) by ground truth (same identity: same person, else not this person) and searches again
 with all marks so far; the figures are those of the detection list. See bench/README.md. From the repository root:
-    nice -n 10 .venv/bin/python -m bench.feedback --store DB   # the demo's store: about 4 minutes on 2 cores
-    nice -n 10 .venv/bin/python -m bench.feedback              # synthetic worlds, about 8 minutes on 2 cores
+    nice -n 10 .venv/bin/python -m bench.feedback --store DB --queries 60 --key rendered_store --headline
+    nice -n 10 .venv/bin/python -m bench.feedback --store DIR/store --key demo_store
+    nice -n 10 .venv/bin/python -m bench.feedback --variants feedback,single_query,exclude_only
+(each about 20 minutes on 2 loaded cores; DB: a `kpr synth --identities 80` archive ingested, bench/README.md)
 """
 from __future__ import annotations
 
@@ -42,9 +45,12 @@ METRICS = ("After round r the investigator's list is the detections confirmed so
            "relevant rows (synthetic: the rows of the query's identity; store: the detections of the query's "
            "identity on the other cameras); recall_at_50 = relevant rows among the list's first 50 / min(R, 50); "
            "map_new_results ranks the new results alone against the R minus confirmed rows (queries with rows "
-           "left). Means over the queries. Ablations: no_negative = no move away from the rejected; no_penalty = no "
-           "rejection penalty; fusion_only = neither; exclude_only = the query alone with the marked detections "
-           "left out.")
+           "left). Means over the queries. Ablations: single_query = the marked detections' own embeddings "
+           "fused into one query, ranked by it alone (no candidates gathered for the confirmed, no nearest-view "
+           "distance); detections = the marked detections' own embeddings instead of their tracklets'; no_gather = no "
+           "candidates gathered for each confirmed tracklet; no_nearest_view = ranked by the fused query alone; "
+           "no_negative = no move away from the rejected; no_penalty = no rejection penalty; exclude_only = the "
+           "query alone with the marked detections left out.")
 GOAL_MAP_GAIN = 0.15
 
 
@@ -111,13 +117,14 @@ VARIANTS = ("feedback", "single_query", "detections", "no_gather", "no_nearest_v
 
 def variants(search: PersonSearch, args: argparse.Namespace) -> dict[str, Variant]:
     """The variants compared (those ``args.variants`` names), each a FeedbackSearch for the marks so far: full
-    feedback; the fused query alone (no candidates gathered for the confirmed hits, no nearest-view distance);
-    without gathering; without the nearest-view distance; without the move away from the rejected; without the
-    rejection penalty; and only leaving the marked detections (and, among people, their tracklets) out."""
+    feedback; the marked detections' own embeddings fused into one query that alone gathers and ranks (the method
+    before tracklets, gathering and the nearest view); the marked detections' own embeddings; without gathering;
+    without the nearest-view distance; without the move away from the rejected; without the rejection penalty; and
+    only leaving the marked detections (and, among people, their tracklets) out."""
     weights = FeedbackWeights(args.negative_weight, args.rejection_weight, args.exemplar_weight)
     single = replace(weights, exemplar=0.0)
     every = {"feedback": lambda marks: FeedbackSearch(search, marks, weights),
-             "single_query": lambda marks: FeedbackSearch(search, marks, single, gather=False),
+             "single_query": lambda marks: FeedbackSearch(search, marks, single, gather=False, whole_tracklets=False),
              "detections": lambda marks: FeedbackSearch(search, marks, weights, whole_tracklets=False),
              "no_gather": lambda marks: FeedbackSearch(search, marks, weights, gather=False),
              "no_nearest_view": lambda marks: FeedbackSearch(search, marks, single),

@@ -21,7 +21,9 @@ NEGATIVE_WEIGHT = 0.3
 # only visible parts needs it (tests/test_feedback.py).
 REJECTION_WEIGHT = 1.0
 # How far a candidate's distance moves from the fused query's towards that of the nearest single view (the query
-# or a confirmed hit): 1 ranks by the nearer of the fused query and that view (see exemplar_distance).
+# or a confirmed hit): 1 ranks by the nearer of the fused query and that view (see exemplar_distance). On an
+# 80-person rendered store (bench/README.md) mAP after two rounds 0.856 / 0.862 / 0.866 / 0.864 / 0.854 with
+# 0 / 0.25 / 0.5 / 0.75 / 1: a single confirmed view also resembles other people.
 EXEMPLAR_WEIGHT = 0.5
 
 
