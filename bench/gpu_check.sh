@@ -18,14 +18,14 @@ if [[ "${1:-}" == "--dry-run" ]]; then
     common=(--device cpu --threads 2 --preset tiny_solider --baseline tiny_swin --warmup 0 --iters 1
             --distance 100x1000 --compile-backend eager)
     small=2 large=4
-    limits=(120 120 120 240 120)
+    limits=(120 120 120 180 180 120)
     note="dry run on the CPU with the tiny_solider preset: checks the script, not a figure"
 elif [[ $# -eq 0 ]]; then
     out="${OUT:-bench/results}"
     common=(--device cuda --preset solider_swin_base --baseline timm_swin_base --warmup 3 --iters 10
             --distance 10000x100000)
     small=64 large=256
-    limits=(45 60 45 170 45)
+    limits=(40 55 40 110 75 40)
     note="GPU check (bench/gpu_check.sh): random weights; timm swin_base_patch4_window7_224 at 384x128 is the baseline"
 else
     echo "usage: bash bench/gpu_check.sh [--dry-run]" >&2
@@ -62,8 +62,9 @@ start=$SECONDS
 step backbone "${limits[0]}" --measure backbone --dtypes fp32 bf16 --batches $small $large
 step kpr "${limits[1]}" --measure kpr --dtypes fp32 bf16 --batches $small $large
 step optimised "${limits[2]}" --measure optimised --dtypes bf16 --batches $small $large
-step compiled "${limits[3]}" --measure compiled --dtypes bf16 --batches $large $small
-step distance "${limits[4]}" --measure distance
+step compiled_large "${limits[3]}" --measure compiled --dtypes bf16 --batches $large
+step compiled_small "${limits[4]}" --measure compiled --dtypes bf16 --batches $small
+step distance "${limits[5]}" --measure distance
 echo "+ merge after $((SECONDS - start)) s"
 "$python" -m bench.kpr_throughput --merge "$parts"/*.json --note "$note" --output "$out/kpr_throughput.json"
 echo "wrote $out/kpr_throughput.json"

@@ -87,8 +87,10 @@ def sample_inputs(config: KPRConfig, batch: int, device: torch.device) -> tuple[
     return images.to(device), prompts
 
 
-def measure(run: Callable[[], object], device: torch.device, warmup: int, iters: int) -> tuple[float, float | None]:
-    """(seconds per call, peak GPU memory in GiB or None on CPU) of ``run`` after ``warmup`` untimed calls."""
+def measure(run: Callable[[], object], device: torch.device, warmup: int,
+            iters: int) -> tuple[float, float | None, float | None]:
+    """(seconds per call, peak GPU memory in GiB or None on CPU, CPU seconds of this process per call or None on
+    CUDA) of ``run`` after ``warmup`` untimed calls. The CPU seconds hardly depend on other processes' load."""
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
@@ -104,11 +106,11 @@ def measure(run: Callable[[], object], device: torch.device, warmup: int, iters:
             run()
         end.record()
         torch.cuda.synchronize(device)
-        return start.elapsed_time(end) / 1000.0 / iters, torch.cuda.max_memory_allocated(device) / 2**30
-    begin = time.perf_counter()
+        return start.elapsed_time(end) / 1000.0 / iters, torch.cuda.max_memory_allocated(device) / 2**30, None
+    begin, cpu_begin = time.perf_counter(), time.process_time()
     for _ in range(iters):
         run()
-    return (time.perf_counter() - begin) / iters, None
+    return (time.perf_counter() - begin) / iters, None, (time.process_time() - cpu_begin) / iters
 
 
 def device_name(device: torch.device) -> str:
@@ -141,7 +143,7 @@ class Run:
         key = f"{name}_b{batch}"
         print(f"measuring {key}", file=sys.stderr, flush=True)
         try:
-            seconds, memory = measure(run, self.device, self.args.warmup, self.args.iters)
+            seconds, memory, cpu_seconds = measure(run, self.device, self.args.warmup, self.args.iters)
         except Exception as exc:  # a failed figure (out of memory, compile error) must not stop the others
             self.record["failures"][key] = one_line(exc)
             return
@@ -152,6 +154,7 @@ class Run:
             "crops_per_s": round(batch / seconds, 2),
             "ms_per_batch": round(seconds * 1000, 2),
             "peak_gpu_mem_gb": None if memory is None else round(memory, 3),
+            "cpu_s_per_batch": None if cpu_seconds is None else round(cpu_seconds, 3),
         }
 
     def measure_models(self, path: str) -> None:
@@ -225,7 +228,7 @@ class Run:
         print(f"measuring part distance {queries} x {gallery}", file=sys.stderr, flush=True)
         try:
             part_distance(qf[:64], qv[:64], gf[:4096], gv[:4096], device=self.device)  # warm-up
-            seconds, memory = measure(lambda: part_distance(qf, qv, gf, gv, device=self.device), self.device, 0, 1)
+            seconds, memory, _ = measure(lambda: part_distance(qf, qv, gf, gv, device=self.device), self.device, 0, 1)
         except Exception as exc:  # recorded like a failed figure
             self.record["failures"]["part_distance"] = one_line(exc)
             return
