@@ -44,6 +44,16 @@ def test_synth_then_train_writes_archive_crops_and_a_checkpoint(tmp_path, capsys
     assert read_model_id(ckpt) in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(("option", "value", "expected"), [("--cameras", "12", "must be 2..9, got 12"),
+                                                        ("--identities", "0", "must be > 0, got 0"),
+                                                        ("--duration", "0", "must be > 0, got 0")])
+def test_synth_refuses_a_world_it_cannot_render_in_one_line(tmp_path, capsys, option, value, expected):
+    assert main(["synth", str(tmp_path / "archive"), option, value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("kpr synth: error:") and expected in err[0]
+    assert not (tmp_path / "archive").exists()
+
+
 def test_train_on_a_wrong_folder_says_what_is_missing(tmp_path, capsys):
     (tmp_path / "query").mkdir()
     assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "ckpt")]) == 2
