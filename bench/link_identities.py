@@ -8,7 +8,7 @@ occlusions that shift the global vector), aggregated per tracklet as ingestion d
 candidate pairs (each tracklet's nearest neighbours by global vector) with its own threshold, the one of best
 pairwise F1 on a tuning site (another seed), and is measured on the test site: pairwise precision, recall and F1
 over tracklet pairs and BCubed F1. Then 100k synthetic tracklets are linked with KPR + constraints and timed.
-See bench/README.md. From the repository root (about N minutes on 2 cores):
+See bench/README.md. From the repository root (about 7 minutes on 2 cores):
     nice -n 10 .venv/bin/python -m bench.link_identities
 """
 from __future__ import annotations
@@ -30,6 +30,7 @@ from kpr_model.distance import ReIDEmbeddings, aggregate
 from workers.link import GLOBAL_DISTANCE, KPR_DISTANCE, LinkSettings, Topology, Tracklets, link_tracklets
 
 GOAL_F1_GAIN = 0.10
+PAST_PEAK = 3
 METRICS = ("Pairwise: over all pairs of tracklets, precision = pairs linked that are one person / pairs linked, "
            "recall = pairs of one person linked / pairs of one person, F1 their harmonic mean. BCubed: per tracklet, "
            "precision = share of its identity's tracklets that are its person, recall = share of its person's "
@@ -178,9 +179,18 @@ def evaluate(site: Site, method: str, threshold: float, neighbours: int) -> dict
 
 
 def best_threshold(site: Site, method: str, grid: Sequence[float], neighbours: int) -> float:
-    """The threshold of ``grid`` with the best pairwise F1 of ``method`` on ``site`` (the lowest among equals)."""
-    scores = [evaluate(site, method, threshold, neighbours)["pairwise_f1"] for threshold in grid]
-    return float(grid[int(np.argmax(scores))])
+    """The threshold of ``grid`` (ascending) with the best pairwise F1 of ``method`` on ``site`` (the lowest among
+    equals); the sweep stops once F1 has fallen for PAST_PEAK thresholds in a row (higher ones only merge more)."""
+    best, best_score, falling, last = grid[0], -1.0, 0, -1.0
+    for threshold in grid:
+        score = evaluate(site, method, threshold, neighbours)["pairwise_f1"]
+        if score > best_score:
+            best, best_score = threshold, score
+        falling = falling + 1 if score < last else 0
+        last = score
+        if falling >= PAST_PEAK:
+            break
+    return float(best)
 
 
 def threshold_grid(distance: str, steps: int) -> np.ndarray:
@@ -189,9 +199,9 @@ def threshold_grid(distance: str, steps: int) -> np.ndarray:
     return np.round(np.linspace(high / steps, high, steps), 4)
 
 
-def time_at_scale(config: SiteConfig, count: int, threshold: float, neighbours: int) -> dict:
-    """Seconds to link about ``count`` tracklets of a site grown to that size with KPR + constraints."""
-    per_person = (config.visits[0] + config.visits[1]) / 2
+def time_at_scale(config: SiteConfig, count: int, per_person: float, threshold: float, neighbours: int) -> dict:
+    """Seconds to link about ``count`` tracklets (``per_person`` tracklets a person, as the smaller sites have) of a
+    site grown to that size with KPR + constraints."""
     people = int(round(count / per_person))
     scale = people / config.people
     site = build_site(replace(config, people=people, span_s=config.span_s * scale,
@@ -227,8 +237,8 @@ def run(args: argparse.Namespace) -> dict:
         result["goal_f1_gain"] = GOAL_F1_GAIN
         result["goal_met"] = gain >= GOAL_F1_GAIN
     if args.scale:
-        scale = time_at_scale(config, args.scale, methods.get("kpr_constraints", {}).get("threshold", 1.0),
-                              args.neighbours)
+        scale = time_at_scale(config, args.scale, len(test.tracklets) / config.people,
+                              methods.get("kpr_constraints", {}).get("threshold", 1.0), args.neighbours)
         result["link_100k_s" if args.scale == 100_000 else f"link_{args.scale}_s"] = scale["seconds"]
         result["scale"] = scale
     return result | {

@@ -26,7 +26,7 @@ KPR_DISTANCE = "kpr"
 GLOBAL_DISTANCE = "global"
 # A link given by its usual transit time t alone is taken as the window [t * low, t * high].
 USUAL_WINDOW = (0.5, 4.0)
-_PAIR_BLOCK = 256
+_PAIR_BLOCK = 512
 
 
 @dataclass(frozen=True)
@@ -161,21 +161,23 @@ class _Rules:
 
 def nearest_pairs(vectors: np.ndarray, neighbours: int, block: int = _PAIR_BLOCK) -> tuple[np.ndarray, np.ndarray]:
     """Each row's ``neighbours`` nearest other rows by cosine of the (unit) global vectors, as distinct pairs
-    (i < j, sorted): the candidate pairs, O(N * neighbours) of them, computed block by block."""
+    (i < j, sorted): the candidate pairs, O(N * neighbours) of them, computed block by block (torch's top-k is
+    about twice as fast as numpy's argpartition over 100k columns)."""
+    import torch
+
     n = len(vectors)
     count = min(neighbours, n - 1)
     if count < 1:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    vectors = np.ascontiguousarray(vectors, np.float32)
+    matrix = torch.from_numpy(np.ascontiguousarray(vectors, np.float32))
     found = []
     for start in range(0, n, block):
-        similarity = vectors[start:start + block] @ vectors.T
-        rows = np.arange(start, start + len(similarity))
-        similarity[rows - start, rows] = -np.inf
-        top = np.argpartition(-similarity, count - 1, axis=1)[:, :count]
-        found.append(np.stack([np.repeat(rows, count), top.reshape(-1)], axis=1))
-    pairs = np.sort(np.concatenate(found), axis=1)
-    pairs = np.unique(pairs, axis=0)
+        similarity = matrix[start:start + block] @ matrix.T
+        rows = torch.arange(start, start + len(similarity))
+        similarity[rows - start, rows] = -torch.inf
+        top = torch.topk(similarity, count, dim=1).indices.numpy()
+        found.append(np.stack([np.repeat(rows.numpy(), count), top.reshape(-1)], axis=1))
+    pairs = np.unique(np.sort(np.concatenate(found), axis=1), axis=0)
     return pairs[:, 0], pairs[:, 1]
 
 
