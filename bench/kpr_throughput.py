@@ -90,7 +90,8 @@ def sample_inputs(config: KPRConfig, batch: int, device: torch.device) -> tuple[
 def measure(run: Callable[[], object], device: torch.device, warmup: int,
             iters: int) -> tuple[float, float | None, float | None]:
     """(seconds per call, peak GPU memory in GiB or None on CPU, CPU seconds of this process per call or None on
-    CUDA) of ``run`` after ``warmup`` untimed calls. The CPU seconds hardly depend on other processes' load."""
+    CUDA) of ``run`` after ``warmup`` untimed calls. Other processes' load inflates the CPU seconds less than the
+    wall time (threads waiting at a barrier still count)."""
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
