@@ -23,7 +23,8 @@ Tolerances against the eager fp32 model (tests/test_fast_inference.py): fp32 max
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 
 import numpy as np
@@ -128,14 +129,22 @@ def _folded_reduction(reduce: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return folded_affine(linear.weight, linear.bias, bn)
 
 
+CompileBackend = str | Callable | None
+
+
 def optimised_kpr(model: KPR, device: str | torch.device, channels_last: bool = True,
-                  compile_backend: str | None = None) -> nn.Module:
+                  compile_backend: CompileBackend = None) -> nn.Module:
     """``FastKPR`` of ``model`` on ``device`` (NHWC weights with ``channels_last``), compiled for static shapes by
     ``compile_backend`` ("inductor"; "eager" only traces) unless it is None."""
     fast = FastKPR(model).to(device)
     if channels_last:
         fast = fast.to(memory_format=torch.channels_last)
-    return fast if compile_backend is None else torch.compile(fast, dynamic=False, backend=compile_backend)
+    return static_compile(fast, compile_backend)
+
+
+def static_compile(module: nn.Module, backend: CompileBackend) -> nn.Module:
+    """``torch.compile`` of ``module`` for static shapes by ``backend``; ``module`` itself when it is None."""
+    return module if backend is None else torch.compile(module, dynamic=False, backend=backend)
 
 
 def autocast_for(device: torch.device, dtype: str):
@@ -149,12 +158,13 @@ class FastKPREncoder(KPREncoder):
     """``KPREncoder`` that embeds with ``FastKPR``: device-side preprocessing, fixed batch shape, bf16, compile."""
 
     def __init__(self, model: KPR, config: KPRConfig, device: str | torch.device = "cuda",
-                 model_id: str | None = None, dtype: str = "bf16", compile_backend: str | None = "inductor",
+                 model_id: str | None = None, dtype: str = "bf16", compile_backend: CompileBackend = "inductor",
                  channels_last: bool = True) -> None:
         super().__init__(model, config, device=device, model_id=model_id)
         self.dtype = dtype
         self.channels_last = channels_last
-        self.graph = optimised_kpr(self.model, self.device, channels_last, compile_backend)
+        self.fast = optimised_kpr(self.model, self.device, channels_last)
+        self.graph = static_compile(self.fast, compile_backend)
         autocast_for(self.device, dtype)  # refuses an unknown dtype now, not at the first batch
         self.batch_shape: int | None = None
 
@@ -180,7 +190,15 @@ class FastKPREncoder(KPREncoder):
             images = images.contiguous(memory_format=torch.channels_last)
             prompts = prompts.contiguous(memory_format=torch.channels_last)
         with autocast_for(self.device, self.dtype):
-            holistic, parts, visibility = self.graph(images, prompts, camera_ids)
+            try:
+                holistic, parts, visibility = self.graph(images, prompts, camera_ids)
+            except Exception as exc:  # no C++ compiler, an inductor bug...: the uncompiled graph gives the same outputs
+                if self.graph is self.fast:
+                    raise
+                warnings.warn(f"torch.compile failed, embedding without it: {str(exc).strip().splitlines()[0][:200]}",
+                              RuntimeWarning, stacklevel=2)
+                self.graph = self.fast
+                holistic, parts, visibility = self.graph(images, prompts, camera_ids)
         return ReIDEmbeddings(holistic[:n].float().cpu().numpy(), parts[:n].float().cpu().numpy(),
                               visibility[:n].float().cpu().numpy())
 

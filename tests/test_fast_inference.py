@@ -100,3 +100,18 @@ def test_encoder_pads_to_a_fixed_batch_and_matches_the_eager_encoder() -> None:
     np.testing.assert_allclose(fast.global_emb, eager.global_emb, atol=1e-4)
     np.testing.assert_allclose(fast.parts, eager.parts, atol=1e-4)
     np.testing.assert_allclose(fast.visibility, eager.visibility, atol=1e-4)
+
+
+def test_encoder_falls_back_to_the_uncompiled_graph_when_compilation_fails() -> None:
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("no C++ compiler here")
+
+    config = KPRConfig.tiny()
+    model = trained_like(config)
+    crops = [np.random.default_rng(4).integers(0, 256, (60, 30, 3), dtype=np.uint8) for _ in range(3)]
+    eager = KPREncoder(model, config).embed(crops)
+    encoder = FastKPREncoder(model, config, device="cpu", dtype="fp32", compile_backend=broken_backend)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+        first = encoder.embed(crops)
+    np.testing.assert_allclose(first.global_emb, eager.global_emb, atol=1e-4)
+    np.testing.assert_allclose(encoder.embed(crops).parts, eager.parts, atol=1e-4)
