@@ -61,12 +61,14 @@ def test_a_gap_outside_the_transit_window_is_no_link(start, linked):
     topology = Topology({("a", "b"): (30.0, 120.0)})
     assert _together(link_tracklets(tracklets, topology, SETTINGS), 0, 1) is linked
     assert _together(link_tracklets(tracklets, topology, LinkSettings(0.5, 5, transit=False)), 0, 1)
+    assert _together(link_tracklets(tracklets, topology, LinkSettings(0.5, 5, direct_moves=False)), 0, 1) is (start > 30)
 
 
 def test_cameras_not_connected_link_only_through_others():
     tracklets = _tracklets([("v1", "a", 0, 10, 0), ("v3", "c", 100, 110, 0)])
     topology = Topology({("a", "b"): (30.0, 120.0), ("b", "c"): (30.0, 120.0)})
     assert not _together(link_tracklets(tracklets, topology, SETTINGS), 0, 1)
+    assert _together(link_tracklets(tracklets, topology, LinkSettings(0.5, 5, direct_moves=False)), 0, 1)
     through = _tracklets([("v1", "a", 0, 10, 0), ("v3", "c", 100, 110, 0), ("v2", "b", 50, 60, 0)])
     linking = link_tracklets(through, topology, SETTINGS)
     assert _together(linking, 0, 1) and _together(linking, 0, 2)

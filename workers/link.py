@@ -87,6 +87,7 @@ class LinkSettings:
     same_video: bool = True
     overlap: bool = True
     transit: bool = True
+    direct_moves: bool = True  # False: only the fastest transit holds, any two groups may merge
 
     def __post_init__(self) -> None:
         if self.distance not in (KPR_DISTANCE, GLOBAL_DISTANCE):
@@ -120,9 +121,8 @@ def _camera_rule(first: str, second: str, topology: Topology | None, settings: L
     shortest = 0.0 if settings.overlap and not shared_view else -np.inf
     if not settings.transit or topology is None:
         return shortest, np.inf
-    if window is None:
-        return shortest, -np.inf
-    return (window[0] if window[0] > 0 else shortest), window[1]
+    longest = np.inf if not settings.direct_moves else -np.inf if window is None else window[1]
+    return shortest if window is None or window[0] == 0 else window[0], longest
 
 
 class _Rules:
