@@ -1,5 +1,5 @@
 """Linking tracklets into identities: each constraint keeps apart two people that appearance alone would merge,
-the transit window of a cameras file, and the same identities whatever the input order."""
+the transit window of a cameras file, the same identities whatever the input order, and the benchmark's scores."""
 from __future__ import annotations
 
 import numpy as np
@@ -113,3 +113,16 @@ def test_a_cameras_file_gives_transit_windows_and_refuses_an_impossible_one(tmp_
     path.write_text("cameras:\n  a:\n    connects_to: {b: [120, 30]}\n  b: {}\n")
     with pytest.raises(CamerasError, match=r"camera 'a': connects_to: impossible transit window to 'b': \[120, 30\]"):
         read_cameras(path)
+
+
+def test_the_benchmark_scores_a_clustering_against_the_truth():
+    from bench.link_identities import bcubed_f1, pairwise_scores
+
+    truth = np.array([0, 0, 0, 1, 1, 2])
+    assert pairwise_scores(truth, truth)["pairwise_f1"] == 1.0 and bcubed_f1(truth, truth) == 1.0
+    alone = pairwise_scores(truth, np.arange(6))
+    assert alone["pairwise_precision"] == 1.0 and alone["pairwise_recall"] == 0.0
+    merged = pairwise_scores(truth, np.array([0, 0, 0, 0, 0, 2]))  # 4 true pairs of 10 linked
+    assert merged["pairwise_precision"] == pytest.approx(0.4) and merged["pairwise_recall"] == 1.0
+    # BCubed precision (3 x 3/5 + 2 x 2/5 + 1) / 6 = 0.6, recall 1
+    assert bcubed_f1(truth, np.array([0, 0, 0, 0, 0, 2])) == pytest.approx(0.75)
