@@ -867,9 +867,10 @@ def build_parser() -> argparse.ArgumentParser:
         "link", help="group a store's tracklets into people across cameras (global identities)",
         description="Links the tracklets of --db into global identities: candidate pairs are each tracklet's nearest\n"
                     "neighbours, scored by the KPR part distance between tracklet aggregates, and grouped by average\n"
-                    "linkage under --threshold; two tracklets of one video, or on two cameras at once (unless their\n"
-                    "link starts at 0 s: they see the same place), are never one person, and with --cameras two\n"
-                    "cameras link directly only when connected, within their transit window. Writes the store's\n"
+                    "linkage under --threshold; two tracklets of one video at the same time, or on two cameras at\n"
+                    "once (unless their link starts at 0 s: they see the same place), are never one person, and\n"
+                    "with --cameras two cameras link directly only when connected, within their transit window\n"
+                    "(a person the tracker lost and found again in one video may link). Writes the store's\n"
                     "identities table in one commit (ids stay the same when nothing changed). Runs the Prefect flow\n"
                     "link-identities, the linking in a Ray task.",
         epilog="Example:\n  kpr link --db store --cameras archive/cameras.yaml --threshold 0.9",

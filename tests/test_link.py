@@ -41,10 +41,12 @@ def test_one_look_across_videos_is_one_identity_and_different_looks_are_not():
     assert linking.identities == 2 and 0 < linking.confidence[0] <= 1 and linking.confidence[2] == 1.0
 
 
-def test_two_tracklets_of_one_video_stay_apart_however_alike():
-    tracklets = _tracklets([("v1", "a", 0, 10, 0), ("v1", "a", 20, 30, 0)])
-    assert not _together(link_tracklets(tracklets, None, SETTINGS), 0, 1)
-    assert _together(link_tracklets(tracklets, None, LinkSettings(0.5, 5, same_video=False)), 0, 1)
+def test_two_tracklets_of_one_video_at_once_stay_apart_however_alike_and_a_lost_and_found_one_links():
+    at_once = _tracklets([("v1", "a", 0, 10, 0), ("v1", "a", 5, 30, 0)])
+    assert not _together(link_tracklets(at_once, None, LinkSettings(0.5, 5, overlap=False)), 0, 1)
+    assert _together(link_tracklets(at_once, None, LinkSettings(0.5, 5, same_video=False, overlap=False)), 0, 1)
+    lost_and_found = _tracklets([("v1", "a", 0, 10, 0), ("v1", "a", 20, 30, 0)])
+    assert _together(link_tracklets(lost_and_found, None, SETTINGS), 0, 1)
 
 
 def test_one_person_is_not_on_two_cameras_at_once_unless_they_see_the_same_place():

@@ -2,7 +2,8 @@
 
 Candidate pairs are each tracklet's nearest neighbours by global vector (never all pairs), scored by the KPR part
 distance between tracklet aggregates (or the global cosine distance, the baseline). Where and when constrain them:
-two tracklets of one video are different people (the tracker decided); two cameras that do not see the same place
+two tracklets of one video at the same time are different people (the tracker kept them apart; one it lost and
+found again is two tracklets of one person, which may link); two cameras that do not see the same place
 cannot show one person at once; between connected cameras a person takes at least the fastest transit time, so a
 shorter gap is someone else. A direct move is one between connected cameras within their [fastest, slowest]
 window (or within one camera); cameras that are not connected have none. Clustering is average linkage over the
@@ -149,8 +150,8 @@ class _Rules:
     def forbidden(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
         """Which pairs (index arrays, broadcast) can never be one person."""
         clash = self.gap(first, second) < self.min_gap[self.camera[first], self.camera[second]]
-        if self.same_video:
-            clash |= self.video[first] == self.video[second]
+        if self.same_video:  # only at the same time: a tracker splits one person's passage when it loses them
+            clash |= (self.video[first] == self.video[second]) & (self.gap(first, second) < 0)
         return clash
 
     def direct(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
