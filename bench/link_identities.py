@@ -8,8 +8,13 @@ occlusions that shift the global vector), aggregated per tracklet as ingestion d
 candidate pairs (each tracklet's nearest neighbours by global vector) with its own threshold, the one of best
 pairwise F1 on a tuning site (another seed), and is measured on the test site: pairwise precision, recall and F1
 over tracklet pairs and BCubed F1. Then 100k synthetic tracklets are linked with KPR + constraints and timed.
-See bench/README.md. From the repository root (about 7 minutes on 2 cores):
+With ``--store DB``: instead, every method on a store ingested from a labelled archive (`kpr synth` + `kpr ingest`,
+then `kpr calibrate`), so the tracklets are a real model's output of rendered video and a real tracker's: each
+tracklet's person comes from the annotation sidecars, and each method links at the store's calibrated "no close
+match" distance (KPR or global cosine), without a camera topology; written under "store", the synthetic figures kept.
+See bench/README.md. From the repository root (about 7 minutes on 2 cores; the store mode takes seconds):
     nice -n 10 .venv/bin/python -m bench.link_identities
+    .venv/bin/python -m bench.link_identities --store DB
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from bench.results_io import RESULTS, command_line, write_result
+from bench.results_io import RESULTS, command_line, merge_result
 from bench.search_bench import SyntheticWorld, WorldConfig
 from kpr_model.distance import ReIDEmbeddings, aggregate
 from workers.link import GLOBAL_DISTANCE, KPR_DISTANCE, LinkSettings, Topology, Tracklets, link_tracklets
@@ -217,6 +222,37 @@ def time_at_scale(config: SiteConfig, count: int, per_person: float, threshold: 
             "pairwise_f1": round(pairwise_scores(site.person, linking.identity)["pairwise_f1"], 4)}
 
 
+def store_scores(db: str, methods: Sequence[str], neighbours: int) -> dict:
+    """Each method on the labelled store ``db`` at its calibrated threshold, against the sidecars' people."""
+    from pipelines.calibrate import archive_identities, no_close_match_above, tracklet_identities
+    from pipelines.link import store_tracklets
+    from storage import Store
+
+    store = Store.open(db, create=False)
+    person_of = tracklet_identities(store.query_detections(None, ["detection_id", "track_id"]), archive_identities(store))
+    tracklets, _ = store_tracklets(store).ordered()
+    keep = np.array([i for i, track in enumerate(tracklets.track_ids) if track in person_of], np.int64)
+    tracklets = Tracklets([tracklets.track_ids[i] for i in keep], [tracklets.video_ids[i] for i in keep],
+                          [tracklets.camera_ids[i] for i in keep], tracklets.t_start[keep], tracklets.t_end[keep],
+                          tracklets.embeddings.select(keep))
+    people = {name: i for i, name in enumerate(sorted(set(person_of.values())))}
+    truth = np.array([people[person_of[track]] for track in tracklets.track_ids], np.int64)
+    scores = {}
+    for method in methods:
+        threshold = no_close_match_above(store.model(), global_only=METHODS[method][0] == GLOBAL_DISTANCE)
+        if threshold is None:
+            raise SystemExit(f"{db}: the store's model is not calibrated: run kpr calibrate --db {db} first")
+        settings, _ = method_settings(method, threshold, neighbours)
+        linking = link_tracklets(tracklets, None, settings)
+        found = {**pairwise_scores(truth, linking.identity), "bcubed_f1": bcubed_f1(truth, linking.identity)}
+        scores[method] = {key: round(value, 4) for key, value in found.items()} | {
+            "identities": linking.identities, "threshold": round(threshold, 4)}
+        print(f"{method}: {scores[method]}", file=sys.stderr)
+    return {"store": {"methods": scores, "tracklets": len(tracklets), "people": len(people), "topology": None,
+                      "thresholds": "the store's calibrated no-close-match distances (kpr calibrate on the same store)",
+                      "date": datetime.date.today().isoformat()}}
+
+
 def run(args: argparse.Namespace) -> dict:
     """The whole benchmark: thresholds tuned on one site, scores on another, then the time at scale."""
     config = SiteConfig(people=args.people, grid=(args.rows, args.cols), span_s=args.span_s, video_s=args.video_s,
@@ -270,10 +306,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     parser.add_argument("--scale", type=int, default=100_000, help="tracklets of the timed run (0: none)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--store", metavar="DB", help="measure on this labelled, calibrated store instead (see above)")
     parser.add_argument("--out", default=str(RESULTS / "identities.json"), help="result file ('-': print only)")
     args = parser.parse_args(argv)
-    result = run(args) | {"command": command_line("bench.link_identities", argv)}
-    write_result(args.out, result)
+    command = command_line("bench.link_identities", argv)
+    if args.store:
+        result = store_scores(args.store, args.methods, args.neighbours)
+        result["store"]["command"] = command
+    else:
+        result = run(args) | {"command": command}
+    merge_result(args.out, result)
     return 0
 
 
