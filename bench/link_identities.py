@@ -24,13 +24,17 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from bench.results_io import RESULTS, command_line, merge_result
 from bench.search_bench import SyntheticWorld, WorldConfig
+from pipelines.calibrate import archive_identities, no_close_match_above, tracklet_identities
+from pipelines.link import store_tracklets
+from pipelines.errors import UserError
+from storage import Store, StoreError
 from kpr_model.distance import ReIDEmbeddings, aggregate
 from workers.link import GLOBAL_DISTANCE, KPR_DISTANCE, LinkSettings, Topology, Tracklets, link_tracklets
 
@@ -222,26 +226,23 @@ def time_at_scale(config: SiteConfig, count: int, per_person: float, threshold: 
             "pairwise_f1": round(pairwise_scores(site.person, linking.identity)["pairwise_f1"], 4)}
 
 
-def store_scores(db: str, methods: Sequence[str], neighbours: int) -> dict:
-    """Each method on the labelled store ``db`` at its calibrated threshold, against the sidecars' people."""
-    from pipelines.calibrate import archive_identities, no_close_match_above, tracklet_identities
-    from pipelines.link import store_tracklets
-    from storage import Store
-
-    store = Store.open(db, create=False)
-    person_of = tracklet_identities(store.query_detections(None, ["detection_id", "track_id"]), archive_identities(store))
+def store_scores(store: Store, identity_of: Callable[[str], str | None], methods: Sequence[str],
+                 neighbours: int) -> dict:
+    """Each method on a calibrated ``store`` at its calibrated threshold, against who each detection is
+    (``identity_of`` a detection id, e.g. pipelines.calibrate.archive_identities: the annotation sidecars)."""
+    person_of = tracklet_identities(store.query_detections(None, ["detection_id", "track_id"]), identity_of)
     tracklets, _ = store_tracklets(store).ordered()
     keep = np.array([i for i, track in enumerate(tracklets.track_ids) if track in person_of], np.int64)
     tracklets = Tracklets([tracklets.track_ids[i] for i in keep], [tracklets.video_ids[i] for i in keep],
                           [tracklets.camera_ids[i] for i in keep], tracklets.t_start[keep], tracklets.t_end[keep],
                           tracklets.embeddings.select(keep))
-    people = {name: i for i, name in enumerate(sorted(set(person_of.values())))}
+    people = {name: i for i, name in enumerate(sorted({person_of[track] for track in tracklets.track_ids}))}
     truth = np.array([people[person_of[track]] for track in tracklets.track_ids], np.int64)
     scores = {}
     for method in methods:
         threshold = no_close_match_above(store.model(), global_only=METHODS[method][0] == GLOBAL_DISTANCE)
         if threshold is None:
-            raise SystemExit(f"{db}: the store's model is not calibrated: run kpr calibrate --db {db} first")
+            raise SystemExit(f"{store.uri}: the store's model is not calibrated: run kpr calibrate --db {store.uri}")
         settings, _ = method_settings(method, threshold, neighbours)
         linking = link_tracklets(tracklets, None, settings)
         found = {**pairwise_scores(truth, linking.identity), "bcubed_f1": bcubed_f1(truth, linking.identity)}
@@ -311,7 +312,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = command_line("bench.link_identities", argv)
     if args.store:
-        result = store_scores(args.store, args.methods, args.neighbours)
+        try:
+            store = Store.open(args.store, create=False)
+            result = store_scores(store, archive_identities(store), args.methods, args.neighbours)
+        except (UserError, StoreError) as exc:
+            print(f"bench.link_identities: error: {exc}", file=sys.stderr)
+            return 2
         result["store"]["command"] = command
     else:
         result = run(args) | {"command": command}

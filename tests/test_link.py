@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from kpr_model.distance import ReIDEmbeddings, kpr_distance, paired_kpr_distance
+from people_store import build_people_store, person_of
+from pipelines.calibrate import calibrate
 from workers.cameras import read_cameras
 from workers.errors import CamerasError
 from workers.link import GLOBAL_DISTANCE, LinkSettings, Topology, Tracklets, link_tracklets
@@ -128,3 +130,19 @@ def test_the_benchmark_scores_a_clustering_against_the_truth():
     assert merged["pairwise_precision"] == pytest.approx(0.4) and merged["pairwise_recall"] == 1.0
     # BCubed precision (3 x 3/5 + 2 x 2/5 + 1) / 6 = 0.6, recall 1
     assert bcubed_f1(truth, np.array([0, 0, 0, 0, 0, 2])) == pytest.approx(0.75)
+
+
+def test_the_benchmark_links_a_calibrated_stores_tracklets_and_scores_them_against_who_they_are(tmp_path, capsys):
+    from bench.link_identities import main as bench, store_scores
+
+    store = build_people_store(tmp_path / "db")  # person 0 in three tracklets on three cameras, then one per person
+    with pytest.raises(SystemExit, match="not calibrated: run kpr calibrate"):
+        store_scores(store, person_of, ["kpr_constraints"], 15)
+    calibrate(store, person_of)
+    result = store_scores(store, person_of, ["kpr_constraints", "global_only"], 15)["store"]
+    assert result["people"] < result["tracklets"]
+    assert result["methods"]["kpr_constraints"]["pairwise_f1"] == 1.0  # the store's people are far apart
+    assert result["methods"]["kpr_constraints"]["identities"] == result["people"]
+    assert bench(["--store", store.uri, "--out", "-"]) == 2  # no annotation sidecars beside its videos
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("bench.link_identities: error: no annotation sidecar beside")
