@@ -878,7 +878,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", required=True, help="LanceDB store written by kpr ingest")
     p.add_argument("--cameras", metavar="FILE",
                    help="cameras file whose connects_to links ([fastest, slowest] seconds, or the usual time t: "
-                        "[t/2, 4t]) constrain who can be the same person (default: no topology)")
+                        "[t/2, 4t]) constrain who can be the same person (default: the one the store's latest "
+                        "ingestion read; without one, no topology)")
     p.add_argument("--threshold", type=_positive(float),
                    help="largest KPR distance between two linked groups (default: the model's calibrated "
                         "no-close-match distance, kpr calibrate)")

@@ -16,10 +16,10 @@ from prefect import flow, get_run_logger, task
 
 from pipelines.calibrate import no_close_match_above
 from pipelines.errors import UserError
+from pipelines.store_cameras import view_cameras
 from storage import Store, embeddings_of, sql
 from storage.identities import Identities, Identity, LinkedTracklet
 from storage.schema import GLOBAL_KIND
-from workers.cameras import read_cameras
 from workers.link import GLOBAL_DISTANCE, KPR_DISTANCE, LinkSettings, Topology, Tracklets, link_tracklets
 from workers.ray_stages import ensure_ray
 
@@ -29,8 +29,9 @@ _ID_BATCH = 1000
 
 @dataclass(frozen=True)
 class LinkInputs:
-    """What a linking run reads: the store, an optional cameras file, the threshold (None: the store model's
-    calibrated "no close match" distance) and the candidate neighbours per tracklet."""
+    """What a linking run reads: the store, an optional cameras file (None: the one the store recorded, if any), the
+    threshold (None: the store model's calibrated "no close match" distance) and the candidate neighbours per
+    tracklet."""
 
     db: str
     cameras: str | None = None
@@ -43,8 +44,9 @@ class LinkInputs:
             raise UserError(f"the threshold must be > 0, got {self.threshold:g}")
         if self.neighbours < 1:
             raise UserError(f"neighbours must be >= 1, got {self.neighbours}")
-        topology = None if self.cameras is None else Topology.from_cameras(read_cameras(self.cameras))
         store = Store.open(self.db, create=False)
+        cameras = view_cameras(store, self.cameras)
+        topology = None if cameras.path is None else Topology.from_cameras(cameras)
         if not store.count_tracklets():
             raise UserError(f"store {self.db} holds no tracklets: ingest an archive into it first (kpr ingest)")
         model = store.model() or {}

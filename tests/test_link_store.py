@@ -9,9 +9,11 @@ import pytest
 
 from kpr_model.distance import ReIDEmbeddings, aggregate
 from pipelines.cli import main
+from pipelines.store_cameras import remember_cameras
 from storage import Store, detection_row, detections_table, tracklet_row, tracklets_table
 from storage.identities import Identities
 from support import unit_rows
+from workers.cameras import read_cameras
 
 K, D = 4, 16
 T0 = 1_767_225_600.0
@@ -73,6 +75,10 @@ def test_kpr_link_writes_identities_and_a_rerun_keeps_their_ids(link_store, caps
     assert "0 new, 0 relinked, 3 unchanged, 0 removed" in capsys.readouterr().out
     # The walker's identity was created by the first run (with the look-alike) and relinked by the second.
     assert [event["change"] for event in json.loads(again[0]["history"])] == ["created", "relinked"]
+    # A store that recorded the cameras file (as kpr ingest records it) is linked with it without --cameras.
+    assert remember_cameras(Store.open(str(db), create=False), read_cameras(cameras))
+    assert main(["link", "--db", str(db), "--threshold", "0.5"]) == 0
+    assert "0 new, 0 relinked, 3 unchanged, 0 removed" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("cameras, message", [
