@@ -262,5 +262,6 @@ def summarize(store: Store) -> StoreSummary:
     return StoreSummary(
         uri=store.uri, schema_version=SCHEMA_VERSION, readable_versions=READABLE_VERSIONS, model=store.model(),
         tables=store.table_stats(), indexes=store.index_stats(), cameras=camera_ids(store),
-        cameras_file=(store.cameras_file() or (None,))[0], videos_by_status=dict(Counter(row["status"] for row in store.video_rows())), time_range=store.time_range(),
+        cameras_file=(store.cameras_file() or (None,))[0],
+        videos_by_status=dict(Counter(row["status"] for row in store.video_rows())), time_range=store.time_range(),
         disk_bytes=_disk_bytes(store.uri))
