@@ -13,10 +13,13 @@ from pathlib import Path
 
 from pipelines.times import iso_utc, utc_text
 from storage import Store
-from storage.catalog import (CameraSummary, CatalogFilters, Page, StoreSummary, TrackletSummary, VideoSummary,
-                             is_empty, list_cameras, list_tracklets, list_videos, summarize, tracklet_thumbnails)
+from storage.catalog import (CameraSummary, CatalogFilters, IdentitySummary, Page, StoreSummary, TrackletSummary,
+                             VideoSummary, is_empty, list_cameras, list_identities, list_tracklets, list_videos,
+                             summarize, tracklet_thumbnails)
 
-LISTINGS = {"cameras": list_cameras, "videos": list_videos, "tracklets": list_tracklets}
+LISTINGS = {"cameras": list_cameras, "videos": list_videos, "tracklets": list_tracklets, "identities": list_identities}
+# The listings whose rows have a thumbnail (--thumbnails), and the field that names each row's file.
+THUMBNAIL_KEYS = {"tracklets": "track_id", "identities": "identity_id"}
 SHORT_ID = 12  # characters of a video id shown in tables (tracklet ids start with as many)
 
 
@@ -68,56 +71,83 @@ def _tracklet_cells(row: TrackletSummary) -> list[str]:
             str(row.detections), row.best_detection_id or "-"]
 
 
+def _identity_cells(row: IdentitySummary) -> list[str]:
+    return [row.identity_id, str(row.tracklets), ",".join(row.cameras), str(row.detections), _when(row.first_seen),
+            _when(row.last_seen), row.best_track_id, f"{row.confidence:.3f}"]
+
+
 TABLES = {
     "cameras": (("camera", "videos", "failed", "detections", "tracklets", "first seen (UTC)", "last seen (UTC)"),
                 _camera_cells, (1, 2, 3, 4)),
     "videos": (("video", "camera", "start (UTC)", "duration", "detections", "status", "error"), _video_cells, (3, 4)),
     "tracklets": (("tracklet", "camera", "video", "start (UTC)", "end (UTC)", "detections", "best detection"),
                   _tracklet_cells, (5,)),
+    "identities": (("identity", "tracklets", "cameras", "detections", "first seen (UTC)", "last seen (UTC)",
+                    "best tracklet", "confidence"), _identity_cells, (1, 3, 7)),
 }
 # The epoch-seconds fields of each listing's rows, given in JSON also as ISO 8601 UTC ("<field>_utc").
-TIME_FIELDS = {"cameras": ("first_seen", "last_seen"), "videos": ("start_time",), "tracklets": ("t_start", "t_end")}
+TIME_FIELDS = {"cameras": ("first_seen", "last_seen"), "videos": ("start_time",), "tracklets": ("t_start", "t_end"),
+               "identities": ("first_seen", "last_seen")}
 
 
-def _file_name(track_id: str) -> str:
-    """A tracklet id as a safe file name (characters other than letters, digits, '.', '_' and '-' become '_')."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", track_id).lstrip(".") or "_"
+def _file_name(row_id: str) -> str:
+    """A tracklet or identity id as a safe file name (characters other than letters, digits, '.', '_' and '-' become
+    '_')."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", row_id).lstrip(".") or "_"
 
 
-def _write_thumbnails(store: Store, rows: list[TrackletSummary], folder: Path) -> dict[str, str]:
-    """Each listed tracklet's best thumbnail as folder/<track_id>.jpg; returns the path written per tracklet."""
+def _thumbnails(store: Store, what: str, rows: list) -> dict[str, bytes]:
+    """The best thumbnail of each listed tracklet, or the representative one (its best tracklet's) of each identity,
+    by row id."""
+    if what == "tracklets":
+        return tracklet_thumbnails(store, [row.track_id for row in rows])
+    best = tracklet_thumbnails(store, [row.best_track_id for row in rows])
+    return {row.identity_id: best[row.best_track_id] for row in rows if row.best_track_id in best}
+
+
+def _write_thumbnails(images: dict[str, bytes], listed: int, what: str, folder: Path) -> dict[str, str]:
+    """Each row's thumbnail (``images`` by row id) as folder/<row id>.jpg; returns the path written per row."""
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
-    for track, jpeg in tracklet_thumbnails(store, [row.track_id for row in rows]).items():
-        path = folder / f"{_file_name(track)}.jpg"
+    for row_id, jpeg in images.items():
+        path = folder / f"{_file_name(row_id)}.jpg"
         path.write_bytes(jpeg)
-        written[track] = str(path)
-    missing = len(rows) - len(written)
-    print(f"wrote {len(written)} thumbnail(s) to {folder}" + (f" ({missing} tracklet(s) have none)" if missing else ""),
+        written[row_id] = str(path)
+    missing = listed - len(written)
+    print(f"wrote {len(written)} thumbnail(s) to {folder}" + (f" ({missing} {what} have none)" if missing else ""),
           file=sys.stderr)
     return written
 
 
-def _json_row(row, times: Sequence[str], thumbnails: dict[str, str] | None) -> dict:
-    """A listed row as a JSON object: its fields, its times also as ISO 8601 UTC, and its thumbnail file if written."""
+def _json_row(row, times: Sequence[str], thumbnails: dict[str, str] | None, key: str | None) -> dict:
+    """A listed row as a JSON object: its fields, its times also as ISO 8601 UTC, and its thumbnail file if written
+    (``key``: the field that names it)."""
     data = asdict(row)
     data.update({f"{name}_utc": None if data[name] is None else iso_utc(data[name]) for name in times})
     if thumbnails is not None:
-        data["thumbnail"] = thumbnails.get(row.track_id)
+        data["thumbnail"] = thumbnails.get(data[key])
     return data
 
 
 def show_list(store: Store, what: str, filters: CatalogFilters, limit: int, offset: int,
               thumbnails: Path | None = None, as_json: bool = False) -> int:
-    """Print one page of the store's cameras, videos or tracklets (and write the tracklets' thumbnails)."""
+    """Print one page of the store's cameras, videos, tracklets or identities (and write the thumbnails of tracklets
+    or identities)."""
     if is_empty(store) and not as_json:
         print(f"the store at {store.uri} is empty: nothing was ingested into it yet")
         return 0
-    page: Page = LISTINGS[what](store, filters, limit, offset)
-    written = _write_thumbnails(store, page.rows, thumbnails) if thumbnails is not None else None
+    found: Page | None = LISTINGS[what](store, filters, limit, offset)
+    if found is None and not as_json:
+        print(f"no identities yet: run kpr link --db {store.uri}")
+        return 0
+    page = found or Page(offset=offset)
+    written = None
+    if thumbnails is not None:
+        written = _write_thumbnails(_thumbnails(store, what, page.rows), len(page.rows), what, thumbnails)
     if as_json:
-        rows = [_json_row(row, TIME_FIELDS[what], written) for row in page.rows]
-        print(json.dumps({"store": store.uri, "listing": what, "total": page.total, "offset": page.offset,
+        rows = [_json_row(row, TIME_FIELDS[what], written, THUMBNAIL_KEYS.get(what)) for row in page.rows]
+        linked = {} if what != "identities" else {"linked": found is not None}
+        print(json.dumps({"store": store.uri, "listing": what, **linked, "total": page.total, "offset": page.offset,
                           "remaining": page.remaining, "rows": rows}, indent=2))
         return 0
     if not page.rows:
@@ -128,8 +158,9 @@ def show_list(store: Store, what: str, filters: CatalogFilters, limit: int, offs
     _print_table(headers, [cells(row) for row in page.rows], numeric)
     if page.remaining:
         print(f"{page.remaining} more {what}: use --offset {offset + len(page.rows)} or a larger --limit")
-    if what == "tracklets":
-        print(f"search with one: kpr search --db {store.uri} --tracklet TRACKLET")
+    if what in THUMBNAIL_KEYS:
+        option = "tracklet TRACKLET" if what == "tracklets" else "identity IDENTITY"
+        print(f"search with one: kpr search --db {store.uri} --{option}")
     return 0
 
 
@@ -154,6 +185,9 @@ def _info_lines(summary: StoreSummary) -> list[str]:
                            or "none"),
         "time range:  " + ("no detections" if span is None else
                            f"{utc_text(span[0])} .. {utc_text(span[1])} UTC ({_duration(span[1] - span[0])})"),
+        "identities:  " + ("none yet (kpr link groups the tracklets into people across cameras)"
+                           if summary.identities is None else f"{summary.identities['identities']}, "
+                           f"{summary.identities['across_cameras']} seen by more than one camera"),
         "indexes:" + ("" if summary.indexes else "     none (kpr maintain builds them)"),
     ]
     for name, index in summary.indexes.items():

@@ -333,8 +333,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     if args.status and args.what != "videos":
         raise UserError("--status goes with `kpr list videos`")
-    if args.thumbnails and args.what != "tracklets":
-        raise UserError("--thumbnails goes with `kpr list tracklets`")
+    if args.thumbnails and args.what not in ("tracklets", "identities"):
+        raise UserError("--thumbnails goes with `kpr list tracklets` or `kpr list identities`")
     filters = CatalogFilters(tuple(args.camera) if args.camera else None, parse_time(args.since),
                              parse_time(args.until), args.min_detections, args.status)
     if filters.t_min is not None and filters.t_max is not None and filters.t_min > filters.t_max:
@@ -443,12 +443,31 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 def cmd_link(args: argparse.Namespace) -> int:
     from pipelines.link import LinkInputs, link_identities
 
-    LinkInputs(str(args.db), args.cameras, args.threshold, args.neighbours).check()  # one line before Prefect starts
-    result = link_identities(str(args.db), args.cameras, args.threshold, args.neighbours, args.ray_address)
-    print(f"{result['tracklets']} tracklets -> {result['identities']} identities ({result['across_cameras']} seen by "
-          f"more than one camera) at distance <= {result['threshold']:.4f}: {result['created']} new, "
-          f"{result['relinked']} relinked, {result['unchanged']} unchanged, {result['removed']} removed "
-          f"(run {result['run_id']})")
+    inputs = LinkInputs(str(args.db), args.cameras, args.threshold, args.neighbours, args.full)
+    inputs.check()  # one line before Prefect starts
+    result = link_identities(str(args.db), args.cameras, args.threshold, args.neighbours, args.full, args.ray_address)
+    print(f"{result['mode']} run ({result['reason']}): linked {result['linked']} of {result['tracklets']} tracklets "
+          f"-> {result['identities']} identities ({result['across_cameras']} seen by more than one camera) at "
+          f"distance <= {result['threshold']:.4f}: {result['created']} new, {result['relinked']} relinked, "
+          f"{result['unchanged']} unchanged, {result['removed']} removed (run {result['run_id']})")
+    return 0
+
+
+def cmd_identity(args: argparse.Namespace) -> int:
+    from pipelines.identity_edits import identity_lines
+    from storage.identities import Identities
+
+    identities = Identities.open(str(args.db))
+    if args.action == "merge":
+        row = identities.merge(args.ids, args.note or "")
+        print(f"merged {', '.join(args.ids[1:])} into {row['identity_id']} ({len(row['tracklets'])} tracklets); "
+              "later kpr link runs keep them together")
+    elif args.action == "split":
+        kept, new = identities.split(args.id, args.tracklet, args.note or "")
+        print(f"split {len(new['tracklets'])} tracklet(s) off {kept['identity_id']} into {new['identity_id']}; "
+              "later kpr link runs keep them apart")
+    else:
+        print("\n".join(identity_lines(identities.get(args.id))))
     return 0
 
 
@@ -714,36 +733,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_maintain)
 
     p = sub.add_parser(
-        "list", help="list a store's cameras, videos or tracklets, to find one to search with",
+        "list", help="list a store's cameras, videos, tracklets or identities, to find one to search with",
         description="Lists what a store holds, one page at a time: cameras (videos, detections, tracklets, first and\n"
-                    "last detection), videos (start, duration, detections, status and error) or tracklets (the id\n"
-                    "that kpr search --tracklet takes, camera, video, time span, detections, best detection). Times\n"
-                    "are UTC. Reads the store only.",
+                    "last detection), videos (start, duration, detections, status and error), tracklets (the id\n"
+                    "that kpr search --tracklet takes, camera, video, time span, detections, best detection) or\n"
+                    "identities (the people kpr link found across cameras: the id kpr search --identity takes,\n"
+                    "tracklets, cameras, detections, first and last seen, best tracklet, mean link confidence).\n"
+                    "Times are UTC. Reads the store only.",
         epilog="Examples:\n  kpr list --db store\n"
                "  kpr list --db store tracklets --camera north --since 2026-01-01T08:00 --min-detections 10 \\\n"
-               "      --thumbnails thumbs\n  kpr list --db store videos --status failed",
+               "      --thumbnails thumbs\n  kpr list --db store videos --status failed\n"
+               "  kpr list --db store identities --camera lobby --thumbnails people",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", nargs="?", choices=("cameras", "videos", "tracklets"), default="cameras",
+    p.add_argument("what", nargs="?", choices=("cameras", "videos", "tracklets", "identities"), default="cameras",
                    help="what to list (default cameras)")
     p.add_argument("--db", required=True, help="LanceDB store written by `kpr ingest`")
     p.add_argument("--camera", action="append", help="only these cameras (repeatable)")
     p.add_argument("--since", help="only what reaches this time or later (ISO 8601 or epoch seconds, UTC)")
     p.add_argument("--until", help="only what starts at this time or earlier")
     p.add_argument("--min-detections", type=_non_negative(int), default=0, metavar="N",
-                   help="only cameras, videos or tracklets with at least N detections (default 0)")
+                   help="only cameras, videos, tracklets or identities with at least N detections (default 0)")
     p.add_argument("--status", choices=("done", "failed", "writing"), help="only videos with this status")
     p.add_argument("--limit", type=_positive(int), default=50, help="rows shown (default 50)")
     p.add_argument("--offset", type=_non_negative(int), default=0, help="rows skipped first (default 0)")
     p.add_argument("--thumbnails", type=Path, metavar="DIR",
-                   help="write each listed tracklet's best thumbnail as DIR/<tracklet id>.jpg")
+                   help="write each listed tracklet's best thumbnail as DIR/<tracklet id>.jpg (each identity's "
+                        "representative one as DIR/<identity id>.jpg)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("info", help="summarize a store: model, rows, cameras, time range, indexes, versions",
                        description="Prints what a store holds: its location and size on disk, schema versions, model "
                                    "(id, kind, parts K, dimension D), rows per table, cameras, videos by status, the "
-                                   "time range of its detections (UTC), its indexes (type, indexed and unindexed "
-                                   "rows) and table versions. Reads the store only.")
+                                   "time range of its detections (UTC), its identities (kpr link), its indexes "
+                                   "(type, indexed and unindexed rows) and table versions. Reads the store only.")
     p.add_argument("--db", required=True, help="LanceDB store written by `kpr ingest`")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_info)
@@ -885,8 +908,37 @@ def build_parser() -> argparse.ArgumentParser:
                         "no-close-match distance, kpr calibrate)")
     p.add_argument("--neighbours", type=_positive(int), default=15,
                    help="candidate neighbours per tracklet (default 15)")
+    p.add_argument("--full", action="store_true",
+                   help="relink every tracklet (default: once the store has identities made with its model, only "
+                        "the tracklets in none of them are linked, joining one or making new ones)")
     p.add_argument("--ray-address", help="existing Ray cluster (default: RAY_ADDRESS or a local Ray)")
     p.set_defaults(func=cmd_link)
+
+    p = sub.add_parser(
+        "identity", help="show one global identity, or merge or split identities by hand",
+        description="Hand edits of the identities kpr link made. merge joins identities into the first one given;\n"
+                    "split takes tracklets off an identity into a new one. Each edit is recorded in the store\n"
+                    "(who, when, --note) and later kpr link runs respect it: merged tracklets stay together, split\n"
+                    "ones stay apart (a later merge undoes the part of an earlier split it contradicts). show prints\n"
+                    "an identity's tracklets, cameras and history of runs and edits.",
+        epilog="Examples:\n  kpr identity show --db store person-3f2a9c01d2e4a5b6\n"
+               "  kpr identity merge --db store person-3f2a9c01d2e4a5b6 person-77c0e1d2a3b4c5d6 --note 'same coat'\n"
+               "  kpr identity split --db store person-3f2a9c01d2e4a5b6 --tracklet 7b01c2d3e4f5-t2",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    on_store = _Parser(add_help=False)
+    on_store.add_argument("--db", required=True, help="LanceDB store linked by kpr link")
+    edit = _Parser(add_help=False)
+    edit.add_argument("--note", help="why (kept with the edit)")
+    a = actions.add_parser("show", parents=[on_store], help="print an identity's tracklets, cameras and history")
+    a.add_argument("id", help="identity id (kpr list --db DB identities)")
+    a = actions.add_parser("merge", parents=[on_store, edit], help="merge identities into the first one given")
+    a.add_argument("ids", nargs="+", metavar="ID", help="two or more identity ids; the first keeps its id")
+    a = actions.add_parser("split", parents=[on_store, edit], help="take tracklets off an identity into a new one")
+    a.add_argument("id", help="identity id")
+    a.add_argument("--tracklet", action="append", required=True, metavar="ID",
+                   help="a tracklet of the identity to take off (repeatable)")
+    p.set_defaults(func=cmd_identity)
 
     p = sub.add_parser("demo", help="synthetic archive -> train KPR -> ingest -> cross-camera search, with a report",
                        description="Generates a synthetic multi-camera archive, trains a small KPR model on held-out "

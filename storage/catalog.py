@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from storage import sql
+from storage.identities import Identities
 from storage.schema import READABLE_VERSIONS, SCHEMA_VERSION, NotFoundError
 from storage.store import Store
 from storage.tables import is_local
@@ -98,6 +99,21 @@ class TrackletSummary:
 
 
 @dataclass(frozen=True)
+class IdentitySummary:
+    """One global identity: the id `kpr search --identity` takes, its tracklets, cameras (in the order they first saw
+    it), detections, first and last seen, representative tracklet and the mean link confidence of its tracklets."""
+
+    identity_id: str
+    tracklets: int
+    cameras: list[str]
+    detections: int
+    first_seen: float
+    last_seen: float
+    best_track_id: str
+    confidence: float
+
+
+@dataclass(frozen=True)
 class StoreSummary:
     """What a store holds: its model, tables, indexes, cameras, videos by status, time range and size on disk."""
 
@@ -112,6 +128,7 @@ class StoreSummary:
     videos_by_status: dict[str, int]
     time_range: tuple[float, float] | None
     disk_bytes: int | None
+    identities: dict[str, int] | None = None  # identities and those seen by more than one camera (None: never linked)
 
 
 def is_empty(store: Store) -> bool:
@@ -202,6 +219,35 @@ def list_tracklets(store: Store, filters: CatalogFilters, limit: int, offset: in
                                  row["n_detections"], row["best_detection_id"]) for row in rows], table.num_rows, offset)
 
 
+def list_identities(store: Store, filters: CatalogFilters, limit: int, offset: int = 0) -> Page | None:
+    """Identities (earliest first seen first) seen by the filters' cameras within the time window (on those cameras),
+    with at least ``min_detections`` detections; None when the store was never linked (`kpr link`)."""
+    rows = Identities.open(store.uri).rows(["tracklets", "cameras", "last_seen", "best_track_id"])
+    if not rows:
+        return None
+    sizes = store.list_tracklets(columns=["track_id", "n_detections"])
+    detections = dict(zip(sizes["track_id"].to_pylist(), sizes["n_detections"].to_pylist())) if sizes.num_rows else {}
+    summaries = []
+    for row in rows:
+        spans = [c for c in row["cameras"] if filters.cameras is None or c["camera_id"] in filters.cameras]
+        count = sum(detections.get(t["track_id"], 0) for t in row["tracklets"])
+        if count < filters.min_detections or not any(filters.overlaps(c["first_seen"], c["last_seen"]) for c in spans):
+            continue
+        confidence = sum(t["confidence"] for t in row["tracklets"]) / len(row["tracklets"])
+        summaries.append(IdentitySummary(row["identity_id"], len(row["tracklets"]), [c["camera_id"] for c in row["cameras"]],
+                                         count, row["first_seen"], row["last_seen"], row["best_track_id"],
+                                         round(confidence, 4)))
+    return _page(summaries, limit, offset)
+
+
+def identity_counts(store: Store) -> dict[str, int] | None:
+    """How many identities the store holds and how many of them more than one camera saw (None: never linked)."""
+    rows = Identities.open(store.uri).rows(["cameras"])
+    if not rows:
+        return None
+    return {"identities": len(rows), "across_cameras": sum(len(row["cameras"]) > 1 for row in rows)}
+
+
 def _tracklets_of_detections(store: Store, filters: CatalogFilters) -> pa.Table:
     """Tracklet rows (TRACKLET_COLUMNS, no best detection) built from the tracked detections within the filters."""
     where = sql.all_of(["track_id IS NOT NULL", "track_id <> ''", _camera_clause(filters.cameras),
@@ -264,4 +310,4 @@ def summarize(store: Store) -> StoreSummary:
         tables=store.table_stats(), indexes=store.index_stats(), cameras=camera_ids(store),
         cameras_file=(store.cameras_file() or (None,))[0],
         videos_by_status=dict(Counter(row["status"] for row in store.video_rows())), time_range=store.time_range(),
-        disk_bytes=_disk_bytes(store.uri))
+        disk_bytes=_disk_bytes(store.uri), identities=identity_counts(store))

@@ -1,0 +1,99 @@
+"""What a user sees of the global identities on a real LanceDB store: `kpr list identities`, `kpr info` and
+`kpr search --identity` (the identity's own sightings first, then new candidates; each hit's identity)."""
+from __future__ import annotations
+
+import json
+import re
+
+import cv2
+import numpy as np
+import pytest
+
+from people_store import LONG_TRACK, QUERY_TRACK, T0, TRUE_TRACK, build_people_store
+from pipelines.cli import main
+from storage import Store
+from storage.identities import Identities, LinkedTracklet
+
+# The people store's tracklets of video1 besides the long one: one person each, each their own identity.
+OTHERS = ("video1-p1", "video1-p2")
+
+
+def link_people_store(db) -> dict[str, str]:
+    """Write identities into the people store as `kpr link` would: the query person's two stored tracklets (cam0 and
+    cam1) as one identity, each other stored tracklet as its own. Returns the identity id of each tracklet."""
+    store = Store.open(str(db), create=False)
+    rows = {row["track_id"]: row for row in store.list_tracklets().to_pylist()}
+    groups = [(QUERY_TRACK, LONG_TRACK), *((track,) for track in OTHERS)]
+    linked = Identities.open(str(db))
+    linked.replace([[LinkedTracklet(t, rows[t]["camera_id"], rows[t]["video_id"], rows[t]["t_start"], rows[t]["t_end"],
+                                    0.9 if len(group) > 1 else 1.0) for t in group] for group in groups],
+                   "people-model", "run-1")
+    return {t["track_id"]: row["identity_id"] for row in linked.rows(["tracklets"]) for t in row["tracklets"]}
+
+
+@pytest.fixture(scope="module")
+def linked(tmp_path_factory):
+    """The people store with identities; yields (db, identity of each linked tracklet)."""
+    db = tmp_path_factory.mktemp("identity_views") / "db"
+    build_people_store(db)
+    return db, link_people_store(db)
+
+
+def _table(capsys) -> list[list[str]]:
+    """The lines of a printed table, split into cells on runs of two or more spaces."""
+    return [re.split(r"\s{2,}", line.strip()) for line in capsys.readouterr().out.strip().splitlines()]
+
+
+def test_list_identities_shows_one_row_per_person_with_its_tracklets_cameras_and_times(linked, capsys):
+    db, identity = linked
+    assert main(["list", "--db", str(db), "identities"]) == 0
+    header, *rows, hint = _table(capsys)
+    assert header == ["identity", "tracklets", "cameras", "detections", "first seen (UTC)", "last seen (UTC)",
+                      "best tracklet", "confidence"]
+    walker = identity[QUERY_TRACK]
+    assert rows[0] == [walker, "2", "cam0,cam1", "63", "2026-01-01 00:00:00", "2026-01-01 01:02:00", LONG_TRACK,
+                       "0.900"]
+    assert [row[0] for row in rows[1:]] == [identity[t] for t in OTHERS] and hint[0].endswith("--identity IDENTITY")
+    # Filters as for the other listings: a camera, a time window, a fewest number of detections; then a page.
+    assert main(["list", "--db", str(db), "identities", "--camera", "cam0"]) == 0
+    assert [row[0] for row in _table(capsys)[1:-1]] == [walker]
+    assert main(["list", "--db", str(db), "identities", "--since", "2026-01-01T00:15", "--until", "2026-01-01T00:25"]) == 0
+    assert [row[0] for row in _table(capsys)[1:-1]] == [identity["video1-p2"]]
+    assert main(["list", "--db", str(db), "identities", "--min-detections", "10"]) == 0
+    assert [row[0] for row in _table(capsys)[1:-1]] == [walker]
+    assert main(["list", "--db", str(db), "identities", "--limit", "1", "--offset", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[1].startswith(identity["video1-p1"]) and lines[2] == "1 more identities: use --offset 2 or a larger --limit"
+
+
+def test_list_identities_as_json_with_their_thumbnails(linked, tmp_path, capsys):
+    db, identity = linked
+    folder = tmp_path / "people"
+    assert main(["list", "--db", str(db), "identities", "--json", "--thumbnails", str(folder)]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert (listing["listing"], listing["linked"], listing["total"]) == ("identities", True, 3)
+    walker = listing["rows"][0]
+    assert walker["identity_id"] == identity[QUERY_TRACK] and walker["cameras"] == ["cam0", "cam1"]
+    assert walker["first_seen_utc"] == "2026-01-01T00:00:00Z" and walker["confidence"] == pytest.approx(0.9)
+    pixels = cv2.imdecode(np.frombuffer(open(walker["thumbnail"], "rb").read(), np.uint8), cv2.IMREAD_COLOR)
+    assert pixels is not None and walker["thumbnail"].endswith(f"{identity[QUERY_TRACK]}.jpg")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{identity[t]}.jpg" for t in (QUERY_TRACK, *OTHERS))
+
+
+def test_a_store_never_linked_says_so_in_one_line(tmp_path, capsys):
+    db = tmp_path / "db"
+    build_people_store(db)
+    assert main(["list", "--db", str(db), "identities"]) == 0
+    assert capsys.readouterr().out.strip() == f"no identities yet: run kpr link --db {db}"
+    assert main(["list", "--db", str(db), "identities", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["linked"] is False
+    assert main(["info", "--db", str(db)]) == 0
+    assert "identities:  none yet (kpr link" in capsys.readouterr().out
+
+
+def test_info_counts_the_identities_and_those_seen_by_more_than_one_camera(linked, capsys):
+    db, _ = linked
+    assert main(["info", "--db", str(db)]) == 0
+    assert "identities:  3, 1 seen by more than one camera" in capsys.readouterr().out
+    assert main(["info", "--db", str(db), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["identities"] == {"identities": 3, "across_cameras": 1}
