@@ -143,7 +143,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.keypoints and not args.image:
         raise UserError("--keypoints goes with --image (a stored detection already has its keypoints)")
     store = Store.open(args.db, create=False)
-    query = Query(detection_id=args.detection, track_id=args.tracklet, image=args.image,
+    query = Query(detection_id=args.detection, track_id=args.tracklet, identity_id=args.identity, image=args.image,
                   prompt=read_prompt(args.keypoints) if args.keypoints else None,
                   cameras=tuple(args.camera) if args.camera else None, parts=tuple(args.part or ()),
                   since=args.since, until=args.until, min_visibility=args.min_visibility, k=args.k,
@@ -155,14 +155,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     result = QuerySearch(store, encoder, missing_model).run(query)
     hits, parts, names = result.hits, result.parts, result.part_names
     if result.people is not None:
-        _print_people(result.people, result.no_close_match_above)
+        _print_people(result)
     elif args.group:
-        _print_groups(hits, parts)
+        _print_groups(hits, parts, result.identities)
     else:
-        _print_hits(hits, parts, result.no_close_match_above)
+        _print_hits(hits, parts, result.no_close_match_above, result.identities)
     if args.html:
         title = (f"detection {args.detection}" if args.detection else f"tracklet {args.tracklet}" if args.tracklet
-                 else f"image {args.image}")
+                 else f"identity {args.identity}" if args.identity else f"image {args.image}")
         if parts:
             title += " (parts: " + ", ".join(names[p] for p in parts) + ")"
         summary = {"results": f"{len(hits)} {'detections' if result.people is None else 'people (tracklets)'}",
@@ -188,6 +188,10 @@ def _query_thumbnail(store, args: argparse.Namespace, result) -> bytes | None:
         return thumbnail_jpeg(result.crop)
     if args.detection:
         return store.get_detection(args.detection, ["thumbnail"])["thumbnail"]
+    if args.identity:
+        from storage.identities import Identities
+
+        return Identities.open(store.uri).get(args.identity)["thumbnail"]
     rows = store.tracklet_detections(args.tracklet)  # the tracklet's first detection
     return rows["thumbnail"][0].as_py() if rows.num_rows else None
 
@@ -207,44 +211,65 @@ def _print_ranked(lines: list[str], distances: list[float], far: float | None) -
         print(line)
 
 
-def _print_people(people, far: float | None) -> None:
-    """One line per person: rank, distance, camera, UTC time span, matched/total detections, closest detection, track;
-    a line marks where the people above the calibrated ``far`` distance begin."""
+def _track_cells(hits, identities: dict[str, str]) -> tuple[list[str], str]:
+    """Each hit's track, followed in a linked store by its identity (``identities``: track -> identity), and the
+    header of that column, all padded to one width."""
+    tracks = [hit.track_id or "-" for hit in hits]
+    width = max(5, *map(len, tracks)) if tracks else 5
+    cells = [f"{track:<{width}}  {identities.get(hit.track_id, '-')}" for track, hit in zip(tracks, hits)]
+    header = f"{'track':<{width}}  identity"
+    if not identities:
+        cells, header = tracks, "track"
+    width = max(len(header), *map(len, cells)) if cells else len(header)
+    return [cell.ljust(width) for cell in cells], header.ljust(width)
+
+
+def _print_people(result) -> None:
+    """One line per person: rank, distance, camera, UTC time span, matched/total detections, closest detection, track
+    and, in a linked store, identity. An identity search lists the identity's own tracklets first, then, after a
+    line, the people it does not hold yet; a line marks where those above the calibrated distance begin."""
     from pipelines.times import span_text
 
-    if not people:
+    people = result.people
+    if not people and result.kind != "identity":
         print("no results (check the filters)")
         return
     spans = [span_text(p.t_start, p.t_end) for p in people]
     counts = [f"{p.matched}/{p.detections}" for p in people]
-    cam_w, span_w = max(6, *(len(p.camera_id) for p in people)), max(len("time span (UTC)"), *map(len, spans))
-    det_w = max(9, *(len(p.best.detection_id) for p in people))
+    cam_w = max(6, *(len(p.camera_id) for p in people)) if people else 6
+    span_w = max(len("time span (UTC)"), *map(len, spans)) if people else len("time span (UTC)")
+    det_w = max(9, *(len(p.best.detection_id) for p in people)) if people else 9
+    tracks, header = _track_cells(result.hits, result.identities)
     print(f"{'rank':>4}  {'distance':>8}  {'camera':<{cam_w}}  {'time span (UTC)':<{span_w}}  {'matched':>7}  "
-          f"{'detection':<{det_w}}  track")
-    _print_ranked([f"{rank:>4}  {person.distance:>8.4f}  {person.camera_id:<{cam_w}}  {span:<{span_w}}  {count:>7}  "
-                   f"{person.best.detection_id:<{det_w}}  {person.track_id or '-'}"
-                   for rank, (person, span, count) in enumerate(zip(people, spans, counts), 1)],
-                  [p.distance for p in people], far)
+          f"{'detection':<{det_w}}  {header}".rstrip())
+    lines = [f"{rank:>4}  {person.distance:>8.4f}  {person.camera_id:<{cam_w}}  {span:<{span_w}}  {count:>7}  "
+             f"{person.best.detection_id:<{det_w}}  {track}".rstrip()
+             for rank, (person, span, count, track) in enumerate(zip(people, spans, counts, tracks), 1)]
+    for line in lines[:result.own]:
+        print(line)
+    if result.kind == "identity":
+        print(f"---- above: the identity's {result.own} tracklet(s); below: people it does not hold yet ----")
+    _print_ranked(lines[result.own:], [p.distance for p in people[result.own:]], result.no_close_match_above)
 
 
-def _print_hits(hits, parts: list[int] | None, far: float | None) -> None:
-    """One line per hit: rank, distance, camera, UTC time, frame, track, visibility of the queried parts, id; a line
-    marks where the hits above the calibrated ``far`` distance begin."""
+def _print_hits(hits, parts: list[int] | None, far: float | None, identities: dict[str, str]) -> None:
+    """One line per hit: rank, distance, camera, UTC time, frame, track (and, in a linked store, its identity),
+    visibility of the queried parts, id; a line marks where the hits above the calibrated ``far`` distance begin."""
     from pipelines.times import utc_text
 
     if not hits:
         print("no results (check the filters)")
         return
     cam_w = max(6, *(len(h.camera_id) for h in hits))
-    track_w = max(5, *(len(h.track_id or "-") for h in hits))
-    print(f"{'rank':>4}  {'distance':>8}  {'camera':<{cam_w}}  {'time (UTC)':<19}  {'frame':>6}  {'track':<{track_w}}  "
+    tracks, header = _track_cells(hits, identities)
+    print(f"{'rank':>4}  {'distance':>8}  {'camera':<{cam_w}}  {'time (UTC)':<19}  {'frame':>6}  {header}  "
           f"{'vis':>4}  detection")
     _print_ranked([f"{rank:>4}  {hit.distance:>8.4f}  {hit.camera_id:<{cam_w}}  {utc_text(hit.timestamp):<19}  "
-                   f"{hit.frame_index:>6}  {hit.track_id or '-':<{track_w}}  {_visibility(hit, parts):>4}  {hit.detection_id}"
-                   for rank, hit in enumerate(hits, 1)], [h.distance for h in hits], far)
+                   f"{hit.frame_index:>6}  {track}  {_visibility(hit, parts):>4}  {hit.detection_id}"
+                   for rank, (hit, track) in enumerate(zip(hits, tracks), 1)], [h.distance for h in hits], far)
 
 
-def _print_groups(hits, parts: list[int] | None) -> None:
+def _print_groups(hits, parts: list[int] | None, identities: dict[str, str]) -> None:
     """The hits grouped by camera, then tracklet, best group first; ranks are those of the flat list."""
     from pipelines.times import utc_text
     from storage import group_hits
@@ -259,8 +284,9 @@ def _print_groups(hits, parts: list[int] | None) -> None:
               f"{count} detection(s)")
         for track in camera.tracklets:
             times = [h.timestamp for h in track.hits]
-            print(f"  track {track.track_id or '(none)'}: best {track.best_distance:.4f}, {len(track.hits)} detection(s), "
-                  f"{utc_text(min(times))} .. {utc_text(max(times))}")
+            linked = f" (identity {identities[track.track_id]})" if track.track_id in identities else ""
+            print(f"  track {track.track_id or '(none)'}{linked}: best {track.best_distance:.4f}, "
+                  f"{len(track.hits)} detection(s), {utc_text(min(times))} .. {utc_text(max(times))}")
             for hit in track.hits:
                 print(f"    {rank[hit.detection_id]:>4}  {hit.distance:>8.4f}  {utc_text(hit.timestamp)}  frame {hit.frame_index:>6}  "
                       f"vis {_visibility(hit, parts)}  {hit.detection_id}")
@@ -621,7 +647,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="find a person in the other cameras of a store",
                        description="Top-k people (tracklets) of other cameras for a stored detection, a stored\n"
-                                   "tracklet or an image crop, ranked by their closest detection: ANN on the global\n"
+                                   "tracklet, a global identity (kpr link) or an image crop, ranked by their closest\n"
+                                   "detection (each with its identity once the store is linked): ANN on the global\n"
                                    "embedding, then exact visibility-weighted KPR part-distance re-ranking,\n"
                                    "optionally k-reciprocal re-ranking. Each person line gives its camera, time span\n"
                                    "(UTC), how many of its detections matched, its closest detection and its track;\n"
@@ -638,6 +665,10 @@ def build_parser() -> argparse.ArgumentParser:
     query = p.add_mutually_exclusive_group(required=True)
     query.add_argument("--detection", metavar="ID", help="query with a stored detection id")
     query.add_argument("--tracklet", metavar="ID", help="query with a stored tracklet id (its detections aggregated)")
+    query.add_argument("--identity", metavar="ID",
+                       help="where else a global identity (kpr link) appears: its representative tracklet with its "
+                            "other tracklets confirmed, over every camera; lists its own tracklets first, then the "
+                            "people it does not hold yet")
     query.add_argument("--image", type=Path, help="query with an image crop of the person (needs --model)")
     p.add_argument("--keypoints", type=Path,
                    help="JSON keypoint prompt for --image, in crop pixels: 17 COCO [x, y, conf] (optionally with "

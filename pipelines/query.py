@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,19 +19,28 @@ from pipelines.errors import UserError
 from pipelines.query_image import QueryEncoder, read_query_image
 from pipelines.query_prompt import KeypointPrompt
 from pipelines.times import parse_time
-from storage import PersonHit, PersonSearch, SearchFilters, SearchHit, Store
+from storage import PersonHit, PersonSearch, SearchFilters, SearchHit, Store, sql
+from storage.catalog import best_detections
 from storage.feedback import Feedback, FeedbackSearch
+from storage.identities import Identities
+
+# An identity search confirms at most this many of the identity's tracklets besides its representative one (those of
+# most detections): feedback gathers candidates for each confirmed tracklet, one search each.
+IDENTITY_CONFIRMED_MAX = 20
 
 
 @dataclass(frozen=True)
 class Query:
-    """One search as the user gave it: exactly one of a stored detection, a stored tracklet or an image, plus options.
+    """One search as the user gave it: exactly one of a stored detection, a stored tracklet, a global identity or an
+    image, plus options.
 
     ``k`` counts people (tracklets) unless ``detections`` asks for the top-k detections. ``image`` is
     an encoded crop (an upload) or an image file; ``prompt`` goes with an image, or with a stored
     detection, which is then re-embedded from its thumbnail. Cameras, parts and times are as typed
     (part names or 1-based numbers; ISO 8601 or epoch seconds): QuerySearch.run checks them. ``same`` and
     ``rejected`` are detection ids of earlier hits marked the same person and not this person (relevance feedback).
+    An identity (`kpr link`) is searched for as its representative tracklet with its other tracklets confirmed, over
+    every camera: its own tracklets are listed first, then the people it does not hold yet.
     """
 
     detection_id: str | None = None
@@ -50,6 +59,7 @@ class Query:
     detections: bool = False
     same: tuple[str, ...] = ()
     rejected: tuple[str, ...] = ()
+    identity_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -57,13 +67,15 @@ class QueryResult:
     """The hits of a query, best first, and what the query turned out to be.
 
     ``people`` are the top people (tracklets) and ``hits`` their closest detections, or, for a query of
-    detections, ``people`` is None and ``hits`` the top detections. ``kind`` is "detection", "tracklet"
-    or "image"; ``parts`` the 0-based queried parts (None: the
+    detections, ``people`` is None and ``hits`` the top detections. ``kind`` is "detection", "tracklet",
+    "identity" or "image"; ``parts`` the 0-based queried parts (None: the
     whole body) among the store's ``part_names`` (none for a global model's store); ``crop`` the RGB
     pixels that were embedded (an image, or a stored detection's thumbnail re-embedded with a prompt),
     None for stored embeddings; ``global_only`` whether the hits were ranked by the global vectors alone;
     ``no_close_match_above`` the model's calibrated distance above which a hit is no close match (None: not
-    calibrated, or a part or re-ranked search, whose distances are on another scale).
+    calibrated, or a part or re-ranked search, whose distances are on another scale). For an identity, the first
+    ``own`` people are its own tracklets (ranked among themselves), the others the people it does not hold yet.
+    ``identities`` gives the identity of each hit's tracklet that has one (empty when the store was never linked).
     """
 
     hits: list[SearchHit]
@@ -74,6 +86,8 @@ class QueryResult:
     global_only: bool = False
     people: list[PersonHit] | None = None
     no_close_match_above: float | None = None
+    own: int = 0
+    identities: dict[str, str] = field(default_factory=dict)
 
 
 class QuerySearch:
@@ -87,15 +101,17 @@ class QuerySearch:
     def __init__(self, store: Store, encoder: QueryEncoder | None, missing_model: str) -> None:
         self.store = store
         self.search = PersonSearch(store)
+        self.identities = Identities.open(store.uri)
         self._encoder = encoder
         self._missing_model = missing_model
         self._encoder_lock = threading.Lock()
 
     def run(self, query: Query) -> QueryResult:
         """The query's hits, after checking the query against the store; UserError or StoreError for mistakes."""
-        given = [name for name in ("detection_id", "track_id", "image") if getattr(query, name) is not None]
+        given = [name for name in ("detection_id", "track_id", "identity_id", "image")
+                 if getattr(query, name) is not None]
         if len(given) != 1:
-            raise UserError("give exactly one query: a detection_id, a track_id or an image file"
+            raise UserError("give exactly one query: a detection_id, a track_id, an identity_id or an image file"
                             + (f" (got {', '.join(given)})" if given else ""))
         shape = self.store.embedding_shape
         if shape is None:
@@ -107,7 +123,15 @@ class QuerySearch:
         names = [] if global_model else part_names(shape[1])
         parts = parse_parts(query.parts, shape[1]) if query.parts else None
         filters = self._filters(query)
-        if query.track_id is not None:
+        own: list[str] = []
+        if query.identity_id is not None:
+            if query.prompt is not None or query.detections:
+                raise UserError("an identity search lists people: it takes no keypoints and no --detections or --group")
+            own, confirmed = self._identity_tracklets(query.identity_id)
+            embedding, _ = self.search.tracklet_query(own[0], False, filters)
+            query = replace(query, same=tuple(dict.fromkeys([*confirmed, *query.same])))
+            kind, crop = "identity", None
+        elif query.track_id is not None:
             if query.prompt is not None:
                 raise UserError("keypoints go with an image or a detection, not with a tracklet")
             embedding, filters = self.search.tracklet_query(query.track_id, not query.same_camera, filters)
@@ -123,10 +147,36 @@ class QuerySearch:
         threshold = None if parts or query.rerank else no_close_match_above(self.store.model(), global_only)
         search = self._with_feedback(query)
         if query.detections:
-            return QueryResult(search.search(embedding, **options), kind, parts, names, crop, global_only,
-                               no_close_match_above=threshold)
-        people = search.people(embedding, **options)
-        return QueryResult([p.best for p in people], kind, parts, names, crop, global_only, people, threshold)
+            hits = search.search(embedding, **options)
+            return QueryResult(hits, kind, parts, names, crop, global_only, no_close_match_above=threshold,
+                               identities=self._identities_of(hits))
+        mine = [] if not own else self.search.people(embedding, **(options | {
+            "k": len(own), "filters": replace(filters, track_ids=own)}))
+        people = mine + search.people(embedding, **(options | {"filters": replace(
+            filters, exclude_track_ids=[*filters.exclude_track_ids, *own])}))
+        hits = [p.best for p in people]
+        return QueryResult(hits, kind, parts, names, crop, global_only, people, threshold, own=len(mine),
+                           identities=self._identities_of(hits))
+
+    def _identity_tracklets(self, identity_id: str) -> tuple[list[str], list[str]]:
+        """The tracklets of an identity, its representative one first, and the best detection of each of the others
+        that the search confirms (at most IDENTITY_CONFIRMED_MAX, those of most detections); NotFoundError for an
+        unknown id."""
+        row = self.identities.get(identity_id)
+        best = row["best_track_id"]
+        others = [t["track_id"] for t in row["tracklets"] if t["track_id"] != best]
+        stored = self.store.list_tracklets(sql.is_in("track_id", others), columns=["track_id", "n_detections",
+                                                                                 "best_detection_id"]).to_pylist()
+        chosen = {r["track_id"]: r["best_detection_id"] for r in sorted(stored, key=lambda r: -r["n_detections"])
+                  [:IDENTITY_CONFIRMED_MAX]}
+        missing = [track for track, detection in chosen.items() if detection is None]
+        chosen.update({track: detection for track, (detection, _) in best_detections(self.store, missing).items()})
+        return [best, *others], [detection for detection in chosen.values() if detection]
+
+    def _identities_of(self, hits: Sequence[SearchHit]) -> dict[str, str]:
+        """The identity of each hit's tracklet that has one (none before the store was linked)."""
+        tracks = [h.track_id for h in hits if h.track_id]
+        return self.identities.of_tracklets(tracks) if tracks else {}
 
     def _with_feedback(self, query: Query) -> PersonSearch | FeedbackSearch:
         """What searches the query: with the investigator's marks on earlier hits, if any."""

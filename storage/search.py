@@ -138,7 +138,7 @@ class SearchFilters:
     ``cameras`` keeps only those cameras (None: all); ``t_min``/``t_max`` bound the frame timestamp
     (inclusive, epoch seconds); ``min_visibility`` keeps hits whose mean visibility over the
     queried parts (all K when no part is chosen) is at least that; excluded cameras, videos,
-    detections and tracklets never appear.
+    detections and tracklets never appear; ``track_ids`` keeps only those tracklets' detections (None: all).
     """
 
     cameras: Sequence[str] | None = None
@@ -149,6 +149,7 @@ class SearchFilters:
     t_max: float | None = None
     min_visibility: float = 0.0
     exclude_track_ids: Sequence[str] = ()
+    track_ids: Sequence[str] | None = None
 
     def __post_init__(self) -> None:
         """Refuse filters that cannot mean anything: NaN or reversed times, visibility outside [0, 1]."""
@@ -175,6 +176,7 @@ class SearchFilters:
             sql.is_in("detection_id", self.exclude_detection_ids, negate=True) if self.exclude_detection_ids else None,
             (f"track_id IS NULL OR {sql.is_in('track_id', self.exclude_track_ids, negate=True)}"
              if self.exclude_track_ids else None),
+            None if self.track_ids is None else sql.is_in("track_id", self.track_ids),
             None if self.t_min is None else f"timestamp >= {sql.number(self.t_min)}",
             None if self.t_max is None else f"timestamp <= {sql.number(self.t_max)}",
             self._visibility_clause(visibility_parts),

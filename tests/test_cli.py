@@ -150,7 +150,7 @@ BAD_SEARCHES = [
     (["--detection", "nope"], "unknown detection id 'nope'"),
     (["--tracklet", "nope"], "unknown tracklet id 'nope'"),
     (["--detection", "c2-p3-0", "--part", "left_foot"], "does not show"),
-    ([], "one of the arguments --detection --tracklet --image is required"),
+    ([], "one of the arguments --detection --tracklet --identity --image is required"),
     (["--detection", "c0-p0-0", "--keypoints", "{kp}"], "--keypoints goes with --image"),
     (["--image", "{image}"], "--image needs --model"),
     (["--image", "{text}", "--model", "{model}"], "cannot read query image"),

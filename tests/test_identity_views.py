@@ -12,7 +12,7 @@ import pytest
 from people_store import LONG_TRACK, QUERY_TRACK, T0, TRUE_TRACK, build_people_store
 from pipelines.cli import main
 from storage import Store
-from storage.identities import Identities, LinkedTracklet
+from storage.identities import Identities, LinkedTracklet, MadeBy
 
 # The people store's tracklets of video1 besides the long one: one person each, each their own identity.
 OTHERS = ("video1-p1", "video1-p2")
@@ -27,7 +27,7 @@ def link_people_store(db) -> dict[str, str]:
     linked = Identities.open(str(db))
     linked.replace([[LinkedTracklet(t, rows[t]["camera_id"], rows[t]["video_id"], rows[t]["t_start"], rows[t]["t_end"],
                                     0.9 if len(group) > 1 else 1.0) for t in group] for group in groups],
-                   "people-model", "run-1")
+                   MadeBy("people-model", "run-1", None))
     return {t["track_id"]: row["identity_id"] for row in linked.rows(["tracklets"]) for t in row["tracklets"]}
 
 
@@ -97,3 +97,52 @@ def test_info_counts_the_identities_and_those_seen_by_more_than_one_camera(linke
     assert "identities:  3, 1 seen by more than one camera" in capsys.readouterr().out
     assert main(["info", "--db", str(db), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["identities"] == {"identities": 3, "across_cameras": 1}
+
+
+def _people_lines(capsys) -> tuple[list[str], list[list[str]]]:
+    """The header cells and the cells of each line of a printed list of people (separator lines kept whole)."""
+    header, *lines = capsys.readouterr().out.strip().splitlines()
+    return re.split(r"\s{2,}", header.strip()), [[line] if line.startswith("----") else re.split(r"\s{2,}", line.strip())
+                                                 for line in lines]
+
+
+def test_identity_search_lists_its_own_tracklets_first_then_the_people_it_does_not_hold(linked, capsys):
+    db, identity = linked
+    walker = identity[QUERY_TRACK]
+    assert main(["search", "--db", str(db), "--identity", walker, "-k", "3"]) == 0
+    header, lines = _people_lines(capsys)
+    assert header[-2:] == ["track", "identity"]
+    assert {line[-2] for line in lines[:2]} == {QUERY_TRACK, LONG_TRACK} and all(line[-1] == walker for line in lines[:2])
+    assert lines[2][0].startswith("---- above: the identity's 2 tracklet(s)")
+    # The first new candidate is the person's third passage, which linking has not joined to them (no identity).
+    new = lines[3:]
+    assert len(new) == 3 and new[0][-2:] == [TRUE_TRACK, "-"]
+    assert not {QUERY_TRACK, LONG_TRACK} & {line[-2] for line in new}
+
+
+def test_every_search_shows_the_identity_of_each_hit_in_a_linked_store(linked, capsys):
+    db, identity = linked
+    assert main(["search", "--db", str(db), "--tracklet", QUERY_TRACK, "-k", "5"]) == 0
+    header, lines = _people_lines(capsys)
+    assert header[-1] == "identity"
+    shown = {line[-2]: line[-1] for line in lines}
+    assert shown[LONG_TRACK] == identity[QUERY_TRACK] and shown[TRUE_TRACK] == "-"
+    assert main(["search", "--db", str(db), "--tracklet", QUERY_TRACK, "-k", "5", "--detections"]) == 0
+    header, lines = _people_lines(capsys)
+    assert header[5:7] == ["track", "identity"] and {line[6] for line in lines if line[5] == LONG_TRACK} == {
+        identity[QUERY_TRACK]}
+    assert main(["search", "--db", str(db), "--tracklet", QUERY_TRACK, "-k", "5", "--group"]) == 0
+    assert f"track {LONG_TRACK} (identity {identity[QUERY_TRACK]}): best" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--identity", "person-0000000000000000"], "no identity 'person-0000000000000000' in store"),
+    (["--identity", "{walker}", "--tracklet", QUERY_TRACK], "not allowed with argument"),
+    (["--identity", "{walker}", "--detections"], "an identity search lists people"),
+])
+def test_identity_search_mistakes_are_one_line(linked, capsys, extra, expected):
+    db, identity = linked
+    args = [a.format(walker=identity[QUERY_TRACK]) for a in extra]
+    assert main(["search", "--db", str(db), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("kpr search: error: ") and expected in err[0], err
