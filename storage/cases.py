@@ -62,7 +62,7 @@ def check_name(name: str) -> str:
     return stripped
 
 
-def _who() -> tuple[str | None, str | None]:
+def who() -> tuple[str | None, str | None]:
     """(host, user) of this process, None where unknown."""
     try:
         user = getpass.getuser()
@@ -125,7 +125,7 @@ class Cases:
         for kind, _ in events:
             if kind not in EVENT_KINDS:
                 raise StoreError(f"unknown case event kind {kind!r} (known: {', '.join(EVENT_KINDS)})")
-        at, (host, user) = time.time(), _who()
+        at, (host, user) = time.time(), who()
         recorded = [CaseEvent(uuid.uuid4().hex, case_id_of(name), name, at, seq, kind, payload, host, user)
                     for seq, (kind, payload) in enumerate(events)]
         rows = [{**event.__dict__, "payload": json.dumps(event.payload, sort_keys=True)} for event in recorded]

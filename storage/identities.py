@@ -1,28 +1,38 @@
-"""Global identities in the store: people across cameras, each the tracklets linked into it, in the `identities` table.
+"""Global identities in the store: people across cameras, each the tracklets linked into it, in the `identities` table,
+and the hand edits that linking must respect, in the `identity_edits` table.
 
 One row per identity, keyed on identity_id: its tracklets with their link confidence, per camera the first and last
 time it was seen there, a representative thumbnail (that of its tracklet with the most detections), the model and
-run that linked it, and its history (created, relinked: JSON events). A run's identities are written in one commit
-that also removes the identities the run no longer finds, so a store holds one run's identities whole, whatever
-crashes. An identity's id is derived from its earliest tracklet, so re-linking the same store gives the same ids.
-The table is created by the first run, with its own schema version, so stores never linked are not touched.
+run that linked it, and its history (created, relinked, merged, split: JSON events). A run's identities are written
+in one commit that also removes the identities the run no longer finds, so a store holds one run's identities whole,
+whatever crashes. Ids are stable: an identity keeps the id of the previous identity it shares the most tracklets
+with; a new one takes an id derived from its earliest tracklet. A hand merge or split is recorded in the edits table
+first, then applied to the identities, so that an interrupted edit is still applied by the next linking run.
+Both tables are created on first use, with their own schema version, so stores never linked are not touched.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import time
+import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import lancedb
 import pyarrow as pa
 
-from storage.schema import VERSION_KEY, check_version
+from storage import sql
+from storage.cases import who
+from storage.schema import IDENTITIES, IDENTITY_EDITS, VERSION_KEY, NotFoundError, StoreError, check_version
 from storage.tables import StoreTables, open_table
 
-IDENTITIES = "identities"
 IDENTITIES_VERSION = 1
+EDITS_VERSION = 1
+_ID_BATCH = 1000
+# The linking settings (JSON) of the run that wrote a row; added after the table's first release, so a table that
+# lacks it gets it (empty) when first opened for writing.
+_SETTINGS = pa.field("settings", pa.string())
 
 
 def identities_schema() -> pa.Schema:
@@ -48,13 +58,34 @@ def identities_schema() -> pa.Schema:
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("linked_at", pa.float64(), nullable=False),
         pa.field("history", pa.string(), nullable=False),
+        _SETTINGS,
     ]
     return pa.schema(fields, metadata={VERSION_KEY: str(IDENTITIES_VERSION)})
 
 
-def identity_id_of(earliest_track_id: str) -> str:
-    """The id of the identity whose earliest tracklet is ``earliest_track_id`` (the same in every run)."""
-    return "person-" + hashlib.sha256(earliest_track_id.encode()).hexdigest()[:16]
+def edits_schema() -> pa.Schema:
+    """Schema of the hand edits: one row per merge (groups: [the tracklets merged]) or split (groups: [the tracklets
+    taken off, those left]), in the order made, with who made it and why."""
+    fields = [pa.field("edit_id", pa.string(), nullable=False),
+              pa.field("kind", pa.string(), nullable=False),
+              pa.field("identity_ids", pa.list_(pa.string()), nullable=False),
+              pa.field("groups", pa.list_(pa.list_(pa.string())), nullable=False),
+              pa.field("note", pa.string(), nullable=False),
+              pa.field("at", pa.float64(), nullable=False),
+              pa.field("host", pa.string()),
+              pa.field("user", pa.string())]
+    return pa.schema(fields, metadata={VERSION_KEY: str(EDITS_VERSION)})
+
+
+def identity_id_of(earliest_track_id: str, attempt: int = 0) -> str:
+    """The id a new identity whose earliest tracklet is ``earliest_track_id`` takes (``attempt`` > 0: the next
+    candidates, when the first is taken)."""
+    text = earliest_track_id if attempt == 0 else f"{earliest_track_id}#{attempt}"
+    return "person-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class IdentityEditError(StoreError):
+    """A hand merge or split that cannot be made (unknown identity or tracklet, nothing to merge or split)."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +101,20 @@ class LinkedTracklet:
 
 
 @dataclass(frozen=True)
+class MadeBy:
+    """The linking run that made identities: its model, run id and settings (JSON text)."""
+
+    model_id: str
+    run_id: str
+    settings: str | None
+
+    @classmethod
+    def of(cls, row: dict) -> "MadeBy":
+        """Who made an identities-table row."""
+        return cls(row["model_id"], row["run_id"], row.get("settings"))
+
+
+@dataclass(frozen=True)
 class Identity:
     """One identity as a run found it: its tracklets (any order) and its representative tracklet and thumbnail."""
 
@@ -77,13 +122,8 @@ class Identity:
     best_track_id: str
     thumbnail: bytes | None
 
-    @property
-    def identity_id(self) -> str:
-        """Its stable id, from its earliest tracklet (start time, then id)."""
-        return identity_id_of(min(self.tracklets, key=lambda t: (t.t_start, t.track_id)).track_id)
 
-
-def _row(identity: Identity, model_id: str, run_id: str, at: float, history: list[dict]) -> dict:
+def _row(identity: Identity, identity_id: str, made_by: "MadeBy", at: float, history: list[dict]) -> dict:
     """The identities-table row of ``identity``."""
     ordered = sorted(identity.tracklets, key=lambda t: (t.t_start, t.track_id))
     seen: dict[str, list[float]] = {}
@@ -92,14 +132,47 @@ def _row(identity: Identity, model_id: str, run_id: str, at: float, history: lis
         span[0], span[1] = min(span[0], tracklet.t_start), max(span[1], tracklet.t_end)
     cameras = sorted(({"camera_id": c, "first_seen": s, "last_seen": e} for c, (s, e) in seen.items()),
                      key=lambda c: (c["first_seen"], c["camera_id"]))
-    return {"identity_id": identity.identity_id, "tracklets": [t.__dict__ for t in ordered], "cameras": cameras,
+    return {"identity_id": identity_id, "tracklets": [asdict(t) for t in ordered], "cameras": cameras,
             "first_seen": ordered[0].t_start, "last_seen": max(t.t_end for t in ordered),
-            "best_track_id": identity.best_track_id, "thumbnail": identity.thumbnail, "model_id": model_id,
-            "run_id": run_id, "linked_at": at, "history": json.dumps(history)}
+            "best_track_id": identity.best_track_id, "thumbnail": identity.thumbnail, "model_id": made_by.model_id,
+            "run_id": made_by.run_id, "linked_at": at, "history": json.dumps(history), "settings": made_by.settings}
+
+
+def _tracks(row: dict) -> set[str]:
+    return {t["track_id"] for t in row["tracklets"]}
+
+
+def assign_ids(groups: Sequence[Sequence[LinkedTracklet]], before: dict[str, set[str]]) -> list[str]:
+    """Ids for identities of ``groups``: each previous identity's id (``before``: id -> track ids) goes to the group
+    that shares the most tracklets with it (largest overlaps first); the others take ids derived from their earliest
+    tracklet (start time, then id), never one of ``before`` nor one given in this call."""
+    owner = {track_id: identity_id for identity_id, tracks in before.items() for track_id in tracks}
+    overlaps: dict[tuple[int, str], int] = {}
+    for number, group in enumerate(groups):
+        for tracklet in group:
+            if tracklet.track_id in owner:
+                key = (number, owner[tracklet.track_id])
+                overlaps[key] = overlaps.get(key, 0) + 1
+    ids: list[str | None] = [None] * len(groups)
+    taken: set[str] = set()
+    for (number, identity_id), _ in sorted(overlaps.items(), key=lambda item: (-item[1], item[0][1], item[0][0])):
+        if ids[number] is None and identity_id not in taken:
+            ids[number] = identity_id
+            taken.add(identity_id)
+    for number, group in enumerate(groups):
+        earliest = min(group, key=lambda t: (t.t_start, t.track_id)).track_id
+        attempt = 0
+        while ids[number] is None:
+            candidate = identity_id_of(earliest, attempt)
+            if candidate not in taken and candidate not in before:
+                ids[number] = candidate
+                taken.add(candidate)
+            attempt += 1
+    return ids
 
 
 class Identities:
-    """The identities of one store: replace them with a run's, read them."""
+    """The identities of one store: replace them with a run's, edit them by hand, read them."""
 
     def __init__(self, tables: StoreTables) -> None:
         self._tables = tables
@@ -115,41 +188,151 @@ class Identities:
         table = open_table(self._tables.db, IDENTITIES, identities_schema() if create else None)
         if table is not None:
             check_version(table.schema, IDENTITIES, self.uri, (IDENTITIES_VERSION,))
+            if create and _SETTINGS.name not in table.schema.names:
+                table.add_columns(_SETTINGS)
         return table
 
-    def replace(self, identities: Sequence[Identity], model_id: str, run_id: str) -> dict[str, int]:
-        """Make ``identities`` the store's, in one commit: each keeps the history of the identity of the same id
-        (a "relinked" event added when its tracklets changed), new ones start theirs, those not found any more go.
-        Returns how many were created, relinked, kept as they were and removed."""
+    def _edits_table(self, create: bool) -> lancedb.table.Table | None:
+        """The hand edits table, created on first use with ``create``; None when missing without it."""
+        table = open_table(self._tables.db, IDENTITY_EDITS, edits_schema() if create else None)
+        if table is not None:
+            check_version(table.schema, IDENTITY_EDITS, self.uri, (EDITS_VERSION,))
+        return table
+
+    def describe(self, groups: Sequence[Sequence[LinkedTracklet]]) -> list[Identity]:
+        """Identities of ``groups``, each represented by its tracklet with the most detections (then the earliest)
+        and that tracklet's thumbnail, read from the tracklets table."""
+        table = self._tables.tracklets()
+        wanted = [t.track_id for group in groups for t in group]
+        # Many tracklets: one read of two columns of the whole table beats a filtered read per batch.
+        query = table.search().where(sql.is_in("track_id", wanted)) if len(wanted) <= _ID_BATCH else table.search()
+        rows = query.select(["track_id", "n_detections"]).limit(None).to_arrow()
+        counts = dict(zip(rows["track_id"].to_pylist(), rows["n_detections"].to_pylist()))
+        best = [min(group, key=lambda t: (-counts.get(t.track_id, 0), t.t_start, t.track_id)).track_id
+                for group in groups]
+        thumbnails: dict[str, bytes | None] = {}
+        for start in range(0, len(best), _ID_BATCH):
+            rows = (table.search().where(sql.is_in("track_id", best[start:start + _ID_BATCH]))
+                    .select(["track_id", "thumbnail"]).limit(None).to_arrow())
+            thumbnails.update(zip(rows["track_id"].to_pylist(), rows["thumbnail"].to_pylist()))
+        return [Identity(list(group), chosen, thumbnails.get(chosen)) for group, chosen in zip(groups, best)]
+
+    def replace(self, groups: Sequence[Sequence[LinkedTracklet]], made_by: MadeBy) -> dict[str, int]:
+        """Make the identities of ``groups`` (a linking run's) the store's, in one commit that writes only the rows
+        that changed: ids as assign_ids gives them; each keeps the history of the identity of its id (a "relinked"
+        event added when its tracklets changed), new ones start theirs, those not found any more go. Returns how
+        many were created, relinked, kept as they were and removed."""
         at = time.time()
         before = {row["identity_id"]: row for row in self.rows(["identity_id", "tracklets", "history"])}
+        ids = assign_ids(groups, {identity_id: _tracks(row) for identity_id, row in before.items()})
         counts = {"created": 0, "relinked": 0, "unchanged": 0, "removed": 0}
-        rows = []
-        for identity in identities:
-            old = before.pop(identity.identity_id, None)
-            if old is None:
-                history, change = [], "created"
-            else:
-                history = json.loads(old["history"])
-                same = {t["track_id"] for t in old["tracklets"]} == {t.track_id for t in identity.tracklets}
-                change = "unchanged" if same else "relinked"
+        changed, histories = [], []
+        for group, identity_id in zip(groups, ids):
+            old = before.pop(identity_id, None)
+            tracks = {t.track_id for t in group}
+            change = "created" if old is None else "unchanged" if _tracks(old) == tracks else "relinked"
             counts[change] += 1
-            if change != "unchanged":
-                history.append({"change": change, "run_id": run_id, "at": at, "tracklets": len(identity.tracklets)})
-            rows.append(_row(identity, model_id, run_id, at, history))
+            if change == "unchanged":
+                continue
+            event = {"change": change, "run_id": made_by.run_id, "at": at, "tracklets": len(tracks)}
+            if old is not None:
+                event |= {"joined": len(tracks - _tracks(old)), "left": len(_tracks(old) - tracks)}
+            changed.append((group, identity_id))
+            histories.append([*([] if old is None else json.loads(old["history"])), event])
+        described = self.describe([group for group, _ in changed])
+        self._write([_row(identity, identity_id, made_by, at, history)
+                     for identity, (_, identity_id), history in zip(described, changed, histories)], list(before))
         counts["removed"] = len(before)
-        table = self._table(create=True)
-        (table.merge_insert("identity_id").when_matched_update_all().when_not_matched_insert_all()
-         .when_not_matched_by_source_delete().execute(pa.Table.from_pylist(rows, schema=identities_schema())))
         return counts
 
-    def rows(self, columns: Sequence[str] | None = None) -> list[dict]:
-        """Every identity row (only ``columns`` when given), earliest first seen first; [] before the first run."""
+    def _write(self, rows: list[dict], removed: Sequence[str]) -> None:
+        """Upsert ``rows`` and delete the identities ``removed``, in one commit."""
+        if not rows and not removed:
+            return
+        merge = self._table(create=True).merge_insert("identity_id").when_matched_update_all()
+        merge = merge.when_not_matched_insert_all()
+        if removed:
+            merge = merge.when_not_matched_by_source_delete(sql.is_in("identity_id", removed))
+        merge.execute(pa.Table.from_pylist(rows, schema=identities_schema()))
+
+    def rows(self, columns: Sequence[str] | None = None, where: str | None = None) -> list[dict]:
+        """Every identity row (only ``columns`` when given; only those matching ``where``), earliest first seen
+        first; [] before the first run."""
         table = self._table(create=False)
         if table is None:
             return []
         query = table.search()
-        if columns is not None:
-            query = query.select(list(dict.fromkeys([*columns, "first_seen", "identity_id"])))
+        if where is not None:
+            query = query.where(where)
+        if columns is not None:  # (a column added after the table was made may be missing)
+            held = set(table.schema.names)
+            query = query.select([c for c in dict.fromkeys([*columns, "first_seen", "identity_id"]) if c in held])
         found = query.limit(None).to_arrow().to_pylist()
         return sorted(found, key=lambda row: (row["first_seen"], row["identity_id"]))
+
+    def get(self, identity_id: str) -> dict:
+        """The row of identity ``identity_id``; NotFoundError when the store has no such identity."""
+        found = self.rows(where=sql.equals("identity_id", identity_id)) if sql.storable(identity_id) else []
+        if not found:
+            raise NotFoundError(f"no identity {identity_id!r} in store {self.uri} (kpr list --db {self.uri} "
+                                f"identities lists them; kpr link makes them)")
+        return found[0]
+
+    def of_tracklets(self, track_ids: Sequence[str]) -> dict[str, str]:
+        """The identity of each of ``track_ids`` that has one (track id -> identity id)."""
+        wanted, found = set(track_ids), {}
+        for row in self.rows(["tracklets"]) if wanted else []:
+            found.update({t["track_id"]: row["identity_id"] for t in row["tracklets"] if t["track_id"] in wanted})
+        return found
+
+    def edits(self) -> list[dict]:
+        """Every hand edit, in the order made."""
+        table = self._edits_table(create=False)
+        return [] if table is None else sorted(table.search().limit(None).to_arrow().to_pylist(),
+                                                key=lambda edit: (edit["at"], edit["edit_id"]))
+
+    def _record(self, kind: str, identity_ids: Sequence[str], groups: Sequence[Sequence[str]], note: str) -> dict:
+        """Append one hand edit to the edits table; the history event that tells of it."""
+        at, (host, user) = time.time(), who()
+        edit = {"edit_id": uuid.uuid4().hex, "kind": kind, "identity_ids": list(identity_ids),
+                "groups": [sorted(group) for group in groups], "note": note, "at": at, "host": host, "user": user}
+        self._edits_table(create=True).add(pa.Table.from_pylist([edit], schema=edits_schema()))
+        return {"change": kind, "by": "hand", "edit_id": edit["edit_id"], "at": at, "user": user, "note": note}
+
+    def merge(self, identity_ids: Sequence[str], note: str = "") -> dict:
+        """Merge identities ``identity_ids`` by hand into the first of them; later linking runs keep their tracklets
+        together. Returns the merged identity's row."""
+        wanted = list(dict.fromkeys(identity_ids))
+        if len(wanted) < 2:
+            raise IdentityEditError(f"a merge needs at least two different identities, got {len(wanted)}")
+        rows = [self.get(identity_id) for identity_id in wanted]
+        tracklets = [LinkedTracklet(**t) for row in rows for t in row["tracklets"]]
+        event = self._record("merge", wanted, [[t.track_id for t in tracklets]], note)
+        keep = rows[0]
+        identity = Identity(tracklets, keep["best_track_id"], keep["thumbnail"])
+        merged = _row(identity, keep["identity_id"], MadeBy.of(keep), event["at"],
+                      [*json.loads(keep["history"]), event | {"from": wanted[1:]}])
+        self._write([merged], wanted[1:])
+        return merged
+
+    def split(self, identity_id: str, track_ids: Sequence[str], note: str = "") -> tuple[dict, dict]:
+        """Split tracklets ``track_ids`` off identity ``identity_id`` by hand into a new identity; later linking
+        runs keep the two apart. Returns (the identity as it stays, the new one)."""
+        row = self.get(identity_id)
+        held = {t["track_id"]: LinkedTracklet(**t) for t in row["tracklets"]}
+        taken = list(dict.fromkeys(track_ids))
+        strangers = [t for t in taken if t not in held]
+        if strangers:
+            raise IdentityEditError(f"tracklet {strangers[0]!r} is not in identity {identity_id}")
+        if not taken or len(taken) == len(held):
+            raise IdentityEditError(f"a split takes some but not all of identity {identity_id}'s {len(held)} "
+                                    f"tracklets, got {len(taken)}")
+        left = [t for t in held if t not in taken]
+        event = self._record("split", [identity_id], [taken, left], note)
+        kept, new = self.describe([[held[t] for t in left], [held[t] for t in taken]])
+        new_id = assign_ids([new.tracklets], {known["identity_id"]: set() for known in self.rows(["identity_id"])})[0]
+        rows = [_row(kept, identity_id, MadeBy.of(row), event["at"],
+                     [*json.loads(row["history"]), event | {"into": new_id}]),
+                _row(new, new_id, MadeBy.of(row), event["at"], [event | {"from": identity_id}])]
+        self._write(rows, [])
+        return rows[0], rows[1]

@@ -27,6 +27,8 @@ DETECTIONS = "detections"
 TRACKLETS = "tracklets"
 VIDEOS = "videos"
 CASES = "cases"
+IDENTITIES = "identities"
+IDENTITY_EDITS = "identity_edits"
 NUM_KEYPOINTS = 17
 
 # The kinds of model a store records as its own (Store.model): part-based KPR, or a global ReID model.

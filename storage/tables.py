@@ -15,6 +15,8 @@ import pyarrow as pa
 from storage.schema import (
     CASES,
     DETECTIONS,
+    IDENTITIES,
+    IDENTITY_EDITS,
     TRACKLETS,
     VIDEOS,
     StoreError,
@@ -222,9 +224,10 @@ class StoreTables:
 
     def all(self) -> dict[str, lancedb.table.Table]:
         """The tables that exist yet, by name (videos always; detections and tracklets once written; cases once an
-        investigation was recorded), so that maintenance compacts and reports every one."""
+        investigation was recorded; identities and their hand edits once linked), so that maintenance compacts and
+        reports every one."""
         tables = {VIDEOS: self.videos, DETECTIONS: self.detections(), TRACKLETS: self.tracklets(),
-                  CASES: open_table(self.db, CASES)}
+                  **{name: open_table(self.db, name) for name in (CASES, IDENTITIES, IDENTITY_EDITS)}}
         return {name: table for name, table in tables.items() if table is not None}
 
     def drop_embedded(self) -> None:

@@ -10,7 +10,7 @@ from people_store import build_people_store, person_of
 from pipelines.calibrate import calibrate
 from workers.cameras import read_cameras
 from workers.errors import CamerasError
-from workers.link import GLOBAL_DISTANCE, LinkSettings, Topology, Tracklets, link_tracklets
+from workers.link import GLOBAL_DISTANCE, LinkSettings, Prior, Topology, Tracklets, link_tracklets
 
 DIM, PARTS = 16, 4
 SETTINGS = LinkSettings(threshold=0.5, neighbours=5)
@@ -96,6 +96,47 @@ def test_the_same_tracklets_in_any_order_give_the_same_identities():
     again = link_tracklets(shuffled, None, SETTINGS)
     assert np.array_equal(again.identity, base.identity[order])
     assert np.array_equal(again.confidence, base.confidence[order])
+
+
+def test_hand_edits_replayed_in_order_give_what_stays_together_and_what_stays_apart():
+    merged = Prior.from_edits([("merge", [["a", "b"]]), ("merge", [["b", "c"]])])
+    assert merged.together == [["a", "b", "c"]] and merged.apart == []
+    split = Prior.from_edits([("merge", [["a", "b", "c"]]), ("split", [["a"], ["b", "c"]])])
+    assert split.together == [["b", "c"]] and split.apart == [{"a": 0, "b": 1, "c": 1}]
+    # A later merge of a and b undoes the part of the split it contradicts: c stays apart from both.
+    undone = Prior.from_edits([("split", [["a"], ["b", "c"]]), ("merge", [["a", "b"]])])
+    assert undone.together == [["a", "b"]] and undone.apart == []
+    partly = Prior.from_edits([("split", [["a", "d"], ["b", "c"]]), ("merge", [["a", "b"]])])
+    assert partly.apart == [{"d": 0, "b": 1, "c": 1}]
+
+
+def test_a_hand_merge_joins_unlike_tracklets_and_a_hand_split_keeps_alike_ones_apart():
+    tracklets = _tracklets([("v1", "a", 0, 10, 0), ("v2", "b", 100, 110, 1), ("v3", "a", 500, 510, 0)])
+    assert _together(link_tracklets(tracklets, None, SETTINGS, Prior([["t0", "t1"]])), 0, 1)
+    kept_apart = link_tracklets(tracklets, None, SETTINGS, Prior(apart=[{"t0": 0, "t2": 1}]))
+    assert not _together(kept_apart, 0, 2) and kept_apart.identities == 3
+    # Both: t1 is with t0 by hand, t2 (t0's look) stays apart from that group.
+    both = link_tracklets(tracklets, None, SETTINGS, Prior([["t0", "t1"]], [{"t1": 0, "t2": 1}]))
+    assert _together(both, 0, 1) and not _together(both, 0, 2)
+
+
+def test_an_incremental_run_adds_new_tracklets_to_existing_identities_and_never_merges_two_of_them():
+    # People 0 and 1 are known identities; new tracklets: one of each, one of a new person 2, and one of person 0
+    # that the prior says is person 1 (a tracker error an earlier run kept): it joins one identity, never both.
+    rows = [("v1", "a", 0, 10, 0), ("v2", "b", 100, 110, 1), ("v3", "a", 200, 210, 1),
+            ("v4", "b", 300, 310, 0), ("v5", "a", 400, 410, 1), ("v6", "b", 500, 510, 2), ("v7", "a", 600, 610, 0)]
+    tracklets = _tracklets(rows, seed=4)
+    prior = Prior().with_identities([["t0"], ["t1", "t2"]])
+    linking = link_tracklets(tracklets, None, SETTINGS, prior, new=np.array([3, 4, 5, 6]))
+    assert _together(linking, 0, 3) and _together(linking, 1, 4) and _together(linking, 0, 6)
+    assert not _together(linking, 0, 1) and linking.identities == 3
+    full = link_tracklets(tracklets, None, SETTINGS)
+    assert np.array_equal(linking.identity, full.identity)
+    # Only the new tracklets' neighbours are candidates: fewer pairs than a full run.
+    assert linking.candidate_pairs < full.candidate_pairs
+    wrong = Prior().with_identities([["t0"], ["t1", "t3"]])  # t3 (person 0) was put with person 1
+    bridged = link_tracklets(tracklets, None, SETTINGS, wrong, new=np.array([6]))
+    assert not _together(bridged, 0, 1)
 
 
 def test_the_global_baseline_links_by_the_global_vectors():

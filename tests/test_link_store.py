@@ -24,22 +24,33 @@ PASSAGES = [("north", 0, T0), ("lobby", 0, T0 + 70.0), ("lobby", 1, T0 + 20.0), 
 CAMERAS_FILE = "cameras:\n  north:\n    connects_to: {lobby: [30, 120]}\n  lobby: {}\n"
 
 
-def _build_store(path) -> None:
-    """One video per passage (3 detections each, one tracklet), embeddings by person (1 looks like 0)."""
+def _looks() -> np.ndarray:
+    """Each person's part embeddings (person 1 looks like person 0)."""
     rng = np.random.default_rng(5)
     base = unit_rows(rng.standard_normal((3, K, D)))
     base[1] = unit_rows(base[0] + 0.05 * rng.standard_normal((K, D)))
+    return base
+
+
+def _write_passage(store: Store, index: int, camera: str, person: int, start: float) -> None:
+    """One video of one passage: 3 detections of ``person``, one tracklet."""
+    rng = np.random.default_rng(index)
+    video_id, track_id = f"{camera}-{index}", f"{camera}-{index}:t0"
+    parts = unit_rows(_looks()[person][None] + 0.02 * rng.standard_normal((3, K, D)))
+    shown = ReIDEmbeddings(unit_rows(parts.mean(axis=1)), parts, np.ones((3, K), np.float32))
+    ids = [f"{video_id}:{i}" for i in range(3)]
+    rows = [detection_row(ids[i], video_id, camera, i, start + i, [0, 0, 32, 64], MODEL_ID, track_id=track_id,
+                          thumbnail=bytes([index])) for i in range(3)]
+    tracklet = tracklet_row(track_id, video_id, camera, start, start + 2, 3, ids[0], bytes([index]), MODEL_ID)
+    video = {"video_id": video_id, "uri": f"/archive/{video_id}.mp4", "camera_id": camera, "model_id": MODEL_ID}
+    store.write_video(video, detections_table(rows, shown), tracklets_table([tracklet], aggregate(shown)))
+
+
+def _build_store(path) -> None:
+    """One video per passage."""
     store = Store.open(str(path))
     for index, (camera, person, start) in enumerate(PASSAGES):
-        video_id, track_id = f"{camera}-{index}", f"{camera}-{index}:t0"
-        parts = unit_rows(base[person][None] + 0.02 * rng.standard_normal((3, K, D)))
-        shown = ReIDEmbeddings(unit_rows(parts.mean(axis=1)), parts, np.ones((3, K), np.float32))
-        ids = [f"{video_id}:{i}" for i in range(3)]
-        rows = [detection_row(ids[i], video_id, camera, i, start + i, [0, 0, 32, 64], MODEL_ID, track_id=track_id,
-                              thumbnail=bytes([index])) for i in range(3)]
-        tracklet = tracklet_row(track_id, video_id, camera, start, start + 2, 3, ids[0], bytes([index]), MODEL_ID)
-        video = {"video_id": video_id, "uri": f"/archive/{video_id}.mp4", "camera_id": camera, "model_id": MODEL_ID}
-        store.write_video(video, detections_table(rows, shown), tracklets_table([tracklet], aggregate(shown)))
+        _write_passage(store, index, camera, person, start)
 
 
 def _people(db) -> list[list[str]]:
@@ -105,3 +116,62 @@ def test_a_store_without_tracklets_or_calibration_is_refused(tmp_path, link_stor
     db, _ = link_store
     assert main(["link", "--db", str(db)]) == 2
     assert "not calibrated: give --threshold" in capsys.readouterr().err
+
+
+def test_new_videos_join_existing_identities_and_hand_edits_outlive_a_full_relink(tmp_path, capsys):
+    db, cameras = tmp_path / "store", tmp_path / "cameras.yaml"
+    _build_store(db)
+    cameras.write_text(CAMERAS_FILE)
+    link = ["link", "--db", str(db), "--cameras", str(cameras), "--threshold", "0.5"]
+    assert main(link) == 0
+    walker = Identities.open(str(db)).rows()[0]["identity_id"]
+    # A new video of person 0 on the north camera, 10 minutes later: only it is linked, into the walker's identity.
+    _write_passage(Store.open(str(db), create=False), 4, "north", 0, T0 + 600.0)
+    capsys.readouterr()
+    assert main(link) == 0
+    out = capsys.readouterr().out
+    assert "incremental run" in out and "linked 1 of 5 tracklets" in out and "0 new, 1 relinked, 2 unchanged" in out
+    identities = Identities.open(str(db))
+    assert _people(db)[0] == ["north-0:t0", "lobby-1:t0", "north-4:t0"]
+    assert json.loads(identities.get(walker)["history"])[-1] | {"at": 0, "run_id": ""} == {
+        "change": "relinked", "at": 0, "run_id": "", "tracklets": 3, "joined": 1, "left": 0}
+
+    # By hand: the lobby sighting is someone else; person 2 is the walker after all.
+    assert main(["identity", "split", "--db", str(db), walker, "--tracklet", "lobby-1:t0", "--note", "other coat"]) == 0
+    assert f"split 1 tracklet(s) off {walker} into person-" in capsys.readouterr().out
+    other = identities.of_tracklets(["north-3:t0"])["north-3:t0"]
+    assert main(["identity", "merge", "--db", str(db), walker, other]) == 0
+    assert sorted(map(sorted, _people(db))) == [["lobby-1:t0"], ["lobby-2:t0"], ["north-0:t0", "north-3:t0",
+                                                                                 "north-4:t0"]]
+    # A full relink keeps the merge and the split (the split-off sighting now goes with its look-alike, person 1),
+    # and the walker's id.
+    assert main([*link, "--full"]) == 0
+    assert "full run (asked (--full))" in capsys.readouterr().out
+    assert sorted(map(sorted, _people(db))) == [["lobby-1:t0", "lobby-2:t0"], ["north-0:t0", "north-3:t0",
+                                                                               "north-4:t0"]]
+    assert identities.of_tracklets(["north-3:t0"]) == {"north-3:t0": walker}
+    assert main(["identity", "show", "--db", str(db), walker]) == 0
+    shown = capsys.readouterr().out
+    assert "split, part into person-" in shown and f"merged from {other}" in shown and "other coat" in shown
+
+
+@pytest.mark.parametrize("edit, message", [
+    (["merge", "person-0000000000000000", "IDENTITY"], "no identity 'person-0000000000000000'"),
+    (["merge", "IDENTITY", "IDENTITY"], "a merge needs at least two different identities"),
+    (["split", "IDENTITY", "--tracklet", "north-3:t0"], "tracklet 'north-3:t0' is not in identity"),
+    (["split", "IDENTITY", "--tracklet", "north-0:t0", "--tracklet", "lobby-1:t0"], "some but not all"),
+])
+def test_a_hand_edit_that_cannot_be_made_is_one_line_and_writes_nothing(tmp_path, capsys, edit, message):
+    db = tmp_path / "store"
+    _build_store(db)
+    (tmp_path / "cameras.yaml").write_text(CAMERAS_FILE)
+    assert main(["link", "--db", str(db), "--cameras", str(tmp_path / "cameras.yaml"), "--threshold", "0.5"]) == 0
+    identities = Identities.open(str(db))
+    before = identities.rows()
+    walker = before[0]["identity_id"]
+    capsys.readouterr()
+    command = ["identity", edit[0], "--db", str(db), *[walker if word == "IDENTITY" else word for word in edit[1:]]]
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kpr identity: error: ") and message in err and len(err.strip().splitlines()) == 1
+    assert identities.rows() == before and identities.edits() == []

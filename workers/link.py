@@ -11,6 +11,11 @@ candidate pairs, best first, under a distance threshold: two groups merge only w
 forbidden and at least one pair is a direct move (a person seen on two cameras that are not connected joins
 both once a sighting in between bridges them). Deterministic: the same tracklets give the same identities
 whatever their order.
+
+Linking may start from a Prior: groups that stay together (hand merges; in an incremental run, the identities
+already found) and partitions whose sides stay apart (hand splits; in an incremental run, one side per existing
+identity, so new tracklets join at most one of them and two existing identities never merge). An incremental run
+takes candidate pairs only for the new tracklets, so its cost grows with them, not with the archive.
 """
 from __future__ import annotations
 
@@ -98,6 +103,44 @@ class LinkSettings:
 
 
 @dataclass(frozen=True)
+class Prior:
+    """What a linking starts from, by track id: groups whose tracklets stay one identity, and partitions (track id
+    -> side) whose tracklets on different sides never share one. Ids the linking is not given are ignored."""
+
+    together: Sequence[Sequence[str]] = ()
+    apart: Sequence[dict[str, int]] = ()
+
+    @classmethod
+    def from_edits(cls, edits: Sequence[tuple[str, Sequence[Sequence[str]]]]) -> "Prior":
+        """The constraints of hand edits replayed in order: ("merge", [tracklets]) keeps them together and drops
+        from earlier splits the side it contradicts; ("split", [taken off, left]) keeps the two sets apart and
+        divides the groups of earlier merges that held both."""
+        together: list[set[str]] = []
+        apart: list[tuple[set[str], set[str]]] = []
+        for kind, groups in edits:
+            if kind == "merge":
+                given = set(groups[0])
+                merged = given.union(*(group for group in together if group & given))
+                together = [group for group in together if not group & merged] + [merged]
+                apart = [(taken - merged, left) if taken & merged and left & merged else (taken, left)
+                         for taken, left in apart]
+            elif kind == "split":
+                taken, left = set(groups[0]), set(groups[1])
+                together = [part for group in together for part in (group & taken, group - taken) if len(part) > 1]
+                apart.append((taken, left))
+            else:
+                raise ValueError(f"unknown edit {kind!r} (known: merge, split)")
+        return cls([sorted(group) for group in together],
+                   [{t: 0 for t in taken} | {t: 1 for t in left} for taken, left in apart if taken and left])
+
+    def with_identities(self, identities: Sequence[Sequence[str]]) -> "Prior":
+        """This prior for an incremental run: each of ``identities`` (track ids) stays together, apart from the
+        others."""
+        sealed = {track_id: number for number, members in enumerate(identities) for track_id in members}
+        return Prior([*self.together, *identities], [*self.apart, sealed])
+
+
+@dataclass(frozen=True)
 class Linking:
     """The outcome, aligned with the input tracklets: each one's identity (index of the group, numbered by the
     group's earliest tracklet) and its link confidence in [0, 1] (1 - distance to its nearest fellow / threshold;
@@ -160,24 +203,25 @@ class _Rules:
         return within & ~self.forbidden(first, second)
 
 
-def nearest_pairs(vectors: np.ndarray, neighbours: int, block: int = _PAIR_BLOCK) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's ``neighbours`` nearest other rows by cosine of the (unit) global vectors, as distinct pairs
-    (i < j, sorted): the candidate pairs, O(N * neighbours) of them, computed block by block (torch's top-k is
-    about twice as fast as numpy's argpartition over 100k columns)."""
+def nearest_pairs(vectors: np.ndarray, neighbours: int, rows: np.ndarray | None = None,
+                  block: int = _PAIR_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's (of ``rows``, default all) ``neighbours`` nearest other rows by cosine of the (unit) global
+    vectors, as distinct pairs (i < j, sorted): the candidate pairs, O(rows * neighbours) of them, computed block by
+    block (torch's top-k is about twice as fast as numpy's argpartition over 100k columns)."""
     import torch
 
-    n = len(vectors)
-    count = min(neighbours, n - 1)
-    if count < 1:
+    count = min(neighbours, len(vectors) - 1)
+    queries = torch.arange(len(vectors)) if rows is None else torch.from_numpy(np.asarray(rows, np.int64))
+    if count < 1 or not len(queries):
         return np.empty(0, np.int64), np.empty(0, np.int64)
     matrix = torch.from_numpy(np.ascontiguousarray(vectors, np.float32))
     found = []
-    for start in range(0, n, block):
-        similarity = matrix[start:start + block] @ matrix.T
-        rows = torch.arange(start, start + len(similarity))
-        similarity[rows - start, rows] = -torch.inf
+    for start in range(0, len(queries), block):
+        chosen = queries[start:start + block]
+        similarity = matrix[chosen] @ matrix.T
+        similarity[torch.arange(len(chosen)), chosen] = -torch.inf
         top = torch.topk(similarity, count, dim=1).indices.numpy()
-        found.append(np.stack([np.repeat(rows.numpy(), count), top.reshape(-1)], axis=1))
+        found.append(np.stack([np.repeat(chosen.numpy(), count), top.reshape(-1)], axis=1))
     pairs = np.unique(np.sort(np.concatenate(found), axis=1), axis=0)
     return pairs[:, 0], pairs[:, 1]
 
@@ -189,47 +233,102 @@ def pair_distances(embeddings: ReIDEmbeddings, first: np.ndarray, second: np.nda
     return paired_kpr_distance(embeddings.select(first), embeddings.select(second))
 
 
-def link_tracklets(tracklets: Tracklets, topology: Topology | None, settings: LinkSettings) -> Linking:
-    """Group ``tracklets`` into identities (see the module docstring); the result is aligned with the input."""
+def link_tracklets(tracklets: Tracklets, topology: Topology | None, settings: LinkSettings, prior: Prior = Prior(),
+                   new: np.ndarray | None = None) -> Linking:
+    """Group ``tracklets`` into identities (see the module docstring), starting from ``prior``; with ``new``
+    (indices), only those tracklets' candidate pairs are taken (an incremental run). Aligned with the input."""
     if not len(tracklets):
         return Linking(np.empty(0, np.int64), np.empty(0, np.float32), 0)
     ordered, order = tracklets.ordered()
     rules = _Rules(ordered, topology, settings)
-    first, second = nearest_pairs(ordered.embeddings.global_emb, settings.neighbours)
+    position = np.empty_like(order)
+    position[order] = np.arange(len(order))
+    rows = None if new is None else np.sort(position[np.asarray(new, np.int64)])
+    first, second = nearest_pairs(ordered.embeddings.global_emb, settings.neighbours, rows)
     keep = ~rules.forbidden(first, second)
     first, second = first[keep], second[keep]
     distances = pair_distances(ordered.embeddings, first, second, settings.distance).astype(np.float64)
-    groups = _cluster(len(ordered), first, second, distances, rules, settings.threshold)
+    groups = _cluster(_Start.of(ordered, prior), first, second, distances, rules, settings.threshold)
     identity, confidence = _label(ordered, groups, first, second, distances, settings.threshold)
     aligned_identity, aligned_confidence = np.empty_like(identity), np.empty_like(confidence)
     aligned_identity[order], aligned_confidence[order] = identity, confidence
     return Linking(aligned_identity, aligned_confidence, int(len(first)))
 
 
-def _cluster(n: int, first: np.ndarray, second: np.ndarray, distances: np.ndarray, rules: _Rules,
+@dataclass(frozen=True)
+class _Start:
+    """The groups clustering starts from (tracklet indices, keyed by a member) and, per group, the sides of each
+    partition of the prior that it holds (partition -> sides; two sides: it can join neither)."""
+
+    members: dict[int, list[int]]
+    sides: dict[int, dict[int, set[int]]]
+    group_of: np.ndarray
+
+    @classmethod
+    def of(cls, tracklets: Tracklets, prior: Prior) -> "_Start":
+        """Singletons, except the prior's together groups (merged where they share a tracklet)."""
+        index = {track_id: i for i, track_id in enumerate(tracklets.track_ids)}
+        parent = list(range(len(tracklets)))
+
+        def root(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        for group in prior.together:
+            known = [index[t] for t in group if t in index]
+            for other in known[1:]:
+                parent[root(other)] = root(known[0])
+        group_of = np.array([root(i) for i in range(len(tracklets))], np.int64)
+        members: dict[int, list[int]] = {}
+        for i, group in enumerate(group_of.tolist()):
+            members.setdefault(group, []).append(i)
+        sides: dict[int, dict[int, set[int]]] = {group: {} for group in members}
+        for number, partition in enumerate(prior.apart):
+            for track_id, side in partition.items():
+                if track_id in index:
+                    sides[int(group_of[index[track_id]])].setdefault(number, set()).add(side)
+        return cls(members, sides, group_of)
+
+
+def _kept_apart(first: dict[int, set[int]], second: dict[int, set[int]]) -> bool:
+    """Whether two groups hold different sides of one of the prior's partitions."""
+    return any(len(first[number] | second[number]) > 1 for number in first.keys() & second.keys())
+
+
+def _cluster(start: _Start, first: np.ndarray, second: np.ndarray, distances: np.ndarray, rules: _Rules,
              threshold: float) -> list[list[int]]:
-    """Average linkage over the candidate pairs: merge the closest two groups (mean distance of the pairs between
-    them) while it is under ``threshold``, never two groups that hold a forbidden pair; the groups, as member lists."""
-    members: dict[int, list[int]] = {i: [i] for i in range(n)}
-    links: dict[int, dict[int, list[float]]] = {i: {} for i in range(n)}
-    for a, b, d in zip(first.tolist(), second.tolist(), distances.tolist()):
-        links[a][b] = [d, 1.0]
-        links[b][a] = [d, 1.0]
-    version = [0] * n
-    heap = [(d, a, b, 0, 0) for a, b, d in zip(first.tolist(), second.tolist(), distances.tolist()) if d < threshold]
+    """Average linkage over the candidate pairs from the ``start`` groups: merge the closest two groups (mean
+    distance of the pairs between them) while it is under ``threshold``, never two groups that hold a forbidden pair
+    or sides the prior keeps apart; the groups, as member lists."""
+    members = {group: list(found) for group, found in start.members.items()}
+    sides = {group: dict(held) for group, held in start.sides.items()}
+    links: dict[int, dict[int, list[float]]] = {group: {} for group in members}
+    for a, b, d in zip(start.group_of[first].tolist(), start.group_of[second].tolist(), distances.tolist()):
+        if a != b:
+            total = links[a].setdefault(b, [0.0, 0.0])
+            total[0] += d
+            total[1] += 1.0
+            links[b][a] = total
+    version = dict.fromkeys(members, 0)
+    heap = [(total / count, a, b, 0, 0) for a in links for b, (total, count) in links[a].items()
+            if a < b and total / count < threshold]
     heapq.heapify(heap)
     while heap:
         mean, a, b, seen_a, seen_b = heapq.heappop(heap)
         if a not in members or b not in members or version[a] != seen_a or version[b] != seen_b:
             continue
         left, right = np.array(members[a])[:, None], np.array(members[b])[None, :]
-        if rules.forbidden(left, right).any():
+        if _kept_apart(sides[a], sides[b]) or rules.forbidden(left, right).any():
             del links[a][b], links[b][a]  # a bigger group holding either still holds the forbidden pair
             continue
         if not rules.direct(left, right).any():
             continue  # no direct move between them yet: another group may bridge them later
         keep, gone = (a, b) if len(members[a]) >= len(members[b]) else (b, a)
         members[keep].extend(members.pop(gone))
+        for number, held in sides.pop(gone).items():
+            sides[keep][number] = sides[keep].get(number, set()) | held
         del links[keep][gone]
         for other, (total, count) in links.pop(gone).items():
             if other == keep:
