@@ -146,3 +146,69 @@ def test_identity_search_mistakes_are_one_line(linked, capsys, extra, expected):
     assert main(["search", "--db", str(db), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("kpr search: error: ") and expected in err[0], err
+
+
+def _client(db):
+    from fastapi.testclient import TestClient
+
+    from pipelines.web.app import create_app
+
+    return TestClient(create_app(str(db)))
+
+
+def test_the_web_api_lists_identities_shows_one_and_searches_for_it(linked):
+    db, identity = linked
+    client = _client(db)
+    walker = identity[QUERY_TRACK]
+    page = client.get("/api/identities", params={"limit": 2}).json()
+    assert page["linked"] and page["total"] == 3 and page["more"] and page["identities"][0]["identity_id"] == walker
+    assert client.get("/api/identities", params={"camera": "cam0"}).json()["total"] == 1
+    thumbnail = client.get(page["identities"][0]["thumbnail"])
+    assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/jpeg"
+    shown = client.get(f"/api/identities/{walker}").json()
+    assert [t["track_id"] for t in shown["tracklets"]] == [QUERY_TRACK, LONG_TRACK]
+    assert [c["camera_id"] for c in shown["cameras"]] == ["cam0", "cam1"] and shown["cameras"][0]["first_utc"] == (
+        "2026-01-01 00:00:00")
+    assert shown["journey"] == {"query": LONG_TRACK, "same": [QUERY_TRACK]}
+    assert [event["change"] for event in shown["history"]] == ["created"]
+    journey = client.get("/api/journey", params={"query": LONG_TRACK, "same": [QUERY_TRACK]}).json()
+    assert {s["camera_id"] for s in journey["sightings"]} == {"cam0", "cam1"}
+    found = client.post("/api/search", data={"identity_id": walker, "k": "2"}).json()
+    assert found["query"] == {"kind": "identity", "identity_id": walker, "own": 2}
+    people = found["people"]
+    assert [p["identity_id"] for p in people[:2]] == [walker, walker] and people[2]["track_id"] == TRUE_TRACK
+    assert people[2]["identity_id"] is None and people[0]["best"]["identity_id"] == walker
+    missing = client.get("/api/identities/person-0000000000000000")
+    assert missing.status_code == 404 and "no identity 'person-0000000000000000'" in missing.json()["error"]
+
+
+def test_the_web_api_splits_and_merges_identities_by_hand(tmp_path):
+    db = tmp_path / "db"
+    build_people_store(db)
+    identity = link_people_store(db)
+    client = _client(db)
+    walker = identity[QUERY_TRACK]
+    split = client.post(f"/api/identities/{walker}/split", data={"track_id": QUERY_TRACK, "note": "two people"}).json()
+    kept, new = split["kept"], split["new"]
+    assert kept["identity_id"] == walker and [t["track_id"] for t in kept["tracklets"]] == [LONG_TRACK]
+    assert [t["track_id"] for t in new["tracklets"]] == [QUERY_TRACK] and new["identity_id"] != walker
+    assert client.get("/api/identities").json()["total"] == 4
+    assert kept["history"][-1]["change"] == "split" and kept["history"][-1]["note"] == "two people"
+    merged = client.post("/api/identities/merge", data={"identity_id": [walker, new["identity_id"]]}).json()
+    assert {t["track_id"] for t in merged["tracklets"]} == {QUERY_TRACK, LONG_TRACK}
+    assert client.get("/api/identities").json()["total"] == 3
+    for response in (client.post(f"/api/identities/{walker}/split", data={"track_id": TRUE_TRACK}),
+                     client.post("/api/identities/merge", data={"identity_id": walker}),
+                     client.post("/api/identities/merge", data={"identity_id": [walker, "person-0000000000000000"]})):
+        assert response.status_code in (400, 404) and "\n" not in response.json()["error"], response.json()
+    assert client.get("/api/identities").json()["total"] == 3
+
+
+def test_the_web_api_of_a_store_never_linked_says_so(tmp_path):
+    db = tmp_path / "db"
+    build_people_store(db)
+    client = _client(db)
+    assert client.get("/api/identities").json() == {"linked": False, "identities": [], "offset": 0, "limit": 24,
+                                                     "total": 0, "more": False}
+    people = client.post("/api/search", data={"track_id": QUERY_TRACK}).json()["people"]
+    assert people and all(p["identity_id"] is None for p in people)

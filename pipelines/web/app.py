@@ -5,8 +5,10 @@ GET /api/tracklets/{track_id}/thumbnail and /api/thumbnails/{detection_id} (JPEG
 GET /api/hits/{detection_id} (where, when and provenance), /api/hits/{detection_id}/frame (its archived frame with
 the box, JPEG) and /api/hits/{detection_id}/clip (seconds around it), POST /api/search (multipart form; with ``same`` / ``not`` marks and
 a ``case`` to record it in), GET /api/cases, GET /api/case?case= (reopen), POST /api/case/marks, GET
-/api/case/export?case= (the evidence bundle as a zip) and GET /api/journey?query=&same= (timeline and map SVG). Ids
-are looked up, never used as paths. Every user mistake is a 4xx JSON ``{"error": "..."}``.
+/api/case/export?case= (the evidence bundle as a zip), GET /api/journey?query=&same= (timeline and map SVG), GET
+/api/identities (a page of the people `kpr link` found), GET /api/identities/{identity_id} (its page) and
+/api/identities/{identity_id}/thumbnail, POST /api/identities/merge and /api/identities/{identity_id}/split (hand
+edits). Ids are looked up, never used as paths. Every user mistake is a 4xx JSON ``{"error": "..."}``.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from pipelines.store_cameras import view_cameras
 from pipelines.times import parse_time
 from pipelines.web.context import HitContext
 from pipelines.web.guard import RequestGuard
+from pipelines.web.identities import IdentityViews
 from pipelines.web.investigation import Investigation, check_marks
 from pipelines.web.payload import finite, query_json, results_json, tracklet_json
 from storage import NotFoundError, Store
@@ -82,6 +85,7 @@ class SearchService:
         self.queries = QuerySearch(self.store, encoder, missing_model=NO_MODEL)
         self.image_queries = encoder is not None
         self.investigation = Investigation(self.store, cameras)
+        self.people = IdentityViews(self.store)
         self._facts: StoreFacts | None = None
         self._facts_at = 0.0
 
@@ -264,6 +268,7 @@ def create_app(db: str, model: str | None = None, max_upload_bytes: int = 8 * 2*
     def search(
         detection_id: Annotated[str | None, Form()] = None,
         track_id: Annotated[str | None, Form()] = None,
+        identity_id: Annotated[str | None, Form()] = None,
         image: Annotated[UploadFile | None, File()] = None,
         keypoints: Annotated[str | None, Form()] = None,
         cameras: Annotated[list[str] | None, Form()] = None,
@@ -280,8 +285,9 @@ def create_app(db: str, model: str | None = None, max_upload_bytes: int = 8 * 2*
         rejected: Annotated[list[str] | None, Form(alias="not")] = None,
         case: Annotated[str | None, Form()] = None,
     ) -> dict:
-        """Search by a stored detection, a stored tracklet or an uploaded crop: the top-k people (tracklets), each by
-        its closest detection, or with ``detections`` the top-k detections.
+        """Search by a stored detection, a stored tracklet, an identity or an uploaded crop: the top-k people
+        (tracklets), each by its closest detection (an identity's own tracklets first), or with ``detections`` the
+        top-k detections.
 
         Each search re-ranks a bounded number of candidates, whatever it asks for (at most ``max_candidates``
         of /api/info; k-reciprocal re-ranking re-orders the best of them only), so one request's work is bounded.
@@ -290,7 +296,7 @@ def create_app(db: str, model: str | None = None, max_upload_bytes: int = 8 * 2*
         """
         prompt = _blank(keypoints)
         query = Query(
-            detection_id=_blank(detection_id), track_id=_blank(track_id),
+            detection_id=_blank(detection_id), track_id=_blank(track_id), identity_id=_blank(identity_id),
             image=None if image is None else image.file.read(), prompt=None if prompt is None else prompt_from_text(prompt),
             cameras=None if cameras is None else tuple(c.strip() for c in cameras if c.strip()), parts=tuple(parts or ()),
             since=_blank(since), until=_blank(until), min_visibility=min_visibility, k=k, rerank=rerank,
@@ -318,6 +324,35 @@ def create_app(db: str, model: str | None = None, max_upload_bytes: int = 8 * 2*
         name, data = service.investigation.export_zip(case)
         return Response(data, media_type="application/zip",
                         headers={"content-disposition": f'attachment; filename="{name}"'})
+
+    @app.get("/api/identities")
+    def identities(camera: Annotated[str | None, QueryParam()] = None,
+                   limit: Annotated[int, QueryParam(ge=1, le=LIST_MAX)] = 24,
+                   offset: Annotated[int, QueryParam(ge=0)] = 0) -> dict:
+        return service.people.page(_blank(camera), limit, offset)
+
+    @app.post("/api/identities/merge")
+    def merge(identity_id: Annotated[list[str] | None, Form()] = None,
+              note: Annotated[str, Form(max_length=2000)] = "") -> dict:
+        """Merge identities by hand into the first one given; later `kpr link` runs keep them together."""
+        return service.people.merge(_ids(identity_id), note.strip())
+
+    @app.get("/api/identities/{identity_id}")
+    def identity(identity_id: str) -> dict:
+        return service.people.describe(identity_id)
+
+    @app.get("/api/identities/{identity_id}/thumbnail")
+    def identity_thumbnail(identity_id: str) -> Response:
+        jpeg = service.people.thumbnail(identity_id)
+        if not jpeg:
+            raise HTTPException(404, f"identity {identity_id!r} has no thumbnail")
+        return _jpeg(jpeg)
+
+    @app.post("/api/identities/{identity_id}/split")
+    def split(identity_id: str, track_id: Annotated[list[str] | None, Form()] = None,
+              note: Annotated[str, Form(max_length=2000)] = "") -> dict:
+        """Split the ``track_id`` tracklets off an identity by hand into a new one; later runs keep them apart."""
+        return service.people.split(identity_id, _ids(track_id), note.strip())
 
     @app.get("/api/journey")
     def journey(query: Annotated[str, QueryParam()], same: Annotated[list[str] | None, QueryParam()] = None) -> dict:

@@ -1,4 +1,5 @@
-"""JSON shapes of the web API: what a search's query was, its people or detections, pickable tracklets."""
+"""JSON shapes of the web API: what a search's query was, its people or detections (each with its identity once the
+store is linked), pickable tracklets."""
 from __future__ import annotations
 
 import math
@@ -23,6 +24,11 @@ def tracklet_thumbnail_url(track_id: str) -> str:
     return f"/api/tracklets/{quote(track_id, safe='')}/thumbnail"
 
 
+def identity_thumbnail_url(identity_id: str) -> str:
+    """The app's URL of an identity's representative thumbnail (the id percent-encoded as one path segment)."""
+    return f"/api/identities/{quote(identity_id, safe='')}/thumbnail"
+
+
 def finite(value: float) -> float | None:
     """``value`` as a float, or None when it is NaN or infinite (JSON has no such numbers)."""
     value = float(value)
@@ -34,8 +40,9 @@ def _numbers(values: np.ndarray | None) -> list[float | None] | None:
     return None if values is None else [finite(v) for v in np.asarray(values).reshape(-1)]
 
 
-def hit_json(hit: SearchHit, rank: int, parts: Sequence[int] | None) -> dict:
-    """One hit for the page: where and when, how close, how visible (mean over the queried parts), its thumbnail."""
+def hit_json(hit: SearchHit, rank: int, parts: Sequence[int] | None, identities: dict[str, str]) -> dict:
+    """One hit for the page: where and when, how close, how visible (mean over the queried parts), its thumbnail and
+    the identity of its tracklet (None: none, or the store was never linked)."""
     return {
         "rank": rank,
         "detection_id": hit.detection_id,
@@ -51,6 +58,7 @@ def hit_json(hit: SearchHit, rank: int, parts: Sequence[int] | None) -> dict:
         "query_visibility": finite(hit.mean_visibility(parts)),
         "part_distances": _numbers(hit.part_distances),
         "thumbnail": thumbnail_url(hit.detection_id),
+        "identity_id": identities.get(hit.track_id) if hit.track_id else None,
     }
 
 
@@ -61,6 +69,8 @@ def query_json(query: Query, result: QueryResult) -> dict:
         shown["track_id"] = query.track_id
     elif result.kind == "detection":
         shown["detection_id"] = query.detection_id
+    elif result.kind == "identity":
+        shown.update(identity_id=query.identity_id, own=result.own)
     if result.crop is not None:
         prompt = query.prompt
         shown.update(width=result.crop.shape[1], height=result.crop.shape[0],
@@ -69,8 +79,9 @@ def query_json(query: Query, result: QueryResult) -> dict:
     return shown
 
 
-def person_json(person: PersonHit, rank: int, parts: Sequence[int] | None) -> dict:
-    """One person (tracklet) for the page: its closest detection, its time span (UTC) and how many detections matched."""
+def person_json(person: PersonHit, rank: int, parts: Sequence[int] | None, identities: dict[str, str]) -> dict:
+    """One person (tracklet) for the page: its closest detection, its time span (UTC), how many detections matched
+    and its identity (None: none, or the store was never linked)."""
     return {
         "rank": rank,
         "track_id": person.track_id,
@@ -81,17 +92,20 @@ def person_json(person: PersonHit, rank: int, parts: Sequence[int] | None) -> di
         "span_utc": span_text(person.t_start, person.t_end),
         "matched": person.matched,
         "detections": person.detections,
-        "best": hit_json(person.best, rank, parts),
+        "identity_id": identities.get(person.track_id) if person.track_id else None,
+        "best": hit_json(person.best, rank, parts, identities),
     }
 
 
 def results_json(result: QueryResult) -> dict:
     """A search's results, best first: its people (``by`` "person") or, for a query of detections, its detections;
     ``no_close_match_above`` is the model's calibrated distance above which a result is no close match (or null)."""
-    far = {"no_close_match_above": result.no_close_match_above}
+    far, linked = {"no_close_match_above": result.no_close_match_above}, result.identities
     if result.people is None:
-        return {"by": "detection", "hits": [hit_json(h, i, result.parts) for i, h in enumerate(result.hits, 1)], **far}
-    return {"by": "person", "people": [person_json(p, i, result.parts) for i, p in enumerate(result.people, 1)], **far}
+        return {"by": "detection", "hits": [hit_json(h, i, result.parts, linked) for i, h in enumerate(result.hits, 1)],
+                **far}
+    return {"by": "person", "people": [person_json(p, i, result.parts, linked) for i, p in enumerate(result.people, 1)],
+            **far}
 
 
 def tracklet_json(tracklet: TrackletSummary, best_detection_id: str | None) -> dict:
