@@ -36,7 +36,7 @@ from pipelines.link import store_tracklets
 from pipelines.errors import UserError
 from storage import Store, StoreError
 from kpr_model.distance import ReIDEmbeddings, aggregate
-from workers.link import GLOBAL_DISTANCE, KPR_DISTANCE, LinkSettings, Topology, Tracklets, link_tracklets
+from workers.link import GLOBAL_DISTANCE, KPR_DISTANCE, LinkSettings, Prior, Topology, Tracklets, link_tracklets
 
 GOAL_F1_GAIN = 0.10
 PAST_PEAK = 3
@@ -210,9 +210,33 @@ def threshold_grid(distance: str, steps: int) -> np.ndarray:
     return np.round(np.linspace(high / steps, high, steps), 4)
 
 
+def _groups(track_ids: Sequence[str], identity: np.ndarray) -> list[list[str]]:
+    """The track ids of each identity of a linking."""
+    groups: dict[int, list[str]] = {}
+    for track_id, number in zip(track_ids, identity.tolist()):
+        groups.setdefault(number, []).append(track_id)
+    return list(groups.values())
+
+
+def link_in_batches(site: Site, settings: LinkSettings, batches: int) -> np.ndarray:
+    """Each tracklet's identity when the site is linked as a growing archive is: in ``batches`` by start time, each
+    linked incrementally, joining the identities of the batches before or starting new ones."""
+    order = np.argsort(site.tracklets.t_start, kind="stable")
+    identities: list[list[str]] = []
+    bounds = np.linspace(0, len(order), batches + 1).astype(int)
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        present = np.sort(order[:end])
+        new = np.searchsorted(present, order[start:end])
+        tracklets = site.tracklets.take(present)
+        linking = link_tracklets(tracklets, site.topology, settings, Prior().with_identities(identities), new)
+        identities = _groups(tracklets.track_ids, linking.identity)
+    return linking.identity
+
+
 def time_at_scale(config: SiteConfig, count: int, per_person: float, threshold: float, neighbours: int) -> dict:
     """Seconds to link about ``count`` tracklets (``per_person`` tracklets a person, as the smaller sites have) of a
-    site grown to that size with KPR + constraints."""
+    site grown to that size with KPR + constraints, and to add its latest 1% to the identities of the others
+    incrementally."""
     people = int(round(count / per_person))
     scale = people / config.people
     site = build_site(replace(config, people=people, span_s=config.span_s * scale,
@@ -221,9 +245,18 @@ def time_at_scale(config: SiteConfig, count: int, per_person: float, threshold: 
     started = time.perf_counter()
     linking = link_tracklets(site.tracklets, site.topology, settings)
     seconds = time.perf_counter() - started
+    latest = np.argsort(site.tracklets.t_start, kind="stable")[-max(1, len(site.tracklets) // 100):]
+    older = np.setdiff1d(np.arange(len(site.tracklets)), latest)
+    known = Prior().with_identities(_groups([site.tracklets.track_ids[i] for i in older], linking.identity[older]))
+    started = time.perf_counter()
+    added = link_tracklets(site.tracklets, site.topology, settings, known, latest)
+    incremental = time.perf_counter() - started
     return {"tracklets": len(site.tracklets), "seconds": round(seconds, 1), "identities": linking.identities,
             "candidate_pairs": linking.candidate_pairs,
-            "pairwise_f1": round(pairwise_scores(site.person, linking.identity)["pairwise_f1"], 4)}
+            "pairwise_f1": round(pairwise_scores(site.person, linking.identity)["pairwise_f1"], 4),
+            "incremental": {"new_tracklets": len(latest), "seconds": round(incremental, 1),
+                            "candidate_pairs": added.candidate_pairs,
+                            "pairwise_f1": round(pairwise_scores(site.person, added.identity)["pairwise_f1"], 4)}}
 
 
 def store_scores(store: Store, identity_of: Callable[[str], str | None], methods: Sequence[str],
@@ -232,10 +265,8 @@ def store_scores(store: Store, identity_of: Callable[[str], str | None], methods
     (``identity_of`` a detection id, e.g. pipelines.calibrate.archive_identities: the annotation sidecars)."""
     person_of = tracklet_identities(store.query_detections(None, ["detection_id", "track_id"]), identity_of)
     tracklets, _ = store_tracklets(store).ordered()
-    keep = np.array([i for i, track in enumerate(tracklets.track_ids) if track in person_of], np.int64)
-    tracklets = Tracklets([tracklets.track_ids[i] for i in keep], [tracklets.video_ids[i] for i in keep],
-                          [tracklets.camera_ids[i] for i in keep], tracklets.t_start[keep], tracklets.t_end[keep],
-                          tracklets.embeddings.select(keep))
+    tracklets = tracklets.take(np.array([i for i, track in enumerate(tracklets.track_ids) if track in person_of],
+                                        np.int64))
     people = {name: i for i, name in enumerate(sorted({person_of[track] for track in tracklets.track_ids}))}
     truth = np.array([people[person_of[track]] for track in tracklets.track_ids], np.int64)
     scores = {}
@@ -275,6 +306,14 @@ def run(args: argparse.Namespace) -> dict:
         result["pairwise_f1_gain"] = round(gain, 4)
         result["goal_f1_gain"] = GOAL_F1_GAIN
         result["goal_met"] = gain >= GOAL_F1_GAIN
+    if "kpr_constraints" in methods and args.batches > 1:
+        settings, _ = method_settings("kpr_constraints", methods["kpr_constraints"]["threshold"], args.neighbours)
+        found = link_in_batches(test, settings, args.batches)
+        result["incremental"] = {"batches": args.batches, "method": "kpr_constraints",
+                                 **{key: round(value, 4) for key, value in pairwise_scores(test.person, found).items()},
+                                 "bcubed_f1": round(bcubed_f1(test.person, found), 4),
+                                 "all_at_once_pairwise_f1": methods["kpr_constraints"]["pairwise_f1"]}
+        print(f"incremental: {result['incremental']}", file=sys.stderr)
     if args.scale:
         scale = time_at_scale(config, args.scale, len(test.tracklets) / config.people,
                               methods.get("kpr_constraints", {}).get("threshold", 1.0), args.neighbours)
@@ -305,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--neighbours", type=int, default=15, help="candidate neighbours per tracklet")
     parser.add_argument("--steps", type=int, default=40, help="thresholds tried per method")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--batches", type=int, default=10,
+                        help="the test site is also linked as a growing archive, in this many batches by time, each "
+                             "incrementally (1: not)")
     parser.add_argument("--scale", type=int, default=100_000, help="tracklets of the timed run (0: none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--store", metavar="DB", help="measure on this labelled, calibrated store instead (see above)")

@@ -173,6 +173,19 @@ def test_the_benchmark_scores_a_clustering_against_the_truth():
     assert bcubed_f1(truth, np.array([0, 0, 0, 0, 0, 2])) == pytest.approx(0.75)
 
 
+def test_a_site_linked_batch_by_batch_finds_the_people_it_finds_all_at_once():
+    from bench.link_identities import SiteConfig, build_site, link_in_batches, pairwise_scores
+
+    site = build_site(SiteConfig(people=40, grid=(2, 2), span_s=600.0, video_s=120.0, visits=(2, 4),
+                                 dwell_s=(5.0, 20.0), fastest_s=(20.0, 60.0), slowest_factor=3.0, frames=(3, 6),
+                                 lookalike_groups=4, noise=1.0, parts=PARTS, dim=DIM, seed=2))
+    settings = LinkSettings(0.75, 10)
+    at_once = pairwise_scores(site.person, link_tracklets(site.tracklets, site.topology, settings).identity)
+    in_batches = pairwise_scores(site.person, link_in_batches(site, settings, 5))
+    assert at_once["pairwise_f1"] > 0.85 and in_batches["pairwise_f1"] >= at_once["pairwise_f1"] - 0.05
+    assert in_batches["pairwise_precision"] >= at_once["pairwise_precision"] - 0.01
+
+
 def test_the_benchmark_links_a_calibrated_stores_tracklets_and_scores_them_against_who_they_are(tmp_path, capsys):
     from bench.link_identities import main as bench, store_scores
 

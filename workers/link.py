@@ -49,13 +49,17 @@ class Tracklets:
     def __len__(self) -> int:
         return len(self.track_ids)
 
+    def take(self, indices: np.ndarray) -> "Tracklets":
+        """The tracklets at ``indices``, in that order."""
+        pick = [int(i) for i in indices]
+        return Tracklets([self.track_ids[i] for i in pick], [self.video_ids[i] for i in pick],
+                         [self.camera_ids[i] for i in pick], np.asarray(self.t_start, np.float64)[indices],
+                         np.asarray(self.t_end, np.float64)[indices], self.embeddings.select(indices))
+
     def ordered(self) -> tuple["Tracklets", np.ndarray]:
         """The tracklets sorted by track id (what makes linking independent of input order) and that order."""
         order = np.array(sorted(range(len(self)), key=lambda i: self.track_ids[i]), dtype=np.int64)
-        pick = [int(i) for i in order]
-        return Tracklets([self.track_ids[i] for i in pick], [self.video_ids[i] for i in pick],
-                         [self.camera_ids[i] for i in pick], np.asarray(self.t_start, np.float64)[order],
-                         np.asarray(self.t_end, np.float64)[order], self.embeddings.select(order)), order
+        return self.take(order), order
 
 
 @dataclass(frozen=True)
