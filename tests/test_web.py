@@ -17,12 +17,14 @@ from urllib.parse import quote
 
 import cv2
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from fastapi.testclient import TestClient
 
 from kpr_model.checkpoint import save_checkpoint
 from kpr_model.config import KPRConfig
+from kpr_model.distance import aggregate
 from kpr_model.embeddings import ReIDEmbeddings
 from kpr_model.keypoints import group_keypoint_indices
 from kpr_model.model import KPR
@@ -30,7 +32,7 @@ from kpr_model.model_files import open_encoder
 from pipelines.errors import UserError, user_error_types
 from pipelines.web.app import create_app, is_loopback, serve
 from pipelines.web.context import CLIP_FPS, CLIP_MAX_WIDTH, CLIP_SECONDS
-from storage import Store, StoreError, detection_row, detections_table
+from storage import Store, StoreError, detection_row, detections_table, tracklet_row, tracklets_table
 from storage.schema import SCHEMA_VERSION
 from support import png_bytes, unit_rows
 from training.archive_truth import archive_truth
@@ -74,8 +76,29 @@ def _truth_key(detection_id: str) -> tuple[str, int, int]:
     return video_id, int(frame), int(ordinal)
 
 
-def build_web_store(archive: Path, checkpoint: Path, db: Path, seed: int = 0) -> WebStore:
-    """Store the archive's real detections (ids, cameras, times, tracks, keypoints, thumbnails) with identity-made embeddings.
+def _tracklets(rows: list[dict], embeddings: ReIDEmbeddings, model_id: str) -> pa.Table | None:
+    """The tracklets of one video's detection rows, each with its aggregated embedding and its best detection (highest
+    det_score x mean visibility, as a store without stored tracklets picks it) and thumbnail."""
+    members: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        if row["track_id"]:
+            members.setdefault(row["track_id"], []).append(i)
+    if not members:
+        return None
+    scores = [(row["det_score"] or 0.0) * float(embeddings.visibility[i].mean()) for i, row in enumerate(rows)]
+    tracklets, aggregated = [], []
+    for track, picked in members.items():
+        best = rows[max(picked, key=lambda i: scores[i])]
+        times = [rows[i]["timestamp"] for i in picked]
+        tracklets.append(tracklet_row(track, best["video_id"], best["camera_id"], min(times), max(times), len(picked),
+                                      best["detection_id"], best["thumbnail"], model_id))
+        aggregated.append(aggregate(embeddings.select(np.array(picked))))
+    return tracklets_table(tracklets, ReIDEmbeddings.concat(aggregated))
+
+
+def build_web_store(archive: Path, checkpoint: Path, db: Path, seed: int = 0, tracklets: bool = False) -> WebStore:
+    """Store the archive's real detections (ids, cameras, times, tracks, keypoints, thumbnails) with identity-made embeddings
+    (and with ``tracklets`` each track's stored tracklet, as ingestion writes it).
 
     A randomly initialised tiny model ranks identities at chance, so the embeddings come from the
     sidecar truth instead: one random unit vector per identity and part, plus noise, visible where the
@@ -111,7 +134,9 @@ def build_web_store(archive: Path, checkpoint: Path, db: Path, seed: int = 0) ->
         video_row = {"video_id": task.video_id, "uri": task.uri, "camera_id": facts.camera_id,
                      "model_id": encoder.model_id, "start_time": facts.start_time, "duration": facts.duration,
                      "num_frames": facts.num_frames}
-        store.write_video(video_row, detections_table(rows, ReIDEmbeddings(global_emb, part_array, vis_array)))
+        embeddings = ReIDEmbeddings(global_emb, part_array, vis_array)
+        stored = _tracklets(rows, embeddings, encoder.model_id) if tracklets else None
+        store.write_video(video_row, detections_table(rows, embeddings), stored)
     return out
 
 

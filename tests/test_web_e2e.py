@@ -1,6 +1,6 @@
 """The real `kpr serve` driven by headless Chromium (Playwright): pick a tracklet, click keypoints, filter, read
 results, open a hit's frame and clip; the investigation loop: mark hits, search again, the journey, reopen and export
-the case."""
+the case; a linked person's identity page: its journey, a hand split, the search for them."""
 from __future__ import annotations
 
 import hashlib
@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from storage import Store
+from storage.identities import Identities, LinkedTracklet, MadeBy
 from support import free_port
 from test_web import WebStore, build_web_store, cameras_of, cross_camera_query, prompt_aware_checkpoint
 
@@ -28,6 +30,7 @@ SCREENSHOT = Path("/tmp/kpr_web_e2e.png")
 HIT_SCREENSHOT = Path("/tmp/kpr_web_e2e_hit.png")
 MARKS_SCREENSHOT = Path("/tmp/kpr_web_e2e_marks.png")
 JOURNEY_SCREENSHOT = Path("/tmp/kpr_web_e2e_journey.png")
+IDENTITY_SCREENSHOT = Path("/tmp/kpr_web_e2e_identity.png")
 START_TIMEOUT_S = 120.0
 
 pytestmark = pytest.mark.integration
@@ -72,22 +75,37 @@ def _raw_get(port: int, path: str, host: str | None = None) -> tuple[int, bytes]
         connection.close()
 
 
+def link_by_truth(store: WebStore) -> dict[str, list[str]]:
+    """Write the store's identities as a perfect `kpr link` would (each person's tracklets, one identity); returns the
+    tracklets of each identity id."""
+    person = {store.track[d]: who for d, who in store.identity.items() if store.track[d]}
+    groups: dict[str, list[LinkedTracklet]] = {}
+    for row in Store.open(str(store.db), create=False).list_tracklets(
+            columns=["track_id", "camera_id", "video_id", "t_start", "t_end"]).to_pylist():
+        groups.setdefault(person[row["track_id"]], []).append(LinkedTracklet(**row, confidence=0.8))
+    identities = Identities.open(str(store.db))
+    identities.replace(list(groups.values()), MadeBy("e2e", "e2e-run", None))
+    return {row["identity_id"]: [t["track_id"] for t in row["tracklets"]] for row in identities.rows(["tracklets"])}
+
+
 @pytest.fixture(scope="module")
 def served(small_archive, tmp_path_factory):
-    """A store built from the synthetic archive, served by a real `kpr serve` subprocess; yields (store, URL, log)."""
+    """A store built from the synthetic archive (with its tracklets, linked by truth), served by a real `kpr serve`
+    subprocess; yields (store, port, process, the tracklets of each identity)."""
     kpr = Path(sys.executable).with_name("kpr")
     if not kpr.is_file():
         pytest.skip(f"the kpr console script is not installed next to {sys.executable}")
     folder = tmp_path_factory.mktemp("web_e2e")
     model = prompt_aware_checkpoint(folder / "model")
-    store = build_web_store(small_archive, model, folder / "db")
+    store = build_web_store(small_archive, model, folder / "db", tracklets=True)
+    linked = link_by_truth(store)
     port = free_port()
     process = subprocess.Popen([str(kpr), "serve", "--db", str(store.db), "--model", str(model),
                                 "--port", str(port), "--max-upload-mb", "1"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_until_up(process, port)
-        yield store, port, process
+        yield store, port, process, linked
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -132,7 +150,7 @@ def _wait_loaded(page, selector: str, min_width: int = 1) -> None:
 def test_the_page_searches_with_a_picked_tracklet_keypoints_and_filters_and_opens_a_hit(browser, served):
     from playwright.sync_api import expect
 
-    store, port, process = served
+    store, port, process, _ = served
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -203,7 +221,7 @@ def test_the_page_searches_with_a_picked_tracklet_keypoints_and_filters_and_open
 def test_the_investigation_loop_marks_searches_again_follows_the_journey_and_exports_the_case(browser, served):
     from playwright.sync_api import expect
 
-    store, port, _ = served
+    store, port, _, _ = served
     page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -265,7 +283,7 @@ def test_the_investigation_loop_marks_searches_again_follows_the_journey_and_exp
 
 
 def test_the_server_listens_on_loopback_and_reads_no_files(served):
-    store, port, process = served
+    store, port, process, _ = served
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) == 0
     outside = _non_loopback_address()
@@ -289,3 +307,46 @@ def test_the_server_listens_on_loopback_and_reads_no_files(served):
     assert answer.status == 413 and "upload too large" in json.loads(answer.read())["error"]
     announced.close()
     assert process.poll() is None, "the server died"
+
+
+def test_an_identity_page_shows_the_journey_splits_a_tracklet_off_and_searches_for_the_person(browser, served):
+    from playwright.sync_api import expect
+
+    store, port, _, linked = served
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"http://127.0.0.1:{port}/")
+    expect(page.locator("#people-page")).to_contain_text(f"of {len(linked)}")
+    person = max(linked, key=lambda i: (len(linked[i]), i))
+    tracks = linked[person]
+    left = len(tracks) - 1
+    assert left >= 1, linked
+    page.locator(f'#people-grid .tile[data-identity-id="{person}"]').click()
+    expect(page.locator("#identity-title")).to_have_text(f"Identity {person}")
+    expect(page.locator("#identity-tracklets .tile")).to_have_count(len(tracks))
+    cameras = len({store.camera[d] for d, t in store.track.items() if t in tracks})
+    expect(page.locator("#identity-journey-summary")).to_have_text(f"{len(tracks)} sightings on {cameras} cameras")
+    page.wait_for_function("() => document.querySelector('#identity-journey-timeline').naturalWidth > 300")
+
+    shown = page.locator("#identity-tracklets .tile").evaluate_all("tiles => tiles.map(t => t.dataset.trackId)")
+    page.locator(f'#identity-tracklets .tile[data-track-id="{shown[-1]}"] input').check()
+    page.locator("#identity-split").click()
+    expect(page.locator("#identity-status")).to_contain_text("split 1 tracklet off into")
+    expect(page.locator("#identity-tracklets .tile")).to_have_count(left)
+    expect(page.locator("#identity-journey-summary")).to_have_text(re.compile(rf"^{left} sightings? on \d"))
+    new = page.locator("#identity-status a.identity").get_attribute("data-identity-id")
+    expect(page.locator("#people-page")).to_contain_text(f"of {len(linked) + 1}")
+    tiles = page.locator("#people-grid .tile").evaluate_all("tiles => tiles.map(t => t.dataset.identityId)")
+    assert person in tiles and new in tiles and new != person
+    page.wait_for_function("() => document.querySelector('#identity-journey-timeline').naturalWidth > 300")
+    page.screenshot(path=str(IDENTITY_SCREENSHOT))
+
+    page.locator("#identity-search").click()
+    expect(page.locator("#identity-panel")).to_be_hidden()
+    expect(page.locator("#status")).to_contain_text(f"for identity {person} (its {left} tracklet{'s' * (left > 1)} first)")
+    own = page.locator("figure.person.own").evaluate_all("cards => cards.map(c => c.dataset.trackId)")
+    assert sorted(own) == sorted(shown[:-1])
+    page.locator("figure.person.own a.identity").first.click()
+    expect(page.locator("#identity-title")).to_have_text(f"Identity {person}")
+    assert errors == []

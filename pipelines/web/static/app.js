@@ -2,7 +2,9 @@
 // The kpr search page: pick a tracklet (by camera and time) or upload a crop, click keypoint prompts, filter, show
 // the ranked people (tracklets, each by its closest detection) or detections, and open any hit's frame and clip;
 // mark hits "same person" / "not this person" and search again with the marks, follow the person's journey, and keep
-// it all in a case (recorded in the store, reopened, exported as an evidence bundle).
+// it all in a case (recorded in the store, reopened, exported as an evidence bundle). Once the store is linked
+// (`kpr link`), list its people (global identities), open one's page (tracklets, cameras, history, journey), search for
+// them, merge or split them by hand; every result links to its identity.
 // Plain DOM code: every value from the server is written with textContent or attributes, never as HTML.
 
 const PAGE_SIZE = 24;
@@ -22,6 +24,8 @@ const state = {
   marks: new Map(),   // detection id -> {mark: "same" | "not", hit}: the investigator's marks, sent with every search
   case: "",           // the case searches and marks are recorded in ("": none)
   searched: null,     // the stored id (tracklet or detection) the shown results were searched for, for the journey
+  peopleOffset: 0,
+  identity: null,     // the identity open in its panel (its page as the server gives it)
 };
 
 const $ = (id) => document.getElementById(id);
@@ -71,6 +75,7 @@ async function loadInfo() {
     `${info.detections} detections · ${info.cameras.length} cameras · ${info.videos} videos${range} · ${model}`;
   for (const camera of info.cameras) {
     $("pick-camera").append(element("option", {value: camera}, cameraName(camera)));
+    $("people-camera").append(element("option", {value: camera}, cameraName(camera)));
     $("cameras").append(checkbox("camera", camera, true, cameraName(camera)));
   }
   info.parts.forEach((name) => $("parts").append(checkbox("part", name, false)));
@@ -151,6 +156,18 @@ function chooseTracklet(tracklet, tile) {
   $("use-tracklet").checked = true;
   showCrop(tracklet.best_detection_id ? `/api/thumbnails/${encodeURIComponent(tracklet.best_detection_id)}` : tracklet.thumbnail,
     Boolean(tracklet.best_detection_id));
+}
+
+function chooseIdentity(identity) {
+  if (!state.query || state.query.identityId !== identity.identity_id) clearMarks();
+  state.query = {kind: "identity", identityId: identity.identity_id, trackId: null};
+  $("upload").value = "";
+  document.querySelectorAll(".tile.chosen").forEach((t) => t.classList.remove("chosen"));
+  $("query-caption").textContent = `identity ${identity.identity_id} · ` +
+    `${plural(identity.tracklets.length, "tracklet", "tracklets")} · ${identity.span_utc} UTC`;
+  $("tracklet-option").hidden = true;
+  $("use-tracklet").checked = false;
+  showCrop(identity.thumbnail, false);
 }
 
 function chooseDetection(detection) {
@@ -278,7 +295,9 @@ function searchForm() {
   const form = new FormData();
   const query = state.query;
   const prompted = state.positive.length + state.negative.length > 0;
-  if (query.kind === "image") {
+  if (query.kind === "identity") {
+    form.append("identity_id", query.identityId);
+  } else if (query.kind === "image") {
     form.append("image", query.file, query.file.name);
   } else if (($("use-tracklet").checked || !query.detectionId) && query.trackId && !prompted) {
     form.append("track_id", query.trackId);
@@ -332,6 +351,7 @@ async function runSearch() {
 
 function describeQuery(query) {
   if (query.kind === "tracklet") return `tracklet ${query.track_id}`;
+  if (query.kind === "identity") return `identity ${query.identity_id} (its ${plural(query.own, "tracklet", "tracklets")} first)`;
   const what = query.kind === "image" ? `uploaded image ${query.width}×${query.height}` : `detection ${query.detection_id}`;
   const prompt = query.positive || query.negative
     ? `, re-embedded with ${query.positive} target and ${query.negative} occluder keypoints` : "";
@@ -363,7 +383,11 @@ function renderResults(answer) {
     : `no results for ${describeQuery(answer.query)}${marks}: widen the filters`;
   const list = element("div", {class: "ranked", "data-by": answer.by});
   const cards = results.map(byPerson ? personCard : hitCard);
-  cards.forEach((card, i) => { if (!isClose(results[i])) markFar(card, far); });
+  const own = answer.query.own || 0;
+  cards.forEach((card, i) => {
+    if (i < own) card.classList.add("own");
+    else if (!isClose(results[i])) markFar(card, far);
+  });
   list.append(...cards);
   $("results").replaceChildren(list);
   showMarks();
@@ -403,6 +427,7 @@ function resultCard(hit, classes, lines) {
   const measure = state.globalOnly ? "cosine distance of the global vectors" : "KPR distance";
   caption.append(element("div", {class: "distance", title: measure}, formatDistance(hit.distance)));
   caption.append(element("div", {class: "camera", title: hit.camera_id}, cameraName(hit.camera_id)), ...lines);
+  if (hit.identity_id) caption.append(identityLink(hit.identity_id));
   if (hit.visibility) {
     const visibility = hit.query_visibility === null ? 0 : hit.query_visibility;
     const bar = element("div", {class: "visibility", title: `visibility ${visibility.toFixed(2)}`});
@@ -631,6 +656,173 @@ function closeJourney() {
   $("journey-lines").textContent = "";
 }
 
+// ---- people: the store's global identities, one identity's page, hand merges and splits ----
+
+function identityLink(identityId) {
+  const link = element("a", {href: "#", class: "identity", "data-identity-id": identityId,
+    title: "open this person's identity page"}, identityId);
+  link.addEventListener("click", (event) => { event.preventDefault(); event.stopPropagation(); openIdentity(identityId); });
+  return link;
+}
+
+async function loadPeoplePage() {
+  const params = new URLSearchParams({limit: String(PAGE_SIZE), offset: String(state.peopleOffset)});
+  if ($("people-camera").value) params.set("camera", $("people-camera").value);
+  try {
+    const page = await api(`/api/identities?${params}`);
+    $("people-panel").hidden = !page.linked;
+    $("people-grid").replaceChildren(...page.identities.map(personTile));
+    $("people-page").textContent = page.identities.length
+      ? `people ${state.peopleOffset + 1}–${state.peopleOffset + page.identities.length} of ${page.total}` : "no people";
+    $("people-prev").disabled = state.peopleOffset === 0;
+    $("people-next").disabled = !page.more;
+  } catch (err) {
+    showError(err.message);
+  }
+}
+
+function personTile(identity) {
+  const cameras = identity.cameras.map(cameraName).join(", ");
+  const tile = element("button", {type: "button", class: "tile", "data-identity-id": identity.identity_id,
+    title: `${identity.identity_id} · ${cameras} · ${identity.span_utc} UTC`});
+  tile.append(element("img", {src: identity.thumbnail, alt: identity.identity_id, loading: "lazy"}),
+    element("span", {class: "tile-camera", title: cameras}, cameras),
+    element("span", {class: "tile-time"}, utc(identity.first_seen).slice(5, 16)),
+    element("span", {class: "tile-size"}, plural(identity.tracklets, "tracklet", "tracklets")));
+  tile.addEventListener("click", () => openIdentity(identity.identity_id));
+  return tile;
+}
+
+function identityError(message) {
+  $("identity-error").textContent = message;
+  $("identity-error").hidden = !message;
+}
+
+async function openIdentity(identityId) {
+  if (state.hit) closeHit();
+  $("identity-panel").hidden = false;
+  $("identity-status").textContent = "";
+  identityError("");
+  try {
+    showIdentity(await api(`/api/identities/${encodeURIComponent(identityId)}`));
+  } catch (err) {
+    identityError(err.message);
+  }
+}
+
+function showIdentity(identity) {
+  state.identity = identity;
+  $("identity-title").textContent = `Identity ${identity.identity_id}`;
+  $("identity-thumb").src = identity.thumbnail;
+  $("identity-summary").textContent = `${plural(identity.tracklets.length, "tracklet", "tracklets")} on ` +
+    `${plural(identity.cameras.length, "camera", "cameras")} · ${identity.span_utc} UTC · best tracklet ` +
+    `${identity.best_track_id} · linked ${identity.linked_utc} UTC by model ${identity.model_id}`;
+  $("identity-cameras").tBodies[0].replaceChildren(...identity.cameras.map((c) => {
+    const row = element("tr");
+    row.append(element("td", {title: c.camera_id}, cameraName(c.camera_id)), element("td", {}, c.first_utc),
+      element("td", {}, c.last_utc));
+    return row;
+  }));
+  $("identity-tracklets").replaceChildren(...identity.tracklets.map(identityTracklet));
+  $("identity-split").disabled = true;
+  $("identity-history").replaceChildren(...identity.history.map((event) => element("li", {}, historyText(event))));
+  loadIdentityJourney(identity);
+}
+
+function identityTracklet(tracklet) {
+  const tile = element("label", {class: "tile", "data-track-id": tracklet.track_id,
+    title: `${tracklet.camera_id} · ${tracklet.span_utc} UTC · track ${tracklet.track_id}`});
+  const tick = element("input", {type: "checkbox", value: tracklet.track_id, "aria-label": `split off ${tracklet.track_id}`});
+  tick.addEventListener("change", () => {
+    tile.classList.toggle("ticked", tick.checked);
+    $("identity-split").disabled = !$("identity-tracklets").querySelector("input:checked");
+  });
+  tile.append(element("img", {src: tracklet.thumbnail, alt: tracklet.track_id, loading: "lazy"}),
+    element("span", {class: "tile-camera", title: cameraName(tracklet.camera_id)}, cameraName(tracklet.camera_id)),
+    element("span", {class: "tile-time"}, tracklet.span_utc),
+    element("span", {class: "tile-size", title: "link confidence"}, `confidence ${tracklet.confidence.toFixed(2)}`), tick);
+  return tile;
+}
+
+function historyText(event) {
+  const who = event.user ? ` by ${event.user}` : "";
+  const note = event.note ? `: ${event.note}` : "";
+  if (event.by === "hand" && event.change === "merge") return `${event.at_utc} UTC · merged by hand${who}` +
+    (event.from ? ` from ${event.from.join(", ")}` : "") + note;
+  if (event.by === "hand") return `${event.at_utc} UTC · split by hand${who}` +
+    (event.into ? `, part into ${event.into}` : event.from ? ` off ${event.from}` : "") + note;
+  const moved = event.joined === undefined ? "" : `, ${event.joined} joined, ${event.left} left`;
+  return `${event.at_utc} UTC · ${event.change} by linking run ${String(event.run_id).slice(0, 8)} ` +
+    `(${plural(event.tracklets, "tracklet", "tracklets")}${moved})`;
+}
+
+async function loadIdentityJourney(identity) {
+  const params = new URLSearchParams({query: identity.journey.query});
+  identity.journey.same.forEach((track) => params.append("same", track));
+  $("identity-journey-summary").textContent = "following the person…";
+  try {
+    const journey = await api(`/api/journey?${params}`);
+    if (state.identity !== identity) return;
+    const cameras = new Set(journey.sightings.map((s) => s.camera_id)).size;
+    const flagged = journey.transits.filter((t) => t.flagged).length;
+    $("identity-journey-summary").textContent = `${plural(journey.sightings.length, "sighting", "sightings")} on ` +
+      `${plural(cameras, "camera", "cameras")}` + (flagged ? ` · ${flagged} transit(s) flagged` : "");
+    $("identity-journey-timeline").src = svgUrl(journey.timeline_svg);
+    $("identity-journey-lines").textContent = journey.lines.join("\n");
+  } catch (err) {
+    $("identity-journey-summary").textContent = "";
+    identityError(err.message);
+  }
+}
+
+async function editIdentity(path, form, done) {
+  identityError("");
+  try {
+    done(await api(path, {method: "POST", body: form}));
+    loadPeoplePage();
+  } catch (err) {
+    identityError(err.message);
+  }
+}
+
+function splitIdentity() {
+  const identity = state.identity;
+  const ticked = [...$("identity-tracklets").querySelectorAll("input:checked")].map((i) => i.value);
+  const form = new FormData();
+  ticked.forEach((track) => form.append("track_id", track));
+  editIdentity(`/api/identities/${encodeURIComponent(identity.identity_id)}/split`, form, ({kept, new: made}) => {
+    showIdentity(kept);
+    $("identity-status").replaceChildren(`split ${plural(ticked.length, "tracklet", "tracklets")} off into `,
+      identityLink(made.identity_id));
+  });
+}
+
+function mergeIdentity() {
+  const other = $("merge-with").value.trim();
+  if (!other) { identityError("give the id of the identity to merge into this one"); return; }
+  const form = new FormData();
+  [state.identity.identity_id, other].forEach((id) => form.append("identity_id", id));
+  editIdentity("/api/identities/merge", form, (merged) => {
+    showIdentity(merged);
+    $("merge-with").value = "";
+    $("identity-status").textContent = `merged ${other} into this identity`;
+  });
+}
+
+function searchIdentity() {
+  const identity = state.identity;
+  closeIdentity();
+  chooseIdentity(identity);
+  runSearch();
+}
+
+function closeIdentity() {
+  $("identity-panel").hidden = true;
+  if ($("identity-journey-timeline").src.startsWith("blob:")) URL.revokeObjectURL($("identity-journey-timeline").src);
+  $("identity-journey-timeline").removeAttribute("src");
+  state.identity = null;
+}
+
 // ---- cases: record into one, reopen one, export its evidence bundle ----
 
 function setCase(name) {
@@ -740,8 +932,10 @@ function wire() {
   $("hit-query").addEventListener("click", queryWithHit);
   $("hit-panel").addEventListener("click", (event) => { if (event.target === $("hit-panel")) closeHit(); });
   document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape" && state.hit) closeHit();
-    else if (event.key === "Escape") closeJourney();
+    if (event.key !== "Escape") return;
+    if (state.hit) closeHit();
+    else if (!$("journey-panel").hidden) closeJourney();
+    else closeIdentity();
   });
   for (const id of ["hit-same", "hit-not"]) $(id).addEventListener("click", () => toggleMark(state.hit, $(id).dataset.mark));
   $("search-again").addEventListener("click", runSearch);
@@ -762,13 +956,21 @@ function wire() {
     $("min-visibility-value").textContent = Number($("min-visibility").value).toFixed(2);
   });
   $("search").addEventListener("click", runSearch);
+  $("people-camera").addEventListener("change", () => { state.peopleOffset = 0; loadPeoplePage(); });
+  $("people-prev").addEventListener("click", () => { state.peopleOffset = Math.max(0, state.peopleOffset - PAGE_SIZE); loadPeoplePage(); });
+  $("people-next").addEventListener("click", () => { state.peopleOffset += PAGE_SIZE; loadPeoplePage(); });
+  $("identity-close").addEventListener("click", closeIdentity);
+  $("identity-panel").addEventListener("click", (event) => { if (event.target === $("identity-panel")) closeIdentity(); });
+  $("identity-search").addEventListener("click", searchIdentity);
+  $("identity-split").addEventListener("click", splitIdentity);
+  $("identity-merge").addEventListener("click", mergeIdentity);
 }
 
 async function start() {
   wire();
   try {
     await loadInfo();
-    await Promise.all([loadPickPage(), loadCases()]);
+    await Promise.all([loadPickPage(), loadCases(), loadPeoplePage()]);
   } catch (err) {
     showError(err.message);
   }
