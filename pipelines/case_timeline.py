@@ -14,6 +14,8 @@ def _query_text(payload: dict) -> str:
         what = f"detection {payload['detection_id']}"
     elif payload.get("track_id"):
         what = f"tracklet {payload['track_id']}"
+    elif payload.get("identity_id"):
+        what = f"identity {payload['identity_id']}"
     else:
         image = payload.get("image", {})
         what = f"image {image.get('file', 'upload')} (sha256 {image.get('sha256', '?')[:12]})"

@@ -118,6 +118,11 @@ def test_identity_search_lists_its_own_tracklets_first_then_the_people_it_does_n
     new = lines[3:]
     assert len(new) == 3 and new[0][-2:] == [TRUE_TRACK, "-"]
     assert not {QUERY_TRACK, LONG_TRACK} & {line[-2] for line in new}
+    # Recorded in a case, the search reads as the identity's.
+    assert main(["search", "--db", str(db), "--identity", walker, "-k", "1", "--case", "walker"]) == 0
+    capsys.readouterr()
+    assert main(["case", "show", "walker", "--db", str(db)]) == 0
+    assert f"query    identity {walker}; k=1" in capsys.readouterr().out
 
 
 def test_every_search_shows_the_identity_of_each_hit_in_a_linked_store(linked, capsys):
