@@ -112,15 +112,19 @@ async function loadPickPage() {
   if ($("pick-since").value) params.set("since", $("pick-since").value);
   try {
     const page = await api(`/api/tracklets?${params}`);
-    $("pick-grid").replaceChildren(...page.tracklets.map(pickTile));
+    showGridPage("pick", page, page.tracklets.map(pickTile), state.pickOffset, "no tracklets");
     markQueryTile();
-    $("pick-page").textContent = page.tracklets.length
-      ? `people ${state.pickOffset + 1}–${state.pickOffset + page.tracklets.length} of ${page.total}` : "no tracklets";
-    $("pick-prev").disabled = state.pickOffset === 0;
-    $("pick-next").disabled = !page.more;
   } catch (err) {
     showError(err.message);
   }
+}
+
+function showGridPage(name, page, tiles, offset, none) {
+  // A page of tiles in the grid `${name}-grid`, where it starts among how many, and its pager's buttons.
+  $(`${name}-grid`).replaceChildren(...tiles);
+  $(`${name}-page`).textContent = tiles.length ? `people ${offset + 1}–${offset + tiles.length} of ${page.total}` : none;
+  $(`${name}-prev`).disabled = offset === 0;
+  $(`${name}-next`).disabled = !page.more;
 }
 
 function pickTile(tracklet) {
@@ -671,11 +675,7 @@ async function loadPeoplePage() {
   try {
     const page = await api(`/api/identities?${params}`);
     $("people-panel").hidden = !page.linked;
-    $("people-grid").replaceChildren(...page.identities.map(personTile));
-    $("people-page").textContent = page.identities.length
-      ? `people ${state.peopleOffset + 1}–${state.peopleOffset + page.identities.length} of ${page.total}` : "no people";
-    $("people-prev").disabled = state.peopleOffset === 0;
-    $("people-next").disabled = !page.more;
+    showGridPage("people", page, page.identities.map(personTile), state.peopleOffset, "no people");
   } catch (err) {
     showError(err.message);
   }
