@@ -10,7 +10,8 @@ from people_store import build_people_store, person_of
 from pipelines.calibrate import calibrate
 from workers.cameras import read_cameras
 from workers.errors import CamerasError
-from workers.link import GLOBAL_DISTANCE, LinkSettings, Prior, Topology, Tracklets, link_tracklets
+from workers.link import (GLOBAL_DISTANCE, LinkSettings, Prior, Topology, Tracklets, approximate_neighbours,
+                         link_tracklets, nearest_pairs)
 
 DIM, PARTS = 16, 4
 SETTINGS = LinkSettings(threshold=0.5, neighbours=5)
@@ -137,6 +138,25 @@ def test_an_incremental_run_adds_new_tracklets_to_existing_identities_and_never_
     wrong = Prior().with_identities([["t0"], ["t1", "t3"]])  # t3 (person 0) was put with person 1
     bridged = link_tracklets(tracklets, None, SETTINGS, wrong, new=np.array([6]))
     assert not _together(bridged, 0, 1)
+
+
+def test_the_inverted_file_index_finds_nearly_every_exact_neighbour_pair_and_only_for_the_rows_asked():
+    import torch
+
+    rng = np.random.default_rng(0)
+    person = rng.integers(300, size=4000)  # about 13 sightings of each of 300 people
+    vectors = rng.standard_normal((300, DIM))[person] + 0.2 * rng.standard_normal((4000, DIM))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    exact = set(zip(*(pairs.tolist() for pairs in nearest_pairs(vectors, 10))))
+    matrix = torch.from_numpy(vectors)
+    found = approximate_neighbours(matrix, torch.arange(len(vectors)), 10)
+    approximate = {tuple(pair) for pair in np.sort(found, axis=1).tolist()}
+    same_person = {(a, b) for a, b in exact if person[a] == person[b]}
+    assert len(approximate & same_person) >= 0.995 * len(same_person)
+    assert len(approximate & exact) >= 0.95 * len(exact)
+    asked = torch.tensor([5, 17, 3000])
+    some = approximate_neighbours(matrix, asked, 10)
+    assert set(some[:, 0].tolist()) == {5, 17, 3000} and np.array_equal(some, approximate_neighbours(matrix, asked, 10))
 
 
 def test_the_global_baseline_links_by_the_global_vectors():
