@@ -193,11 +193,16 @@ def test_the_web_api_splits_and_merges_identities_by_hand(tmp_path):
     identity = link_people_store(db)
     client = _client(db)
     walker = identity[QUERY_TRACK]
+    people = client.post("/api/search", data={"track_id": LONG_TRACK}).json()["people"]
+    assert {p["track_id"]: p["identity_id"] for p in people}[QUERY_TRACK] == walker
     split = client.post(f"/api/identities/{walker}/split", data={"track_id": QUERY_TRACK, "note": "two people"}).json()
     kept, new = split["kept"], split["new"]
     assert kept["identity_id"] == walker and [t["track_id"] for t in kept["tracklets"]] == [LONG_TRACK]
     assert [t["track_id"] for t in new["tracklets"]] == [QUERY_TRACK] and new["identity_id"] != walker
     assert client.get("/api/identities").json()["total"] == 4
+    # The searches name the new identity at once (the server reads the identities again after an edit).
+    people = client.post("/api/search", data={"track_id": LONG_TRACK}).json()["people"]
+    assert {p["track_id"]: p["identity_id"] for p in people}[QUERY_TRACK] == new["identity_id"]
     assert kept["history"][-1]["change"] == "split" and kept["history"][-1]["note"] == "two people"
     merged = client.post("/api/identities/merge", data={"identity_id": [walker, new["identity_id"]]}).json()
     assert {t["track_id"] for t in merged["tracklets"]} == {QUERY_TRACK, LONG_TRACK}

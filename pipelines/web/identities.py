@@ -7,11 +7,11 @@ import json
 from collections.abc import Sequence
 
 from pipelines.errors import UserError
+from pipelines.query import TrackletIdentities
 from pipelines.times import span_text, utc_text
 from pipelines.web.payload import identity_thumbnail_url, tracklet_thumbnail_url
 from storage import Store
 from storage.catalog import CatalogFilters, IdentitySummary, check_cameras, list_identities
-from storage.identities import Identities
 
 EDIT_MAX = 200  # identities one merge, or tracklets one split, may name
 JOURNEY_SAME_MAX = 199  # tracklets besides the representative one that an identity's journey follows
@@ -49,11 +49,13 @@ def identity_json(row: dict) -> dict:
 
 
 class IdentityViews:
-    """The identities of the served store, as the page shows and edits them."""
+    """The identities of the served store, as the page shows and edits them; an edit makes the searches read the
+    identities of their hits again (``lookup``)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, lookup: TrackletIdentities) -> None:
         self.store = store
-        self.identities = Identities.open(store.uri)
+        self.identities = lookup.identities
+        self._lookup = lookup
 
     def page(self, camera: str | None, limit: int, offset: int) -> dict:
         """A page of identities (earliest first seen first; those ``camera`` saw), and whether the store was linked."""
@@ -77,12 +79,15 @@ class IdentityViews:
     def merge(self, identity_ids: Sequence[str], note: str) -> dict:
         """Merge the identities by hand into the first; the merged identity's page."""
         _check_count(identity_ids, "identities to merge")
-        return identity_json(self.identities.merge(identity_ids, note))
+        merged = self.identities.merge(identity_ids, note)
+        self._lookup.forget()
+        return identity_json(merged)
 
     def split(self, identity_id: str, track_ids: Sequence[str], note: str) -> dict:
         """Split tracklets ``track_ids`` off identity ``identity_id`` by hand into a new identity; both pages."""
         _check_count(track_ids, "tracklets to split off")
         kept, new = self.identities.split(identity_id, track_ids, note)
+        self._lookup.forget()
         return {"kept": identity_json(kept), "new": identity_json(new)}
 
 
