@@ -45,17 +45,19 @@ METRICS = ("Pairwise: over all pairs of tracklets, precision = pairs linked that
            "precision = share of its identity's tracklets that are its person, recall = share of its person's "
            "tracklets in its identity; F1 of the means. Thresholds: each method's best pairwise F1 on a tuning site "
            "of another seed.")
-# What each method turns on: distance, same-video / overlap / transit / direct-move constraints, the topology.
+# What each method turns on: distance, same-video / overlap / transit / direct-move constraints, the topology, and
+# the visibility below which a tracklet links to nothing (LinkSettings.min_visibility; KPR distance only).
 METHODS = {
-    "kpr_constraints": (KPR_DISTANCE, True, True, True, True, True),
-    "global_only": (GLOBAL_DISTANCE, False, False, False, False, False),
-    "kpr_only": (KPR_DISTANCE, False, False, False, False, False),
-    "global_constraints": (GLOBAL_DISTANCE, True, True, True, True, True),
-    "kpr_no_same_video": (KPR_DISTANCE, False, True, True, True, True),
-    "kpr_no_overlap": (KPR_DISTANCE, True, False, True, True, True),
-    "kpr_no_transit": (KPR_DISTANCE, True, True, False, False, True),
-    "kpr_no_direct_moves": (KPR_DISTANCE, True, True, True, False, True),
-    "global_no_direct_moves": (GLOBAL_DISTANCE, True, True, True, False, True),
+    "kpr_constraints": (KPR_DISTANCE, True, True, True, True, True, 0.2),
+    "global_only": (GLOBAL_DISTANCE, False, False, False, False, False, 0.0),
+    "kpr_only": (KPR_DISTANCE, False, False, False, False, False, 0.0),
+    "global_constraints": (GLOBAL_DISTANCE, True, True, True, True, True, 0.0),
+    "kpr_no_same_video": (KPR_DISTANCE, False, True, True, True, True, 0.2),
+    "kpr_no_overlap": (KPR_DISTANCE, True, False, True, True, True, 0.2),
+    "kpr_no_transit": (KPR_DISTANCE, True, True, False, False, True, 0.2),
+    "kpr_no_direct_moves": (KPR_DISTANCE, True, True, True, False, True, 0.2),
+    "kpr_no_visibility_rule": (KPR_DISTANCE, True, True, True, True, True, 0.0),
+    "global_no_direct_moves": (GLOBAL_DISTANCE, True, True, True, False, True, 0.0),
 }
 
 
@@ -177,8 +179,9 @@ def _f1(precision: float, recall: float) -> float:
 
 def method_settings(method: str, threshold: float, neighbours: int) -> tuple[LinkSettings, bool]:
     """The link settings of ``method`` at ``threshold`` and whether it knows the cameras' topology."""
-    distance, same_video, overlap, transit, direct_moves, topology = METHODS[method]
-    return LinkSettings(threshold, neighbours, distance, same_video, overlap, transit, direct_moves), topology
+    distance, same_video, overlap, transit, direct_moves, topology, visibility = METHODS[method]
+    return LinkSettings(threshold, neighbours, distance, same_video, overlap, transit, direct_moves,
+                        visibility), topology
 
 
 def evaluate(site: Site, method: str, threshold: float, neighbours: int) -> dict[str, float]:

@@ -99,6 +99,14 @@ def test_the_same_tracklets_in_any_order_give_the_same_identities():
     assert np.array_equal(again.confidence, base.confidence[order])
 
 
+def test_a_tracklet_that_shows_no_body_part_links_to_nothing():
+    tracklets = _tracklets([("v1", "a", 0, 10, 0), ("v2", "b", 100, 110, 0), ("v3", "a", 500, 510, 0)])
+    tracklets.embeddings.visibility[2] = 0.1  # a sliver at the frame's edge: no part seen
+    linking = link_tracklets(tracklets, None, SETTINGS)
+    assert _together(linking, 0, 1) and linking.identities == 2 and linking.confidence[2] == 0.0
+    assert link_tracklets(tracklets, None, LinkSettings(0.5, 5, min_visibility=0.0)).identities == 1
+
+
 def test_hand_edits_replayed_in_order_give_what_stays_together_and_what_stays_apart():
     merged = Prior.from_edits([("merge", [["a", "b"]]), ("merge", [["b", "c"]])])
     assert merged.together == [["a", "b", "c"]] and merged.apart == []

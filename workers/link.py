@@ -5,8 +5,10 @@ distance between tracklet aggregates (or the global cosine distance, the baselin
 two tracklets of one video at the same time are different people (the tracker kept them apart; one it lost and
 found again is two tracklets of one person, which may link); two cameras that do not see the same place
 cannot show one person at once; between connected cameras a person takes at least the fastest transit time, so a
-shorter gap is someone else. A direct move is one between connected cameras within their [fastest, slowest]
-window (or within one camera); cameras that are not connected have none. Clustering is average linkage over the
+shorter gap is someone else. A tracklet that shows no body part (every part's visibility low: a sliver at the
+frame's edge) has nothing to link on and stays alone. A direct move is one between connected cameras within their
+[fastest, slowest] window (or within one camera); cameras that are not connected have none. Clustering is average
+linkage over the
 candidate pairs, best first, under a distance threshold: two groups merge only when no pair between them is
 forbidden and at least one pair is a direct move (a person seen on two cameras that are not connected joins
 both once a sighting in between bridges them). Deterministic: the same tracklets give the same identities
@@ -102,6 +104,9 @@ class LinkSettings:
     overlap: bool = True
     transit: bool = True
     direct_moves: bool = True  # False: only the fastest transit holds, any two groups may merge
+    # A tracklet none of whose parts reaches this (aggregated) visibility shows no body to link on, e.g. a
+    # sliver at the frame's edge: it links to nothing (KPR distance only; 0: every tracklet links).
+    min_visibility: float = 0.2
 
     def __post_init__(self) -> None:
         if self.distance not in (KPR_DISTANCE, GLOBAL_DISTANCE):
@@ -152,7 +157,7 @@ class Prior:
 class Linking:
     """The outcome, aligned with the input tracklets: each one's identity (index of the group, numbered by the
     group's earliest tracklet) and its link confidence in [0, 1] (1 - distance to its nearest fellow / threshold;
-    1 for a tracklet alone)."""
+    1 for a tracklet alone, 0 for one that shows no part to link on)."""
 
     identity: np.ndarray
     confidence: np.ndarray
@@ -303,14 +308,24 @@ def link_tracklets(tracklets: Tracklets, topology: Topology | None, settings: Li
     position[order] = np.arange(len(order))
     rows = None if new is None else np.sort(position[np.asarray(new, np.int64)])
     first, second = nearest_pairs(ordered.embeddings.global_emb, settings.neighbours, rows)
-    keep = ~rules.forbidden(first, second)
+    unseen = _unseen(ordered.embeddings, settings)
+    keep = ~rules.forbidden(first, second) & ~unseen[first] & ~unseen[second]
     first, second = first[keep], second[keep]
     distances = pair_distances(ordered.embeddings, first, second, settings.distance).astype(np.float64)
     groups = _cluster(_Start.of(ordered, prior), first, second, distances, rules, settings.threshold)
     identity, confidence = _label(ordered, groups, first, second, distances, settings.threshold)
+    confidence[unseen] = 0.0
     aligned_identity, aligned_confidence = np.empty_like(identity), np.empty_like(confidence)
     aligned_identity[order], aligned_confidence[order] = identity, confidence
     return Linking(aligned_identity, aligned_confidence, int(len(first)))
+
+
+def _unseen(embeddings: ReIDEmbeddings, settings: LinkSettings) -> np.ndarray:
+    """Which tracklets show no part at settings.min_visibility (KPR distance only): they link to nothing."""
+    visibility = embeddings.visibility
+    if settings.distance != KPR_DISTANCE or not visibility.shape[1]:
+        return np.zeros(len(visibility), bool)
+    return visibility.max(axis=1) < settings.min_visibility
 
 
 @dataclass(frozen=True)
