@@ -178,7 +178,8 @@ def test_the_web_api_lists_identities_shows_one_and_searches_for_it(linked):
     assert [event["change"] for event in shown["history"]] == ["created"]
     journey = client.get("/api/journey", params={"query": LONG_TRACK, "same": [QUERY_TRACK]}).json()
     assert {s["camera_id"] for s in journey["sightings"]} == {"cam0", "cam1"}
-    found = client.post("/api/search", data={"identity_id": walker, "k": "2"}).json()
+    found = client.post("/api/search", data={"identity_id": walker, "k": "2", "case": "web walker"}).json()
+    assert client.get("/api/case", params={"case": "web walker"}).json()["query"]["identity_id"] == walker
     assert found["query"] == {"kind": "identity", "identity_id": walker, "own": 2}
     people = found["people"]
     assert [p["identity_id"] for p in people[:2]] == [walker, walker] and people[2]["track_id"] == TRUE_TRACK

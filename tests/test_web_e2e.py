@@ -342,11 +342,21 @@ def test_an_identity_page_shows_the_journey_splits_a_tracklet_off_and_searches_f
     page.wait_for_function("() => document.querySelector('#identity-journey-timeline').naturalWidth > 300")
     page.screenshot(path=str(IDENTITY_SCREENSHOT))
 
+    page.locator("#case-name").fill("identity case")
+    page.locator("#case-name").press("Tab")
     page.locator("#identity-search").click()
     expect(page.locator("#identity-panel")).to_be_hidden()
-    expect(page.locator("#status")).to_contain_text(f"for identity {person} (its {left} tracklet{'s' * (left > 1)} first)")
+    searched = f"for identity {person} (its {left} tracklet{'s' * (left > 1)} first)"
+    expect(page.locator("#status")).to_contain_text(searched)
     own = page.locator("figure.person.own").evaluate_all("cards => cards.map(c => c.dataset.trackId)")
     assert sorted(own) == sorted(shown[:-1])
     page.locator("figure.person.own a.identity").first.click()
     expect(page.locator("#identity-title")).to_have_text(f"Identity {person}")
+    page.keyboard.press("Escape")
+    expect(page.locator("#identity-panel")).to_be_hidden()
+
+    page.reload()  # a case whose last search was an identity's reopens it
+    page.locator("#case-list").select_option("identity case")
+    page.locator("#case-open").click()
+    expect(page.locator("#status")).to_contain_text(searched)
     assert errors == []

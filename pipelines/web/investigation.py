@@ -23,7 +23,7 @@ from workers.cameras import Cameras
 MARKS_MAX = 200  # marks one request may send: feedback reads each marked detection's embedding
 JOURNEY_HITS = 20  # people a journey without confirmed sightings takes from the calibrated search
 # What a reopened case restores of its last query: the query and its filters and options, as the page sends them.
-RESTORED = ("detection_id", "track_id", "cameras", "parts", "since", "until", "min_visibility", "k", "rerank",
+RESTORED = ("detection_id", "track_id", "identity_id", "cameras", "parts", "since", "until", "min_visibility", "k", "rerank",
             "same_camera", "global_only", "detections")
 
 

@@ -864,7 +864,12 @@ async function reopenCase() {
       return;
     }
     restoreFilters(query);
-    restoreQuery(query);
+    if (query.identity_id) {
+      state.query = {kind: "identity", identityId: query.identity_id};  // the case's own query: its marks stay
+      chooseIdentity(await api(`/api/identities/${encodeURIComponent(query.identity_id)}`));
+    } else {
+      restoreQuery(query);
+    }
     $("case-status").textContent = `reopened case “${opened.case}”: its last search, filters and marks`;
     await runSearch();
   } catch (err) {
