@@ -6,7 +6,6 @@ accept the same queries, refuse the same mistakes and search the same way.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,8 +27,6 @@ from storage.identities import Identities
 # An identity search confirms at most this many of the identity's tracklets besides its representative one (those of
 # most detections): feedback gathers candidates for each confirmed tracklet, one search each.
 IDENTITY_CONFIRMED_MAX = 20
-# How long the identity of each tracklet is kept before it is read again (see TrackletIdentities).
-IDENTITIES_TTL_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -93,33 +90,6 @@ class QueryResult:
     identities: dict[str, str] = field(default_factory=dict)
 
 
-class TrackletIdentities:
-    """The identity of each tracklet of a store, read at most every ``ttl_s`` seconds, or again once told of an edit:
-    reading it scans the whole identities table (0.4 s at 100k linked tracklets), too slow for every search."""
-
-    def __init__(self, identities: Identities, ttl_s: float = IDENTITIES_TTL_S) -> None:
-        self.identities = identities
-        self._ttl_s = ttl_s
-        self._known: dict[str, str] | None = None
-        self._read_at = 0.0
-        self._lock = threading.Lock()
-
-    def of(self, track_ids: Sequence[str]) -> dict[str, str]:
-        """The identity of each of ``track_ids`` that has one (none before the store was linked)."""
-        with self._lock:
-            if self._known is None or time.monotonic() - self._read_at > self._ttl_s:
-                self._known = {t["track_id"]: row["identity_id"] for row in self.identities.rows(["tracklets"])
-                               for t in row["tracklets"]}
-                self._read_at = time.monotonic()
-            known = self._known
-        return {track: known[track] for track in track_ids if track in known}
-
-    def forget(self) -> None:
-        """Read the identities again on the next lookup (they were just edited)."""
-        with self._lock:
-            self._known = None
-
-
 class QuerySearch:
     """Runs Queries over one store: picks the kind of query, checks every input once, and searches.
 
@@ -132,7 +102,6 @@ class QuerySearch:
         self.store = store
         self.search = PersonSearch(store)
         self.identities = Identities.open(store.uri)
-        self.tracklet_identities = TrackletIdentities(self.identities)
         self._encoder = encoder
         self._missing_model = missing_model
         self._encoder_lock = threading.Lock()
@@ -206,7 +175,7 @@ class QuerySearch:
 
     def _identities_of(self, hits: Sequence[SearchHit]) -> dict[str, str]:
         """The identity of each hit's tracklet that has one (none before the store was linked)."""
-        return self.tracklet_identities.of([h.track_id for h in hits if h.track_id])
+        return self.identities.of_tracklets([h.track_id for h in hits if h.track_id])
 
     def _with_feedback(self, query: Query) -> PersonSearch | FeedbackSearch:
         """What searches the query: with the investigator's marks on earlier hits, if any."""

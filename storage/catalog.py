@@ -221,31 +221,51 @@ def list_tracklets(store: Store, filters: CatalogFilters, limit: int, offset: in
 
 def list_identities(store: Store, filters: CatalogFilters, limit: int, offset: int = 0) -> Page | None:
     """Identities (earliest first seen first) seen by the filters' cameras within the time window (on those cameras),
-    with at least ``min_detections`` detections; None when the store was never linked (`kpr link`)."""
-    rows = Identities.open(store.uri).rows(["tracklets", "cameras", "last_seen", "best_track_id"])
-    if not rows:
-        return None
+    with at least ``min_detections`` detections; None when the store was never linked (`kpr link`). Filters and
+    counts run over Arrow columns; only the page's rows become Python objects."""
+    rows = Identities.open(store.uri).table(["tracklets", "cameras", "last_seen", "best_track_id"])
+    if rows is None or not rows.num_rows:
+        return None if rows is None else _page([], limit, offset)
+    tracklets, cameras = rows["tracklets"].combine_chunks(), rows["cameras"].combine_chunks()
+    owner = pc.list_parent_indices(tracklets).to_numpy()
+    linked = pc.list_flatten(tracklets)
     sizes = store.list_tracklets(columns=["track_id", "n_detections"])
-    detections = dict(zip(sizes["track_id"].to_pylist(), sizes["n_detections"].to_pylist())) if sizes.num_rows else {}
-    summaries = []
-    for row in rows:
-        spans = [c for c in row["cameras"] if filters.cameras is None or c["camera_id"] in filters.cameras]
-        count = sum(detections.get(t["track_id"], 0) for t in row["tracklets"])
-        if count < filters.min_detections or not any(filters.overlaps(c["first_seen"], c["last_seen"]) for c in spans):
-            continue
-        confidence = sum(t["confidence"] for t in row["tracklets"]) / len(row["tracklets"])
-        summaries.append(IdentitySummary(row["identity_id"], len(row["tracklets"]), [c["camera_id"] for c in row["cameras"]],
-                                         count, row["first_seen"], row["last_seen"], row["best_track_id"],
-                                         round(confidence, 4)))
-    return _page(summaries, limit, offset)
+    size = np.zeros(len(linked), np.int64)
+    if sizes.num_rows:
+        position = pc.index_in(linked.field("track_id"), value_set=sizes["track_id"].combine_chunks()).to_numpy(
+            zero_copy_only=False).astype(np.float64)
+        known = ~np.isnan(position)
+        size[known] = sizes["n_detections"].to_numpy()[position[known].astype(np.int64)]
+    detections = np.bincount(owner, weights=size, minlength=rows.num_rows).astype(np.int64)
+    members = np.bincount(owner, minlength=rows.num_rows)
+    confidence = np.bincount(owner, weights=linked.field("confidence").to_numpy(), minlength=rows.num_rows) / members
+    spans = pc.list_flatten(cameras)
+    first, last = spans.field("first_seen").to_numpy(), spans.field("last_seen").to_numpy()
+    meets = np.ones(len(spans), bool) if filters.cameras is None else pc.is_in(
+        spans.field("camera_id"), value_set=pa.array(list(filters.cameras), pa.string())).to_numpy(zero_copy_only=False)
+    if filters.t_min is not None:
+        meets &= last >= filters.t_min
+    if filters.t_max is not None:
+        meets &= first <= filters.t_max
+    seen = np.zeros(rows.num_rows, bool)
+    seen[pc.list_parent_indices(cameras).to_numpy()[meets]] = True
+    kept = np.flatnonzero(seen & (detections >= filters.min_detections))
+    shown = kept[offset:offset + limit]
+    summaries = [IdentitySummary(row["identity_id"], int(members[i]), [c["camera_id"] for c in row["cameras"]],
+                                 int(detections[i]), row["first_seen"], row["last_seen"], row["best_track_id"],
+                                 round(float(confidence[i]), 4))
+                 for i, row in zip(shown.tolist(), rows.take(shown).select(
+                     ["identity_id", "cameras", "first_seen", "last_seen", "best_track_id"]).to_pylist())]
+    return Page(summaries, len(kept), offset)
 
 
 def identity_counts(store: Store) -> dict[str, int] | None:
     """How many identities the store holds and how many of them more than one camera saw (None: never linked)."""
-    rows = Identities.open(store.uri).rows(["cameras"])
-    if not rows:
+    rows = Identities.open(store.uri).table(["cameras"])
+    if rows is None:
         return None
-    return {"identities": len(rows), "across_cameras": sum(len(row["cameras"]) > 1 for row in rows)}
+    seen_by = pc.list_value_length(rows["cameras"].combine_chunks()).to_numpy()
+    return {"identities": rows.num_rows, "across_cameras": int((seen_by > 1).sum())}
 
 
 def _tracklets_of_detections(store: Store, filters: CatalogFilters) -> pa.Table:

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 
 import lancedb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from storage import sql
 from storage.cases import who
@@ -138,6 +139,13 @@ def _row(identity: Identity, identity_id: str, made_by: "MadeBy", at: float, his
             "run_id": made_by.run_id, "linked_at": at, "history": json.dumps(history), "settings": made_by.settings}
 
 
+def _membership(rows: pa.Table) -> dict[str, str]:
+    """Track id -> identity id of every tracklet of identity ``rows`` (identity_id and tracklets columns)."""
+    tracklets = rows["tracklets"].combine_chunks()
+    owners = rows["identity_id"].combine_chunks().take(pc.list_parent_indices(tracklets))
+    return dict(zip(pc.list_flatten(tracklets).field("track_id").to_pylist(), owners.to_pylist()))
+
+
 def _tracks(row: dict) -> set[str]:
     return {t["track_id"] for t in row["tracklets"]}
 
@@ -177,6 +185,7 @@ class Identities:
     def __init__(self, tables: StoreTables) -> None:
         self._tables = tables
         self.uri = tables.uri
+        self._membership: tuple[int, dict[str, str]] | None = None
 
     @classmethod
     def open(cls, uri: str) -> "Identities":
@@ -203,6 +212,8 @@ class Identities:
         """Identities of ``groups``, each represented by its tracklet with the most detections (then the earliest)
         and that tracklet's thumbnail, read from the tracklets table."""
         table = self._tables.tracklets()
+        if table is None:
+            raise StoreError(f"store {self.uri} holds no tracklets: its identities cannot be described")
         wanted = [t.track_id for group in groups for t in group]
         # Many tracklets: one read of two columns of the whole table beats a filtered read per batch.
         query = table.search().where(sql.is_in("track_id", wanted)) if len(wanted) <= _ID_BATCH else table.search()
@@ -255,20 +266,24 @@ class Identities:
             merge = merge.when_not_matched_by_source_delete(sql.is_in("identity_id", removed))
         merge.execute(pa.Table.from_pylist(rows, schema=identities_schema()))
 
-    def rows(self, columns: Sequence[str] | None = None, where: str | None = None) -> list[dict]:
-        """Every identity row (only ``columns`` when given; only those matching ``where``), earliest first seen
-        first; [] before the first run."""
+    def table(self, columns: Sequence[str] | None = None, where: str | None = None) -> pa.Table | None:
+        """The identity rows as an Arrow table (only ``columns`` when given; only those matching ``where``), earliest
+        first seen first; None before the first run."""
         table = self._table(create=False)
         if table is None:
-            return []
+            return None
         query = table.search()
         if where is not None:
             query = query.where(where)
         if columns is not None:  # (a column added after the table was made may be missing)
             held = set(table.schema.names)
             query = query.select([c for c in dict.fromkeys([*columns, "first_seen", "identity_id"]) if c in held])
-        found = query.limit(None).to_arrow().to_pylist()
-        return sorted(found, key=lambda row: (row["first_seen"], row["identity_id"]))
+        return query.limit(None).to_arrow().sort_by([("first_seen", "ascending"), ("identity_id", "ascending")])
+
+    def rows(self, columns: Sequence[str] | None = None, where: str | None = None) -> list[dict]:
+        """The identity rows as dicts (see table); [] before the first run."""
+        found = self.table(columns, where)
+        return [] if found is None else found.to_pylist()
 
     def get(self, identity_id: str) -> dict:
         """The row of identity ``identity_id``; NotFoundError when the store has no such identity."""
@@ -279,11 +294,17 @@ class Identities:
         return found[0]
 
     def of_tracklets(self, track_ids: Sequence[str]) -> dict[str, str]:
-        """The identity of each of ``track_ids`` that has one (track id -> identity id)."""
-        wanted, found = set(track_ids), {}
-        for row in self.rows(["tracklets"]) if wanted else []:
-            found.update({t["track_id"]: row["identity_id"] for t in row["tracklets"] if t["track_id"] in wanted})
-        return found
+        """The identity of each of ``track_ids`` that has one (track id -> identity id): from a map of every linked
+        tracklet, read again only when the table changed (a search names each hit's identity)."""
+        table = self._table(create=False)
+        if table is None:
+            return {}
+        version = table.version
+        if self._membership is None or self._membership[0] != version:
+            found = table.search().select(["identity_id", "tracklets"]).limit(None).to_arrow()
+            self._membership = (version, _membership(found))
+        known = self._membership[1]
+        return {track_id: known[track_id] for track_id in track_ids if track_id in known}
 
     def edits(self) -> list[dict]:
         """Every hand edit, in the order made."""

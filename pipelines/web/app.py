@@ -85,7 +85,7 @@ class SearchService:
         self.queries = QuerySearch(self.store, encoder, missing_model=NO_MODEL)
         self.image_queries = encoder is not None
         self.investigation = Investigation(self.store, cameras)
-        self.people = IdentityViews(self.store, self.queries.tracklet_identities)
+        self.people = IdentityViews(self.store, self.queries.identities)
         self._facts: StoreFacts | None = None
         self._facts_at = 0.0
 

@@ -7,10 +7,10 @@ import json
 from collections.abc import Sequence
 
 from pipelines.errors import UserError
-from pipelines.query import TrackletIdentities
 from pipelines.times import span_text, utc_text
 from pipelines.web.payload import identity_thumbnail_url, tracklet_thumbnail_url
 from storage import Store
+from storage.identities import Identities
 from storage.catalog import CatalogFilters, IdentitySummary, check_cameras, list_identities
 
 EDIT_MAX = 200  # identities one merge, or tracklets one split, may name
@@ -49,13 +49,11 @@ def identity_json(row: dict) -> dict:
 
 
 class IdentityViews:
-    """The identities of the served store, as the page shows and edits them; an edit makes the searches read the
-    identities of their hits again (``lookup``)."""
+    """The identities of the served store, as the page shows and edits them."""
 
-    def __init__(self, store: Store, lookup: TrackletIdentities) -> None:
+    def __init__(self, store: Store, identities: Identities) -> None:
         self.store = store
-        self.identities = lookup.identities
-        self._lookup = lookup
+        self.identities = identities
 
     def page(self, camera: str | None, limit: int, offset: int) -> dict:
         """A page of identities (earliest first seen first; those ``camera`` saw), and whether the store was linked."""
@@ -79,15 +77,12 @@ class IdentityViews:
     def merge(self, identity_ids: Sequence[str], note: str) -> dict:
         """Merge the identities by hand into the first; the merged identity's page."""
         _check_count(identity_ids, "identities to merge")
-        merged = self.identities.merge(identity_ids, note)
-        self._lookup.forget()
-        return identity_json(merged)
+        return identity_json(self.identities.merge(identity_ids, note))
 
     def split(self, identity_id: str, track_ids: Sequence[str], note: str) -> dict:
         """Split tracklets ``track_ids`` off identity ``identity_id`` by hand into a new identity; both pages."""
         _check_count(track_ids, "tracklets to split off")
         kept, new = self.identities.split(identity_id, track_ids, note)
-        self._lookup.forget()
         return {"kept": identity_json(kept), "new": identity_json(new)}
 
 
