@@ -123,3 +123,13 @@ def test_discovery_names_videos_by_content_and_camera_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ArchiveError, match="no video files"):
         list_video_files(tmp_path / "empty")
+
+
+def test_discovery_follows_links_to_camera_folders_and_ends_a_link_loop(tmp_path):
+    (tmp_path / "mounts" / "north").mkdir(parents=True)
+    write_video(tmp_path / "mounts" / "north" / "a.mp4", frames=5)
+    (tmp_path / "archive").mkdir()
+    (tmp_path / "archive" / "north").symlink_to(tmp_path / "mounts" / "north", target_is_directory=True)
+    (tmp_path / "mounts" / "north" / "loop").symlink_to(tmp_path / "archive", target_is_directory=True)
+    tasks = discover_videos(list_video_files(tmp_path / "archive"))
+    assert [(t.camera_id, t.uri.rsplit("/", 1)[-1]) for t in tasks] == [("north", "a.mp4")]

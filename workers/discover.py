@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -36,6 +37,24 @@ class ArchiveFiles(NamedTuple):
     files: list[Path]
 
 
+def _raise(error: OSError) -> None:
+    raise error
+
+
+def _video_files(root: Path) -> list[Path]:
+    """Every video file under ``root``, sorted, following links to folders (an archive is often a folder of links to
+    camera mounts), each real folder once (so a link loop ends); OSError when a folder cannot be read."""
+    found, seen = [], set()
+    for folder, subfolders, names in os.walk(root, onerror=_raise, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders.clear()
+            continue
+        seen.add(real)
+        found += [Path(folder, name) for name in names if Path(name).suffix.lower() in VIDEO_EXTENSIONS]
+    return sorted(path for path in found if path.is_file())
+
+
 def list_video_files(archive: str | Path) -> ArchiveFiles:
     """The archive's root folder and every video file under it (recursively, by extension), sorted.
 
@@ -49,7 +68,7 @@ def list_video_files(archive: str | Path) -> ArchiveFiles:
         root = root.parent
     else:
         try:
-            files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+            files = _video_files(root)
         except OSError as exc:
             raise ArchiveError(f"cannot read archive {root}: {exc.strerror}") from None
     if not files:
