@@ -480,7 +480,7 @@ def cmd_link(args: argparse.Namespace) -> int:
 
 
 def cmd_identity(args: argparse.Namespace) -> int:
-    from pipelines.identity_edits import identity_lines
+    from pipelines.identity_text import identity_lines
     from storage.identities import Identities
 
     identities = Identities.open(str(args.db))
