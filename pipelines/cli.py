@@ -357,6 +357,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     from storage import Store
     from storage.catalog import CatalogFilters, check_cameras
 
+    if args.identities:
+        if args.what not in ("cameras", "identities"):  # cameras: the positional's default, i.e. not given
+            raise UserError(f"--identities lists identities, not {args.what}: give one of them")
+        args.what = "identities"
     if args.status and args.what != "videos":
         raise UserError("--status goes with `kpr list videos`")
     if args.thumbnails and args.what not in ("tracklets", "identities"):
@@ -779,6 +783,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", nargs="?", choices=("cameras", "videos", "tracklets", "identities"), default="cameras",
                    help="what to list (default cameras)")
     p.add_argument("--db", required=True, help="LanceDB store written by `kpr ingest`")
+    p.add_argument("--identities", action="store_true", help="the same as `kpr list identities`")
     p.add_argument("--camera", action="append", help="only these cameras (repeatable)")
     p.add_argument("--since", help="only what reaches this time or later (ISO 8601 or epoch seconds, UTC)")
     p.add_argument("--until", help="only what starts at this time or earlier")

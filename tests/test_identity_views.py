@@ -55,7 +55,7 @@ def test_list_identities_shows_one_row_per_person_with_its_tracklets_cameras_and
                        "0.900"]
     assert [row[0] for row in rows[1:]] == [identity[t] for t in OTHERS] and hint[0].endswith("--identity IDENTITY")
     # Filters as for the other listings: a camera, a time window, a fewest number of detections; then a page.
-    assert main(["list", "--db", str(db), "identities", "--camera", "cam0"]) == 0
+    assert main(["list", "--db", str(db), "--identities", "--camera", "cam0"]) == 0  # --identities: the same
     assert [row[0] for row in _table(capsys)[1:-1]] == [walker]
     assert main(["list", "--db", str(db), "identities", "--since", "2026-01-01T00:15", "--until", "2026-01-01T00:25"]) == 0
     assert [row[0] for row in _table(capsys)[1:-1]] == [identity["video1-p2"]]
