@@ -8,11 +8,10 @@ cannot show one person at once; between connected cameras a person takes at leas
 shorter gap is someone else. A tracklet that shows no body part (every part's visibility low: a sliver at the
 frame's edge) has nothing to link on and stays alone. A direct move is one between connected cameras within their
 [fastest, slowest] window (or within one camera); cameras that are not connected have none. Clustering is average
-linkage over the
-candidate pairs, best first, under a distance threshold: two groups merge only when no pair between them is
-forbidden and at least one pair is a direct move (a person seen on two cameras that are not connected joins
-both once a sighting in between bridges them). Deterministic: the same tracklets give the same identities
-whatever their order.
+linkage over the candidate pairs, best first, under a distance threshold: two groups merge only when no pair
+between them is forbidden and at least one pair is a direct move (a person seen on two cameras that are not
+connected joins both once a sighting in between bridges them). Deterministic: the same tracklets give the same
+identities whatever their order.
 
 Linking may start from a Prior: groups that stay together (hand merges; in an incremental run, the identities
 already found) and partitions whose sides stay apart (hand splits; in an incremental run, one side per existing
