@@ -9,16 +9,19 @@ from datetime import timedelta
 import lancedb
 from lancedb.index import Bitmap, BTree, IvfHnswSq, IvfPq
 
-from storage.schema import CASES, DETECTIONS, TRACKLETS, VIDEOS, StoreError
+from storage.schema import CASES, DETECTIONS, IDENTITIES, IDENTITY_EDITS, TRACKLETS, VIDEOS, StoreError
 from storage.tables import StoreTables
 
-# Scalar indexes per table: key lookups, a re-run's deletes by video, tracklets, camera/time filters.
+# Scalar indexes per table (every table of StoreTables.all): key lookups, a re-run's deletes by video, tracklets,
+# camera/time filters.
 SCALAR_INDEXES = {
     VIDEOS: (("video_id", BTree),),
     DETECTIONS: (("detection_id", BTree), ("video_id", BTree), ("track_id", BTree), ("timestamp", BTree),
                  ("camera_id", Bitmap)),
     TRACKLETS: (("track_id", BTree), ("video_id", BTree)),
     CASES: (("case_id", BTree),),
+    IDENTITIES: (("identity_id", BTree),),
+    IDENTITY_EDITS: (),
 }
 # Field metadata of the `vector` column that records how its ANN index was built (and on how many rows).
 VECTOR_INDEX_KEY = "kpr:vector_index"
