@@ -186,6 +186,7 @@ class Identities:
         self._tables = tables
         self.uri = tables.uri
         self._membership: tuple[int, dict[str, str]] | None = None
+        self._handle: lancedb.table.Table | None = None
 
     @classmethod
     def open(cls, uri: str) -> "Identities":
@@ -193,13 +194,15 @@ class Identities:
         return cls(StoreTables.open(str(uri), create=False, read_consistency_s=0.0))
 
     def _table(self, create: bool) -> lancedb.table.Table | None:
-        """The identities table, created on first use with ``create``; None when missing without it."""
-        table = open_table(self._tables.db, IDENTITIES, identities_schema() if create else None)
-        if table is not None:
-            check_version(table.schema, IDENTITIES, self.uri, (IDENTITIES_VERSION,))
-            if create and _SETTINGS.name not in table.schema.names:
-                table.add_columns(_SETTINGS)
-        return table
+        """The identities table, created on first use with ``create``; None when missing without it. Kept once
+        found (every search asks it for its hits' identities; it sees later commits by itself)."""
+        if self._handle is None:
+            self._handle = open_table(self._tables.db, IDENTITIES, identities_schema() if create else None)
+            if self._handle is not None:
+                check_version(self._handle.schema, IDENTITIES, self.uri, (IDENTITIES_VERSION,))
+        if create and _SETTINGS.name not in self._handle.schema.names:
+            self._handle.add_columns(_SETTINGS)
+        return self._handle
 
     def _edits_table(self, create: bool) -> lancedb.table.Table | None:
         """The hand edits table, created on first use with ``create``; None when missing without it."""
