@@ -113,13 +113,13 @@ class Ranking:
 
 
 def store_key(name: str, model: str) -> str:
-    """A store folder name for a method: its name and a digest of its model file's path, size and time."""
+    """A store folder name for a method: its name and a digest of its model file's path and contents (a copy of the
+    same file, as the shared folder is laid out again, keeps its stores)."""
     path = Path(model).resolve()
     files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
     digest = hashlib.sha1(str(path).encode())
     for item in files:
-        stat = item.stat()
-        digest.update(f"{item.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        digest.update(item.name.encode() + b"\0" + item.read_bytes())
     return f"{name}-{digest.hexdigest()[:10]}"
 
 

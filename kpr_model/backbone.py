@@ -45,7 +45,11 @@ from timm.models.resnet import ResNet
 from torch import nn
 
 from kpr_model.config import KPRConfig, KPRModelError
+from kpr_model.onnx_trunk import OnnxTrunk
 from kpr_model.solider_swin import SOLIDER_ARCHS, PatchEmbed, build_solider_swin, convert_original_swin
+
+
+ONNX_TRUNK = "onnx_trunk"
 
 
 class BackboneWeightsNotFoundError(KPRModelError, FileNotFoundError):
@@ -105,10 +109,7 @@ class TimmResNetAdapter(BackboneAdapter):
         return outputs
 
     def prompt_tokenizer(self, in_channels: int) -> nn.Module:
-        conv = nn.Conv2d(in_channels, self.stem_channels, kernel_size=self.stem_stride, stride=self.stem_stride)
-        nn.init.zeros_(conv.weight)
-        nn.init.zeros_(conv.bias)
-        return conv
+        return _zero_conv(in_channels, self.stem_channels, self.stem_stride)
 
     def load_timm_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         wanted = {k: v for k, v in state.items() if not k.startswith("fc.")}
@@ -257,6 +258,43 @@ class SoliderSwinAdapter(BackboneAdapter):
         _load_exact(self.model, state, optional=("relative_position_index",))
 
 
+class OnnxTrunkAdapter(BackboneAdapter):
+    """A global ReID ONNX model's trunk (``kpr_model.onnx_trunk``): stem = up to its first max-pooling, one stage.
+
+    Its images are RGB pixels 0..255 (the config's normalisation undoes itself); the trunk codes them as the ONNX
+    model wants.
+    """
+
+    channels_last = False
+
+    def __init__(self, spec: dict) -> None:
+        super().__init__()
+        self.model = OnnxTrunk(spec)
+        self.stem_channels = int(spec["stem_channels"])
+        self.stem_stride = int(spec["stem_stride"])
+        self.stage_channels = (int(spec["feature_channels"]),)
+
+    def stem(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.stem(images)
+
+    def stages(self, tokens: torch.Tensor, upto: int) -> list[torch.Tensor]:
+        return [self.model.body(tokens)]
+
+    def prompt_tokenizer(self, in_channels: int) -> nn.Module:
+        return _zero_conv(in_channels, self.stem_channels, self.stem_stride)
+
+    def load_timm_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_weights(state)
+
+
+def _zero_conv(in_channels: int, out_channels: int, stride: int) -> nn.Conv2d:
+    """A zero-initialised conv with kernel = stride: prompt tokens that leave an untrained backbone unchanged."""
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size=stride, stride=stride)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
 def _remove_downsampling(block: nn.Module) -> None:
     """Make a residual block keep its input resolution (ReID "last stride 1")."""
     for name, child in list(block.named_children()):
@@ -273,6 +311,10 @@ def build_adapter(config: KPRConfig) -> BackboneAdapter:
     args = dict(config.backbone_args)
     if config.backbone in SOLIDER_ARCHS:
         return SoliderSwinAdapter(config.backbone, args)
+    if config.backbone == ONNX_TRUNK:
+        if not isinstance(args.get("trunk"), dict):
+            raise KPRModelError(f"backbone {ONNX_TRUNK!r} needs backbone_args {{'trunk': <kpr_model.onnx_trunk spec>}}")
+        return OnnxTrunkAdapter(args["trunk"])
     try:
         family = timm.models.model_entrypoint(config.backbone).__module__.rsplit(".", 1)[-1]
     except RuntimeError as exc:

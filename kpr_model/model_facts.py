@@ -55,3 +55,13 @@ def model_facts(path: str | Path, input_coding: str | None = None) -> ModelFacts
         return ModelFacts(model_id, KPR_KIND, config.num_parts, config.embed_dim)
     encoder = GlobalOnnxEncoder(path, input_coding=input_coding, session=session)
     return ModelFacts(encoder.model_id, encoder.kind, encoder.num_parts, encoder.dim)
+
+
+def trainable_facts(path: str | Path) -> ModelFacts:
+    """The facts of a model training can start from: a KPR checkpoint folder or a global ReID ONNX model (KPR is
+    built on its trunk). A KPR ``.onnx`` export holds no trainable graph: OnnxModelError saying what to give."""
+    facts = model_facts(path)
+    if is_onnx(path) and facts.kind == KPR_KIND:
+        raise OnnxModelError(f"{path} is a KPR export, which cannot be trained: give the checkpoint folder it was "
+                             "exported from, or a global ReID ONNX model")
+    return facts

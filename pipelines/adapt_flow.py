@@ -1,4 +1,5 @@
-"""Prefect flow `adapt-model`: adapt a KPR checkpoint to an ingested archive without labels. Orchestration only.
+"""Prefect flow `adapt-model`: adapt a KPR checkpoint (or KPR on a global ReID model's trunk) to an ingested archive
+without labels. Orchestration only.
 
 Two tasks: the store's tracklets become pseudo-identities and their crops are re-cut from the videos into a
 samples file (pipelines/adapt_samples.py), then training/adapt.py fine-tunes the checkpoint on it (Ray
@@ -15,8 +16,9 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from kpr_model.checkpoint_files import read_checkpoint_info
+from kpr_model.from_global import starting_point
 from kpr_model.global_onnx import GlobalOnnxEncoder
+from kpr_model.model_facts import is_onnx, trainable_facts
 from pipelines.adapt_samples import SampleSelection, export_archive_samples
 from pipelines.errors import UserError
 from storage import Store
@@ -37,11 +39,16 @@ class AdaptInputs:
     teacher: str | None = None
     selection: SampleSelection = field(default_factory=SampleSelection)
 
+    def __post_init__(self) -> None:
+        """A global ReID model to start from teaches too, unless another teacher is given."""
+        if self.teacher is None and is_onnx(self.model):
+            self.teacher = self.model
+
     def check(self) -> Store:
         """The opened store, after refusing (one UserError/StoreError/model error line) what cannot be adapted."""
         if Path(self.out).exists():
             raise UserError(f"{self.out} already exists: give a new folder for the adapted checkpoint")
-        read_checkpoint_info(self.model)
+        trainable_facts(self.model)
         store = Store.open(self.db, create=False)
         if not store.count_tracklets():
             raise UserError(f"store {self.db} holds no tracklets: ingest an archive into it first (kpr ingest)")
@@ -66,7 +73,7 @@ def adaptation_report(result: dict) -> str:
 def export_samples(inputs: AdaptInputs, path: str) -> dict:
     """The store's pseudo-labelled crops, written to ``path``; what was kept, in numbers."""
     teacher = None if inputs.teacher is None else GlobalOnnxEncoder(inputs.teacher)
-    config = read_checkpoint_info(inputs.model)[0]
+    config = starting_point(inputs.model)[1]
     return export_archive_samples(Store.open(inputs.db, create=False), config, path, inputs.selection, teacher)
 
 

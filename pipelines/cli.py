@@ -454,14 +454,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_adapt(args: argparse.Namespace) -> int:
     from pipelines.adapt_flow import AdaptInputs, adapt_model
 
-    AdaptInputs(str(args.db), str(args.model), str(args.out), args.teacher).check()  # one line before Prefect starts
+    inputs = AdaptInputs(str(args.db), str(args.model), str(args.out), args.teacher)
+    inputs.check()  # one line before Prefect starts
     overrides = {key: value for key, value in (
         ("epochs", args.epochs), ("max_minutes", args.max_minutes), ("workers", args.workers),
         ("use_gpu", True if args.gpu else None), ("threads", args.threads),
         ("part_masks", False if args.no_part_masks else None), ("distill_weight", args.distill_weight),
+        ("part_warmup_epochs", args.part_warmup_epochs),
     ) if value is not None}
     selection = {"cross_camera": False} if args.no_cross_camera else {}
-    result = adapt_model(str(args.db), str(args.model), str(args.out), args.teacher, overrides, selection,
+    result = adapt_model(str(args.db), str(args.model), str(args.out), inputs.teacher, overrides, selection,
                          args.ray_address)
     source = result["source"]
     print(f"checkpoint {result['checkpoint']} (model_id {result['model_id']}): adapted from {result['adapted_from']} "
@@ -904,7 +906,9 @@ def build_parser() -> argparse.ArgumentParser:
                "      --teacher models/person-reidentification-retail-0248.onnx",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--db", required=True, help="LanceDB store written by kpr ingest (its videos must still be readable)")
-    p.add_argument("--model", required=True, type=Path, help="KPR checkpoint folder to start from")
+    p.add_argument("--model", required=True, type=Path,
+                   help="KPR checkpoint folder to start from, or a global ReID ONNX model (e.g. OMZ 0248): KPR is built "
+                        "on its trunk, keeping its real-data weights, and it is the teacher unless --teacher is given")
     p.add_argument("--out", required=True, type=Path, help="checkpoint folder to create (must not exist)")
     p.add_argument("--teacher", metavar="ONNX",
                    help="global ReID ONNX model to distil from (e.g. person-reidentification-retail-0248.onnx); "
@@ -919,6 +923,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cross-camera", action="store_true", help="never merge tracklets of different cameras")
     p.add_argument("--distill-weight", type=_non_negative(float),
                    help="weight of the teacher's relational loss (0: the teacher only decides merges)")
+    p.add_argument("--part-warmup-epochs", type=_non_negative(int),
+                   help="first epochs that train only the part classifier, on the keypoint masks (default: a sixth "
+                        "of the epochs when --model is a global ONNX model, whose KPR starts with a fresh one; else 0)")
     p.add_argument("--ray-address", help="existing Ray cluster (default: RAY_ADDRESS or a local Ray)")
     p.set_defaults(func=cmd_adapt)
 

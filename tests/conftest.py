@@ -46,3 +46,27 @@ def small_archive(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("archive")
     generate_archive(out, WorldConfig.small(seed=3))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_global_onnx(tmp_path_factory) -> Path:
+    """A tiny global ReID ONNX model (seeded random CNN: stem with max-pooling, 4x2 feature map, 32-d embedding,
+    64x32 NCHW input of RGB pixels 0..255 recorded in its metadata): a real-data model's stand-in for tests."""
+    import onnx
+    import torch
+    from torch import nn
+
+    from kpr_model.global_onnx import INPUT_METADATA_KEY
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 32)).eval()
+    path = tmp_path_factory.mktemp("global_onnx") / "tiny_global.onnx"
+    torch.onnx.export(net, torch.zeros(2, 3, 64, 32), str(path), input_names=["images"], output_names=["embedding"],
+                      dynamic_axes={"images": {0: "n"}, "embedding": {0: "n"}}, dynamo=False)
+    model = onnx.load(str(path))
+    model.metadata_props.add(key=INPUT_METADATA_KEY, value="rgb255")
+    onnx.save(model, str(path))
+    return path

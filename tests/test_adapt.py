@@ -6,6 +6,7 @@ import pytest
 
 from kpr_model.checkpoint_files import read_checkpoint_info
 from kpr_model.keypoints import KEYPOINT_INDEX, group_names
+from kpr_model.model_facts import model_facts
 from pipelines.cli import main
 from storage import Store
 from training.keypoint_masks import keypoint_part_confidences
@@ -78,6 +79,30 @@ def test_keypoint_part_masks_put_the_head_on_the_head_keypoints():
     assert parts[names.index("torso"), 26, 16] == 1  # inside the torso, between its keypoints
     assert parts[names.index("left_foot")].max() == 0 and parts[names.index("right_foot")].max() == 0  # no ankles
     assert parts[names.index("head"), 60, :].max() == 0
+
+
+def test_a_global_onnx_model_adapts_into_kpr_on_its_trunk_and_teaches_it(ingested_store, small_archive,
+                                                                          tiny_global_onnx, tmp_path, capsys):
+    out = tmp_path / "on_trunk"
+    assert main(["adapt", "--db", str(ingested_store), "--model", str(tiny_global_onnx), "--out", str(out),
+                 "--epochs", "3", "--threads", "1"]) == 0
+    config, model_id, metadata = read_checkpoint_info(out)
+    adaptation = metadata["adaptation"]
+    assert config.backbone == "onnx_trunk" and config.image_size == (64, 32) and config.num_parts == 8
+    assert adaptation["adapted_from"] == model_facts(tiny_global_onnx).model_id
+    assert adaptation["source"]["teacher"] == str(tiny_global_onnx)  # the model itself teaches by default
+    assert adaptation["adapt_config"]["part_warmup_epochs"] == 1
+
+    db = tmp_path / "db"
+    assert main(["ingest", str(small_archive), "--db", str(db), "--model", str(out), "--no-progress"]) == 0
+    store = Store.open(str(db), create=False)
+    visibility = np.stack(store.query_detections(None, columns=["visibility"]).column("visibility").to_numpy(
+        zero_copy_only=False))
+    assert visibility.shape[1] == 8 and len(visibility) > 100
+    row = store.query_detections(None, columns=["detection_id"], limit=1).to_pylist()[0]
+    capsys.readouterr()
+    assert main(["search", "--db", str(db), "--detection", row["detection_id"], "-k", "3"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 4
 
 
 def test_bad_input_is_one_line_exit_2_and_nothing_written(ingested_store, tiny_checkpoint, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Adaptation entry point: fine-tune a KPR checkpoint on an archive's samples, here or on Ray Train workers.
+"""Adaptation entry point: fine-tune a KPR checkpoint (or KPR on a global ReID model's trunk) on an archive's samples, here or on Ray Train workers.
 
 The samples file (training/adapt_samples.py) holds the archive's crops, their keypoints and pseudo-identities;
 training/loop.py runs on them starting from the checkpoint's weights (new identity classifiers for the
@@ -12,9 +12,9 @@ from dataclasses import asdict
 
 import torch
 
-from kpr_model.checkpoint import load_checkpoint, save_checkpoint
-from kpr_model.checkpoint_files import read_checkpoint_info
+from kpr_model.checkpoint import save_checkpoint
 from kpr_model.config import KPRConfig
+from kpr_model.from_global import starting_point
 from training.adapt_config import AdaptConfig
 from training.adapt_samples import ArchiveSamples
 from training.loop import Distillation, LoopResult, WorkerContext, run_loop
@@ -22,16 +22,17 @@ from training.ray_train import RayWorkerContext, fit_on_ray, result_of
 from training.train import LocalContext
 
 
-def _adapted_config(cfg: AdaptConfig, samples: ArchiveSamples) -> KPRConfig:
-    """The checkpoint's model config with one identity class per pseudo-identity."""
-    return read_checkpoint_info(cfg.model)[0].with_updates(num_classes=samples.num_identities)
+def _adapted_config(start: KPRConfig, samples: ArchiveSamples) -> KPRConfig:
+    """The starting model's config with one identity class per pseudo-identity."""
+    return start.with_updates(num_classes=samples.num_identities)
 
 
 def _run(cfg: AdaptConfig, ctx: WorkerContext) -> LoopResult:
-    """The training loop of one worker on the samples file, from the checkpoint's weights."""
+    """The training loop of one worker on the samples file, from the starting model's weights."""
     samples = ArchiveSamples.load(cfg.samples)
-    start = load_checkpoint(cfg.model)[0].state_dict()
-    config = _adapted_config(cfg, samples)
+    model, config = starting_point(cfg.model)[:2]
+    start = model.state_dict()
+    config = _adapted_config(config, samples)
     teacher = (Distillation(samples.teacher, cfg.distill_weight)
                if samples.teacher is not None and cfg.distill_weight > 0 else None)
     return run_loop(cfg.loop_settings(), config, samples.loaded(config, cfg.part_masks), samples.labels.tolist(), ctx,
@@ -52,14 +53,15 @@ def adapt(cfg: AdaptConfig, provenance: dict | None = None) -> dict:
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    _, start_config, start_id = starting_point(cfg.model)
     if cfg.workers:
         samples = ArchiveSamples.load(cfg.samples)
-        result = result_of(fit_on_ray(_worker_loop, asdict(cfg), cfg, cfg.out), _adapted_config(cfg, samples))
+        result = result_of(fit_on_ray(_worker_loop, asdict(cfg), cfg, cfg.out), _adapted_config(start_config, samples))
     else:
         result = _run(cfg, LocalContext())
     summary = {"steps": result.steps, "epochs_completed": result.epochs_completed, "train_s": result.train_s,
                "samples_per_s": result.samples_per_s, "workers": cfg.workers, "last_losses": result.last_losses,
-               "adapted_from": read_checkpoint_info(cfg.model)[1], "source": provenance or {},
+               "adapted_from": start_id, "source": provenance or {},
                "adapt_config": {k: v for k, v in asdict(cfg).items() if k != "augment"}}
     summary["model_id"] = save_checkpoint(result.model, result.model.config, cfg.out,
                                           metadata={"adaptation": summary})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from kpr_model.config_check import checked_values
@@ -20,7 +21,9 @@ class AdaptConfig(RunSettings):
 
     ``part_masks``: train the part classifier on keypoint pseudo-masks; ``distill_weight``: weight of the
     relational loss to the teacher embeddings of the samples file (when it holds any). How and where it
-    runs are RunSettings, with the adaptation recipe's own defaults for the schedule.
+    runs are RunSettings, with the adaptation recipe's own defaults for the schedule. ``part_warmup_epochs``
+    left unset is a sixth of the epochs (at least 1) when ``model`` is a global ONNX model, whose KPR starts with
+    a fresh part classifier, else 0.
     """
 
     samples: str
@@ -34,9 +37,13 @@ class AdaptConfig(RunSettings):
     warmup_epochs: float = 2.0
     run_name: str = "kpr-adapt"
     checkpoint_every: int = 5
+    part_warmup_epochs: int | None = None
 
     def __post_init__(self) -> None:
         """TrainConfigError with one line for a setting no run can use or a distillation weight below 0."""
+        if self.part_warmup_epochs is None:
+            fresh_parts = Path(self.model).suffix.lower() == ".onnx"
+            self.part_warmup_epochs = max(1, self.epochs // 6) if fresh_parts else 0
         super().__post_init__()
         if not (math.isfinite(self.distill_weight) and self.distill_weight >= 0):
             raise TrainConfigError(f"distill_weight must be finite and >= 0, got {self.distill_weight!r}")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from kpr_model.config import KPRConfig
-from kpr_model.losses import KPRLoss, relational_distillation_loss
+from kpr_model.losses import KPRLoss, body_part_attention_loss, relational_distillation_loss
 from kpr_model.model import KPR, KPROutput
 from training.augment import AugmentConfig, augment, bipo
 from training.pk_sampler import PKSampler
@@ -57,6 +57,7 @@ class LoopSettings:
     weight_decay: float
     warmup_epochs: float
     fixbase_epochs: int
+    part_warmup_epochs: int
     seed: int
     max_minutes: float | None
     checkpoint_every: int
@@ -174,6 +175,7 @@ def run_loop(
     stopped = False
     epoch = start_epoch
     for epoch in range(start_epoch, settings.epochs):
+        part_warmup = epoch < settings.part_warmup_epochs
         fixbase = epoch < settings.fixbase_epochs
         # Seeded per epoch, so a run resumed from a checkpoint sees the same augmentations as one never stopped.
         rng = np.random.default_rng((settings.seed, ctx.rank, epoch))
@@ -190,9 +192,14 @@ def run_loop(
             images, prompts, part_labels = make_batch(items, config)
             targets = torch.tensor([labels[i] for i in batch_indices])
             output = trained(images.to(ctx.device), prompts.to(ctx.device))
-            loss, log = criterion(output, targets.to(ctx.device),
-                                  None if part_labels is None else part_labels.to(ctx.device))
-            if distillation is not None:
+            if part_warmup and part_labels is not None:
+                loss = body_part_attention_loss(output.pixel_logits, part_labels.to(ctx.device),
+                                                config.loss.part_attention_label_smoothing)
+                log = {"part_attention": float(loss.detach()), "loss": float(loss.detach())}
+            else:
+                loss, log = criterion(output, targets.to(ctx.device),
+                                      None if part_labels is None else part_labels.to(ctx.device))
+            if distillation is not None and not part_warmup:
                 distilled = distillation.loss(output, batch_indices, ctx.device)
                 loss = loss + distilled
                 log = {**log, "distill": float(distilled.detach()), "loss": float(loss.detach())}

@@ -2,7 +2,10 @@
 (``TrainConfig``) and archive adaptation (``AdaptConfig``), with their one error type.
 
 Schedule (spec section 7): linear warm-up for ``warmup_epochs`` then cosine decay; the pretrained
-backbone is frozen for the first ``fixbase_epochs``. ``workers`` = number of Ray Train DDP workers
+backbone is frozen for the first ``fixbase_epochs``. The first ``part_warmup_epochs`` train the part classifier
+alone, on the body-part attention loss, with the backbone frozen: a fresh part classifier (KPR on a global
+model's trunk) otherwise stays near uniform on a small archive, swayed by the identity losses that flow through
+its pooling masks. ``workers`` = number of Ray Train DDP workers
 (0 = train in this process, without Ray). Checkpoints of a Ray run go to ``storage_path``/``run_name``;
 re-running the same run resumes from its latest checkpoint.
 """
@@ -32,6 +35,7 @@ class RunSettings:
     weight_decay: float = 5e-4
     warmup_epochs: float = 5.0
     fixbase_epochs: int = 0
+    part_warmup_epochs: int = 0
     seed: int = 1
     threads: int | None = None
     workers: int = 0
@@ -53,8 +57,9 @@ class RunSettings:
             raise TrainConfigError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
         rates = (self.lr, self.weight_decay, self.warmup_epochs)
         if not (all(math.isfinite(v) for v in rates) and self.lr > 0 and self.weight_decay >= 0
-                and self.warmup_epochs >= 0 and self.fixbase_epochs >= 0):
-            raise TrainConfigError("lr must be finite and > 0; weight_decay, warmup_epochs and fixbase_epochs finite and >= 0")
+                and self.warmup_epochs >= 0 and self.fixbase_epochs >= 0 and self.part_warmup_epochs >= 0):
+            raise TrainConfigError("lr must be finite and > 0; weight_decay, warmup_epochs, fixbase_epochs and "
+                                   "part_warmup_epochs finite and >= 0")
         if (self.threads is not None and self.threads < 1) or self.seed < 0:
             raise TrainConfigError("threads must be >= 1 (or unset) and seed >= 0")
         if self.workers < 0 or self.max_failures < -1:
