@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from kpr_model.backbone import ONNX_TRUNK
 from kpr_model.checkpoint import load_checkpoint
 from kpr_model.config import KPRConfig
@@ -28,7 +30,9 @@ def kpr_on_global_onnx(path: str | Path, embed_dim: int = 256) -> tuple[KPR, KPR
     height, width = encoder.graph.size
     config = KPRConfig(backbone=ONNX_TRUNK, backbone_args={"trunk": spec}, image_size=(height, width),
                        embed_dim=embed_dim, fusion_stages=(1,), **PIXELS_255)
-    model = KPR(config)
+    with torch.random.fork_rng():  # the fresh heads are the same for every run from one file
+        torch.manual_seed(0)
+        model = KPR(config)
     model.backbone.features.load_timm_state_dict(weights)
     return model.eval(), config, encoder.model_id
 

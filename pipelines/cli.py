@@ -924,7 +924,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distill-weight", type=_non_negative(float),
                    help="weight of the teacher's relational loss (0: the teacher only decides merges)")
     p.add_argument("--part-warmup-epochs", type=_non_negative(int),
-                   help="first epochs that train only the part classifier, on the keypoint masks (default: a sixth "
+                   help="first epochs that train only the part classifier, on the keypoint masks (default: a third "
                         "of the epochs when --model is a global ONNX model, whose KPR starts with a fresh one; else 0)")
     p.add_argument("--ray-address", help="existing Ray cluster (default: RAY_ADDRESS or a local Ray)")
     p.set_defaults(func=cmd_adapt)

@@ -61,6 +61,9 @@ def test_kpr_on_the_trunk_starts_from_its_features_and_survives_a_checkpoint(tin
         features = model.backbone(images, keypoints)
     assert np.allclose(features.numpy(), _trunk_features(spec, weights, rgb), atol=1e-5)
 
+    again = kpr_on_global_onnx(tiny_global_onnx, embed_dim=16)[0].state_dict()
+    assert all(torch.equal(value, again[key]) for key, value in model.state_dict().items())  # fresh heads: seeded
+
     model_id = save_checkpoint(model, config, tmp_path / "ckpt")
     loaded, loaded_config, loaded_id = load_checkpoint(tmp_path / "ckpt")
     with torch.no_grad():

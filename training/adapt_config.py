@@ -22,7 +22,7 @@ class AdaptConfig(RunSettings):
     ``part_masks``: train the part classifier on keypoint pseudo-masks; ``distill_weight``: weight of the
     relational loss to the teacher embeddings of the samples file (when it holds any). How and where it
     runs are RunSettings, with the adaptation recipe's own defaults for the schedule. ``part_warmup_epochs``
-    left unset is a sixth of the epochs (at least 1) when ``model`` is a global ONNX model, whose KPR starts with
+    left unset is a third of the epochs (at least 1) when ``model`` is a global ONNX model, whose KPR starts with
     a fresh part classifier, else 0.
     """
 
@@ -43,7 +43,7 @@ class AdaptConfig(RunSettings):
         """TrainConfigError with one line for a setting no run can use or a distillation weight below 0."""
         if self.part_warmup_epochs is None:
             fresh_parts = Path(self.model).suffix.lower() == ".onnx"
-            self.part_warmup_epochs = max(1, self.epochs // 6) if fresh_parts else 0
+            self.part_warmup_epochs = max(1, self.epochs // 3) if fresh_parts else 0
         super().__post_init__()
         if not (math.isfinite(self.distill_weight) and self.distill_weight >= 0):
             raise TrainConfigError(f"distill_weight must be finite and >= 0, got {self.distill_weight!r}")
