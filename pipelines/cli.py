@@ -895,14 +895,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "adapt", help="adapt a KPR checkpoint to an ingested archive, without labels",
-        description="Fine-tunes a KPR checkpoint on the archive ingested into --db: each tracklet is a pseudo-identity\n"
+        description="Fine-tunes a KPR checkpoint (or KPR built on the trunk of a global ReID ONNX model given as\n"
+                    "--model) on the archive ingested into --db: each tracklet is a pseudo-identity\n"
                     "(tracklets of two cameras merged when mutually nearest and similar, never two that overlap in\n"
                     "time in one camera), crops are cut again from the videos at full resolution, the detector's\n"
                     "keypoints are the prompts and draw part pseudo-masks for the part classifier, and with --teacher\n"
                     "a global ReID ONNX model's similarities are distilled. Runs the Prefect flow adapt-model; with\n"
                     "--workers N > 0 training runs on N Ray Train workers. Ingest the archive again with --out as\n"
                     "--model (into a new store) to search it with the adapted model.",
-        epilog="Example:\n  kpr adapt --db store --model ckpt --out ckpt_adapted \\\n"
+        epilog="Examples:\n  kpr adapt --db store --model models/person-reidentification-retail-0248.onnx --out kpr_0248\n"
+               "  kpr adapt --db store --model ckpt --out ckpt_adapted \\\n"
                "      --teacher models/person-reidentification-retail-0248.onnx",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--db", required=True, help="LanceDB store written by kpr ingest (its videos must still be readable)")

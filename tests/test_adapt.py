@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from kpr_model.checkpoint_files import read_checkpoint_info
+from kpr_model.export import export_checkpoint_onnx
 from kpr_model.keypoints import KEYPOINT_INDEX, group_names
 from kpr_model.model_facts import model_facts
 from pipelines.cli import main
@@ -109,12 +110,16 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(ingested_store, tiny_c
     empty = tmp_path / "empty_store"
     Store.open(str(empty), create=True)
     out = tmp_path / "out"
+    export = tmp_path / "tiny.onnx"
+    export_checkpoint_onnx(tiny_checkpoint, export)
     cases = [
         (["--db", str(empty), "--model", str(tiny_checkpoint), "--out", str(out)], "no tracklets"),
         (["--db", str(ingested_store), "--model", str(tmp_path / "nomodel"), "--out", str(out)], "nomodel"),
         (["--db", str(tmp_path / "nostore"), "--model", str(tiny_checkpoint), "--out", str(out)], "no store"),
         (["--db", str(ingested_store), "--model", str(tiny_checkpoint), "--out", str(tiny_checkpoint)],
          "already exists"),
+        (["--db", str(ingested_store), "--model", str(export), "--out", str(out)],
+         "is a KPR export, which cannot be trained"),
     ]
     for arguments, message in cases:
         capsys.readouterr()
