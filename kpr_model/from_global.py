@@ -13,28 +13,37 @@ import torch
 
 from kpr_model.backbone import ONNX_TRUNK
 from kpr_model.checkpoint import load_checkpoint
+from kpr_model.checkpoint_files import read_checkpoint_info
 from kpr_model.config import KPRConfig
 from kpr_model.global_onnx import GlobalOnnxEncoder
 from kpr_model.model import KPR
 from kpr_model.model_facts import KPR_KIND, trainable_facts
 from kpr_model.onnx_trunk import read_trunk
 
+EMBED_DIM = 256
 PIXELS_255 = dict(norm_mean=(0.0, 0.0, 0.0), norm_std=(1 / 255, 1 / 255, 1 / 255))
 
 
-def kpr_on_global_onnx(path: str | Path, embed_dim: int = 256) -> tuple[KPR, KPRConfig, str]:
-    """A KPR (K = 8 parts, ``embed_dim``-d) on the trunk of the global ReID model at ``path``, its config, and the
-    ONNX model's id (its file and input coding, as a store records it)."""
+def _trunk_start(path: str | Path, embed_dim: int) -> tuple[KPRConfig, dict, str]:
+    """The config of KPR on the trunk of the global ReID model at ``path``, the trunk's weights and the ONNX model's id
+    (its file and input coding, as a store records it)."""
     encoder = GlobalOnnxEncoder(path)
     spec, weights = read_trunk(path, encoder.input_coding)
     height, width = encoder.graph.size
     config = KPRConfig(backbone=ONNX_TRUNK, backbone_args={"trunk": spec}, image_size=(height, width),
                        embed_dim=embed_dim, fusion_stages=(1,), **PIXELS_255)
+    return config, weights, encoder.model_id
+
+
+def kpr_on_global_onnx(path: str | Path, embed_dim: int = EMBED_DIM) -> tuple[KPR, KPRConfig, str]:
+    """A KPR (K = 8 parts, ``embed_dim``-d) on the trunk of the global ReID model at ``path``, its config, and the
+    ONNX model's id."""
+    config, weights, model_id = _trunk_start(path, embed_dim)
     with torch.random.fork_rng():  # the fresh heads are the same for every run from one file
         torch.manual_seed(0)
         model = KPR(config)
     model.backbone.features.load_timm_state_dict(weights)
-    return model.eval(), config, encoder.model_id
+    return model.eval(), config, model_id
 
 
 def starting_point(path: str | Path) -> tuple[KPR, KPRConfig, str]:
@@ -43,3 +52,11 @@ def starting_point(path: str | Path) -> tuple[KPR, KPRConfig, str]:
     if trainable_facts(path).kind == KPR_KIND:
         return load_checkpoint(path)
     return kpr_on_global_onnx(path)
+
+
+def starting_config(path: str | Path) -> tuple[KPRConfig, str]:
+    """The config and id of ``starting_point(path)``'s model, without building it or reading a checkpoint's weights."""
+    if trainable_facts(path).kind == KPR_KIND:
+        return read_checkpoint_info(path)[:2]
+    config, _, model_id = _trunk_start(path, EMBED_DIM)
+    return config, model_id

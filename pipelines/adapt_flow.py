@@ -16,7 +16,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from kpr_model.from_global import starting_point
+from kpr_model.from_global import starting_config
 from kpr_model.global_onnx import GlobalOnnxEncoder
 from kpr_model.model_facts import is_onnx, trainable_facts
 from pipelines.adapt_samples import SampleSelection, export_archive_samples
@@ -73,7 +73,7 @@ def adaptation_report(result: dict) -> str:
 def export_samples(inputs: AdaptInputs, path: str) -> dict:
     """The store's pseudo-labelled crops, written to ``path``; what was kept, in numbers."""
     teacher = None if inputs.teacher is None else GlobalOnnxEncoder(inputs.teacher)
-    config = starting_point(inputs.model)[1]
+    config = starting_config(inputs.model)[0]
     return export_archive_samples(Store.open(inputs.db, create=False), config, path, inputs.selection, teacher)
 
 

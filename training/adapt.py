@@ -14,7 +14,7 @@ import torch
 
 from kpr_model.checkpoint import save_checkpoint
 from kpr_model.config import KPRConfig
-from kpr_model.from_global import starting_point
+from kpr_model.from_global import starting_config, starting_point
 from training.adapt_config import AdaptConfig
 from training.adapt_samples import ArchiveSamples
 from training.loop import Distillation, LoopResult, WorkerContext, run_loop
@@ -53,7 +53,7 @@ def adapt(cfg: AdaptConfig, provenance: dict | None = None) -> dict:
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    _, start_config, start_id = starting_point(cfg.model)
+    start_config, start_id = starting_config(cfg.model)
     if cfg.workers:
         samples = ArchiveSamples.load(cfg.samples)
         result = result_of(fit_on_ray(_worker_loop, asdict(cfg), cfg, cfg.out), _adapted_config(start_config, samples))

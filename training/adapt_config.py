@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from kpr_model.config_check import checked_values
+from kpr_model.model_facts import is_onnx
 from training.augment import AugmentConfig
 from training.run_settings import RunSettings, TrainConfigError
 
@@ -42,8 +42,7 @@ class AdaptConfig(RunSettings):
     def __post_init__(self) -> None:
         """TrainConfigError with one line for a setting no run can use or a distillation weight below 0."""
         if self.part_warmup_epochs is None:
-            fresh_parts = Path(self.model).suffix.lower() == ".onnx"
-            self.part_warmup_epochs = max(1, self.epochs // 3) if fresh_parts else 0
+            self.part_warmup_epochs = max(1, self.epochs // 3) if is_onnx(self.model) else 0
         super().__post_init__()
         if not (math.isfinite(self.distill_weight) and self.distill_weight >= 0):
             raise TrainConfigError(f"distill_weight must be finite and >= 0, got {self.distill_weight!r}")
