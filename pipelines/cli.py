@@ -576,6 +576,14 @@ def _model_input_option(parser: argparse.ArgumentParser) -> None:
                              "the file's reid_input metadata, else bgr255 as Open Model Zoo models want)")
 
 
+def _store_actions(command: argparse.ArgumentParser, db_help: str) -> tuple[argparse._SubParsersAction, _Parser]:
+    """A command's required ACTION sub-commands, and the parent parser that gives each of them --db."""
+    actions = command.add_subparsers(dest="action", required=True, metavar="ACTION")
+    on_store = _Parser(add_help=False)
+    on_store.add_argument("--db", required=True, help=db_help)
+    return actions, on_store
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kpr", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -741,9 +749,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "  kpr case mark lobby --db store --same VIDEO_ID:0000120:000 --not VIDEO_ID:0000480:001\n"
                               "  kpr case export lobby --db store --out lobby-evidence",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    on_store = _Parser(add_help=False)
-    on_store.add_argument("--db", required=True, help="LanceDB store written by `kpr ingest`")
+    actions, on_store = _store_actions(p, "LanceDB store written by `kpr ingest`")
     actions.add_parser("list", parents=[on_store], help="list the store's cases, most recently active first")
     a = actions.add_parser("show", parents=[on_store], help="print a case's timeline: searches, results, marks, notes")
     a.add_argument("name", help="the case's name")
@@ -970,9 +976,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  kpr identity merge --db store person-3f2a9c01d2e4a5b6 person-77c0e1d2a3b4c5d6 --note 'same coat'\n"
                "  kpr identity split --db store person-3f2a9c01d2e4a5b6 --tracklet 7b01c2d3e4f5-t2",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    on_store = _Parser(add_help=False)
-    on_store.add_argument("--db", required=True, help="LanceDB store linked by kpr link")
+    actions, on_store = _store_actions(p, "LanceDB store linked by kpr link")
     edit = _Parser(add_help=False)
     edit.add_argument("--note", help="why (kept with the edit)")
     a = actions.add_parser("show", parents=[on_store], help="print an identity's tracklets, cameras and history")

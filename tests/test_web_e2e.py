@@ -147,14 +147,21 @@ def _wait_loaded(page, selector: str, min_width: int = 1) -> None:
     page.wait_for_function("([s, w]) => { const img = document.querySelector(s);"
                            " return Boolean(img && img.complete && img.naturalWidth >= w); }", arg=[selector, min_width])
 
+
+def _open_page(browser, port: int, **options):
+    """The app's page in a new 1400 x 1000 browser page, and the list its script errors are collected into."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, **options)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"http://127.0.0.1:{port}/")
+    return page, errors
+
+
 def test_the_page_searches_with_a_picked_tracklet_keypoints_and_filters_and_opens_a_hit(browser, served):
     from playwright.sync_api import expect
 
     store, port, process, _ = served
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(f"http://127.0.0.1:{port}/")
+    page, errors = _open_page(browser, port)
     expect(page.locator("#store-info")).to_contain_text(f"{len(store.identity)} detections")
     page.locator("#pick-grid .tile").first.wait_for()
     shown = page.locator("#pick-grid .tile").evaluate_all(
@@ -222,10 +229,7 @@ def test_the_investigation_loop_marks_searches_again_follows_the_journey_and_exp
     from playwright.sync_api import expect
 
     store, port, _, _ = served
-    page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(f"http://127.0.0.1:{port}/")
+    page, errors = _open_page(browser, port, accept_downloads=True)
     page.locator("#pick-grid .tile").first.wait_for()
     page.locator("#case-name").fill("loop case")
     page.locator("#case-name").press("Tab")
@@ -313,10 +317,7 @@ def test_an_identity_page_shows_the_journey_splits_a_tracklet_off_and_searches_f
     from playwright.sync_api import expect
 
     store, port, _, linked = served
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(f"http://127.0.0.1:{port}/")
+    page, errors = _open_page(browser, port)
     expect(page.locator("#people-page")).to_contain_text(f"of {len(linked)}")
     person = max(linked, key=lambda i: (len(linked[i]), i))
     tracks = linked[person]
