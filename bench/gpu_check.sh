@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The prepared GPU check: KPR throughput on SOLIDER Swin-B at 384x128 (random weights) against timm's eager Swin-B
 # backbone, the optimised path's agreement with the eager fp32 model, and the part distance 10k x 100k on CUDA.
-# Writes ${OUT:-bench/results}/kpr_throughput.json (see bench/README.md). Needs Python with torch, timm, safetensors,
+# Writes ${OUT:-bench/results}/kpr_throughput.json and, for the optimised and compiled paths, the operator / kernel
+# time tables kpr_profile.txt (see bench/README.md). Needs Python with torch, timm, safetensors,
 # numpy, opencv and onnxruntime; nothing else of the project (no Ray, Prefect, LanceDB, onnx).
 #
 #   bash bench/gpu_check.sh             on a GPU machine, from any folder (~4 min on an H100, at most ~6)
@@ -32,6 +33,7 @@ else
     exit 2
 fi
 mkdir -p "$out"
+rm -f "$out/kpr_profile.txt"
 parts="$(mktemp -d)"
 trap 'rm -rf "$parts"' EXIT
 
@@ -61,8 +63,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 start=$SECONDS
 step backbone "${limits[0]}" --measure backbone --dtypes fp32 bf16 --batches $small $large
 step kpr "${limits[1]}" --measure kpr --dtypes fp32 bf16 --batches $small $large
-step optimised "${limits[2]}" --measure optimised --dtypes bf16 --batches $small $large
-step compiled_large "${limits[3]}" --measure compiled --dtypes bf16 --batches $large
+step optimised "${limits[2]}" --measure optimised --dtypes bf16 --batches $small $large --profile "$out/kpr_profile.txt"
+step compiled_large "${limits[3]}" --measure compiled --dtypes bf16 --batches $large --profile "$out/kpr_profile.txt"
 step compiled_small "${limits[4]}" --measure compiled --dtypes bf16 --batches $small
 step distance "${limits[5]}" --measure distance
 echo "+ merge after $((SECONDS - start)) s"

@@ -22,6 +22,7 @@ import numpy as np
 import timm
 import torch
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
 from bench.part_distance_memory import _random_parts, _random_visibility
 from bench.results_io import RESULTS, command_line, write_result
@@ -145,6 +146,8 @@ class Run:
         print(f"measuring {key}", file=sys.stderr, flush=True)
         try:
             seconds, memory, cpu_seconds = measure(run, self.device, self.args.warmup, self.args.iters)
+            if self.args.profile:
+                self.profile(key, run)
         except Exception as exc:  # a failed figure (out of memory, compile error) must not stop the others
             self.record["failures"][key] = one_line(exc)
             return
@@ -157,6 +160,19 @@ class Run:
             "peak_gpu_mem_gb": None if memory is None else round(memory, 3),
             "cpu_s_per_batch": None if cpu_seconds is None else round(cpu_seconds, 3),
         }
+
+    def profile(self, key: str, run: Callable[[], object]) -> None:
+        """Append the operator / kernel time table of two passes of ``run`` to --profile (where the time goes)."""
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            for _ in range(2):
+                run()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        sort = "self_cuda_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
+        table = prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=100)
+        with open(self.args.profile, "a", encoding="utf-8") as out:
+            out.write(f"== {key}: two passes\n{table}\n")
 
     def measure_models(self, path: str) -> None:
         """Every figure of one model path (``MODEL_PATHS``) at each --dtypes and --batches."""
@@ -323,6 +339,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--iters", type=int, default=10, help="timed iterations")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--note", default="", help="free text stored in the result")
+    parser.add_argument("--profile", type=Path, help="append each figure's operator / kernel time table to this file")
     parser.add_argument("--merge", nargs="+", type=Path, help="combine these result files into --output instead")
     parser.add_argument("--output", default=RESULTS / "kpr_throughput.json", help="result JSON path ('-': print only)")
     args = parser.parse_args(argv)

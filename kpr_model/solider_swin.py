@@ -76,7 +76,11 @@ def relative_position_index(window: int) -> torch.Tensor:
 
 
 class WindowMSA(nn.Module):
-    """Multi-head self-attention inside windows, with a learned relative position bias (fused SDPA kernel)."""
+    """Multi-head self-attention inside windows, with a learned relative position bias (fused SDPA kernel).
+
+    ``qkv`` and ``proj`` are per-token maps that ``ShiftWindowMSA`` applies outside the windows (to the real tokens
+    only); ``attend`` is the part that needs the windows.
+    """
 
     def __init__(self, dim: int, num_heads: int, window: int, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
         super().__init__()
@@ -91,11 +95,12 @@ class WindowMSA(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B * nW, L, C] (L = window^2); mask [nW, L, L] of 0 / -100 or None."""
-        b, n, c = x.shape
-        heads = self.num_heads
-        q, k, v = self.qkv(x).view(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)  # [B*nW, heads, L, d]
+    def attend(self, qkv: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """qkv [B * nW, L, 3C] (L = window^2) -> attention output [B * nW, L, C] (before ``proj``); mask [nW, L, L]
+        of 0 / -100 or None."""
+        b, n, c3 = qkv.shape
+        heads, c = self.num_heads, c3 // 3
+        q, k, v = qkv.view(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)  # [B*nW, heads, L, d]
         bias = self.relative_position_bias_table[self.relative_position_index.reshape(-1)]
         bias = bias.view(n, n, heads).permute(2, 0, 1).unsqueeze(0)  # [1, heads, L, L]
         if mask is not None:  # windows of one image side by side as heads, so the [nW, L, L] mask broadcasts over B
@@ -104,8 +109,7 @@ class WindowMSA(nn.Module):
             q, k, v = (t.reshape(b // nw, nw * heads, n, c // heads) for t in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale,
                                              dropout_p=self.attn_drop.p if self.training else 0.0)
-        out = out.reshape(b, heads, n, c // heads).transpose(1, 2).reshape(b, n, c)
-        return self.proj_drop(self.proj(out))
+        return out.reshape(b, heads, n, c // heads).transpose(1, 2).reshape(b, n, c)
 
 
 def _partition(x: torch.Tensor, w: int) -> torch.Tensor:
@@ -142,19 +146,24 @@ class ShiftWindowMSA(nn.Module):
         self.w_msa = WindowMSA(dim, num_heads, window, attn_drop, proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, H, W, C] -> [B, H, W, C]. The map is zero-padded to whole windows, but a padded token's q, k, v are
+        just the qkv bias: the projections run on the H x W real tokens only (at 384x128 the padding doubles stage 3's
+        tokens), with results equal to projecting the padded map."""
         b, h, w, _ = x.shape
-        win = self.window
+        win, msa = self.window, self.w_msa
         pad_b, pad_r = (-h) % win, (-w) % win
-        x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+        qkv = F.pad(F.linear(x, msa.qkv.weight), (0, 0, 0, pad_r, 0, pad_b))
+        if msa.qkv.bias is not None:
+            qkv = qkv + msa.qkv.bias.to(qkv.dtype)  # fp32 bias under autocast would make q, k, v fp32
         hp, wp = h + pad_b, w + pad_r
         mask = None
         if self.shift > 0:
-            x = torch.roll(x, shifts=(-self.shift, -self.shift), dims=(1, 2))
+            qkv = torch.roll(qkv, shifts=(-self.shift, -self.shift), dims=(1, 2))
             mask = shifted_window_mask(hp, wp, win, self.shift, x.device).to(x.dtype)
-        out = _unpartition(self.w_msa(_partition(x, win), mask), win, b, hp, wp)
+        out = _unpartition(msa.attend(_partition(qkv, win), mask), win, b, hp, wp)
         if self.shift > 0:
             out = torch.roll(out, shifts=(self.shift, self.shift), dims=(1, 2))
-        return out[:, :h, :w].contiguous()
+        return msa.proj_drop(msa.proj(out[:, :h, :w]))
 
 
 class DropPath(nn.Module):

@@ -10,9 +10,11 @@ from torch import nn
 from kpr_model import KPR, BackboneWeightsNotFoundError, KPRConfig, KPRModelError, empty_prompt
 from kpr_model.solider_swin import (
     PatchMerging,
+    ShiftWindowMSA,
     SoliderSwinTransformer,
     convert_original_swin,
     relative_position_index,
+    shifted_window_mask,
 )
 
 torch.set_num_threads(2)
@@ -137,6 +139,30 @@ def test_solider_names_and_patch_merging_order() -> None:
     original = torch.cat(blocks, dim=-1).reshape(2, 6, 12) @ weight.T
     converted = convert_original_swin({"layers.0.downsample.reduction.weight": weight})
     assert torch.allclose(unfolded.reshape(2, 6, 12) @ converted["stages.0.downsample.reduction.weight"].T, original, atol=1e-5)
+
+
+@pytest.mark.parametrize("shift", [0, 3])
+def test_window_attention_equals_attention_on_the_zero_padded_map(shift: int) -> None:
+    """mmcv pads the map with zero tokens and projects them too; projecting the real tokens only must not change
+    the result. Reference: the padded map's windows attended with an explicit softmax."""
+    torch.manual_seed(0)
+    window, heads, dim = 7, 2, 8
+    attn = ShiftWindowMSA(dim, heads, window, shift, 0.0, 0.0).eval()
+    msa = attn.w_msa
+    with torch.no_grad():
+        msa.qkv.bias.normal_()
+    x = torch.randn(2, 10, 5, dim)  # padded to 14 x 7
+    padded = torch.roll(nn.functional.pad(x, (0, 0, 0, 2, 0, 4)), (-shift, -shift), dims=(1, 2))
+    windows = padded.view(2, 2, window, 1, window, dim).permute(0, 1, 3, 2, 4, 5).reshape(4, window * window, dim)
+    q, k, v = msa.qkv(windows).view(4, window * window, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+    logits = q @ k.transpose(-1, -2) * msa.scale + msa.relative_position_bias_table[relative_position_index(window)].permute(2, 0, 1)
+    if shift:
+        logits = logits + shifted_window_mask(14, 7, window, shift, x.device).repeat(2, 1, 1)[:, None]
+    out = (logits.softmax(-1) @ v).transpose(1, 2).reshape(4, window * window, dim)
+    out = msa.proj(out).view(2, 2, 1, window, window, dim).permute(0, 1, 3, 2, 4, 5).reshape(2, 14, 7, dim)
+    expected = torch.roll(out, (shift, shift), dims=(1, 2))[:, :10, :5]
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x), expected, atol=1e-5, rtol=0)
 
 
 def test_solider_semantic_weight_layers() -> None:

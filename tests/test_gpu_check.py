@@ -41,6 +41,9 @@ def test_dry_run_writes_every_figure_of_the_gpu_run(tmp_path: Path) -> None:
     for name in ("kpr_optimised_bf16", "kpr_compiled_bf16"):
         assert min(result["parity"][name]["min_cosine_global"], result["parity"][name]["min_cosine_parts"]) >= 0.999
     assert result["part_distance"]["pairs_per_s"] > 0
+    profiles = (out / "kpr_profile.txt").read_text()
+    for name in ("kpr_optimised_bf16", "kpr_compiled_bf16"):
+        assert f"== {name}_b{max(result['batches'])}: two passes" in profiles
 
 
 def test_a_failed_step_is_recorded_and_the_others_still_merge(tmp_path: Path) -> None:
