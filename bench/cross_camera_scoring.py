@@ -1,4 +1,4 @@
-"""Scoring of cross-camera retrieval: who a tracklet is, rank-1 and average precision, fused distances, invisible parts.
+"""Scoring of cross-camera retrieval: who a tracklet is, rank-1 and average precision, invisible parts.
 
 Pure functions on small arrays, so the bench's figures can be checked on hand-made inputs.
 """
@@ -58,18 +58,6 @@ def summarise(scores: Sequence[tuple[float, float] | None]) -> dict:
         return {"top1": None, "map": None, "queries": 0}
     return {"top1": round(float(np.mean([s[0] for s in kept])), 3),
             "map": round(float(np.mean([s[1] for s in kept])), 3), "queries": len(kept)}
-
-
-def global_distance(query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
-    """Euclidean distance [Q, G] of L2-normalised global vectors (sqrt(2 - 2 cos)): the cosine order on the scale
-    of KPR's per-part euclidean distances."""
-    cosine = np.clip(query @ gallery.T, -1.0, 1.0)
-    return np.sqrt(np.maximum(2.0 - 2.0 * cosine, 0.0))
-
-
-def fused_distance(kpr: np.ndarray, global_: np.ndarray, global_weight: float) -> np.ndarray:
-    """The hybrid distance: ``global_weight`` x the global model's distance + the rest x KPR's part distance."""
-    return global_weight * global_ + (1.0 - global_weight) * kpr
 
 
 def all_invisible_rate(keypoints: np.ndarray, visibility: np.ndarray) -> float | None:

@@ -23,9 +23,8 @@ of the folder's models/) is run on the same tests:
   identities (clothing changes); every image queries all others but its own camera's (the
   enrolment photos share one).
 
-A hybrid method (``--hybrid NAME=KPR_METHOD+GLOBAL_METHOD``) ranks by ``--hybrid-weight`` x the
-global model's distance (sqrt(2 - 2 cos)) + the rest x KPR's part distance, on the KPR store's
-tracklets and detections (the global store's embeddings of the same detection ids).
+A hybrid model folder (``kpr hybrid``: a KPR checkpoint's parts with a global model's whole-body
+vector) is a method like any other, ranked with the holistic weight it records.
 
 ``all_invisible_rate`` (KPR methods; global models have no parts and are left out): share of the
 stored detections (all cameras; ``all_invisible_rate_by_camera``: per camera) with >= 5 keypoints
@@ -50,8 +49,6 @@ import numpy as np
 from bench.cross_camera_scoring import (
     DISTRACTOR,
     all_invisible_rate,
-    fused_distance,
-    global_distance,
     label_tracklet,
     ranked_items,
     retrieval_scores,
@@ -68,7 +65,6 @@ from bench.tracking import MEVA_VIDEO
 OMZ_DEFAULTS = {"omz_0248": "models/person-reidentification-retail-0248.onnx",
                 "omz_0287": "models/person-reidentification-retail-0287.onnx"}
 MIN_QUERY_DETECTIONS = 5
-DEFAULT_HYBRID_WEIGHT = 0.5
 MONTAGE_TEST = "intel_derived_meva"
 MONTAGE_TOP = 5
 
@@ -89,16 +85,7 @@ class Method:
     model: str
     store: Path
     is_global: bool
-
-
-@dataclass(frozen=True)
-class Hybrid:
-    """A fused method: KPR's part distance and a global model's distance on the KPR store's tracklets."""
-
-    name: str
-    kpr: Method
-    global_: Method
-    weight: float
+    holistic_weight: float = 1.0
 
 
 @dataclass
@@ -113,13 +100,14 @@ class Ranking:
 
 
 def store_key(name: str, model: str) -> str:
-    """A store folder name for a method: its name and a digest of its model file's path and contents (a copy of the
-    same file, as the shared folder is laid out again, keeps its stores)."""
+    """A store folder name for a method: its name and a digest of its model's path and contents, every file of a
+    model folder included (a copy of the same file, as the shared folder is laid out again, keeps its stores)."""
     path = Path(model).resolve()
-    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     digest = hashlib.sha1(str(path).encode())
     for item in files:
-        digest.update(item.name.encode() + b"\0" + item.read_bytes())
+        label = item.name if item == path else str(item.relative_to(path))
+        digest.update(label.encode() + b"\0" + item.read_bytes())
     return f"{name}-{digest.hexdigest()[:10]}"
 
 
@@ -239,32 +227,6 @@ def offset_of(camera: str) -> int:
     return style.frame_offset if style else 0
 
 
-def hybrid_rank(kpr: StoreView, global_: StoreView, track: str, cameras: tuple[str, ...], weight: float) -> Ranking:
-    """The hybrid's ranking of one KPR-store tracklet over ``cameras``: the fused distance to every detection there
-    that the global store holds too (same detection ids: the same detector on the same videos)."""
-    from kpr_model.distance import kpr_distance
-    from storage import embeddings_of
-
-    vector_of = global_.vectors_by_id()
-    ids = kpr.detections["detection_id"].to_pylist()
-    tracks = kpr.detections["track_id"].to_pylist()
-    cameras_of = kpr.detections["camera_id"].to_pylist()
-    own = [vector_of[i] for i, t in zip(ids, tracks) if t == track and i in vector_of]
-    gallery = [n for n, (i, c) in enumerate(zip(ids, cameras_of)) if c in cameras and i in vector_of]
-    query = embeddings_of([kpr.tracklets[track]])
-    parts = kpr_distance(query, embeddings_of(kpr.detections.take(gallery)))[0]
-    global_d = global_distance(_unit(np.mean(own, axis=0, keepdims=True)),
-                               _unit(np.stack([vector_of[ids[n]] for n in gallery])))[0]
-    order = [gallery[n] for n in np.argsort(fused_distance(parts, global_d, weight), kind="stable")]
-    thumbnails = kpr.detections["thumbnail"].to_pylist()
-    return kpr.ranking(track, [tracks[n] or None for n in order], [thumbnails[n] for n in order])
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length."""
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-
-
 def video_test(rank, view: StoreView, test: str) -> list[Ranking]:
     """Every query of one video test, both ways, ranked by ``rank(view, track, gallery cameras)``."""
     a, b, distractors = VIDEO_TESTS[test]
@@ -308,7 +270,7 @@ def crop_keypoints(shared: Path, images: list[np.ndarray]) -> list[np.ndarray]:
     return [pose.estimate(image, np.array([0, 0, image.shape[1], image.shape[0]], np.float32)) for image in images]
 
 
-def crop_tests(methods: list[Method], hybrids: list[Hybrid], shared: Path) -> dict[str, dict[str, dict]]:
+def crop_tests(methods: list[Method], shared: Path) -> dict[str, dict[str, dict]]:
     """Every crop test's scores per method: crops embedded directly, KPR distance (global: euclidean of unit vectors)."""
     from kpr_model.distance import kpr_distance
     from kpr_model.model_files import open_encoder
@@ -321,15 +283,12 @@ def crop_tests(methods: list[Method], hybrids: list[Hybrid], shared: Path) -> di
             encoder = open_encoder(method.model)
             q = encoder.embed(queries, prompts[:len(queries)])
             g = encoder.embed(gallery, prompts[len(queries):])
-            distances[method.name] = kpr_distance(q, g)
-        for hybrid in hybrids:
-            distances[hybrid.name] = fused_distance(distances[hybrid.kpr.name], distances[hybrid.global_.name],
-                                                    hybrid.weight)
+            distances[method.name] = kpr_distance(q, g, holistic_weight=method.holistic_weight)
         results[test] = {name: crop_test_scores(d, query_labels, gallery_labels, junk) for name, d in distances.items()}
     return results
 
 
-def video_tests(methods: list[Method], hybrids: list[Hybrid], spans: dict[int, tuple[int, int]]
+def video_tests(methods: list[Method], spans: dict[int, tuple[int, int]]
                 ) -> tuple[dict[str, dict[str, list[Ranking]]], dict[str, tuple[float | None, dict[str, float | None]]]]:
     """Every video test's rankings per method, and each KPR method's all_invisible_rate (overall, per camera)."""
     views = {method.name: StoreView(method, spans) for method in methods}
@@ -338,11 +297,6 @@ def video_tests(methods: list[Method], hybrids: list[Hybrid], spans: dict[int, t
         for method in methods:
             rankings[test][method.name] = video_test(lambda view, track, cameras: view.rank(track, cameras),
                                                      views[method.name], test)
-        for hybrid in hybrids:
-            global_view = views[hybrid.global_.name]
-            rankings[test][hybrid.name] = video_test(
-                lambda view, track, cameras: hybrid_rank(view, global_view, track, cameras, hybrid.weight),
-                views[hybrid.kpr.name], test)
     invisible = {method.name: views[method.name].invisible_rates() for method in methods if not method.is_global}
     return rankings, invisible
 
@@ -361,8 +315,8 @@ def montage_rows(rankings: dict[str, list[Ranking]]) -> dict:
     return rows
 
 
-def parse_methods(args: argparse.Namespace) -> tuple[list[Method], list[Hybrid]]:
-    """The methods and hybrids asked for (OMZ defaults first unless ``--only``); ValueError naming a mistake."""
+def parse_methods(args: argparse.Namespace) -> list[Method]:
+    """The methods asked for (OMZ defaults first unless ``--only``); ValueError naming a mistake."""
     from kpr_model.config import KPRModelError
     from kpr_model.model_facts import model_facts
 
@@ -377,22 +331,12 @@ def parse_methods(args: argparse.Namespace) -> tuple[list[Method], list[Hybrid]]
         if not Path(model).exists():
             raise ValueError(f"model of method {name} not found: {model}")
         try:
-            kind = model_facts(model).kind
+            facts = model_facts(model)
         except KPRModelError as exc:
             raise ValueError(f"method {name}: {exc}") from None
-        methods.append(Method(name, model, args.work / "stores" / store_key(name, model), kind == "global"))
-    by_name = {method.name: method for method in methods}
-    hybrids = []
-    for item in args.hybrid:
-        name, sep, pair = item.partition("=")
-        kpr, plus, global_ = pair.partition("+")
-        if not sep or not plus or kpr not in by_name or global_ not in by_name:
-            raise ValueError(f"--hybrid takes NAME=KPR_METHOD+GLOBAL_METHOD of the methods "
-                             f"{', '.join(by_name)}, got {item!r}")
-        if by_name[kpr].is_global or not by_name[global_].is_global:
-            raise ValueError(f"--hybrid {item}: {kpr} must be a KPR model and {global_} a global one")
-        hybrids.append(Hybrid(name, by_name[kpr], by_name[global_], args.hybrid_weight))
-    return methods, hybrids
+        methods.append(Method(name, model, args.work / "stores" / store_key(name, model), facts.kind == "global",
+                              facts.holistic_weight))
+    return methods
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -400,10 +344,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", action="append", default=[], metavar="NAME=MODEL",
                         help="a method to test: KPR checkpoint folder, KPR .onnx export or global ReID .onnx (repeatable)")
     parser.add_argument("--only", action="store_true", help="test only the --method models, not the two OMZ defaults")
-    parser.add_argument("--hybrid", action="append", default=[], metavar="NAME=KPR_METHOD+GLOBAL_METHOD",
-                        help="a fused method of a KPR and a global method given above (repeatable)")
-    parser.add_argument("--hybrid-weight", type=float, default=DEFAULT_HYBRID_WEIGHT,
-                        help="weight of the global model's distance in a hybrid (KPR's part distance: the rest)")
     add_shared_option(parser, "video/, reid/, models/")
     parser.add_argument("--fps", type=float, default=5.0, help="frames sampled per second of the Intel cameras")
     parser.add_argument("--meva-fps", type=float, default=2.0, help="frames sampled per second of the MEVA distractor video")
@@ -413,10 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--montage", type=Path, default=RESULTS / "real_cross_camera_montage.png",
                         help=f"PNG of {MONTAGE_TEST}'s hits: per method, one query per person and its top {MONTAGE_TOP}")
     args = parser.parse_args(argv)
-    if not 0.0 <= args.hybrid_weight <= 1.0:
-        parser.error(f"--hybrid-weight must be in [0, 1], got {args.hybrid_weight}")
     try:
-        methods, hybrids = parse_methods(args)
+        methods = parse_methods(args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -424,19 +362,18 @@ def main(argv: list[str] | None = None) -> int:
     for method in methods:
         ingest_method(method, args.shared, archives, args.fps, args.meva_fps)
     spans = person_spans(ground_truth(args.shared))
-    rankings, invisible = video_tests(methods, hybrids, spans)
+    rankings, invisible = video_tests(methods, spans)
     tests = {test: {"methods": {name: summarise([retrieval_scores(r.query_label, r.labels) for r in ranked])
                                 for name, ranked in by_method.items()}} for test, by_method in rankings.items()}
-    tests.update({test: {"methods": scores} for test, scores in crop_tests(methods, hybrids, args.shared).items()})
-    names = [method.name for method in methods] + [hybrid.name for hybrid in hybrids]
+    tests.update({test: {"methods": scores} for test, scores in crop_tests(methods, args.shared).items()})
+    names = [method.name for method in methods]
     result = {
         "tests": tests,
         "methods": {name: mean_over_tests(tests, name) for name in names},
         "all_invisible_rate": {name: overall for name, (overall, _) in invisible.items()},
         "all_invisible_rate_by_camera": {name: by_camera for name, (_, by_camera) in invisible.items()},
         "models": {method.name: method.model for method in methods},
-        "hybrids": {hybrid.name: {"kpr": hybrid.kpr.name, "global": hybrid.global_.name, "global_weight": hybrid.weight}
-                    for hybrid in hybrids},
+        "holistic_weights": {method.name: method.holistic_weight for method in methods if method.holistic_weight != 1},
         "fps": args.fps, "meva_fps": args.meva_fps,
         "command": command_line("bench.real_cross_camera", argv),
     }

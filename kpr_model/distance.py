@@ -138,18 +138,21 @@ def kpr_distance(
     chunk_size: int = 4096,
     device: str | torch.device | None = None,
     parts: Sequence[int] | None = None,
+    holistic_weight: float = 1.0,
 ) -> np.ndarray:
     """KPR distance [Q, G] between two embedding batches, on their holistic + parts test stacks.
 
     With ``parts`` (0-based indices) only those part embeddings and their visibility count, and the
-    holistic entry is left out: "find these boots" compares the feet and nothing else.
+    holistic entry is left out: "find these boots" compares the feet and nothing else. The holistic
+    entry counts ``holistic_weight`` times in the mean (1: KPR's distance; a hybrid model's
+    holistic entry is a global model's vector, which it may trust more).
     """
     if parts is not None:
         index = check_parts(parts, query.num_parts)
         return part_distance(query.parts[:, index], query.visibility[:, index], gallery.parts[:, index],
                              gallery.visibility[:, index], chunk_size=chunk_size, device=device).numpy()
     # The holistic entry is always visible, so the mean over the stack's mutually visible entries is
-    # (holistic + parts' mean x n) / (1 + n), n the mutually visible parts: the same figure as part_distance
+    # (w holistic + parts' mean x n) / (w + n), n the mutually visible parts: for w = 1 the same figure as part_distance
     # of test_stack()s, without copying the gallery into a [G, K+1, D] stack (a third of a 4,000-row re-rank).
     holistic = part_distance(query.global_emb[:, None], np.ones((len(query), 1), np.float32),
                              gallery.global_emb[:, None], np.ones((len(gallery), 1), np.float32),
@@ -157,12 +160,13 @@ def kpr_distance(
     mean_of_parts = part_distance(query.parts, query.visibility, gallery.parts, gallery.visibility,
                                   chunk_size=chunk_size, device=device).numpy()
     shared = (query.visibility > 0).astype(np.float32) @ (gallery.visibility > 0).astype(np.float32).T
-    return (holistic + mean_of_parts * shared) / (1.0 + shared)
+    return (holistic_weight * holistic + mean_of_parts * shared) / (holistic_weight + shared)
 
 
-def paired_kpr_distance(first: ReIDEmbeddings, second: ReIDEmbeddings, chunk_size: int = 16_384) -> np.ndarray:
-    """KPR distance [N] between row i of ``first`` and row i of ``second``: the diagonal of kpr_distance without the
-    [N, N] matrix, for scoring many chosen pairs (linking) at once.
+def paired_kpr_distance(first: ReIDEmbeddings, second: ReIDEmbeddings, chunk_size: int = 16_384,
+                        holistic_weight: float = 1.0) -> np.ndarray:
+    """KPR distance [N] between row i of ``first`` and row i of ``second``: the diagonal of kpr_distance (with its
+    ``holistic_weight``) without the [N, N] matrix, for scoring many chosen pairs (linking) at once.
 
     Holistic + parts, visibility binarised, mean over mutually visible entries; the holistic entry is always
     visible, so every pair has one.
@@ -175,6 +179,7 @@ def paired_kpr_distance(first: ReIDEmbeddings, second: ReIDEmbeddings, chunk_siz
         a_feats, a_vis = first.select(rows).test_stack()
         b_feats, b_vis = second.select(rows).test_stack()
         mutual = ((a_vis > 0) & (b_vis > 0)).astype(np.float32)
+        mutual[:, 0] *= holistic_weight
         per_part = np.linalg.norm(a_feats - b_feats, axis=-1)
         result[rows] = (per_part * mutual).sum(axis=1) / mutual.sum(axis=1)
     return result

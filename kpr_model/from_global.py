@@ -20,14 +20,15 @@ from kpr_model.model import KPR
 from kpr_model.model_facts import KPR_KIND, trainable_facts
 from kpr_model.onnx_trunk import read_trunk
 
-EMBED_DIM = 256
 PIXELS_255 = dict(norm_mean=(0.0, 0.0, 0.0), norm_std=(1 / 255, 1 / 255, 1 / 255))
 
 
-def _trunk_start(path: str | Path, embed_dim: int) -> tuple[KPRConfig, dict, str]:
+def _trunk_start(path: str | Path, embed_dim: int | None = None) -> tuple[KPRConfig, dict, str]:
     """The config of KPR on the trunk of the global ReID model at ``path``, the trunk's weights and the ONNX model's id
-    (its file and input coding, as a store records it)."""
+    (its file and input coding, as a store records it). ``embed_dim`` defaults to the global model's embedding size,
+    so that the KPR and the global model can make a hybrid (``kpr hybrid``)."""
     encoder = GlobalOnnxEncoder(path)
+    embed_dim = embed_dim or encoder.dim
     spec, weights = read_trunk(path, encoder.input_coding)
     height, width = encoder.graph.size
     config = KPRConfig(backbone=ONNX_TRUNK, backbone_args={"trunk": spec}, image_size=(height, width),
@@ -35,8 +36,8 @@ def _trunk_start(path: str | Path, embed_dim: int) -> tuple[KPRConfig, dict, str
     return config, weights, encoder.model_id
 
 
-def kpr_on_global_onnx(path: str | Path, embed_dim: int = EMBED_DIM) -> tuple[KPR, KPRConfig, str]:
-    """A KPR (K = 8 parts, ``embed_dim``-d) on the trunk of the global ReID model at ``path``, its config, and the
+def kpr_on_global_onnx(path: str | Path, embed_dim: int | None = None) -> tuple[KPR, KPRConfig, str]:
+    """A KPR (K = 8 parts, ``embed_dim``-d, by default the global model's size) on the trunk of the global ReID model at ``path``, its config, and the
     ONNX model's id."""
     config, weights, model_id = _trunk_start(path, embed_dim)
     with torch.random.fork_rng():  # the fresh heads are the same for every run from one file
@@ -58,5 +59,5 @@ def starting_config(path: str | Path) -> tuple[KPRConfig, str]:
     """The config and id of ``starting_point(path)``'s model, without building it or reading a checkpoint's weights."""
     if trainable_facts(path).kind == KPR_KIND:
         return read_checkpoint_info(path)[:2]
-    config, _, model_id = _trunk_start(path, EMBED_DIM)
+    config, _, model_id = _trunk_start(path)
     return config, model_id

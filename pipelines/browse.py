@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pipelines.times import iso_utc, utc_text
 from storage import Store
+from storage.schema import describe_model
 from storage.catalog import (CameraSummary, CatalogFilters, IdentitySummary, Page, StoreSummary, TrackletSummary,
                              VideoSummary, is_empty, list_cameras, list_identities, list_tracklets, list_videos,
                              summarize, tracklet_thumbnails)
@@ -176,8 +177,7 @@ def _info_lines(summary: StoreSummary) -> list[str]:
         "schema:      version " + ", ".join(sorted({str(stats["schema_version"]) for stats in summary.tables.values()}))
         + f" (this code reads {' or '.join(map(str, summary.readable_versions))}, writes {summary.schema_version} "
         f"into new tables)",
-        "model:       " + ("none recorded yet" if model is None else
-                           f"{model['model_id']} ({model['kind']}, K={model['num_parts']} parts, D={model['dim']})"),
+        "model:       " + ("none recorded yet" if model is None else describe_model(model)),
         "rows:        " + ", ".join(f"{name} {rows.get(name, 0)}" for name in ("detections", "tracklets", "videos")),
         f"cameras:     {len(summary.cameras)}" + (f": {', '.join(summary.cameras)}" if summary.cameras else ""),
         "cameras file: " + (summary.cameras_file or "none recorded (kpr ingest records the one it reads)"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +92,8 @@ def pair_distances(store: Store, identity_of: Callable[[str], str | None],
     cameras[owner] = rows["camera_id"].to_pylist()  # a tracklet lies within one video
     identity = np.array([identities[t] for t in tracks])
     queries = ReIDEmbeddings.concat([aggregate(gallery.select(np.flatnonzero(owner == i))) for i in range(len(tracks))])
-    distance = cosine_distance if global_only else kpr_distance
+    weight = float((store.model() or {}).get("holistic_weight", 1.0))
+    distance = cosine_distance if global_only else partial(kpr_distance, holistic_weight=weight)
     same, different = [], []
     for q in range(len(tracks)):
         closest = np.full(len(tracks), np.inf)

@@ -13,6 +13,7 @@ import textwrap
 from datetime import timedelta
 from pathlib import Path
 
+from kpr_model.hybrid_files import DEFAULT_HOLISTIC_WEIGHT
 from pipelines.errors import UserError, is_user_error
 from pipelines.interrupts import EXIT_INTERRUPTED, second_ctrl_c_exits, start_prefect_server
 from workers.backends import (BACKENDS, BackendConfig, check_annotation_files, check_device_here,
@@ -540,6 +541,17 @@ def cmd_import_official(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hybrid(args: argparse.Namespace) -> int:
+    from kpr_model.hybrid_files import write_hybrid
+    from kpr_model.model_facts import hybrid_facts
+
+    facts = hybrid_facts(args.kpr, args.global_model, args.holistic_weight, args.model_input)
+    write_hybrid(args.out, args.kpr, args.global_model, args.holistic_weight, args.model_input)
+    print(f"hybrid model {args.out} (model_id {facts.model_id}): the {facts.num_parts} parts of {args.kpr} and the "
+          f"whole body of {args.global_model.name}, D={facts.dim}, whole body counted {facts.holistic_weight:g}x")
+    return 0
+
+
 def _bench_command(args: argparse.Namespace) -> str:
     """The `kpr bench` command line that reproduces ``args`` (recorded in the report)."""
     import shlex
@@ -1047,6 +1059,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--semantic-weight", type=_bounded(float, -1.0, 1.0, True, "-1 (unused) or between 0 and 1"),
                    metavar="W", help="SOLIDER semantic weight to use instead (-1: semantic layers unused)")
     p.set_defaults(func=cmd_import_official)
+
+    p = sub.add_parser(
+        "hybrid", help="pair a KPR checkpoint (body parts) with a global ReID ONNX model (whole body)",
+        description="Writes a hybrid model folder that kpr ingest, search and serve take as --model. Each crop is\n"
+                    "embedded by both: the global model's vector is the whole-body entry (the vector the index\n"
+                    "searches, and the whole-body term of the part distance, counted --holistic-weight times among\n"
+                    "the visible parts), KPR gives the body parts and their visibility. On real video a global model\n"
+                    "trained on real people (Intel's OMZ 0248) ranks whole bodies best; KPR adds the parts, for\n"
+                    "part queries and half-hidden people (README, Searching a real archive). The two must give\n"
+                    "embeddings of one size: a KPR adapted from the global model (kpr adapt --model GLOBAL.onnx) does.",
+        epilog="Example:\n  kpr hybrid --kpr kpr_0248 --global models/person-reidentification-retail-0248.onnx --out hybrid_0248",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kpr", required=True, type=Path, help="KPR checkpoint folder (e.g. the output of kpr adapt)")
+    p.add_argument("--global", dest="global_model", required=True, type=Path, metavar="ONNX",
+                   help="global person-ReID ONNX model (e.g. person-reidentification-retail-0248.onnx)")
+    p.add_argument("--out", required=True, type=Path, help="hybrid model folder to create (must not exist)")
+    p.add_argument("--holistic-weight", type=_positive(float), default=DEFAULT_HOLISTIC_WEIGHT, metavar="W",
+                   help="times the whole-body distance counts among the visible parts' distances "
+                        f"(default {DEFAULT_HOLISTIC_WEIGHT:g}; KPR alone counts its own once)")
+    _model_input_option(p)
+    p.set_defaults(func=cmd_hybrid)
     return parser
 
 

@@ -11,7 +11,7 @@ from functools import cached_property
 from kpr_model.model_facts import ModelFacts, model_facts
 from pipelines.errors import UserError
 from storage import Store
-from storage.schema import GLOBAL_KIND
+from storage.schema import describe_model
 from workers.cameras import Cameras, archive_cameras
 from workers.discover import ArchiveFiles, VideoTask, list_video_files
 
@@ -74,9 +74,9 @@ class IngestInputs:
             getattr(self, opened)
         held = self.store.model()
         if held is not None and held["model_id"] != self.model_id and not self.replace_model:
-            raise UserError(f"the store at {self.db} holds embeddings of model {_described(held)}, not of {self.model} "
-                            f"(model {_described(self.model_record)}); a store holds one model: pass --replace-model "
-                            "to re-embed the whole store with this one, or ingest into another store")
+            raise UserError(f"the store at {self.db} holds embeddings of model {describe_model(held)}, not of "
+                            f"{self.model} (model {describe_model(self.model_record)}); a store holds one model: pass "
+                            "--replace-model to re-embed the whole store with this one, or ingest into another store")
 
     def adopt_model(self) -> bool:
         """Make this model the store's (recording it, or replacing the store's as ``replace_model`` allows);
@@ -88,12 +88,6 @@ class IngestInputs:
         if held is None or any(held.get(key) != value for key, value in self.model_record.items()):
             self.store.set_model({**(held or {}), **self.model_record})  # a calibration (kpr calibrate) stays
         return False
-
-
-def _described(model: dict) -> str:
-    """A store model record in words: its id, kind and shape."""
-    parts = f"{model['num_parts']} parts, " if model["kind"] != GLOBAL_KIND else ""
-    return f"{model['model_id']} ({model['kind']}, {parts}D={model['dim']})"
 
 
 def store_listed_videos(store: Store, model_id: str, known: list[VideoTask]) -> list[VideoTask]:

@@ -57,7 +57,8 @@ class LinkInputs:
         threshold = self.threshold or no_close_match_above(model, distance == GLOBAL_DISTANCE)
         if threshold is None:
             raise UserError("the store's model is not calibrated: give --threshold (a distance) or run kpr calibrate")
-        return topology, LinkSettings(threshold, self.neighbours, distance)
+        return topology, LinkSettings(threshold, self.neighbours, distance,
+                                      holistic_weight=float(model.get("holistic_weight", 1.0)))
 
 
 @dataclass(frozen=True)

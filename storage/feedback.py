@@ -141,7 +141,7 @@ class FeedbackSearch:
             distance = kpr_distance
             fused, views, rejected, gallery = (_whole_body(e) for e in (fused, views, rejected, gallery))
         else:
-            distance = partial(kpr_distance, parts=parts)
+            distance = partial(kpr_distance, parts=parts, holistic_weight=self.search_without_feedback.holistic_weight)
         nearest = exemplar_distance(distance(fused, gallery)[0], distance(views, gallery), self.weights.exemplar)
         if len(rejected):
             nearest = nearest + rejection_penalty(nearest, distance(rejected, gallery), self.weights.rejection)

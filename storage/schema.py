@@ -139,6 +139,15 @@ def videos_schema() -> pa.Schema:
     return pa.schema(fields, metadata={VERSION_KEY: str(SCHEMA_VERSION)})
 
 
+def describe_model(model: dict) -> str:
+    """A store's model record (``Store.model``) in words: its id, kind, shape and, for a hybrid, the whole-body
+    entry's weight."""
+    parts = f"K={model['num_parts']} parts, " if model["kind"] != GLOBAL_KIND else ""
+    weight = float(model.get("holistic_weight", 1.0))
+    whole = f", whole body x{weight:g}" if weight != 1.0 else ""
+    return f"{model['model_id']} ({model['kind']}, {parts}D={model['dim']}{whole})"
+
+
 def check_version(schema: pa.Schema, table: str, uri: str, readable: Sequence[int] = READABLE_VERSIONS) -> None:
     """Raise StoreError unless ``schema`` carries one of the ``readable`` versions (the store refuses data it cannot
     read right)."""

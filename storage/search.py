@@ -284,6 +284,12 @@ class PersonSearch:
         """Whether the store's model is a global ReID model (no parts), so that every search is global-only."""
         return (self.store.model() or {}).get("kind") == GLOBAL_KIND
 
+    @property
+    def holistic_weight(self) -> float:
+        """How many times the holistic entry counts among the visible parts in the part distance (a hybrid model's
+        setting, recorded with the store's model; 1 for a KPR model)."""
+        return float((self.store.model() or {}).get("holistic_weight", 1.0))
+
     def detection_query(self, detection_id: str, other_cameras_only: bool = True,
                         filters: SearchFilters = SearchFilters(),
                         query: ReIDEmbeddings | None = None) -> tuple[ReIDEmbeddings, SearchFilters]:
@@ -377,7 +383,8 @@ class PersonSearch:
         if not found.num_rows:
             return None
         gallery = embeddings_of(found)
-        distance = cosine_distance if global_only else partial(kpr_distance, parts=chosen)
+        distance = cosine_distance if global_only else partial(kpr_distance, parts=chosen,
+                                                               holistic_weight=self.holistic_weight)
         distances = distance(query, gallery)[0]
         order = np.argsort(distances, kind="stable")
         if rerank:

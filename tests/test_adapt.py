@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 
 from kpr_model.checkpoint_files import read_checkpoint_info
+from kpr_model.distance import kpr_distance
 from kpr_model.export import export_checkpoint_onnx
+from kpr_model.hybrid_files import DEFAULT_HOLISTIC_WEIGHT
 from kpr_model.keypoints import KEYPOINT_INDEX, group_names
 from kpr_model.model_facts import model_facts
 from pipelines.cli import main
-from storage import Store
+from storage import PersonSearch, Store, embeddings_of
 from training.keypoint_masks import keypoint_part_confidences
 from training.pseudo_labels import TrackletSpan, pseudo_identities
 
@@ -94,9 +96,13 @@ def test_a_global_onnx_model_adapts_into_kpr_on_its_trunk_and_teaches_it(ingeste
     assert adaptation["source"]["teacher"] == str(tiny_global_onnx)  # the model itself teaches by default
     assert adaptation["adapt_config"]["part_warmup_epochs"] == 1
 
-    db = tmp_path / "db"
-    assert main(["ingest", str(small_archive), "--db", str(db), "--model", str(out), "--no-progress"]) == 0
+    # the adapted KPR has the global model's size, so the two make a hybrid; ingested and searched as any model
+    hybrid, db = tmp_path / "hybrid", tmp_path / "db"
+    assert main(["hybrid", "--kpr", str(out), "--global", str(tiny_global_onnx), "--out", str(hybrid)]) == 0
+    assert main(["ingest", str(small_archive), "--db", str(db), "--model", str(hybrid), "--no-progress"]) == 0
     store = Store.open(str(db), create=False)
+    assert store.model()["holistic_weight"] == DEFAULT_HOLISTIC_WEIGHT
+    assert store.model()["model_id"] == model_facts(hybrid).model_id
     visibility = np.stack(store.query_detections(None, columns=["visibility"]).column("visibility").to_numpy(
         zero_copy_only=False))
     assert visibility.shape[1] == 8 and len(visibility) > 100
@@ -104,6 +110,14 @@ def test_a_global_onnx_model_adapts_into_kpr_on_its_trunk_and_teaches_it(ingeste
     capsys.readouterr()
     assert main(["search", "--db", str(db), "--detection", row["detection_id"], "-k", "3"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 4
+    # search ranks by the hybrid's distance: the whole body counted DEFAULT_HOLISTIC_WEIGHT times among the parts
+    search = PersonSearch(store)
+    query, filters = search.detection_query(row["detection_id"])
+    hits = search.search(query, k=5, filters=filters)
+    gallery = embeddings_of([store.get_detection(hit.detection_id) for hit in hits])
+    weighted = kpr_distance(query, gallery, holistic_weight=DEFAULT_HOLISTIC_WEIGHT)[0]
+    np.testing.assert_allclose([hit.distance for hit in hits], weighted, atol=1e-5)
+    assert not np.allclose([hit.distance for hit in hits], kpr_distance(query, gallery)[0], atol=1e-3)
 
 
 def test_bad_input_is_one_line_exit_2_and_nothing_written(ingested_store, tiny_checkpoint, tmp_path, capsys):

@@ -130,7 +130,7 @@ def test_a_store_of_omz_0248_finds_the_same_real_person_in_the_other_camera(real
     _, db = real_store
     store = Store.open(str(db), create=False)
     facts = model_facts(_model(shared_data, OMZ_0248))
-    assert store.model() == {"model_id": facts.model_id, "kind": "global", "num_parts": 1, "dim": 256}
+    assert store.model() == {"model_id": facts.model_id, "kind": "global", "num_parts": 1, "dim": 256, "holistic_weight": 1.0}
     search = PersonSearch(store)
     queries = store.query_detections("camera_id = 'cam_a'", ["detection_id", "frame_index"]).to_pylist()
     assert len({_person(q) for q in queries}) == 2

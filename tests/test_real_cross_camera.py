@@ -8,8 +8,6 @@ import pytest
 from bench import real_cross_camera
 from bench.cross_camera_scoring import (
     all_invisible_rate,
-    fused_distance,
-    global_distance,
     label_tracklet,
     ranked_items,
     retrieval_scores,
@@ -76,15 +74,6 @@ def test_crop_test_scores_leave_junk_pairs_out():
     assert scores == {"top1": 0.0, "map": 0.5, "queries": 2}
 
 
-def test_hybrid_distance_mixes_the_two_scales():
-    unit = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
-    distances = global_distance(unit[:1], unit)
-    np.testing.assert_allclose(distances, [[0.0, np.sqrt(2.0), 2.0]], atol=1e-7)
-    kpr = np.array([[0.3, 0.1, 0.9]])
-    np.testing.assert_allclose(fused_distance(kpr, distances, 0.0), kpr)
-    np.testing.assert_allclose(fused_distance(kpr, distances, 0.5), [[0.15, 0.05 + np.sqrt(0.5), 1.45]])
-
-
 def test_all_invisible_rate_counts_only_confidently_posed_detections():
     keypoints = np.zeros((4, 17, 3))
     keypoints[:3, :5, 2] = 0.3  # three detections with exactly 5 confident keypoints; the fourth has none
@@ -106,17 +95,19 @@ def test_mevid_crops_are_three_people_with_enrolment_photos_first(shared_data):
 def test_help_runs_without_shared_data(capsys):
     with pytest.raises(SystemExit) as stop:
         real_cross_camera.main(["--help"])
-    assert stop.value.code == 0 and "--hybrid" in capsys.readouterr().out
+    assert stop.value.code == 0 and "kpr hybrid" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, expected", [
     (["--method", "kpr"], "--method takes NAME=MODEL"),
     (["--method", "kpr={tmp}/nowhere"], "model of method kpr not found"),
     (["--method", "bad={tmp}/bad.onnx"], "method bad:"),
-    (["--method", "kpr={ckpt}", "--hybrid", "h=kpr+omz"], "--hybrid takes NAME=KPR_METHOD+GLOBAL_METHOD"),
+    (["--method", "kpr={ckpt}", "--method", "h={tmp}/broken_hybrid"], "method h: hybrid model"),
 ])
 def test_method_mistakes_are_one_line_and_exit_2(argv, expected, tiny_checkpoint, tmp_path, capsys):
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    (tmp_path / "broken_hybrid").mkdir()
+    (tmp_path / "broken_hybrid" / "hybrid.json").write_text("{}")
     values = {"tmp": tmp_path, "ckpt": tiny_checkpoint}
     work = tmp_path / "work"
     assert real_cross_camera.main(["--only", "--work", str(work), *(a.format(**values) for a in argv)]) == 2

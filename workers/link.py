@@ -106,6 +106,7 @@ class LinkSettings:
     # A tracklet none of whose parts reaches this (aggregated) visibility shows no body to link on, e.g. a
     # sliver at the frame's edge: it links to nothing (KPR distance only; 0: every tracklet links).
     min_visibility: float = 0.2
+    holistic_weight: float = 1.0  # the holistic entry's weight in the KPR distance (a hybrid model's setting)
 
     def __post_init__(self) -> None:
         if self.distance not in (KPR_DISTANCE, GLOBAL_DISTANCE):
@@ -288,11 +289,13 @@ def _spherical_kmeans(matrix, cells: int, rounds: int = 8) -> tuple:
     return cell, centres
 
 
-def pair_distances(embeddings: ReIDEmbeddings, first: np.ndarray, second: np.ndarray, distance: str) -> np.ndarray:
+def pair_distances(embeddings: ReIDEmbeddings, first: np.ndarray, second: np.ndarray,
+                   settings: LinkSettings) -> np.ndarray:
     """The distance of each pair of tracklet aggregates: KPR part distance, or the global cosine distance."""
-    if distance == GLOBAL_DISTANCE:
+    if settings.distance == GLOBAL_DISTANCE:
         return 1.0 - np.einsum("nd,nd->n", embeddings.global_emb[first], embeddings.global_emb[second])
-    return paired_kpr_distance(embeddings.select(first), embeddings.select(second))
+    return paired_kpr_distance(embeddings.select(first), embeddings.select(second),
+                               holistic_weight=settings.holistic_weight)
 
 
 def link_tracklets(tracklets: Tracklets, topology: Topology | None, settings: LinkSettings, prior: Prior = Prior(),
@@ -310,7 +313,7 @@ def link_tracklets(tracklets: Tracklets, topology: Topology | None, settings: Li
     unseen = _unseen(ordered.embeddings, settings)
     keep = ~rules.forbidden(first, second) & ~unseen[first] & ~unseen[second]
     first, second = first[keep], second[keep]
-    distances = pair_distances(ordered.embeddings, first, second, settings.distance).astype(np.float64)
+    distances = pair_distances(ordered.embeddings, first, second, settings).astype(np.float64)
     groups = _cluster(_Start.of(ordered, prior), first, second, distances, rules, settings.threshold)
     identity, confidence = _label(ordered, groups, first, second, distances, settings.threshold)
     confidence[unseen] = 0.0
