@@ -90,7 +90,8 @@ def trainable_facts(path: str | Path) -> ModelFacts:
     """The facts of a model training can start from: a KPR checkpoint folder or a global ReID ONNX model (KPR is
     built on its trunk). A KPR ``.onnx`` export holds no trainable graph: OnnxModelError saying what to give."""
     if is_hybrid(path):
-        raise HybridError(f"{path} is a hybrid model; training starts from its KPR checkpoint, {read_hybrid(path).kpr}")
+        raise HybridError(f"{path} is a hybrid model; training starts from its KPR checkpoint, "
+                          f"{read_hybrid(path).kpr}")
     facts = model_facts(path)
     if is_onnx(path) and facts.kind == KPR_KIND:
         raise OnnxModelError(f"{path} is a KPR export, which cannot be trained: give the checkpoint folder it was "

@@ -101,7 +101,8 @@ def test_hybrid_mistakes_are_one_line_and_write_nothing(trunk_checkpoint, tiny_g
     assert "exists" in capsys.readouterr().err and not any(out.iterdir())
 
     broken = tmp_path / "broken"
-    assert main(["hybrid", "--kpr", str(trunk_checkpoint), "--global", str(tiny_global_onnx), "--out", str(broken)]) == 0
+    made = main(["hybrid", "--kpr", str(trunk_checkpoint), "--global", str(tiny_global_onnx), "--out", str(broken)])
+    assert made == 0
     spec = json.loads((broken / "hybrid.json").read_text())
     (broken / "hybrid.json").write_text(json.dumps(spec | {"version": 9}))
     capsys.readouterr()
