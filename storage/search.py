@@ -282,13 +282,13 @@ class PersonSearch:
     @property
     def global_model(self) -> bool:
         """Whether the store's model is a global ReID model (no parts), so that every search is global-only."""
-        return (self.store.model() or {}).get("kind") == GLOBAL_KIND
+        return _is_global(self.store.model() or {})
 
     @property
     def holistic_weight(self) -> float:
         """How many times the holistic entry counts among the visible parts in the part distance (a hybrid model's
         setting, recorded with the store's model; 1 for a KPR model)."""
-        return float((self.store.model() or {}).get("holistic_weight", 1.0))
+        return _holistic_weight(self.store.model() or {})
 
     def detection_query(self, detection_id: str, other_cameras_only: bool = True,
                         filters: SearchFilters = SearchFilters(),
@@ -366,7 +366,8 @@ class PersonSearch:
             raise StoreError(
                 f"query has D={query.dim}, K={query.num_parts} but the store holds D={shape[0]}, K={shape[1]}"
             )
-        global_model = self.global_model
+        model = self.store.model() or {}  # read once: a search asks two things of it
+        global_model = _is_global(model)
         if (global_model or global_only) and parts is not None:
             raise StoreError("the store's model is a global ReID model, which has no body parts to choose" if global_model
                              else "a global-only search compares whole-body vectors: it takes no body parts")
@@ -384,7 +385,7 @@ class PersonSearch:
             return None
         gallery = embeddings_of(found)
         distance = cosine_distance if global_only else partial(kpr_distance, parts=chosen,
-                                                               holistic_weight=self.holistic_weight)
+                                                               holistic_weight=_holistic_weight(model))
         distances = distance(query, gallery)[0]
         order = np.argsort(distances, kind="stable")
         if rerank:
@@ -459,3 +460,13 @@ def _hits(rows: pa.Table, squared_l2: pa.ChunkedArray, visibility: np.ndarray | 
         )
         for i, row in enumerate(rows.to_pylist())
     ]
+
+
+def _is_global(model: dict) -> bool:
+    """Whether a store's model record (``Store.model``) is of a global ReID model, which has no parts."""
+    return model.get("kind") == GLOBAL_KIND
+
+
+def _holistic_weight(model: dict) -> float:
+    """The weight of the holistic entry in the part distance that a store's model record gives (1 unless a hybrid)."""
+    return float(model.get("holistic_weight", 1.0))
