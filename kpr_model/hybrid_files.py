@@ -7,7 +7,7 @@ the whole-body term of the part distance, counted ``holistic_weight`` times amon
 gives the parts and their visibility. Layout, written by ``kpr hybrid``::
 
     hybrid.json     {"format": "kpr-hybrid", "version": 1, "kpr": "kpr", "global": "global.onnx",
-                     "holistic_weight": 32.0, "input_coding": null}
+                     "holistic_weight": 48.0, "input_coding": null}
     kpr/            the KPR checkpoint folder (config.json, model.safetensors)
     global.onnx     the global model
 
@@ -28,7 +28,7 @@ FORMAT_NAME = "kpr-hybrid"
 FORMAT_VERSION = 1
 KPR_FOLDER = "kpr"
 GLOBAL_FILE = "global.onnx"
-DEFAULT_HOLISTIC_WEIGHT = 32.0
+DEFAULT_HOLISTIC_WEIGHT = 48.0
 
 
 class HybridError(KPRModelError):
