@@ -342,7 +342,8 @@ def parse_methods(args: argparse.Namespace) -> list[Method]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--method", action="append", default=[], metavar="NAME=MODEL",
-                        help="a method to test: KPR checkpoint folder, KPR .onnx export or global ReID .onnx (repeatable)")
+                        help="a method to test: KPR checkpoint folder, KPR .onnx export, global ReID .onnx or hybrid "
+                             "folder (kpr hybrid) (repeatable)")
     parser.add_argument("--only", action="store_true", help="test only the --method models, not the two OMZ defaults")
     add_shared_option(parser, "video/, reid/, models/")
     parser.add_argument("--fps", type=float, default=5.0, help="frames sampled per second of the Intel cameras")

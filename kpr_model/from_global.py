@@ -37,8 +37,8 @@ def _trunk_start(path: str | Path, embed_dim: int | None = None) -> tuple[KPRCon
 
 
 def kpr_on_global_onnx(path: str | Path, embed_dim: int | None = None) -> tuple[KPR, KPRConfig, str]:
-    """A KPR (K = 8 parts, ``embed_dim``-d, by default the global model's size) on the trunk of the global ReID model at ``path``, its config, and the
-    ONNX model's id."""
+    """A KPR (K = 8 parts, ``embed_dim``-d, by default the global model's size) on the trunk of the global ReID model
+    at ``path``, its config, and the ONNX model's id."""
     config, weights, model_id = _trunk_start(path, embed_dim)
     with torch.random.fork_rng():  # the fresh heads are the same for every run from one file
         torch.manual_seed(0)

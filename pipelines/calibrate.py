@@ -23,7 +23,7 @@ import pyarrow as pa
 from kpr_model.distance import ReIDEmbeddings, aggregate, kpr_distance
 from pipelines.errors import UserError
 from storage import Store, embeddings_of
-from storage.schema import EMBEDDING_COLUMNS, GLOBAL_KIND
+from storage.schema import EMBEDDING_COLUMNS, GLOBAL_KIND, holistic_weight
 from storage.search import cosine_distance
 from training.archive_truth import archive_truth
 
@@ -92,8 +92,8 @@ def pair_distances(store: Store, identity_of: Callable[[str], str | None],
     cameras[owner] = rows["camera_id"].to_pylist()  # a tracklet lies within one video
     identity = np.array([identities[t] for t in tracks])
     queries = ReIDEmbeddings.concat([aggregate(gallery.select(np.flatnonzero(owner == i))) for i in range(len(tracks))])
-    weight = float((store.model() or {}).get("holistic_weight", 1.0))
-    distance = cosine_distance if global_only else partial(kpr_distance, holistic_weight=weight)
+    distance = cosine_distance if global_only else partial(kpr_distance,
+                                                           holistic_weight=holistic_weight(store.model() or {}))
     same, different = [], []
     for q in range(len(tracks)):
         closest = np.full(len(tracks), np.inf)

@@ -22,7 +22,7 @@ from pipelines.errors import UserError
 from pipelines.store_cameras import view_cameras
 from storage import Store, embeddings_of
 from storage.identities import Identities, LinkedTracklet, MadeBy
-from storage.schema import GLOBAL_KIND
+from storage.schema import GLOBAL_KIND, holistic_weight
 from workers.link import GLOBAL_DISTANCE, KPR_DISTANCE, LinkSettings, Prior, Topology, Tracklets, link_tracklets
 from workers.ray_stages import ensure_ray
 
@@ -58,7 +58,7 @@ class LinkInputs:
         if threshold is None:
             raise UserError("the store's model is not calibrated: give --threshold (a distance) or run kpr calibrate")
         return topology, LinkSettings(threshold, self.neighbours, distance,
-                                      holistic_weight=float(model.get("holistic_weight", 1.0)))
+                                      holistic_weight=holistic_weight(model))
 
 
 @dataclass(frozen=True)

@@ -139,11 +139,17 @@ def videos_schema() -> pa.Schema:
     return pa.schema(fields, metadata={VERSION_KEY: str(SCHEMA_VERSION)})
 
 
+def holistic_weight(model: dict) -> float:
+    """How many times the holistic entry counts among the visible parts in the part distance, by a store's model
+    record (``Store.model``): a hybrid model's setting, 1 for any other model (and records written before it)."""
+    return float(model.get("holistic_weight", 1.0))
+
+
 def describe_model(model: dict) -> str:
     """A store's model record (``Store.model``) in words: its id, kind, shape and, for a hybrid, the whole-body
     entry's weight."""
     parts = f"K={model['num_parts']} parts, " if model["kind"] != GLOBAL_KIND else ""
-    weight = float(model.get("holistic_weight", 1.0))
+    weight = holistic_weight(model)
     whole = f", whole body x{weight:g}" if weight != 1.0 else ""
     return f"{model['model_id']} ({model['kind']}, {parts}D={model['dim']}{whole})"
 

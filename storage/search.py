@@ -25,7 +25,7 @@ from kpr_model.distance import (
     per_part_distances,
 )
 from storage import sql
-from storage.schema import EMBEDDING_COLUMNS, GLOBAL_KIND, NotFoundError, StoreError, embeddings_of
+from storage.schema import EMBEDDING_COLUMNS, GLOBAL_KIND, NotFoundError, StoreError, embeddings_of, holistic_weight
 from storage.store import Store
 
 __all__ = [
@@ -288,7 +288,7 @@ class PersonSearch:
     def holistic_weight(self) -> float:
         """How many times the holistic entry counts among the visible parts in the part distance (a hybrid model's
         setting, recorded with the store's model; 1 for a KPR model)."""
-        return _holistic_weight(self.store.model() or {})
+        return holistic_weight(self.store.model() or {})
 
     def detection_query(self, detection_id: str, other_cameras_only: bool = True,
                         filters: SearchFilters = SearchFilters(),
@@ -385,7 +385,7 @@ class PersonSearch:
             return None
         gallery = embeddings_of(found)
         distance = cosine_distance if global_only else partial(kpr_distance, parts=chosen,
-                                                               holistic_weight=_holistic_weight(model))
+                                                               holistic_weight=holistic_weight(model))
         distances = distance(query, gallery)[0]
         order = np.argsort(distances, kind="stable")
         if rerank:
@@ -465,8 +465,3 @@ def _hits(rows: pa.Table, squared_l2: pa.ChunkedArray, visibility: np.ndarray | 
 def _is_global(model: dict) -> bool:
     """Whether a store's model record (``Store.model``) is of a global ReID model, which has no parts."""
     return model.get("kind") == GLOBAL_KIND
-
-
-def _holistic_weight(model: dict) -> float:
-    """The weight of the holistic entry in the part distance that a store's model record gives (1 unless a hybrid)."""
-    return float(model.get("holistic_weight", 1.0))
