@@ -166,7 +166,8 @@ def measure(name: str, args: argparse.Namespace, log) -> dict:
         "bytes_per_detection_float32": float32["bytes_per_detection"],
         "index_bytes_per_detection": compact["index_bytes_per_detection"],
         "index_bytes_per_detection_float32": float32["index_bytes_per_detection"],
-        "embedding_bytes": 4 * dim + parts * dim + 4 * parts + 4 * parts,
+        # vector, packed parts (codes, then a float32 scale and visibility per part), the visibility column
+        "embedding_bytes": 4 * dim + parts * dim + 8 * parts + 4 * parts,
         "embedding_bytes_float32": 4 * dim + 4 * parts * dim + 4 * parts,
         "recall_at_50_rerank": rerank_recall(Store.open(compact_uri, create=False), ids, truth, queries, args.candidates),
         "compact_reads": reads(compact_uri, ids, truth, queries, args.candidates),

@@ -4,11 +4,14 @@ Tables: ``detections`` (one row per person detection, keyed on detection_id), ``
 row per tracklet of a video, keyed on track_id, with the aggregated embedding of its detections
 and its best thumbnail) and ``videos`` (one row per ingested video, keyed on video_id).
 Every table carries its schema version in its schema metadata; ``detections`` and ``tracklets``
-also record the embedding dim D and the number of parts K they were created with. Version 2 stores
-part embeddings compactly (int8 codes + one scale per part, see storage.part_codec); version 1
-stored them as float32. The global vector stays float32 in both: LanceDB 0.40 builds its ANN index
-on float16 vectors 4-6x slower and searches them up to 2x slower (bench/README.md). The column types
-say which encoding a table has, so a version-1 store is read, searched and written in its own encoding.
+also record the embedding dim D and the number of parts K they were created with. Version 3 packs
+each row's int8 part codes, their scales and the visibility into one fixed-size binary ``parts`` column
+(storage.part_codec.pack_parts), so a search reads its candidates' embeddings from two columns (vector,
+parts) instead of four (vector, codes, scales, visibility): a read of a row by id costs one read per column.
+Version 2 stored the codes and scales as a struct (two columns); version 1 stored the parts as float32. All
+keep the ``visibility`` column for SQL filters and display, and the global vector float32: LanceDB 0.40 builds
+its ANN index on float16 vectors 2-6x slower (bench/README.md). The column types say which encoding a table has, so a store
+of an older version is read, searched and written in its own encoding.
 """
 from __future__ import annotations
 
@@ -18,11 +21,11 @@ import numpy as np
 import pyarrow as pa
 
 from kpr_model.distance import ReIDEmbeddings
-from storage.part_codec import decode_parts, encode_parts
+from storage.part_codec import PACKED_BYTES_PER_PART, decode_parts, encode_parts, pack_parts, unpack_parts
 
-SCHEMA_VERSION = 2
-# Versions whose tables this code reads and appends to (1: float32 part embeddings).
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+# Versions whose tables this code reads and appends to (1: float32 part embeddings; 2: int8 codes + scales).
+READABLE_VERSIONS = (1, 2, 3)
 DETECTIONS = "detections"
 TRACKLETS = "tracklets"
 VIDEOS = "videos"
@@ -62,6 +65,18 @@ def _compact_parts(dim: int, num_parts: int) -> pa.DataType:
                       pa.field("scales", _floats(num_parts), nullable=False)])
 
 
+def _packed_parts(dim: int, num_parts: int) -> pa.DataType:
+    """The version-3 parts column: per row, int8 codes [K*D], float32 scales [K] and visibility [K] as bytes."""
+    return pa.binary(num_parts * (dim + PACKED_BYTES_PER_PART))
+
+
+def _parts_type(dim: int, num_parts: int, version: int) -> pa.DataType:
+    """The parts column's type in ``version``'s encoding."""
+    if version >= 3:
+        return _packed_parts(dim, num_parts)
+    return _compact_parts(dim, num_parts) if version == 2 else _floats(num_parts * dim)
+
+
 def _embedding_fields(dim: int, num_parts: int, version: int) -> tuple[list[pa.Field], dict[bytes, str]]:
     """The embedding columns (global vector [D], parts [K*D], visibility [K]) in ``version``'s encoding, and the
     schema metadata recording the version, D and K."""
@@ -71,7 +86,7 @@ def _embedding_fields(dim: int, num_parts: int, version: int) -> tuple[list[pa.F
         raise StoreError(f"unknown schema version {version}; known: {', '.join(map(str, READABLE_VERSIONS))}")
     fields = [
         pa.field("vector", _floats(dim), nullable=False),
-        pa.field("parts", _compact_parts(dim, num_parts) if version >= 2 else _floats(num_parts * dim), nullable=False),
+        pa.field("parts", _parts_type(dim, num_parts, version), nullable=False),
         pa.field("visibility", _floats(num_parts), nullable=False),
     ]
     return fields, {VERSION_KEY: str(version), DIM_KEY: str(dim), PARTS_KEY: str(num_parts)}
@@ -160,7 +175,8 @@ def check_version(schema: pa.Schema, table: str, uri: str, readable: Sequence[in
     found = (schema.metadata or {}).get(VERSION_KEY)
     if found not in {str(version).encode() for version in readable}:
         written = "no schema version" if found is None else f"schema version {' '.join(found.decode(errors='replace').split())}"
-        known = " or ".join(str(version) for version in readable)
+        names = [str(version) for version in readable]
+        known = " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
         raise StoreError(
             f"store at {uri}: table '{table}' has {written}, this code reads version {known}; "
             f"open it with the release that wrote it, or ingest into a new store location"
@@ -266,7 +282,10 @@ def _embedding_arrays(embeddings: ReIDEmbeddings, schema: pa.Schema) -> dict[str
     """The vector, parts and visibility columns of ``embeddings`` in the encoding of ``schema``'s parts column."""
     n, dim, num_parts = len(embeddings), embeddings.dim, embeddings.num_parts
     parts_type = schema.field("parts").type
-    if pa.types.is_struct(parts_type):
+    if pa.types.is_fixed_size_binary(parts_type):
+        packed = pack_parts(embeddings.parts.reshape(n, num_parts, dim), embeddings.visibility.reshape(n, num_parts))
+        parts = pa.FixedSizeBinaryArray.from_buffers(parts_type, n, [None, pa.py_buffer(packed.tobytes())])
+    elif pa.types.is_struct(parts_type):
         codes, scales = encode_parts(embeddings.parts.reshape(n, num_parts, dim))
         parts = pa.StructArray.from_arrays(
             [_fixed_list(codes.reshape(n, num_parts * dim), num_parts * dim, pa.int8()), _fixed_list(scales, num_parts)],
@@ -336,7 +355,7 @@ def _list_values(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 def _stored_parts(column: pa.ChunkedArray, num_parts: int) -> np.ndarray:
-    """The parts column, either encoding, as float32 [N, K * D]."""
+    """The parts column of version 1 or 2 as float32 [N, K * D]."""
     column = column.combine_chunks()
     if not pa.types.is_struct(column.type):
         return _list_values(column).astype(np.float32, copy=False)
@@ -344,12 +363,28 @@ def _stored_parts(column: pa.ChunkedArray, num_parts: int) -> np.ndarray:
     return decode_parts(codes.reshape(len(column), num_parts, -1), scales).reshape(len(column), -1)
 
 
+def _packed_values(column: pa.ChunkedArray) -> np.ndarray:
+    """A version-3 parts column (fixed-size binary) as its uint8 records [N, width], without a copy when it can."""
+    column = column.combine_chunks()
+    width = column.type.byte_width
+    data = np.frombuffer(column.buffers()[1], np.uint8)
+    return data[column.offset * width : (column.offset + len(column)) * width].reshape(len(column), width)
+
+
 def _row_parts(value: Sequence[float] | np.ndarray | dict) -> np.ndarray:
-    """One row's parts as float32 [K * D]: floats ([K * D] or [K, D]), or the compact {"codes", "scales"} form."""
+    """One row's version-1 or 2 parts as float32 [K * D]: floats ([K * D] or [K, D]), or the compact {"codes", "scales"}."""
     if isinstance(value, dict):
         scales = np.asarray(value["scales"], np.float32)
         return decode_parts(np.asarray(value["codes"]).reshape(len(scales), -1), scales).reshape(-1)
     return np.asarray(value, np.float32).reshape(-1)
+
+
+def embedding_columns(schema: pa.Schema) -> tuple[str, ...]:
+    """The columns `embeddings_of` needs from a detections or tracklets table of ``schema``: a version-3 table's
+    packed parts hold the visibility, so a search need not read that column too."""
+    if pa.types.is_fixed_size_binary(schema.field("parts").type):
+        return ("vector", "parts")
+    return EMBEDDING_COLUMNS
 
 
 def global_vectors(rows: pa.Table) -> np.ndarray:
@@ -358,14 +393,22 @@ def global_vectors(rows: pa.Table) -> np.ndarray:
 
 
 def embeddings_of(rows: pa.Table | Sequence[dict]) -> ReIDEmbeddings:
-    """Detection or tracklet rows (an Arrow table, or dicts with vector [D], parts [K*D], [K, D] or the compact
-    {"codes", "scales"}, visibility [K]) as float32 ReIDEmbeddings, whichever encoding they were stored in."""
+    """Detection or tracklet rows (an Arrow table, or dicts with vector [D], parts (packed bytes, floats [K*D] or
+    [K, D], or the compact {"codes", "scales"}) and, unless the parts are packed, visibility [K]) as float32
+    ReIDEmbeddings, whichever encoding they were stored in."""
     if isinstance(rows, pa.Table):
         global_emb = global_vectors(rows)
-        visibility = _list_values(rows["visibility"]).astype(np.float32, copy=False)
-        parts = _stored_parts(rows["parts"], visibility.shape[1])
+        if pa.types.is_fixed_size_binary(rows.schema.field("parts").type):
+            parts, visibility = unpack_parts(_packed_values(rows["parts"]), global_emb.shape[1])
+        else:
+            visibility = _list_values(rows["visibility"]).astype(np.float32, copy=False)
+            parts = _stored_parts(rows["parts"], visibility.shape[1])
     else:
         global_emb = np.stack([np.asarray(r["vector"], np.float32) for r in rows])
-        visibility = np.stack([np.asarray(r["visibility"], np.float32) for r in rows])
-        parts = np.stack([_row_parts(r["parts"]) for r in rows])
+        if rows and isinstance(rows[0]["parts"], bytes):
+            packed = np.frombuffer(b"".join(r["parts"] for r in rows), np.uint8).reshape(len(rows), -1)
+            parts, visibility = unpack_parts(packed, global_emb.shape[1])
+        else:
+            visibility = np.stack([np.asarray(r["visibility"], np.float32) for r in rows])
+            parts = np.stack([_row_parts(r["parts"]) for r in rows])
     return ReIDEmbeddings(global_emb, parts.reshape(len(global_emb), visibility.shape[1], global_emb.shape[1]), visibility)

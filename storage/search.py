@@ -25,7 +25,7 @@ from kpr_model.distance import (
     per_part_distances,
 )
 from storage import sql
-from storage.schema import EMBEDDING_COLUMNS, GLOBAL_KIND, NotFoundError, StoreError, embeddings_of, holistic_weight
+from storage.schema import GLOBAL_KIND, NotFoundError, StoreError, embeddings_of, holistic_weight
 from storage.store import Store
 
 __all__ = [
@@ -379,7 +379,7 @@ class PersonSearch:
         flat_limit = pool if global_only else min(max(pool, self.filtered_candidates), self.max_candidates)
         selective = filters.cameras is not None or filters.t_min is not None or filters.t_max is not None
         bound = self.store.detections_at_most(filters.cameras, filters.t_min, filters.t_max) if selective else None
-        found = self.store.nearest(query.global_emb[0], where, pool, [*EMBEDDING_COLUMNS, *columns],
+        found = self.store.nearest(query.global_emb[0], where, pool, [*self.store.embedding_columns, *columns],
                                    flat_limit=flat_limit, kept_at_most=bound)
         if not found.num_rows:
             return None

@@ -166,6 +166,12 @@ class Store:
         """(D, K) of the stored embeddings, or None before the first detection is written."""
         return self._tables.shape
 
+    @property
+    def embedding_columns(self) -> tuple[str, ...]:
+        """The detection columns that `embeddings_of` needs in this store's encoding (a version-3 store's parts hold
+        the visibility), for reads that want the embeddings and nothing more; empty before the first detection."""
+        return self._tables.embedding_columns
+
     def write_video(self, video: dict, detections: pa.Table | Sequence[dict],
                     tracklets: pa.Table | Sequence[dict] | None = None) -> int:
         """Commit one video (detections, tracklets, then its "done" row), exactly once whatever crashes or races.

@@ -22,6 +22,7 @@ from storage.schema import (
     StoreError,
     check_version,
     detections_schema,
+    embedding_columns,
     embedding_shape,
     tracklets_schema,
     videos_schema,
@@ -137,6 +138,7 @@ class StoreTables:
         self._tracklets: lancedb.table.Table | None = None
         self._keys_declared: set[str] = set()
         self._shape: tuple[int, int] | None = None
+        self._embedding_columns: tuple[str, ...] = ()
         self.detections()
 
     @classmethod
@@ -172,12 +174,19 @@ class StoreTables:
         if table is not None:
             check_version(table.schema, DETECTIONS, self.uri)
             self._detections, self._shape = table, embedding_shape(table.schema)
+            self._embedding_columns = embedding_columns(table.schema)
 
     @property
     def shape(self) -> tuple[int, int] | None:
         """(D, K) of the stored embeddings, or None before the first detection is written."""
         self.detections()
         return self._shape
+
+    @property
+    def embedding_columns(self) -> tuple[str, ...]:
+        """The detections columns that hold the embeddings in the table's encoding (empty before the first write)."""
+        self.detections()
+        return self._embedding_columns
 
     def detections_for_write(self, dim: int, num_parts: int) -> lancedb.table.Table:
         """The detections table, created for (D, K) on first use; refuses a batch of another shape."""

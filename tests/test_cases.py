@@ -17,7 +17,7 @@ from kpr_model.checkpoint_files import read_model_id
 from kpr_model.config import KPRConfig
 from kpr_model.embeddings import ReIDEmbeddings, aggregate
 from pipelines.cli import main
-from storage import Store, detection_row, detections_table, tracklet_row, tracklets_table
+from storage import SCHEMA_VERSION, Store, detection_row, detections_table, tracklet_row, tracklets_table
 from storage.cases import Cases
 from support import MODEL_ID, unit_rows, write_video
 from workers.crops import thumbnail_jpeg
@@ -162,7 +162,7 @@ def test_export_writes_a_bundle_with_hashes_frames_and_provenance(db, tmp_path, 
         evidence = case["evidence"][hit["detection_id"]]
         provenance = evidence["provenance"]
         assert provenance["frame_index"] == hit["frame_index"] and provenance["model_id"] == MODEL_ID
-        assert provenance["video_uri"].endswith(f"{hit['camera_id']}.mp4") and provenance["store_schema_version"] == 2
+        assert provenance["video_uri"].endswith(f"{hit['camera_id']}.mp4") and provenance["store_schema_version"] == SCHEMA_VERSION
         assert evidence["thumbnail"] and (bundle / evidence["thumbnail"]).is_file()
         if hit["camera_id"] == GONE_CAMERA:
             assert evidence["frame"] is None and "cannot be read" in evidence["problems"][0]

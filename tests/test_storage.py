@@ -160,7 +160,7 @@ def test_unwritable_path_is_refused(tmp_path: Path) -> None:
 def test_schema_version_mismatch_is_refused(tmp_path: Path) -> None:
     db = lancedb.connect(str(tmp_path / "old"))
     db.create_table(VIDEOS, schema=videos_schema().with_metadata({VERSION_KEY: b"999"}))
-    with pytest.raises(StoreError, match="schema version 999, this code reads version 1 or 2"):
+    with pytest.raises(StoreError, match="schema version 999, this code reads version 1, 2 or 3"):
         Store.open(str(tmp_path / "old"))
 
 

@@ -48,11 +48,11 @@ def test_store_written_by_another_schema_version_is_refused_in_one_line(tmp_path
         Store.open(tmp_path / "db", create=False)
     message = str(refused.value)
     assert "\n" not in message
-    assert "table 'detections' has schema version 999, this code reads version 1 or 2" in message
+    assert "table 'detections' has schema version 999, this code reads version 1, 2 or 3" in message
     assert "new store location" in message
     db.drop_table(DETECTIONS)
     db.create_table(DETECTIONS, rows.replace_schema_metadata({}))
-    with pytest.raises(StoreError, match="has no schema version, this code reads version 1 or 2"):
+    with pytest.raises(StoreError, match="has no schema version, this code reads version 1, 2 or 3"):
         Store.open(tmp_path / "db", create=False)
 
 
