@@ -152,6 +152,21 @@ def test_a_filter_bounded_by_the_videos_table_is_scanned_exactly_and_a_wrong_bou
     assert store.detections_at_most(["cam-2"], None, None) == 100
 
 
+def test_a_filter_scanned_in_many_batches_gives_its_exact_nearest_rows_in_order(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store.open(tmp_path / "db", ann=AnnSettings(flat_max_rows=150))
+    _fill(store, videos=6, per_video=50)
+    table = store.query_detections("camera_id = 'cam-1'", columns=["detection_id", "vector"])
+    query = random_embeddings(np.random.default_rng(5), 1, PARTS, DIM).global_emb[0]
+    squared = ((global_vectors(table) - query) ** 2).sum(axis=1)
+    exact = [table["detection_id"][int(i)].as_py() for i in np.argsort(squared)[:40]]
+    monkeypatch.setattr("storage.store._SCAN_BATCH_ROWS", 16)  # 100 kept rows in 7 batches
+    found = store.nearest(query, "camera_id = 'cam-1'", 40, ["vector"], kept_at_most=100)
+    assert found["detection_id"].to_pylist() == exact
+    np.testing.assert_allclose(found["_distance"].to_numpy(), np.sort(squared)[:40], rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(global_vectors(found), global_vectors(table.take(np.argsort(squared)[:40])))
+
+
 def test_vector_index_plan_follows_table_size_and_dimension() -> None:
     plan = vector_index_plan(1_000_000, 128)
     assert (plan["type"], plan["num_partitions"], plan["num_sub_vectors"]) == ("IVF_PQ", 1000, 32)
