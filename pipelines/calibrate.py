@@ -23,7 +23,7 @@ import pyarrow as pa
 from kpr_model.distance import ReIDEmbeddings, aggregate, kpr_distance
 from pipelines.errors import UserError
 from storage import Store, embeddings_of
-from storage.schema import EMBEDDING_COLUMNS, GLOBAL_KIND, holistic_weight
+from storage.schema import GLOBAL_KIND, holistic_weight
 from storage.search import cosine_distance
 from training.archive_truth import archive_truth
 
@@ -79,7 +79,7 @@ def pair_distances(store: Store, identity_of: Callable[[str], str | None],
     if store.count_detections() > MAX_DETECTIONS:
         raise UserError(f"the store holds more than {MAX_DETECTIONS} detections: calibrate on a labelled archive's "
                         "own store")
-    rows = store.query_detections(None, ["detection_id", "track_id", "camera_id", *EMBEDDING_COLUMNS])
+    rows = store.query_detections(None, ["detection_id", "track_id", "camera_id", *store.embedding_columns])
     identities = tracklet_identities(rows, identity_of)
     if not identities:
         raise UserError("no tracklet of the store has a labelled detection: calibration needs a labelled archive")

@@ -23,7 +23,7 @@ from kpr_model.distance import (
     rejection_penalty,
 )
 from storage import sql
-from storage.schema import EMBEDDING_COLUMNS, NotFoundError, StoreError, embeddings_of
+from storage.schema import NotFoundError, StoreError, embeddings_of
 from storage.search import DEFAULT_CANDIDATES, PersonHit, PersonSearch, SearchFilters, SearchHit
 
 # With feedback, the fused query's best POOL_FACTOR x k results are re-scored, so that the ones the marks push
@@ -150,7 +150,8 @@ class FeedbackSearch:
     def _rows(self, ids: Sequence[str]) -> pa.Table:
         """The embeddings and tracklets of detections ``ids``, in that order; NotFoundError names the first id the
         store lacks."""
-        rows = self.search_without_feedback.store.detections_by_ids(ids, [*EMBEDDING_COLUMNS, "track_id"])
+        store = self.search_without_feedback.store
+        rows = store.detections_by_ids(ids, [*store.embedding_columns, "track_id"])
         held = set(rows["detection_id"].to_pylist()) if rows.num_rows else set()
         unknown = [i for i in ids if i not in held]
         if unknown:

@@ -70,6 +70,11 @@ def _packed_parts(dim: int, num_parts: int) -> pa.DataType:
     return pa.binary(num_parts * (dim + PACKED_BYTES_PER_PART))
 
 
+def _is_packed(parts_type: pa.DataType) -> bool:
+    """Whether a parts column of ``parts_type`` holds version 3's packed records (codes, scales, visibility)."""
+    return pa.types.is_fixed_size_binary(parts_type)
+
+
 def _parts_type(dim: int, num_parts: int, version: int) -> pa.DataType:
     """The parts column's type in ``version``'s encoding."""
     if version >= 3:
@@ -282,7 +287,7 @@ def _embedding_arrays(embeddings: ReIDEmbeddings, schema: pa.Schema) -> dict[str
     """The vector, parts and visibility columns of ``embeddings`` in the encoding of ``schema``'s parts column."""
     n, dim, num_parts = len(embeddings), embeddings.dim, embeddings.num_parts
     parts_type = schema.field("parts").type
-    if pa.types.is_fixed_size_binary(parts_type):
+    if _is_packed(parts_type):
         packed = pack_parts(embeddings.parts.reshape(n, num_parts, dim), embeddings.visibility.reshape(n, num_parts))
         parts = pa.FixedSizeBinaryArray.from_buffers(parts_type, n, [None, pa.py_buffer(packed.tobytes())])
     elif pa.types.is_struct(parts_type):
@@ -382,7 +387,7 @@ def _row_parts(value: Sequence[float] | np.ndarray | dict) -> np.ndarray:
 def embedding_columns(schema: pa.Schema) -> tuple[str, ...]:
     """The columns `embeddings_of` needs from a detections or tracklets table of ``schema``: a version-3 table's
     packed parts hold the visibility, so a search need not read that column too."""
-    if pa.types.is_fixed_size_binary(schema.field("parts").type):
+    if _is_packed(schema.field("parts").type):
         return ("vector", "parts")
     return EMBEDDING_COLUMNS
 
@@ -398,7 +403,7 @@ def embeddings_of(rows: pa.Table | Sequence[dict]) -> ReIDEmbeddings:
     ReIDEmbeddings, whichever encoding they were stored in."""
     if isinstance(rows, pa.Table):
         global_emb = global_vectors(rows)
-        if pa.types.is_fixed_size_binary(rows.schema.field("parts").type):
+        if _is_packed(rows.schema.field("parts").type):
             parts, visibility = unpack_parts(_packed_values(rows["parts"]), global_emb.shape[1])
         else:
             visibility = _list_values(rows["visibility"]).astype(np.float32, copy=False)

@@ -458,7 +458,7 @@ class Store:
         rows = rows.to_batches(batch_size=_SCAN_BATCH_ROWS).read_all()
         if rows.num_rows > self.ann.flat_max_rows:
             return None
-        batches = rows.to_batches()  # one per scanned batch: never joined, a copy of every kept row
+        batches = rows.to_batches()  # the scan's batches, kept apart: joining them would copy every kept row
         query = np.asarray(vector, np.float32)
         squared = np.concatenate([_squared_distances(global_vectors(pa.Table.from_batches([b])), query) for b in batches]
                                  or [np.empty(0, np.float32)])
