@@ -54,6 +54,10 @@ class NotFoundError(StoreError):
     """An id the store does not hold (a detection or tracklet asked for by id), so callers can say "not found"."""
 
 
+class RowsMovedError(StoreError):
+    """Rows a search found were deleted or moved (maintenance renumbers them) before it read them: search again."""
+
+
 def _floats(size: int) -> pa.DataType:
     """A fixed-size float32 list type."""
     return pa.list_(pa.float32(), size)

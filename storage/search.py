@@ -8,7 +8,7 @@ global ReID model (it has no parts), on request for a KPR store (to compare with
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
@@ -25,7 +25,15 @@ from kpr_model.distance import (
     per_part_distances,
 )
 from storage import sql
-from storage.schema import GLOBAL_KIND, NotFoundError, StoreError, embeddings_of, holistic_weight
+from storage.schema import (
+    GLOBAL_KIND,
+    NotFoundError,
+    RowsMovedError,
+    StoreError,
+    embeddings_of,
+    global_vectors,
+    holistic_weight,
+)
 from storage.store import Store
 
 __all__ = [
@@ -65,6 +73,8 @@ RERANK_POOL = 500
 PEOPLE_POOL_FACTOR = 20
 # The columns that say which tracklet each re-ranked candidate belongs to, and when it was seen.
 _PERSON_COLUMNS = ("track_id", "timestamp")
+# A search whose rows maintenance moved before it read them all runs again: at most this many runs in all.
+SEARCH_ATTEMPTS = 3
 
 @dataclass
 class SearchHit:
@@ -247,8 +257,11 @@ class PersonSearch:
         re-rank (only the 0-based ``parts`` when given) or, ``global_only`` (always for a global
         model's store), cosine distance of the global vectors, then optional k-reciprocal re-ranking.
         """
-        ranking = self._ranking(query, k, filters, parts, rerank, candidates, global_only, ())
-        return [] if ranking is None else self._hits_at(ranking, ranking.order[:k])
+        def ranked() -> list[SearchHit]:
+            ranking = self._ranking(query, k, filters, parts, rerank, candidates, global_only, ())
+            return [] if ranking is None else self._hits_at(ranking, ranking.order[:k])
+
+        return _again_if_moved(ranked)
 
     def people(self, query: ReIDEmbeddings, k: int = 10, filters: SearchFilters = SearchFilters(),
                parts: Sequence[int] | None = None, rerank: bool = False, candidates: int = DEFAULT_CANDIDATES,
@@ -259,6 +272,11 @@ class PersonSearch:
         than ``max_candidates``); each tracklet is ranked by its closest candidate and appears once.
         """
         pool = max(candidates, PEOPLE_POOL_FACTOR * k)
+        return _again_if_moved(lambda: self._people(query, k, filters, parts, rerank, pool, global_only))
+
+    def _people(self, query: ReIDEmbeddings, k: int, filters: SearchFilters, parts: Sequence[int] | None,
+                rerank: bool, pool: int, global_only: bool) -> list[PersonHit]:
+        """`people` over ``pool`` candidates, run once."""
         ranking = self._ranking(query, k, filters, parts, rerank, pool, global_only, _PERSON_COLUMNS)
         if ranking is None:
             return []
@@ -403,8 +421,13 @@ class PersonSearch:
         ranked = ranking.gallery.select(picked)
         per_part = None if ranking.global_only else per_part_distances(ranking.query, ranked)
         rows = ranking.found.take(pa.array(picked, pa.int64()))
-        return _hits(self.store.detections_at(rows, _META_COLUMNS), rows["_distance"],
-                     None if ranking.global_model else ranked.visibility, ranking.distances[picked], per_part)
+        read = self.store.detections_at(rows, [*_META_COLUMNS, "vector"])
+        # Row ids are never reused within a table, but a table dropped and written again (a model replacement)
+        # starts them afresh: the vectors read with the metadata prove these are the rows that were ranked.
+        if not np.array_equal(global_vectors(read), ranked.global_emb, equal_nan=True):
+            raise RowsMovedError("the detections searched were replaced while they were being searched; search again")
+        return _hits(read, rows["_distance"], None if ranking.global_model else ranked.visibility,
+                     ranking.distances[picked], per_part)
 
 
 @dataclass
@@ -419,6 +442,17 @@ class _Ranking:
     distances: np.ndarray
     global_only: bool
     global_model: bool
+
+
+def _again_if_moved(search: Callable[[], list]) -> list:
+    """``search()``, run again (SEARCH_ATTEMPTS runs at most) while maintenance moves the rows it found before it
+    reads them: it ranks row ids, which compaction renumbers."""
+    for _ in range(SEARCH_ATTEMPTS - 1):
+        try:
+            return search()
+        except RowsMovedError:
+            continue
+    return search()
 
 
 def cosine_distance(query: ReIDEmbeddings, gallery: ReIDEmbeddings) -> np.ndarray:

@@ -15,6 +15,7 @@ from kpr_model.distance import ReIDEmbeddings
 from storage import (
     NotFoundError,
     PersonSearch,
+    RowsMovedError,
     SearchFilters,
     Store,
     StoreError,
@@ -23,6 +24,7 @@ from storage import (
     embeddings_of,
     group_hits,
 )
+from storage.search import SEARCH_ATTEMPTS
 from support import unit_rows
 from workers.crops import thumbnail_jpeg
 
@@ -269,15 +271,50 @@ def test_a_filter_scanned_exactly_re_ranks_its_larger_pool_and_no_search_exceeds
     assert PersonSearch(store, max_candidates=10).search(query, k=1, candidates=100)[0].detection_id != "match"
 
 
-def test_rows_found_before_maintenance_renumbers_them_are_still_read_right(tmp_path):
+def test_row_ids_that_maintenance_renumbered_read_nothing_rather_than_other_rows(tmp_path):
     store = build_store(tmp_path / "db")  # one commit per camera, so maintenance merges three fragments
     query = embeddings_of([store.get_detection(det_id(2, 4, 0))])
     found = store.nearest(query.global_emb[0], None, 12, ["frame_index"])
+    assert store.detections_at(found, ["detection_id"])["detection_id"][0].as_py() == det_id(2, 4, 0)
     store.maintain(cleanup_older_than=None)
-    read = store.detections_at(found, ["detection_id", "frame_index", "camera_id"])
-    assert read["detection_id"].to_pylist() == found["detection_id"].to_pylist()
-    assert read["frame_index"].to_pylist() == found["frame_index"].to_pylist()
-    assert read["camera_id"].to_pylist() == [camera_name(int(i[1])) for i in found["detection_id"].to_pylist()]
+    with pytest.raises(RowsMovedError, match="12 of 12 detections were deleted or moved by maintenance"):
+        store.detections_at(found, ["detection_id", "frame_index"])
+
+
+@pytest.mark.parametrize("filters", [SearchFilters(), SearchFilters(cameras=[camera_name(1), camera_name(2)])],
+                         ids=["approximate", "scanned"])
+def test_a_search_that_maintenance_overtakes_runs_again_and_returns_the_same_hits(tmp_path, filters):
+    store = build_store(tmp_path / "db")
+    query = embeddings_of([store.get_detection(det_id(0, 4, 0))])
+    expected = PersonSearch(store).search(query, k=8, filters=filters)
+    read, maintained = store.detections_at, []
+
+    def maintain_then_read(found, columns):
+        if not maintained:  # between finding the rows and reading them
+            maintained.append(store.maintain(cleanup_older_than=None))
+        return read(found, columns)
+
+    store.detections_at = maintain_then_read
+    hits = PersonSearch(store).search(query, k=8, filters=filters)
+    assert maintained and [h.detection_id for h in hits] == [h.detection_id for h in expected]
+    assert [h.distance for h in hits] == pytest.approx([h.distance for h in expected])
+
+
+def test_rows_whose_ids_name_other_detections_by_the_time_they_are_read_are_never_shown_as_hits(tmp_path):
+    store = build_store(tmp_path / "db")
+    query = embeddings_of([store.get_detection(det_id(0, 4, 0))])
+    expected = [h.detection_id for h in PersonSearch(store).search(query, k=5)]
+    read, swaps = store.detections_at, [1]
+
+    def other_rows(found, columns):  # a table dropped and written again gives the same row ids to other rows
+        rows = read(found, columns)
+        return rows.take(list(reversed(range(rows.num_rows)))) if "thumbnail" in columns and swaps and swaps.pop() else rows
+
+    store.detections_at = other_rows
+    assert [h.detection_id for h in PersonSearch(store).search(query, k=5)] == expected
+    swaps[:] = [1] * SEARCH_ATTEMPTS
+    with pytest.raises(RowsMovedError, match="replaced while they were being searched"):
+        PersonSearch(store).search(query, k=5)
 
 
 def test_an_exclusion_that_keeps_most_rows_still_never_returns_what_it_excludes(tmp_path):

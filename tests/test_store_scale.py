@@ -161,7 +161,7 @@ def test_a_filter_scanned_in_many_batches_gives_its_exact_nearest_rows_in_order(
     squared = ((global_vectors(table) - query) ** 2).sum(axis=1)
     exact = [table["detection_id"][int(i)].as_py() for i in np.argsort(squared)[:40]]
     monkeypatch.setattr("storage.store._SCAN_BATCH_ROWS", 16)  # 100 kept rows in 7 batches
-    found = store.nearest(query, "camera_id = 'cam-1'", 40, ["vector"], kept_at_most=100)
+    found = store.nearest(query, "camera_id = 'cam-1'", 40, ["detection_id", "vector"], kept_at_most=100)
     assert found["detection_id"].to_pylist() == exact
     np.testing.assert_allclose(found["_distance"].to_numpy(), np.sort(squared)[:40], rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(global_vectors(found), global_vectors(table.take(np.argsort(squared)[:40])))
