@@ -111,6 +111,11 @@ class _VideoSpans:
             met &= ~(spans[:, 0] > t_max)
         return None if np.isnan(spans[met, :2]).any() else int(spans[met, 2].sum())
 
+    def seen(self, videos: lancedb.table.Table) -> list[str]:
+        """Ids of the cameras whose done videos hold detections, sorted."""
+        self._refresh(videos)
+        return sorted(camera for camera, spans in self.cameras.items() if spans[:, 2].sum() > 0)
+
     def _refresh(self, videos: lancedb.table.Table) -> None:
         """Read the videos table again if it changed since."""
         version = videos.version
@@ -383,10 +388,9 @@ class Store:
         return rows.sort_by([("video_id", "ascending"), ("frame_index", "ascending")]) if rows.num_rows else rows
 
     def cameras(self) -> list[str]:
-        """Ids of the cameras that have detections (from the small videos table), sorted."""
-        where = sql.all_of([sql.equals("status", "done"), "n_detections > 0"])
-        table = self._videos.search().where(where).select(["camera_id"]).limit(None).to_arrow()
-        return sorted(set(table["camera_id"].to_pylist()))
+        """Ids of the cameras that have detections, sorted: from the small videos table, read again only when it
+        changed (a search checks its cameras against them: 10 ms per read at 4,000 videos)."""
+        return self._spans.seen(self._videos)
 
     def time_range(self) -> tuple[float, float] | None:
         """(earliest, latest) detection timestamp in epoch seconds, or None while there is no detection."""

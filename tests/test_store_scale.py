@@ -184,6 +184,13 @@ def test_cameras_time_range_pages_and_tracklets(tmp_path: Path) -> None:
     assert store.cameras() == [] and store.time_range() is None and store.list_detections(None, 10).num_rows == 0
     _fill(store, videos=4, per_video=5)
     store.record_failure(video_row("broken", "cam-9"), "decode error")
+    store.write_video(video_row("empty", "cam-8", 2_000.0), [])
+    assert store.cameras() == ["cam-0", "cam-1", "cam-2"]  # neither a failed video's camera nor one without people
+    later = video_row("later", "cam-7", 3_000.0)
+    other_process = Store.open(tmp_path / "db")
+    other_process.write_video(later, detections_of(later, random_embeddings(np.random.default_rng(1), 2, PARTS, DIM)))
+    assert store.cameras() == ["cam-0", "cam-1", "cam-2", "cam-7"]
+    store.write_video(later, [])  # the same video again, now without people: its camera has none left
     assert store.cameras() == ["cam-0", "cam-1", "cam-2"]
     assert store.time_range() == (1_000.0, 1_304.0)
     pages = [store.list_detections(None, limit=6, offset=o) for o in range(0, 30, 6)]
