@@ -313,7 +313,7 @@ class PersonSearch:
                         query: ReIDEmbeddings | None = None) -> tuple[ReIDEmbeddings, SearchFilters]:
         """A stored detection as a query: its embedding (or ``query`` standing in for it, e.g. its thumbnail
         re-embedded with a keypoint prompt) and ``filters`` that exclude it, and its camera by default."""
-        row = self.store.get_detection(detection_id, None if query is None else ["camera_id"])
+        row = self.store.get_detection(detection_id, ["camera_id", *(self.store.embedding_columns if query is None else ())])
         own_camera = [row["camera_id"]] if other_cameras_only else []
         filters = replace(filters, exclude_cameras=[*filters.exclude_cameras, *own_camera],
                           exclude_detection_ids=[*filters.exclude_detection_ids, detection_id])
