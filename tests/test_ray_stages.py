@@ -5,6 +5,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -144,3 +146,12 @@ def test_a_decode_worker_that_dies_fails_only_its_video(shared_data, small_archi
     assert outcomes[real.name].result is None
     assert outcomes[real.name].error == "the worker process crashed while processing this video"
     assert outcomes[synthetic.name].error is None and outcomes[synthetic.name].result.frames_sampled == 40
+
+
+def test_a_local_ray_starts_with_token_authentication_and_without_a_warning_about_it():
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    script = "import os, ray; from workers.ray_stages import ensure_ray; ensure_ray(num_cpus=1); print(os.environ['RAY_AUTH_MODE'])"
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["token"] and "Token authentication" not in run.stderr

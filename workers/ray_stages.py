@@ -16,6 +16,7 @@ there are fewer GPUs than GPU actors (detect and embed on one GPU: half each).
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import warnings
@@ -58,6 +59,16 @@ class StageStats:
     crops: int = 0
 
 
+# Ray (2.60) enables token authentication for every new local cluster and says so with a warning at each start: the
+# default this project wants, announced on every `kpr ingest`. Only that notice is dropped.
+_RAY_TOKEN_NOTICE = "Token authentication is enabled for this Ray cluster"
+
+
+def _not_the_token_notice(record: logging.LogRecord) -> bool:
+    """A logging filter that drops Ray's notice that a new local cluster uses token authentication."""
+    return not record.getMessage().startswith(_RAY_TOKEN_NOTICE)
+
+
 def ensure_ray(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = False) -> None:
     """Connect to ``address`` / ``RAY_ADDRESS`` if given (checked first: see check_ray_address), else start a quiet
     local Ray of this process's own, once per process: never another Ray already running on this machine, which a
@@ -72,6 +83,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, log_to_d
     address = address or os.environ.get("RAY_ADDRESS") or None
     check_ray_address(address)
     kwargs = {} if address else {"num_cpus": num_cpus, "include_dashboard": log_to_driver}
+    notices = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if _not_the_token_notice not in notices.filters:
+        notices.addFilter(_not_the_token_notice)
     ray.init(address=address or "local", ignore_reinit_error=True, log_to_driver=log_to_driver,
              configure_logging=False, **kwargs)
 
