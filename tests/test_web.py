@@ -32,7 +32,7 @@ from kpr_model.model_files import open_encoder
 from pipelines.errors import UserError, user_error_types
 from pipelines.web.app import create_app, is_loopback, serve
 from pipelines.web.context import CLIP_FPS, CLIP_MAX_WIDTH, CLIP_SECONDS
-from storage import Store, StoreError, detection_row, detections_table, tracklet_row, tracklets_table
+from storage import RowsMovedError, Store, StoreError, detection_row, detections_table, tracklet_row, tracklets_table
 from storage.schema import SCHEMA_VERSION
 from support import png_bytes, unit_rows
 from training.archive_truth import archive_truth
@@ -184,6 +184,16 @@ def test_info_describes_the_store(client, web_store):
     assert page.status_code == 200 and "<canvas" in page.text and "/static/app.js" in page.text
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assert client.get("/static/app.js").status_code == 200
+
+
+def test_a_search_that_maintenance_keeps_overtaking_asks_to_be_repeated(client, web_store, monkeypatch):
+    def moved(*_):
+        raise RowsMovedError("3 of 3 detections were deleted or moved by maintenance while they were being searched; "
+                             "search again")
+
+    monkeypatch.setattr(Store, "detections_at", moved)
+    answer = client.post("/api/search", data={"detection_id": cross_camera_query(web_store), "k": "3"})
+    assert answer.status_code == 503 and answer.json()["error"].endswith("search again")
 
 
 def test_detection_query_finds_the_same_identity_in_other_cameras(client, web_store):

@@ -43,7 +43,7 @@ from pipelines.web.guard import RequestGuard
 from pipelines.web.identities import IdentityViews
 from pipelines.web.investigation import Investigation, check_marks
 from pipelines.web.payload import finite, query_json, results_json, tracklet_json
-from storage import NotFoundError, Store
+from storage import NotFoundError, RowsMovedError, Store
 from storage.cases import check_name
 from storage.catalog import CatalogFilters, best_detections, check_cameras, list_tracklets, tracklet_thumbnails
 from workers.cameras import Cameras
@@ -189,9 +189,11 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    """Project errors become 400 (404 for unknown ids), validation 422, HTTP errors keep their status; all as JSON."""
+    """Project errors become 400 (404 for unknown ids; 503 for a search that maintenance kept moving its rows under:
+    the request was right, asking again will do), validation 422, HTTP errors keep their status; all as JSON."""
     async def user_error(_: Request, exc: Exception) -> JSONResponse:
-        return _error(404 if isinstance(exc, NotFoundError) else 400, str(exc))
+        status = 404 if isinstance(exc, NotFoundError) else 503 if isinstance(exc, RowsMovedError) else 400
+        return _error(status, str(exc))
 
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail))
