@@ -193,8 +193,8 @@ def test_rerank_fixes_a_distractor_that_is_close_but_not_reciprocal(tmp_path):
     names = ["distractor"] + [f"match{i}" for i in range(6)] + [f"crowd{i}" for i in range(24)]
     rows = [detection_row(name, "v", "cam", i, T0 + i, [0, 0, 1, 1], MODEL_ID) for i, name in enumerate(names)]
     store = Store.open(str(tmp_path / "db"))
-    store.write_video({"video_id": "v", "uri": "v.mp4", "camera_id": "cam", "model_id": MODEL_ID},
-                      detections_table(rows, gallery))
+    store.write_video({"video_id": "v", "uri": "v.mp4", "camera_id": "cam", "model_id": MODEL_ID, "start_time": T0,
+                       "duration": 31.0}, detections_table(rows, gallery))
     query = ReIDEmbeddings(np.zeros((1, D), np.float32), np.zeros((1, K, D), np.float32), np.ones((1, K), np.float32))
     plain = PersonSearch(store).search(query, k=7)
     reranked = PersonSearch(store).search(query, k=7, rerank=True)
@@ -251,8 +251,8 @@ def _misleading_store(path: Path) -> tuple[Store, ReIDEmbeddings]:
     names = ["match"] + [f"other{i}" for i in range(30)]
     rows = [detection_row(name, "v", "cam", i, T0 + i, [0, 0, 1, 1], MODEL_ID) for i, name in enumerate(names)]
     store = Store.open(str(path))
-    store.write_video({"video_id": "v", "uri": "v.mp4", "camera_id": "cam", "model_id": MODEL_ID},
-                      detections_table(rows, gallery))
+    store.write_video({"video_id": "v", "uri": "v.mp4", "camera_id": "cam", "model_id": MODEL_ID, "start_time": T0,
+                       "duration": 31.0}, detections_table(rows, gallery))
     return store, ReIDEmbeddings(query_global[None], query_parts[None], np.ones((1, K), np.float32))
 
 
@@ -267,6 +267,9 @@ def test_a_filter_scanned_exactly_re_ranks_its_larger_pool_and_no_search_exceeds
     assert best(PersonSearch(store, filtered_candidates=40), SearchFilters()) != "match"  # 5 candidates only
     assert best(PersonSearch(store, filtered_candidates=5), one_camera) != "match"
     assert best(PersonSearch(store, filtered_candidates=40, max_candidates=10), one_camera) != "match"
+    assert best(PersonSearch(store, filtered_candidates=5, filtered_share=1.0), one_camera) == "match"  # all 31 kept
+    assert best(PersonSearch(store, filtered_candidates=5, filtered_share=0.9), one_camera) != "match"  # 28
+    assert best(PersonSearch(store, filtered_candidates=5, filtered_share=1.0, max_candidates=10), one_camera) != "match"
     assert PersonSearch(store).search(query, k=1, candidates=100)[0].detection_id == "match"
     assert PersonSearch(store, max_candidates=10).search(query, k=1, candidates=100)[0].detection_id != "match"
 
