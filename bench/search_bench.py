@@ -289,7 +289,7 @@ def exact_search(store: Store, queries: Sequence[Query], k: int) -> tuple[dict[s
     stack = ReIDEmbeddings.concat([q.embedding for q in queries])
     started = time.perf_counter()
     distances, ids, cameras, times = [], [], [], []
-    for batch in store.iter_detections(["detection_id", "camera_id", "timestamp", "vector", "parts", "visibility"]):
+    for batch in store.iter_detections(["detection_id", "camera_id", "timestamp", *store.embedding_columns]):
         distances.append(kpr_distance(stack, embeddings_of(batch)))
         ids.append(batch["detection_id"].to_numpy(zero_copy_only=False))
         cameras.append(batch["camera_id"].to_numpy(zero_copy_only=False))

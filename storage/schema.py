@@ -356,16 +356,23 @@ def encoded_like(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return table
 
 
+def _one_array(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """A column as one array, copied only when it has several chunks: combining even one chunk copies it (the global
+    vectors of a filter's 15k-row scan: 0.76 vs 0.06 ms, in memory)."""
+    if not isinstance(column, pa.ChunkedArray):
+        return column
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
 def _list_values(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A fixed-size list column as an [N, size] array of its own value type."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
+    column = _one_array(column)
     return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
 
 
 def _stored_parts(column: pa.ChunkedArray, num_parts: int) -> np.ndarray:
     """The parts column of version 1 or 2 as float32 [N, K * D]."""
-    column = column.combine_chunks()
+    column = _one_array(column)
     if not pa.types.is_struct(column.type):
         return _list_values(column).astype(np.float32, copy=False)
     codes, scales = (_list_values(child) for child in column.flatten())
@@ -374,7 +381,7 @@ def _stored_parts(column: pa.ChunkedArray, num_parts: int) -> np.ndarray:
 
 def _packed_values(column: pa.ChunkedArray) -> np.ndarray:
     """A version-3 parts column (fixed-size binary) as its uint8 records [N, width], without a copy when it can."""
-    column = column.combine_chunks()
+    column = _one_array(column)
     width = column.type.byte_width
     data = np.frombuffer(column.buffers()[1], np.uint8)
     return data[column.offset * width : (column.offset + len(column)) * width].reshape(len(column), width)
