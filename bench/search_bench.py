@@ -438,9 +438,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--filter-cameras", type=int, default=5)
     parser.add_argument("--filter-hours", type=float, default=2.0)
     parser.add_argument("--threads", type=int, default=2, help="LanceDB CPU threads")
-    parser.add_argument("--torch-threads", type=int, default=1,
-                        help="torch intra-op threads (1: a query's re-rank is too small to split, and a second "
-                             "thread only waits for a busy core)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--note", default="")
     parser.add_argument("--output", default=RESULTS / "search.json", help="result JSON (merged into; '-': print only)")
@@ -455,7 +452,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     args = parse_args(argv)
-    torch.set_num_threads(args.torch_threads)
     os.environ.setdefault("LANCE_CPU_THREADS", str(args.threads))
     warnings.filterwarnings("ignore", message=r"optimize\(cleanup_older_than=0\)")  # nothing else uses the bench store
     log = lambda text: print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)  # noqa: E731
@@ -512,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         "exact_scan_s": round(exact_s, 1), "write": build, "disk_bytes": folder_bytes(args.db),
         "data": {"identities": args.identities, "lookalike_groups": args.lookalike_groups, "cameras": args.cameras,
                  "span_hours": round(config.span_s / 3600, 2), "thumbnail_bytes": args.thumbnail_bytes},
-        "sweep": comparison, "machine": machine(), "threads": args.threads, "torch_threads": args.torch_threads,
+        "sweep": comparison, "machine": machine(), "threads": args.threads, "torch_threads": torch.get_num_threads(),
         "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": command_line("bench.search_bench", argv), "note": args.note,
     }

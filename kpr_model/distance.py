@@ -6,7 +6,8 @@ no PyTorch, and `kpr ingest` checks its store in a few seconds because of it.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -46,6 +47,33 @@ def _as_tensor(value: ArrayLike, device: torch.device, dtype: torch.dtype | None
         # A read-only view (a vector column read from the store) is copied: PyTorch warns on wrapping one.
         value = torch.from_numpy(value if value.flags.writeable else value.copy())
     return value.to(device=device, dtype=dtype or value.dtype)
+
+
+# A distance of at most this many multiply-adds (one query against a search's few thousand candidates: 4M) runs on
+# one thread. Shared on 2 cores it saved ~1 ms, but waited up to 20 ms for a core the store's reads held, and then
+# its idle OpenMP threads spun on the cores those reads need: at 1M rows, from a cold page cache, a filtered search's
+# distance took 21-24 vs 6-7 ms p95 and the top-50 read after it 7.7 vs 6.0 ms p50 (bench/README.md, "Threads").
+SINGLE_THREAD_MAX_WORK = 1 << 24
+
+
+@contextmanager
+def _one_thread_if_small(work: int, device: torch.device) -> Iterator[None]:
+    """PyTorch's CPU ops in this thread on one thread for the block when ``work`` (multiply-adds) is small.
+
+    OpenMP and MKL keep the setting per thread, restored after the block; PyTorch also starts threads that run their
+    first op meanwhile with it, which costs those only speed, and little when requests run concurrently anyway.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or work > SINGLE_THREAD_MAX_WORK or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _check_shapes(feats: torch.Tensor, vis: torch.Tensor, name: str) -> None:
@@ -89,6 +117,15 @@ def part_distance(
     _check_shapes(gf, gv, "gallery")
     if qf.shape[1:] != gf.shape[1:]:
         raise ValueError(f"query parts/dim {tuple(qf.shape[1:])} differ from gallery's {tuple(gf.shape[1:])}")
+
+    with _one_thread_if_small(qf.shape[0] * gf.numel(), device):
+        return _part_distance(qf, qv, gf, gv, chunk_size, device)
+
+
+def _part_distance(qf: torch.Tensor, qv: torch.Tensor, gf: torch.Tensor, gv: torch.Tensor, chunk_size: int,
+                   device: torch.device) -> torch.Tensor:
+    """`part_distance` of checked tensors: the query's on ``device``, the gallery's on the CPU."""
+    import torch
 
     num_q, num_parts = qf.shape[0], qf.shape[1]
     num_g = gf.shape[0]

@@ -73,6 +73,28 @@ def test_chunked_equals_unchunked(chunk_size: int) -> None:
     torch.testing.assert_close(chunked, full, atol=1e-6, rtol=0)
 
 
+def test_a_small_distance_runs_on_one_thread_and_leaves_the_setting_as_it_was(monkeypatch) -> None:
+    """A search's re-rank (below SINGLE_THREAD_MAX_WORK) runs single-threaded; a serving process keeps its threads."""
+    import kpr_model.distance as distance
+
+    qf, qv, gf, gv = _random_case(11, q=1, g=64)
+    seen = []
+    real = distance._part_distance
+    monkeypatch.setattr(distance, "_part_distance", lambda *a: seen.append(torch.get_num_threads()) or real(*a))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        small = part_distance(qf, qv, gf, gv)
+        assert torch.get_num_threads() == 2
+        monkeypatch.setattr(distance, "SINGLE_THREAD_MAX_WORK", 0)  # the same work counted as large
+        large = part_distance(qf, qv, gf, gv)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [1, 2]
+    torch.testing.assert_close(small, large, atol=1e-6, rtol=0)
+
+
 def test_visibility_is_binarised() -> None:
     qf, qv, gf, gv = _random_case(7)
     torch.testing.assert_close(
