@@ -9,7 +9,6 @@ from PIL import Image, ImageOps
 
 from kpr_model.config import KPRModelError
 from kpr_model.embeddings import ReIDEmbeddings
-from kpr_model.model_files import open_encoder
 from pipelines.errors import UserError
 from pipelines.query_prompt import KeypointPrompt
 from storage import Store
@@ -57,6 +56,9 @@ class QueryEncoder:
 
     def __init__(self, model: str | Path, store: Store | None = None, input_coding: str | None = None) -> None:
         """Open ``model`` (``input_coding``: a global ONNX model's pixel coding); refuse it unless it is ``store``'s model."""
+        # PyTorch's model code and timm: 1.3 s to import, which a search by a stored id (most searches) never needs.
+        from kpr_model.model_files import open_encoder
+
         try:
             self._encoder = open_encoder(model, input_coding=input_coding)
         except KPRModelError as exc:
