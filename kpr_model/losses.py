@@ -63,18 +63,22 @@ def batch_hard_triplet(dist: torch.Tensor, pids: torch.Tensor, margin: float) ->
 def body_part_attention_loss(
     pixel_logits: torch.Tensor, part_labels: torch.Tensor, label_smoothing: float
 ) -> torch.Tensor:
-    """Pixel-wise cross-entropy of logits [N, K + 1, Hf, Wf] against part targets.
+    """Pixel-wise cross-entropy of logits [N, K + 1, Hf, Wf] against part targets (see `part_labels_at`)."""
+    labels = part_labels_at(part_labels, pixel_logits.shape[-2:])
+    return F.cross_entropy(pixel_logits, labels, label_smoothing=label_smoothing)
+
+
+def part_labels_at(part_targets: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """The pixel labels [N, Hf, Wf] (0 = background) that the attention loss teaches at the classifier's ``size``.
 
     Targets are labels [N, H, W] (resized by nearest) or background + part probabilities [N, K + 1, H, W],
-    resized bilinearly to [Hf, Wf] and then labelled by their argmax, as the official engine does.
+    resized bilinearly and then labelled by their argmax, as the official engine does.
     """
-    if part_labels.dim() == 4:
-        probabilities = F.interpolate(part_labels.float(), size=pixel_logits.shape[-2:], mode="bilinear")
-        part_labels = probabilities.argmax(dim=1)
-    elif part_labels.shape[-2:] != pixel_logits.shape[-2:]:
-        resized = F.interpolate(part_labels[:, None].float(), size=pixel_logits.shape[-2:], mode="nearest")
-        part_labels = resized[:, 0]
-    return F.cross_entropy(pixel_logits, part_labels.long(), label_smoothing=label_smoothing)
+    if part_targets.dim() == 4:
+        return F.interpolate(part_targets.float(), size=size, mode="bilinear").argmax(dim=1)
+    if part_targets.shape[-2:] != size:
+        part_targets = F.interpolate(part_targets[:, None].float(), size=size, mode="nearest")[:, 0]
+    return part_targets.long()
 
 
 class KPRLoss(nn.Module):

@@ -18,13 +18,19 @@ MIN_KEYPOINT_CONFIDENCE = 0.3
 DISC_RADIUS = 0.05
 LIMB_THICKNESS = 0.09
 """Disc radius and segment thickness as a share of the mask height (a person spans the crop's height)."""
+SEGMENT_CONFIDENCE = 0.8
+"""Segments and the torso are drawn less confident than keypoint discs, so that a disc wins where they overlap: a
+part made of discs alone (the feet: an ankle disc at the end of the thick ankle-to-knee segment of the legs) would
+otherwise tie with the part drawn over it everywhere, lose every tie to the earlier part, and never be taught visible.
+Above PART_THRESHOLD (0.5), so segments are still parts and not background."""
 _TORSO = ("left_shoulder", "right_shoulder", "right_hip", "left_hip")
 _TORSO_FIELDS = ("left_shoulder_to_left_hip", "right_shoulder_to_right_hip")
 
 
 def keypoint_part_confidences(keypoints: np.ndarray, height: int, width: int, grouping: str,
                               min_confidence: float = MIN_KEYPOINT_CONFIDENCE) -> np.ndarray:
-    """Part confidences [K, height, width] float32 in {0, 1} from keypoints [17, 3] in the mask's pixels."""
+    """Part confidences [K, height, width] float32 from keypoints [17, 3] in the mask's pixels: 1 on keypoint discs,
+    SEGMENT_CONFIDENCE on connection segments and the torso, 0 elsewhere."""
     seen = keypoints[:, 2] >= min_confidence
     points = np.round(keypoints[:, :2]).astype(np.int32)
     radius = max(1, round(DISC_RADIUS * height))
@@ -36,11 +42,11 @@ def keypoint_part_confidences(keypoints: np.ndarray, height: int, width: int, gr
         first, second = (KEYPOINT_INDEX[k] for k in _connection_ends(name))
         if seen[first] and seen[second]:
             cv2.line(fields[NUM_KEYPOINTS + offset], tuple(int(v) for v in points[first]),
-                     tuple(int(v) for v in points[second]), 1.0, thickness)
+                     tuple(int(v) for v in points[second]), SEGMENT_CONFIDENCE, thickness)
     torso = [KEYPOINT_INDEX[k] for k in _TORSO]
     if seen[torso].all():
         for name in _TORSO_FIELDS:
-            cv2.fillPoly(fields[PIFPAF_FIELDS.index(name)], [points[torso]], 1.0)
+            cv2.fillPoly(fields[PIFPAF_FIELDS.index(name)], [points[torso]], SEGMENT_CONFIDENCE)
     return group_pifpaf_fields(fields, grouping)
 
 
