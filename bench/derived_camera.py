@@ -4,7 +4,8 @@ A derived camera sees the same people at the same moments as its source but, lik
 of the same scene, through another geometry (a perspective warp of a source quadrilateral, optionally
 mirrored, at a lower resolution) and another sensor (gamma, colour cast, contrast, blur, noise, JPEG
 recompression). Its video starts ``frame_offset`` source frames late, so a sampled frame of the
-derived camera is never the very frame sampled from the source.
+derived camera is never the very frame sampled from the source. A camera may also see the scene
+behind a static occluder (a counter in front of it), which hides the lower body of everyone behind it.
 """
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ class CameraStyle:
     (width, height) pixels; ``mirror`` flips it left-right. Photometry, in this order: ``gamma``
     (out = in ** gamma on 0..1: > 1 darkens), ``gains`` (R, G, B multipliers: a colour cast),
     ``contrast`` around mid-grey, ``brightness`` (multiplier), Gaussian ``blur`` (sigma, pixels),
-    Gaussian ``noise`` (sigma, 0..255 levels), JPEG recompression at ``jpeg_quality``.
+    Gaussian ``noise`` (sigma, 0..255 levels), JPEG recompression at ``jpeg_quality``. ``occluder``: a
+    box (x0, y0, x1, y1, fractions of the output) painted in ``occluder_rgb`` over the warped view, before
+    the photometry, so that the sensor's look covers it too.
     """
 
     quad: tuple[tuple[float, float], ...]
@@ -38,6 +41,8 @@ class CameraStyle:
     noise: float = 0.0
     jpeg_quality: int = 95
     frame_offset: int = 1
+    occluder: tuple[float, float, float, float] | None = None
+    occluder_rgb: tuple[int, int, int] = (96, 76, 60)
 
 
 # A second viewpoint: the middle of the room seen turned and mirrored, 3/4 of the resolution, warm and
@@ -47,6 +52,10 @@ DERIVED = CameraStyle(quad=((0.22, 0.0), (0.97, 0.06), (0.92, 1.0), (0.16, 0.95)
 # Night: a dark, low-contrast, blue-grey, noisy view from a slightly different angle.
 DARK = CameraStyle(quad=((0.1, 0.04), (0.86, 0.0), (0.9, 0.97), (0.06, 1.0)), size=(512, 288), gamma=2.2,
                    gains=(0.8, 0.9, 1.15), contrast=0.6, brightness=0.55, blur=0.8, noise=7.0, jpeg_quality=40)
+# Half hidden: a slightly different angle through a counter that hides everyone below the waist.
+OCCLUDED = CameraStyle(quad=((0.14, 0.02), (0.9, 0.0), (0.88, 1.0), (0.12, 0.98)), size=(576, 324),
+                       gains=(1.0, 1.0, 0.94), blur=0.6, noise=3.0, jpeg_quality=60, frame_offset=2,
+                       occluder=(0.0, 0.55, 1.0, 1.0))
 
 
 def warp_matrix(style: CameraStyle, width: int, height: int) -> np.ndarray:
@@ -79,6 +88,10 @@ def derive_frame(frame: np.ndarray, style: CameraStyle, rng: np.random.Generator
     height, width = frame.shape[:2]
     warped = cv2.warpPerspective(frame, warp_matrix(style, width, height), style.size, flags=cv2.INTER_AREA,
                                  borderMode=cv2.BORDER_REPLICATE)
+    if style.occluder is not None:
+        out_w, out_h = style.size
+        x0, y0, x1, y1 = style.occluder
+        warped[round(y0 * out_h):round(y1 * out_h), round(x0 * out_w):round(x1 * out_w)] = style.occluder_rgb
     return restyle(warped, style, rng)
 
 

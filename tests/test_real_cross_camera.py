@@ -47,6 +47,20 @@ def test_derived_camera_is_late_mirrored_smaller_and_darker(tmp_path):
     assert frames[0].mean() < 0.8 * _frames(source)[2].mean()
 
 
+def test_an_occluded_camera_hides_its_box_and_shows_the_rest(tmp_path):
+    source = tmp_path / "source.mp4"
+    writer = cv2.VideoWriter(str(source), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (96, 64))
+    for _ in range(3):
+        writer.write(np.full((64, 96, 3), 200, np.uint8))
+    writer.release()
+    style = CameraStyle(quad=((0, 0), (1, 0), (1, 1), (0, 1)), size=(96, 64), occluder=(0.0, 0.5, 1.0, 1.0),
+                        occluder_rgb=(30, 60, 90))
+    write_derived_video(source, tmp_path / "occluded.mp4", style)
+    frame = cv2.cvtColor(_frames(tmp_path / "occluded.mp4")[0], cv2.COLOR_BGR2RGB).astype(float)
+    assert np.allclose(frame[:28].mean(axis=(0, 1)), 200, atol=12)  # above the counter: the scene
+    assert np.allclose(frame[36:].mean(axis=(0, 1)), (30, 60, 90), atol=12)  # below it: the counter
+
+
 def test_tracklets_are_labelled_by_the_span_holding_most_of_their_frames():
     spans = {0: (0, 100), 1: (200, 300)}
     assert label_tracklet([10, 20, 30, 40, 50], spans) == 0
