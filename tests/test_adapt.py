@@ -9,10 +9,10 @@ from kpr_model.distance import kpr_distance
 from kpr_model.export import export_checkpoint_onnx
 from kpr_model.hybrid_files import DEFAULT_HOLISTIC_WEIGHT
 from kpr_model.keypoints import KEYPOINT_INDEX, group_names
+from kpr_model.losses import part_labels_at
 from kpr_model.model_facts import model_facts
 from pipelines.cli import main
 from storage import PersonSearch, Store, embeddings_of
-from kpr_model.losses import part_labels_at
 from training.keypoint_masks import keypoint_part_confidences
 from training.pseudo_labels import TrackletSpan, pseudo_identities
 from training.samples import PART_THRESHOLD, part_probabilities
